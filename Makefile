@@ -1,0 +1,44 @@
+# make demo   - set everything up on a fresh machine and show a trigger end to end
+# make test   - the whole test suite against the real local broker
+# make lint   - ruff (lint + format check) and mypy --strict
+# make bench  - benchmarks that print their figures
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+
+.PHONY: all demo test lint format bench broker venv clean
+
+all: lint test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+broker:
+	bash scripts/ensure-broker.sh
+
+demo: venv broker
+	$(PY) scripts/demo.py
+
+test: venv broker
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: venv broker
+	$(PY) bench/agent_footprint.py
+	$(PY) bench/trigger_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,114 @@
+"""Agent configuration: one frozen dataclass, loaded from TOML with environment overrides.
+
+Precedence: command-line flags, then ``SETEVNT_AMQP_URL`` / ``SETEVNT_CLIENT_ID``, then the
+file, then defaults. See ``deploy/agent.example.toml`` for every key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from broker.settings import URL_ENV, BrokerSettings, validate_url
+from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
+from schemas.messages import ID_PATTERN
+
+CLIENT_ENV = "SETEVNT_CLIENT_ID"
+
+
+class ConfigError(ValueError):
+    """The agent's configuration is unusable; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    client_id: str
+    platform: str = "nt"
+    groups: tuple[str, ...] = ()
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    backend: str = "simulated"
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    journal: str | None = None
+    hello_interval: float = 60.0
+    allow_force: bool = False
+    catalog: Catalog = DEFAULT_CATALOG
+    component_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not ID_PATTERN.match(self.client_id):
+            raise ConfigError(
+                f"client_id {self.client_id!r}: 1-64 of letters, digits, '_', '.', '-'"
+            )
+        if self.platform not in PLATFORMS:
+            raise ConfigError(f"platform {self.platform!r}: choose one of {', '.join(PLATFORMS)}")
+        for group in self.groups:
+            if not ID_PATTERN.match(group):
+                raise ConfigError(f"group {group!r}: 1-64 of letters, digits, '_', '.', '-'")
+        if self.hello_interval <= 0:
+            raise ConfigError("agent.hello_interval must be positive")
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    env = os.environ if environ is None else environ
+    data = _read(path) if path is not None else {}
+    broker_table = _table(data, "broker")
+    agent_table = _table(data, "agent")
+    backend_table = _table(data, "backend")
+    options = dict(overrides or {})
+
+    client_id = options.pop("client_id", None) or env.get(CLIENT_ENV) or data.get("client_id")
+    if not client_id:
+        raise ConfigError(f"no client id: set client_id in the config file or ${CLIENT_ENV}")
+    url = options.pop("url", None) or env.get(URL_ENV) or broker_table.get("url")
+    broker = BrokerSettings.from_env(url or None)
+    if url:
+        validate_url(url)
+    if "heartbeat" in broker_table:
+        broker = replace(broker, heartbeat=int(broker_table["heartbeat"]))
+    kind = options.pop("backend", None) or backend_table.get("type", "simulated")
+    try:
+        return AgentConfig(
+            client_id=str(client_id),
+            platform=str(data.get("platform", "nt")),
+            groups=tuple(str(g) for g in data.get("groups", ())),
+            broker=broker.named(f"setevnt-agent {client_id}"),
+            backend=str(kind),
+            backend_options=_table(backend_table, str(kind)),
+            journal=options.pop("journal", None) or agent_table.get("journal"),
+            hello_interval=float(agent_table.get("hello_interval", 60.0)),
+            allow_force=bool(agent_table.get("allow_force", False)),
+            catalog=DEFAULT_CATALOG.extended(
+                Catalog.components_from_config(data.get("components", []))
+            ),
+            component_versions={str(k): str(v) for k, v in _table(data, "versions").items()},
+        )
+    except (TypeError, KeyError) as exc:
+        raise ConfigError(f"configuration: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as source:
+            return tomllib.load(source)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{key}] must be a table")
+    return value

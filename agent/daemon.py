@@ -1,0 +1,160 @@
+"""The agent daemon: consume this client's queue, signal through a worker, ack back.
+
+Per delivery: decode and validate (I/O thread) -> signal the component (worker thread,
+so pika's I/O loop keeps answering heartbeats) -> journal the result (fsync) -> publish
+the ack and wait for its confirm -> ack the delivery. A crash anywhere before the last
+step gets the command redelivered; the journal then answers it without signalling again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+from agent import __version__
+from agent.config import AgentConfig
+from agent.handler import Delivery, Handler, Reply, Run
+from broker import topology
+from broker.session import Incoming, Session
+from broker.supervisor import supervise
+from schemas.codec import encode
+from schemas.messages import Heartbeat, Kind
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, handler: Handler) -> None:
+        self.config = config
+        self.handler = handler
+        self._queue = topology.client_queue(config.client_id)
+        self._stop = threading.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signal")
+        self._session: Session | None = None
+        self._generation = 0  # which session a worker's result belongs to
+        self._inflight: set[int] = set()
+        self.ready = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        supervise(self._run_session, self._stop.is_set, what=f"agent {self.config.client_id}")
+        self._worker.shutdown(wait=True)
+        log.info("agent %s stopped", self.config.client_id)
+
+    def stop(self) -> None:
+        """Finish the command in hand, then leave (safe from signal handlers and threads)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: finishing the command in hand, then exiting", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # -- one broker session ---------------------------------------------------------------
+
+    def _run_session(self) -> None:
+        session = Session(self.config.broker, prefetch=1)
+        session.open()
+        self._generation += 1
+        self._session = session
+        self._inflight.clear()
+        try:
+            self._hello(session, Kind.HELLO)
+            consumer = session.consume(self._queue, self._on_message)
+            self.ready.set()
+            log.info("agent %s consuming %s", self.config.client_id, self._queue)
+            self._loop(session, consumer)
+            self._hello(session, Kind.GOODBYE)
+        finally:
+            self.ready.clear()
+            self._session = None
+            session.close()
+
+    def _loop(self, session: Session, consumer: str | None) -> None:
+        next_hello = time.monotonic() + self.config.hello_interval
+        while True:
+            session.pump(0.5)
+            if time.monotonic() >= next_hello:
+                self._hello(session, Kind.HEARTBEAT)
+                next_hello = time.monotonic() + self.config.hello_interval
+            if self._stop.is_set():
+                if consumer is not None:
+                    session.cancel(consumer)  # no new deliveries; unstarted ones requeue
+                    consumer = None
+                if not self._inflight:
+                    return
+
+    def _hello(self, session: Session, kind: Kind) -> None:
+        beat = Heartbeat(
+            client_id=self.config.client_id,
+            kind=kind.value,
+            sent_at=time.time(),
+            platform=self.config.platform,
+            agent_version=__version__,
+            groups=self.config.groups,
+            components=dict(self.config.component_versions),
+        )
+        session.publish(
+            topology.ACK_EXCHANGE,
+            topology.hello_routing_key(self.config.client_id),
+            encode(beat),
+            message_type=beat.WIRE_TYPE,
+            persistent=False,
+        )
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    def _on_message(self, incoming: Incoming) -> None:
+        delivery = Delivery(
+            body=incoming.body,
+            message_id=incoming.message_id,
+            received_at=time.time(),
+            received_mono=time.monotonic(),
+        )
+        verdict = self.handler.admit(delivery)
+        if isinstance(verdict, Reply):
+            self._answer(incoming.delivery_tag, verdict.ack, verdict.dead_letter)
+            return
+        assert isinstance(verdict, Run)
+        self._inflight.add(incoming.delivery_tag)
+        self._worker.submit(
+            self._execute, self._generation, incoming.delivery_tag, verdict, delivery
+        )
+
+    def _execute(self, generation: int, tag: int, run: Run, delivery: Delivery) -> None:
+        """Worker thread: signal, then hand the ack back to the I/O thread."""
+        try:
+            ack = self.handler.execute(run.command, delivery)
+        except Exception:  # a backend bug must not kill the worker; the command redelivers
+            log.exception("signalling %s failed unexpectedly", run.command.command_id)
+            return
+        session = self._session
+        if session is None or generation != self._generation:
+            return  # that session is gone: the redelivery is answered from the journal
+        session.call_threadsafe(functools.partial(self._finish, generation, tag, ack))
+
+    def _finish(self, generation: int, tag: int, ack: bytes) -> None:
+        if generation != self._generation:
+            return
+        self._inflight.discard(tag)
+        self._answer(tag, ack, dead_letter=False)
+
+    def _answer(self, tag: int, ack: bytes, dead_letter: bool) -> None:
+        session = self._session
+        assert session is not None
+        session.publish(
+            topology.ACK_EXCHANGE,
+            topology.ack_routing_key(self.config.client_id),
+            ack,
+            message_type="ack",
+        )
+        session.settle(tag, dead_letter=dead_letter)

@@ -1,0 +1,139 @@
+"""A consuming session: one connection to receive, one to publish confirmed replies.
+
+Used by agents (and the fleet simulator). Consuming and publishing are on separate
+connections because a memory alarm blocks publishing connections: acks may stall, but
+deliveries keep flowing and heartbeats on the consuming side keep being answered.
+Everything runs on the thread that calls :meth:`pump`; workers hand results back with
+:meth:`call_threadsafe`, the only pika call that is safe from another thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+
+from broker.connection import close_quietly, open_blocking, translate, translate_errors
+from broker.settings import BrokerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    delivery_tag: int
+    body: bytes
+    message_id: str | None
+    redelivered: bool
+    queue: str
+
+
+class Session:
+    def __init__(self, settings: BrokerSettings, *, prefetch: int = 1) -> None:
+        self._settings = settings
+        self._prefetch = prefetch
+        self._consume_conn: pika.BlockingConnection | None = None
+        self._publish_conn: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._publish_channel: Any = None
+
+    def open(self) -> None:
+        self._consume_conn = open_blocking(self._settings)
+        try:
+            self._publish_conn = open_blocking(self._settings.named(
+                f"{self._settings.connection_name} (publish)"
+            ))
+            with translate_errors("opening channels"):
+                self._channel = self._consume_conn.channel()
+                self._channel.basic_qos(prefetch_count=self._prefetch)
+                self._publish_channel = self._publish_conn.channel()
+                self._publish_channel.confirm_delivery()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        close_quietly(self._consume_conn)
+        close_quietly(self._publish_conn)
+        self._consume_conn = self._publish_conn = None
+
+    def __enter__(self) -> Session:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def consume(self, queue: str, on_message: Callable[[Incoming], None]) -> str:
+        def deliver(channel: Any, method: Any, properties: Any, body: bytes) -> None:
+            on_message(
+                Incoming(
+                    delivery_tag=method.delivery_tag,
+                    body=body,
+                    message_id=properties.message_id,
+                    redelivered=bool(method.redelivered),
+                    queue=queue,
+                )
+            )
+
+        with translate_errors(f"consuming {queue}"):
+            tag: str = self._channel.basic_consume(queue, deliver)
+            return tag
+
+    def cancel(self, consumer_tag: str) -> None:
+        with translate_errors("cancelling consumer"):
+            self._channel.basic_cancel(consumer_tag)
+
+    def settle(self, delivery_tag: int, *, dead_letter: bool = False) -> None:
+        """Ack a delivery, or reject it without requeue so it goes to the dead letters."""
+        with translate_errors("settling a delivery"):
+            if dead_letter:
+                self._channel.basic_nack(delivery_tag, requeue=False)
+            else:
+                self._channel.basic_ack(delivery_tag)
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        message_type: str,
+        message_id: str | None = None,
+        persistent: bool = True,
+        user_id: str | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm (raises a BrokerError if refused)."""
+        properties = pika.BasicProperties(
+            content_type="application/msgpack",
+            type=message_type,
+            message_id=message_id,
+            delivery_mode=2 if persistent else 1,
+            app_id=self._settings.connection_name,
+            user_id=user_id,
+        )
+        with translate_errors(f"publishing to {exchange or 'default exchange'}"):
+            self._publish_channel.basic_publish(exchange, routing_key, body, properties)
+
+    def pump(self, seconds: float) -> None:
+        """Process deliveries and callbacks for up to ``seconds`` on both connections."""
+        assert self._consume_conn is not None and self._publish_conn is not None
+        with translate_errors("receiving"):
+            self._consume_conn.process_data_events(time_limit=seconds)
+            self._publish_conn.process_data_events(time_limit=0)
+
+    def call_threadsafe(self, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` on the pumping thread; False when the session is already gone."""
+        connection = self._consume_conn
+        if connection is None:
+            return False
+        try:
+            connection.add_callback_threadsafe(callback)
+        except (pe.AMQPError, OSError) as exc:
+            log.debug("session gone, dropping callback: %s", translate(exc))
+            return False
+        return True

@@ -1,0 +1,53 @@
+"""Broker connection settings: one frozen dataclass built from an AMQP URL."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+URL_ENV = "SETEVNT_AMQP_URL"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    url: str = DEFAULT_URL
+    # Short heartbeats notice half-open connections quickly; 2 x heartbeat is the bound.
+    heartbeat: int = 20
+    # A memory/disk alarm blocks publishers; never wait on it longer than this.
+    blocked_connection_timeout: float = 30.0
+    connection_attempts: int = 1
+    socket_timeout: float = 5.0
+    connection_name: str = "setevnt"
+
+    @classmethod
+    def from_env(cls, url: str | None = None, **overrides: object) -> BrokerSettings:
+        """Settings from an explicit URL, else ``$SETEVNT_AMQP_URL``, else the default."""
+        chosen = url or os.environ.get(URL_ENV) or DEFAULT_URL
+        validate_url(chosen)
+        return replace(cls(url=chosen), **overrides)  # type: ignore[arg-type]
+
+    def named(self, name: str) -> BrokerSettings:
+        return replace(self, connection_name=name)
+
+    @property
+    def vhost(self) -> str:
+        from urllib.parse import unquote
+
+        path = urlsplit(self.url).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
+
+    def redacted(self) -> str:
+        """The URL without its password, for logs and error messages."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        user = f"{parts.username}@" if parts.username else ""
+        return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def validate_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise ValueError(f"not an AMQP URL: {url!r} (expected amqp://user:pass@host:port/vhost)")

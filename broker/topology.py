@@ -1,0 +1,117 @@
+"""The one place that names and declares setevnt's exchanges and queues.
+
+Every declaration is idempotent (same arguments every time). All queues are classic
+queues: RabbitMQ 3.10 crashes under a storm with classic queue version 2, so no
+``x-queue-version`` is ever asked for (see docs/operator.md).
+
+    dispatcher --(default exchange, key setevnt.client.<id>)--> setevnt.client.<id> --> agent
+        expired / rejected commands --> setevnt.dead (exchange, fanout) --> setevnt.dead
+    agent --(setevnt.acks, key ack.<id>)--> setevnt.acks (queue) --> collector
+    agent --(setevnt.acks, key hello.<id>)--> setevnt.fleet (queue) --> fleet registry
+    publishers --(setevnt.acks, key report.<name>)--> setevnt.acks
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+CLIENT_QUEUE_PREFIX = "setevnt.client."
+ACK_EXCHANGE = "setevnt.acks"
+ACK_QUEUE = "setevnt.acks"
+FLEET_QUEUE = "setevnt.fleet"
+DEAD_EXCHANGE = "setevnt.dead"
+DEAD_QUEUE = "setevnt.dead"
+
+ACK_KEY = "ack"
+HELLO_KEY = "hello"
+REPORT_KEY = "report"
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class Channel(Protocol):
+    """The part of a pika channel (blocking or not) that declaring needs."""
+
+    def exchange_declare(self, exchange: str, exchange_type: Any = ..., **kw: Any) -> Any: ...
+
+    def queue_declare(self, queue: str, **kw: Any) -> Any: ...
+
+    def queue_bind(self, queue: str, exchange: str, routing_key: str | None = ...) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Bounds on a client's command queue.
+
+    A command older than ``message_ttl`` is dead-lettered even if nobody reads the queue
+    (a queue-level TTL expires promptly; a per-message one only at the head). When the
+    queue is full new publishes are refused (nacked) so the dispatcher reports it,
+    instead of silently dropping the oldest command.
+    """
+
+    message_ttl_ms: int = 24 * 3600 * 1000
+    max_length: int = 1000
+
+
+def client_queue(client_id: str) -> str:
+    if not _CLIENT_ID.match(client_id):
+        raise ValueError(
+            f"invalid client id {client_id!r}: 1-64 of letters, digits, '_', '.', '-'"
+        )
+    return CLIENT_QUEUE_PREFIX + client_id
+
+
+def ack_routing_key(client_id: str) -> str:
+    return f"{ACK_KEY}.{client_id}"
+
+
+def hello_routing_key(client_id: str) -> str:
+    return f"{HELLO_KEY}.{client_id}"
+
+
+def report_routing_key(publisher: str) -> str:
+    return f"{REPORT_KEY}.{re.sub(r'[^A-Za-z0-9_-]', '_', publisher)[:64]}"
+
+
+def client_queue_arguments(limits: QueueLimits) -> dict[str, Any]:
+    return {
+        "x-queue-type": "classic",
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-message-ttl": limits.message_ttl_ms,
+        "x-max-length": limits.max_length,
+        "x-overflow": "reject-publish",
+    }
+
+
+def declare_core(channel: Channel) -> None:
+    """Declare the shared exchanges and queues (ack path, fleet path, dead letters)."""
+    channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
+    channel.queue_declare(
+        DEAD_QUEUE,
+        durable=True,
+        arguments={"x-queue-type": "classic", "x-max-length": 100_000},
+    )
+    channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key="")
+    channel.exchange_declare(ACK_EXCHANGE, exchange_type="topic", durable=True)
+    channel.queue_declare(ACK_QUEUE, durable=True, arguments={"x-queue-type": "classic"})
+    channel.queue_bind(ACK_QUEUE, ACK_EXCHANGE, routing_key=f"{ACK_KEY}.#")
+    channel.queue_bind(ACK_QUEUE, ACK_EXCHANGE, routing_key=f"{REPORT_KEY}.#")
+    # Heartbeats are only worth their latest value: bound the backlog when nobody reads.
+    channel.queue_declare(
+        FLEET_QUEUE,
+        durable=True,
+        arguments={"x-queue-type": "classic", "x-message-ttl": 3600 * 1000,
+                   "x-max-length": 100_000},
+    )
+    channel.queue_bind(FLEET_QUEUE, ACK_EXCHANGE, routing_key=f"{HELLO_KEY}.#")
+
+
+def declare_client(channel: Channel, client_id: str, limits: QueueLimits | None = None) -> str:
+    """Provision one client's command queue; call when a client is first known."""
+    name = client_queue(client_id)
+    channel.queue_declare(
+        name, durable=True, arguments=client_queue_arguments(limits or QueueLimits())
+    )
+    return name

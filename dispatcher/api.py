@@ -1,0 +1,210 @@
+"""The dispatcher library: turn "run this event on these clients" into confirmed commands.
+
+    >>> with Dispatcher() as d:
+    ...     receipts = d.trigger(["PC042"], "CCIM32_STARTCYCLE", silent=True, ttl=600)
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from broker import topology
+from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
+from broker.settings import BrokerSettings
+from schemas import DEFAULT_CATALOG, Catalog, Command, ComponentEvent, encode
+from schemas.messages import PublishCount, PublishReport
+from schemas.syntax import resolve_event
+
+DEFAULT_TTL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What became of one command: ``sent`` (confirmed), ``unroutable`` or ``nacked``."""
+
+    command_id: str
+    client_id: str
+    component: str
+    event: str
+    status: str
+    issued_at: float
+    expires_at: float
+
+    @property
+    def sent(self) -> bool:
+        return self.status == Outcome.SENT
+
+    @property
+    def explanation(self) -> str:
+        if self.status == Outcome.UNROUTABLE:
+            return f"no queue for client {self.client_id}: unknown or not provisioned"
+        if self.status == Outcome.NACKED:
+            return f"the broker refused the command (queue of {self.client_id} full?)"
+        return "sent"
+
+
+def default_requester() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"[:128]
+
+
+class Dispatcher:
+    """Publishes commands to client queues with confirms; not thread-safe."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        catalog: Catalog = DEFAULT_CATALOG,
+        window: int = 1000,
+        hooks: PublishHooks | None = None,
+        name: str = "setevnt-dispatcher",
+    ) -> None:
+        self.settings = BrokerSettings.from_env(url).named(name)
+        self.catalog = catalog
+        self._publisher = ConfirmingPublisher(self.settings, window=window, hooks=hooks)
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._publisher.close()
+
+    def declare_topology(self) -> None:
+        """Declare the shared exchanges and queues (idempotent)."""
+        self._with_channel(topology.declare_core)
+
+    def provision(self, client_ids: Iterable[str], limits: topology.QueueLimits | None = None) -> int:
+        """Create the command queues of newly known clients; returns how many were declared."""
+        ids = list(client_ids)
+        for client_id in ids:
+            topology.client_queue(client_id)  # validate all before declaring any
+
+        def declare(channel: topology.Channel) -> None:
+            topology.declare_core(channel)
+            for client_id in ids:
+                topology.declare_client(channel, client_id, limits)
+
+        self._with_channel(declare)
+        return len(ids)
+
+    def commands(
+        self,
+        client_ids: Sequence[str],
+        events: Sequence[ComponentEvent | str],
+        *,
+        silent: bool = False,
+        ttl: float = DEFAULT_TTL,
+        force: bool = False,
+        requested_by: str | None = None,
+        storm_id: str | None = None,
+        not_before: float | None = None,
+    ) -> list[Command]:
+        """Build (but do not send) one command per client and event, validating all."""
+        if not client_ids:
+            raise ValueError("no target clients given")
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        resolved = [self._resolve(e) for e in events]
+        now = time.time()
+        requester = requested_by or default_requester()
+        return [
+            Command(
+                command_id=uuid.uuid4().hex,
+                client_id=client_id,
+                component=event.component,
+                event=event.event,
+                silent=silent,
+                issued_at=now,
+                expires_at=now + ttl,
+                requested_by=requester,
+                storm_id=storm_id,
+                not_before=not_before,
+                force=force,
+            )
+            for client_id in client_ids
+            for event in resolved
+        ]
+
+    def send(self, commands: Sequence[Command]) -> list[Receipt]:
+        """Publish commands; each receipt says whether the broker confirmed it."""
+        outgoing = [_outgoing(command) for command in commands]
+        outcomes = self._publisher.publish(outgoing)
+        receipts = [
+            Receipt(
+                command_id=c.command_id,
+                client_id=c.client_id,
+                component=c.component,
+                event=c.event,
+                status=outcomes[c.command_id].value,
+                issued_at=c.issued_at,
+                expires_at=c.expires_at,
+            )
+            for c in commands
+        ]
+        self._report(receipts)
+        return receipts
+
+    def trigger(
+        self, client_ids: Sequence[str], event: ComponentEvent | str, **options: object
+    ) -> list[Receipt]:
+        """Build and send one command per client for one COMPONENT_EVENT."""
+        return self.send(self.commands(client_ids, [event], **options))  # type: ignore[arg-type]
+
+    def _resolve(self, event: ComponentEvent | str) -> ComponentEvent:
+        if isinstance(event, ComponentEvent):
+            if not self.catalog.has_event(event.component, event.event):
+                return resolve_event(event.name, self.catalog)
+            return event
+        return resolve_event(event, self.catalog)
+
+    def _report(self, receipts: Sequence[Receipt]) -> None:
+        """Tell the collector what was published, so its metrics cover every publisher."""
+        counts = Counter((r.component, r.event, r.status) for r in receipts)
+        if not counts:
+            return
+        report = PublishReport(
+            publisher=self.settings.connection_name,
+            published_at=time.time(),
+            counts=tuple(PublishCount(c, e, s, n) for (c, e, s), n in sorted(counts.items())),
+        )
+        self._publisher.publish(
+            [
+                Outgoing(
+                    key=uuid.uuid4().hex,
+                    exchange=topology.ACK_EXCHANGE,
+                    routing_key=topology.report_routing_key(report.publisher),
+                    body=encode(report),
+                    message_type=report.WIRE_TYPE,
+                )
+            ]
+        )
+
+    def _with_channel(self, work: object) -> None:
+        connection = open_blocking(self.settings)
+        try:
+            with translate_errors("declaring topology"):
+                work(connection.channel())  # type: ignore[operator]
+        finally:
+            close_quietly(connection)
+
+
+def _outgoing(command: Command) -> Outgoing:
+    ttl_ms = max(1, int((command.expires_at - command.issued_at) * 1000))
+    return Outgoing(
+        key=command.command_id,
+        exchange="",  # the default exchange: no binding look-up per client queue
+        routing_key=topology.client_queue(command.client_id),
+        body=encode(command),
+        message_type=command.WIRE_TYPE,
+        expiration_ms=ttl_ms,
+    )

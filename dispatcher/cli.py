@@ -1,0 +1,124 @@
+"""``setevnt``: fire component events at clients, like SetEvnt.exe but for a fleet.
+
+    setevnt [--url URL] --client ID [--client ID ...] [/q] [cq | COMPONENT_EVENT]
+            [--wait SECONDS] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from broker.errors import BrokerError
+from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
+from dispatcher.logs import configure
+from dispatcher.waiter import AckWaiter, Answer
+from schemas.syntax import UsageError, parse_invocation
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="setevnt",
+        description="Trigger client component events through RabbitMQ. With no event, "
+        "cycles CCIM32 and Copy Queue; 'cq' cycles Copy Queue only; '/q' is silent.",
+        epilog="COMPONENT_EVENT is case-sensitive, e.g. CCIM32_STARTCYCLE or CLISVCL_CLOSE.",
+    )
+    parser.add_argument("words", nargs="*", metavar="[/q] [cq | COMPONENT_EVENT]")
+    parser.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
+    parser.add_argument(
+        "--client", action="append", default=[], required=True, help="target client id"
+    )
+    parser.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the acks")
+    parser.add_argument("--ttl", type=float, default=DEFAULT_TTL, help="seconds until expiry")
+    parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
+    parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument("--log-level", default="WARNING")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_level)
+    try:
+        invocation = parse_invocation(args.words)
+        if args.wait is not None and args.wait < 0:
+            raise UsageError("--wait must not be negative")
+        with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
+            commands = dispatcher.commands(
+                args.client,
+                invocation.events,
+                silent=invocation.silent,
+                ttl=args.ttl,
+                force=args.force,
+            )
+            if args.wait is None:
+                return _report(dispatcher.send(commands), {}, args.json, waited=False)
+            with AckWaiter(dispatcher.settings, args.client) as waiter:
+                receipts = dispatcher.send(commands)
+                sent = [r.command_id for r in receipts if r.sent]
+                answers = waiter.wait(sent, args.wait)
+                answers = {**waiter.latest, **answers}
+            return _report(receipts, answers, args.json, waited=True)
+    except (UsageError, ValueError) as exc:
+        print(f"setevnt: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerError as exc:
+        print(f"setevnt: broker: {exc}", file=sys.stderr)
+        return EXIT_BROKER
+
+
+def _report(
+    receipts: list[Receipt], answers: dict[str, Answer], as_json: bool, waited: bool
+) -> int:
+    failed = False
+    rows = []
+    for receipt in receipts:
+        row = _row(receipt, answers.get(receipt.command_id), waited)
+        failed = failed or row["status"] not in ("done", "sent")
+        rows.append(row)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+    else:
+        _print_table(rows)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _row(receipt: Receipt, answer: Answer | None, waited: bool) -> dict[str, object]:
+    row: dict[str, object] = {
+        "client": receipt.client_id,
+        "event": f"{receipt.component}_{receipt.event}",
+        "command_id": receipt.command_id,
+        "status": receipt.status,
+        "latency_s": None,
+        "detail": "" if receipt.sent else receipt.explanation,
+    }
+    if receipt.sent and waited:
+        if answer is None:
+            row["status"], row["detail"] = "timeout", "no ack before --wait ran out"
+        else:
+            ack = answer.ack
+            interim = "" if ack.final else " (still waiting when --wait ran out)"
+            row["status"] = ack.status if ack.final else "timeout"
+            row["latency_s"] = round(answer.latency, 4) if answer.latency is not None else None
+            row["detail"] = " ".join(p for p in (ack.reason, ack.detail) if p) + interim
+    return row
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    print(f"{'CLIENT':<20} {'EVENT':<22} {'STATUS':<11} {'LATENCY':>9}  DETAIL")
+    for row in rows:
+        latency = row["latency_s"]
+        shown = f"{latency * 1000:.1f} ms" if isinstance(latency, float) else "-"
+        print(
+            f"{row['client']!s:<20} {row['event']!s:<22} {row['status']!s:<11} {shown:>9}  "
+            f"{row['detail']}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

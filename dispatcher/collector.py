@@ -1,0 +1,121 @@
+"""The ack collector: consume the durable ack queue and feed the metrics hooks."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from broker import topology
+from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.settings import BrokerSettings
+from broker.supervisor import supervise
+from schemas.codec import DecodeError, decode_any
+from schemas.messages import Ack, PublishReport
+
+log = logging.getLogger(__name__)
+
+
+class CollectorHooks(Protocol):
+    def ack_received(self, ack: Ack, latency: float | None) -> None: ...
+
+    def duplicate_ack(self, ack: Ack) -> None: ...
+
+    def publish_report(self, report: PublishReport) -> None: ...
+
+    def bad_message(self, reason: str) -> None: ...
+
+    def reconnected_collector(self) -> None: ...
+
+
+class _Seen:
+    """Command ids whose final ack was already counted (bounded, oldest forgotten)."""
+
+    def __init__(self, size: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, command_id: str) -> bool:
+        """Remember ``command_id``; False when it was already there."""
+        if command_id in self._ids:
+            self._ids.move_to_end(command_id)
+            return False
+        self._ids[command_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return True
+
+
+class Collector:
+    """Consumes ``setevnt.acks``; one instance per process, stopped with :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        hooks: CollectorHooks,
+        *,
+        prefetch: int = 500,
+        remember: int = 200_000,
+    ) -> None:
+        self._settings = settings.named("setevnt-collector")
+        self._hooks = hooks
+        self._prefetch = prefetch
+        self._seen = _Seen(remember)
+        self._stop = threading.Event()
+        self._sessions = 0
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        supervise(self._session, self._stop.is_set, what="collector")
+
+    def handle(self, body: bytes) -> None:
+        """Account for one message from the ack queue (public for tests and replays)."""
+        try:
+            message = decode_any(body)
+        except DecodeError as exc:
+            log.warning("dropping undecodable ack-path message: %s", exc)
+            self._hooks.bad_message(exc.reason.value)
+            return
+        if isinstance(message, Ack):
+            self._ack(message)
+        elif isinstance(message, PublishReport):
+            self._hooks.publish_report(message)
+        else:
+            self._hooks.bad_message("bad-message")
+
+    def _ack(self, ack: Ack) -> None:
+        if ack.final and ack.command_id and not self._seen.add(ack.command_id):
+            self._hooks.duplicate_ack(ack)
+            return
+        latency = None
+        if ack.issued_at is not None:
+            latency = max(0.0, time.time() - ack.issued_at)
+        self._hooks.ack_received(ack, latency)
+
+    def _session(self) -> None:
+        connection = open_blocking(self._settings)
+        self._sessions += 1
+        if self._sessions > 1:
+            self._hooks.reconnected_collector()
+        try:
+            with translate_errors("collecting acks"):
+                channel = connection.channel()
+                topology.declare_core(channel)
+                channel.basic_qos(prefetch_count=self._prefetch)
+                channel.basic_consume(topology.ACK_QUEUE, self._on_message)
+                self.ready.set()
+                log.info("collecting acks from %s", self._settings.redacted())
+                while not self._stop.is_set():
+                    connection.process_data_events(time_limit=0.5)
+        finally:
+            self.ready.clear()
+            close_quietly(connection)
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self.handle(body)
+        channel.basic_ack(method.delivery_tag)

@@ -1,0 +1,86 @@
+"""``setevnt-dispatcher``: the central service and its operator commands.
+
+    setevnt-dispatcher serve [--metrics-port 9808]     collect acks, serve /metrics
+    setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
+    setevnt-dispatcher declare                         declare the shared topology
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from broker.errors import BrokerError
+from broker.settings import BrokerSettings
+from dispatcher.api import Dispatcher
+from dispatcher.collector import Collector
+from dispatcher.logs import configure
+from dispatcher.metrics import DispatcherMetrics
+
+log = logging.getLogger("setevnt.dispatcher")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="setevnt-dispatcher", description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="collect acks and serve Prometheus metrics")
+    serve.add_argument("--metrics-port", type=int, default=9808)
+    serve.add_argument("--metrics-addr", default="127.0.0.1")
+    provision = sub.add_parser("provision", help="create the command queues of clients")
+    provision.add_argument("clients", nargs="+", metavar="CLIENT_ID")
+    sub.add_parser("declare", help="declare the shared exchanges and queues")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_level)
+    try:
+        if args.command == "serve":
+            return serve(BrokerSettings.from_env(args.url), args.metrics_addr, args.metrics_port)
+        with Dispatcher(args.url) as dispatcher:
+            if args.command == "provision":
+                count = dispatcher.provision(args.clients)
+                print(f"provisioned {count} client queue(s)")
+            else:
+                dispatcher.declare_topology()
+                print("topology declared")
+        return 0
+    except ValueError as exc:
+        print(f"setevnt-dispatcher: {exc}", file=sys.stderr)
+        return 2
+    except BrokerError as exc:
+        print(f"setevnt-dispatcher: broker: {exc}", file=sys.stderr)
+        return 3
+
+
+def serve(settings: BrokerSettings, addr: str, port: int) -> int:
+    registry = CollectorRegistry()
+    metrics = DispatcherMetrics(registry)
+    collector = Collector(settings, metrics)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        collector.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
+    try:
+        collector.run()
+    finally:
+        server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Prometheus metrics as hooks: the collector and publisher call these, nothing else does.
+
+Label values are bounded: component, event, status, reason and publish result come from
+small closed sets (the catalog and the schema's enums); client and command ids are never
+labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from broker.publisher import Outcome
+from schemas.messages import Ack, PublishReport
+
+# Publish -> ack: tens of milliseconds on a quiet broker, minutes for a busy client.
+TRIGGER_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600,
+)
+RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+
+
+class DispatcherMetrics:
+    """All dispatcher-side metrics, registered in the registry it is given."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.trigger_latency = Histogram(
+            "setevnt_trigger_latency_seconds",
+            "Command publish to its final ack received, on the dispatcher's clock.",
+            ["component", "event", "status"],
+            buckets=TRIGGER_BUCKETS,
+            registry=registry,
+        )
+        self.component_run = Histogram(
+            "setevnt_component_run_seconds",
+            "How long the component took to run the event, as the agent measured it.",
+            ["component", "event"],
+            buckets=RUN_BUCKETS,
+            registry=registry,
+        )
+        self.outcomes = Counter(
+            "setevnt_command_outcomes_total",
+            "Final acks received, by outcome.",
+            ["component", "event", "status"],
+            registry=registry,
+        )
+        self.rejects = Counter(
+            "setevnt_command_rejects_total",
+            "Commands an agent did not run, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.published = Counter(
+            "setevnt_commands_published_total",
+            "Commands published by any dispatcher, by broker outcome.",
+            ["component", "event", "result"],
+            registry=registry,
+        )
+        self.confirm_latency = Histogram(
+            "setevnt_publish_confirm_seconds",
+            "Publish to broker confirm, for this process's publishes.",
+            ["result"],
+            buckets=CONFIRM_BUCKETS,
+            registry=registry,
+        )
+        self.reconnects = Counter(
+            "setevnt_broker_reconnects_total",
+            "Broker connections re-opened after a loss.",
+            ["role"],
+            registry=registry,
+        )
+        self.bad_messages = Counter(
+            "setevnt_collector_bad_messages_total",
+            "Messages on the ack path that could not be decoded.",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicate_acks = Counter(
+            "setevnt_duplicate_acks_total",
+            "Final acks received again for a command already counted (redeliveries).",
+            registry=registry,
+        )
+
+    # -- collector hooks ----------------------------------------------------------------
+
+    def ack_received(self, ack: Ack, latency: float | None) -> None:
+        component, event = ack.component or "unknown", ack.event or "unknown"
+        if not ack.final:
+            return
+        self.outcomes.labels(component, event, ack.status).inc()
+        if latency is not None:
+            self.trigger_latency.labels(component, event, ack.status).observe(latency)
+        if ack.run_seconds is not None:
+            self.component_run.labels(component, event).observe(ack.run_seconds)
+        if ack.reason is not None and ack.status != "done":
+            self.rejects.labels(ack.reason).inc()
+
+    def duplicate_ack(self, ack: Ack) -> None:
+        self.duplicate_acks.inc()
+
+    def publish_report(self, report: PublishReport) -> None:
+        for count in report.counts:
+            self.published.labels(count.component, count.event, count.result).inc(count.count)
+
+    def bad_message(self, reason: str) -> None:
+        self.bad_messages.labels(reason).inc()
+
+    def reconnected_collector(self) -> None:
+        self.reconnects.labels("collector").inc()
+
+    # -- publisher hooks (broker.publisher.PublishHooks) ---------------------------------
+
+    def confirmed(self, outcome: Outcome, seconds: float) -> None:
+        self.confirm_latency.labels(outcome.value).observe(seconds)
+
+    def reconnected(self) -> None:
+        self.reconnects.labels("publisher").inc()

@@ -1,0 +1,85 @@
+"""Wait for the acks of commands just sent, without taking them from the collector.
+
+A private, exclusive queue is bound to the ack exchange for the target clients before
+anything is published, so the waiter gets its own copy of each ack while the durable ack
+queue still feeds the collector.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from broker import topology
+from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.settings import BrokerSettings
+from schemas.codec import DecodeError, decode
+from schemas.messages import Ack
+
+# Above this many clients one wildcard binding is cheaper than a binding per client.
+_PER_CLIENT_BINDINGS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    ack: Ack
+    latency: float | None  # dispatcher clock: issued_at -> ack received here
+
+
+class AckWaiter:
+    def __init__(self, settings: BrokerSettings, client_ids: Iterable[str]) -> None:
+        clients = sorted(set(client_ids))
+        self._connection = open_blocking(settings.named("setevnt-cli"))
+        self._answers: dict[str, Answer] = {}
+        self._latest: dict[str, Answer] = {}
+        with translate_errors("preparing to wait for acks"):
+            self._channel = self._connection.channel()
+            topology.declare_core(self._channel)
+            declared = self._channel.queue_declare("", exclusive=True, auto_delete=True)
+            self._queue = declared.method.queue
+            keys = (
+                [topology.ack_routing_key(c) for c in clients]
+                if len(clients) <= _PER_CLIENT_BINDINGS
+                else [f"{topology.ACK_KEY}.#"]
+            )
+            for key in keys:
+                self._channel.queue_bind(self._queue, topology.ACK_EXCHANGE, routing_key=key)
+
+    def close(self) -> None:
+        close_quietly(self._connection)
+
+    def __enter__(self) -> AckWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait(self, command_ids: Iterable[str], timeout: float) -> dict[str, Answer]:
+        """Final answers by command id; interim ones (deferred) are in :attr:`latest`."""
+        wanted = set(command_ids)
+        deadline = time.monotonic() + timeout
+        with translate_errors("waiting for acks"):
+            self._channel.basic_consume(self._queue, self._on_message, auto_ack=True)
+            while not wanted <= self._answers.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._connection.process_data_events(time_limit=min(left, 0.25))
+        return {cid: self._answers[cid] for cid in wanted if cid in self._answers}
+
+    @property
+    def latest(self) -> dict[str, Answer]:
+        return dict(self._latest)
+
+    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        try:
+            ack = decode(body, Ack)
+        except DecodeError:
+            return  # the collector counts bad messages; a waiter only wants its acks
+        latency = time.time() - ack.issued_at if ack.issued_at is not None else None
+        answer = Answer(ack, max(0.0, latency) if latency is not None else None)
+        self._latest[ack.command_id] = answer
+        if ack.final:
+            self._answers.setdefault(ack.command_id, answer)

@@ -1,0 +1,149 @@
+"""The one codec: messages to msgpack bytes and back, validating fully on the way in."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import msgpack
+
+from schemas.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    Message,
+    PublishCount,
+    Reason,
+)
+
+MAX_BODY = 64 * 1024
+M = TypeVar("M", bound=Message)
+
+
+class DecodeError(ValueError):
+    """The bytes are not a valid message; ``reason`` is a bounded code for acks and metrics."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def encode(message: Message) -> bytes:
+    body: dict[str, Any] = {"t": message.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
+    for name in message.SPEC:
+        value = getattr(message, name)
+        if value is None:
+            continue  # absent optional fields are left out, not sent as nil
+        if isinstance(value, tuple) and value and isinstance(value[0], PublishCount):
+            value = [dataclasses.asdict(item) for item in value]
+        body[name] = value
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(data: bytes, expected: type[M]) -> M:
+    """Decode ``data`` as an ``expected`` message or raise :class:`DecodeError`."""
+    found = decode_any(data)
+    if not isinstance(found, expected):
+        raise DecodeError(
+            Reason.BAD_MESSAGE, f"expected a {expected.WIRE_TYPE}, got a {found.WIRE_TYPE}"
+        )
+    return found
+
+
+def decode_any(data: bytes) -> Message:
+    body = _unpack(data)
+    cls = _message_type(body)
+    minor = _check_version(body)
+    fields = _fields(cls, body, newer_minor=minor > SCHEMA_VERSION[1])
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(Reason.BAD_MESSAGE, str(exc)) from None
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(Reason.BAD_MSGPACK, "body is not bytes")
+    if len(data) > MAX_BODY:
+        raise DecodeError(Reason.BAD_MESSAGE, f"body of {len(data)} bytes exceeds {MAX_BODY}")
+    try:
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+        )
+    except Exception as exc:  # msgpack raises many unrelated types for bad input
+        raise DecodeError(Reason.BAD_MSGPACK, f"{type(exc).__name__}: {exc}"[:200]) from None
+    if not isinstance(body, dict):
+        raise DecodeError(Reason.BAD_MESSAGE, f"expected a map, got {type(body).__name__}")
+    return body
+
+
+def _message_type(body: dict[str, Any]) -> type[Message]:
+    tag = body.get("t")
+    cls = MESSAGE_TYPES.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise DecodeError(Reason.BAD_MESSAGE, f"unknown message type {str(tag)[:40]!r}")
+    return cls
+
+
+def _check_version(body: dict[str, Any]) -> int:
+    version = body.get("v")
+    if (
+        not isinstance(version, list)
+        or len(version) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in version)
+    ):
+        raise DecodeError(Reason.BAD_MESSAGE, "v: expected [major, minor]")
+    major, minor = version
+    if major != SCHEMA_VERSION[0]:
+        raise DecodeError(
+            Reason.UNSUPPORTED_VERSION,
+            f"schema version {major}.{minor} is not supported (this side speaks "
+            f"{SCHEMA_VERSION[0]}.x)",
+        )
+    return int(minor)
+
+
+def _fields(cls: type[Message], body: dict[str, Any], newer_minor: bool) -> dict[str, Any]:
+    unknown = set(body) - set(cls.SPEC) - {"t", "v"}
+    if unknown and not newer_minor:
+        raise DecodeError(Reason.BAD_MESSAGE, f"unknown fields: {', '.join(sorted(unknown))}")
+    fields: dict[str, Any] = {}
+    for name, spec in cls.SPEC.items():
+        if name not in body:
+            continue
+        fields[name] = _from_wire(spec.kind, name, body[name])
+    missing = [n for n, s in cls.SPEC.items() if s.required and n not in fields]
+    # Required fields that the dataclass defaults (flags, lists) may still be absent.
+    missing = [n for n in missing if _no_default(cls, n)]
+    if missing:
+        raise DecodeError(Reason.BAD_MESSAGE, f"missing fields: {', '.join(missing)}")
+    return fields
+
+
+def _from_wire(kind: str, name: str, value: Any) -> Any:
+    if kind in ("time", "seconds") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # other languages' encoders write whole seconds as integers
+    if kind == "strs" and isinstance(value, list):
+        return tuple(value)
+    if kind == "counts" and isinstance(value, list):
+        return tuple(_count(name, item) for item in value)
+    return value
+
+
+def _count(name: str, item: Any) -> PublishCount:
+    if not isinstance(item, dict) or set(item) != {"component", "event", "result", "count"}:
+        raise DecodeError(Reason.BAD_MESSAGE, f"{name}[]: expected component/event/result/count")
+    try:
+        return PublishCount(**item)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(Reason.BAD_MESSAGE, f"{name}[]: {exc}") from None
+
+
+def _no_default(cls: type[Message], name: str) -> bool:
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name == name:
+            return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return True

@@ -1,0 +1,333 @@
+"""Versioned wire messages.
+
+Every message is a frozen dataclass whose constructor validates it, so an invalid
+message can neither be built nor decoded. The field specs below are the single source for
+validation here and are mirrored by the JSON Schemas in ``schemas/json/``.
+
+Versioning: every message carries ``v = [major, minor]``. A decoder accepts any minor of
+a major it knows; fields it does not know are an error unless the message's minor is
+newer than its own (then they are optional additions from a newer publisher).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+SCHEMA_VERSION = (1, 0)
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,31}$")
+TEXT_MAX = 1024
+OUTPUT_MAX = 2048
+
+
+class AckStatus(StrEnum):
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    DEFERRED = "deferred"
+    COALESCED = "coalesced"
+
+    @property
+    def final(self) -> bool:
+        return self is not AckStatus.DEFERRED
+
+
+class Reason(StrEnum):
+    """Why a command was not done: a bounded set, usable as a metric label."""
+
+    BAD_MSGPACK = "bad-msgpack"
+    BAD_MESSAGE = "bad-message"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    WRONG_CLIENT = "wrong-client"
+    EXPIRED = "expired"
+    UNKNOWN_COMPONENT = "unknown-component"
+    WRONG_PLATFORM = "wrong-platform"
+    NOT_PERMITTED = "not-permitted"
+    SIGNAL_FAILED = "signal-failed"
+    SIGNAL_TIMEOUT = "signal-timeout"
+    BUSY = "busy"
+    COALESCED = "coalesced"
+
+
+class Kind(StrEnum):
+    HELLO = "hello"
+    HEARTBEAT = "heartbeat"
+    GOODBYE = "goodbye"
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """How one field looks on the wire."""
+
+    kind: str  # str | bool | time | seconds | int | strs | strmap | counts
+    required: bool = True
+    max_len: int = 64
+    pattern: re.Pattern[str] | None = None
+    choices: tuple[str, ...] = ()
+
+
+_ID = Spec("str", pattern=ID_PATTERN)
+_OPT_ID = Spec("str", required=False, pattern=ID_PATTERN)
+_NAME = Spec("str", pattern=NAME_PATTERN, max_len=32)
+_TIME = Spec("time")
+_OPT_TIME = Spec("time", required=False)
+_OPT_SECONDS = Spec("seconds", required=False)
+_TEXT = Spec("str", required=False, max_len=TEXT_MAX)
+
+
+def check(spec: Spec, name: str, value: Any) -> None:
+    """Raise ValueError when ``value`` does not fit ``spec``."""
+    if value is None:
+        if spec.required:
+            raise ValueError(f"{name}: required")
+        return
+    checker = _CHECKERS[spec.kind]
+    checker(spec, name, value)
+
+
+def _check_str(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
+    if len(value) > spec.max_len:
+        raise ValueError(f"{name}: longer than {spec.max_len} characters")
+    # fullmatch: with match(), "$" would also accept a trailing newline ("PC042\n").
+    if spec.pattern is not None and not spec.pattern.fullmatch(value):
+        raise ValueError(f"{name}: {value[:80]!r} does not match {spec.pattern.pattern}")
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f"{name}: {value!r} is not one of {', '.join(spec.choices)}")
+
+
+def _check_bool(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected a boolean, got {type(value).__name__}")
+
+
+def _check_number(spec: Spec, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: must be a finite, non-negative number")
+    if spec.kind == "time" and value > 32503680000:  # year 3000: a unit mix-up (ms vs s)
+        raise ValueError(f"{name}: timestamp {value} is not in seconds since the epoch")
+
+
+def _check_int(spec: Spec, name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name}: expected an integer, got {type(value).__name__}")
+    if not -(2**31) <= value < 2**31:
+        raise ValueError(f"{name}: out of range")
+
+
+def _check_strs(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, tuple) or len(value) > 32:
+        raise ValueError(f"{name}: expected a list of at most 32 names")
+    for item in value:
+        _check_str(Spec("str", pattern=ID_PATTERN), f"{name}[]", item)
+
+
+def _check_strmap(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > 64:
+        raise ValueError(f"{name}: expected a map of at most 64 entries")
+    for key, item in value.items():
+        _check_str(Spec("str", pattern=NAME_PATTERN, max_len=32), f"{name} key", key)
+        _check_str(Spec("str", max_len=64), f"{name}[{key}]", item)
+
+
+def _check_counts(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, tuple) or len(value) > 256:
+        raise ValueError(f"{name}: expected a list of at most 256 counts")
+    for item in value:
+        if not isinstance(item, PublishCount):
+            raise ValueError(f"{name}[]: expected a count entry")
+
+
+_CHECKERS = {
+    "str": _check_str,
+    "bool": _check_bool,
+    "time": _check_number,
+    "seconds": _check_number,
+    "int": _check_int,
+    "strs": _check_strs,
+    "strmap": _check_strmap,
+    "counts": _check_counts,
+}
+
+
+class Message:
+    """Base of the wire messages: a type tag and per-field specs."""
+
+    __slots__ = ()
+
+    WIRE_TYPE: ClassVar[str]
+    SPEC: ClassVar[dict[str, Spec]]
+
+    def __post_init__(self) -> None:
+        for name, spec in self.SPEC.items():
+            check(spec, name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Message):
+    """Make one component on one client run one event."""
+
+    WIRE_TYPE: ClassVar[str] = "command"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "command_id": _ID,
+        "client_id": _ID,
+        "component": _NAME,
+        "event": _NAME,
+        "silent": Spec("bool"),
+        "issued_at": _TIME,
+        "expires_at": _TIME,
+        "requested_by": Spec("str", max_len=128),
+        "storm_id": _OPT_ID,
+        "not_before": _OPT_TIME,
+        "force": Spec("bool"),
+    }
+
+    command_id: str
+    client_id: str
+    component: str
+    event: str
+    silent: bool
+    issued_at: float
+    expires_at: float
+    requested_by: str
+    storm_id: str | None = None
+    not_before: float | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        Message.__post_init__(self)
+        if self.expires_at < self.issued_at:
+            raise ValueError("expires_at: earlier than issued_at")
+
+    @property
+    def event_name(self) -> str:
+        return f"{self.component}_{self.event}"
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    """What an agent did with one command, with its own timings.
+
+    Wall-clock timestamps are the agent's clock; the ``*_seconds`` durations were measured
+    with its monotonic clock, so they are right even when the two clocks disagree.
+    ``issued_at``, ``component`` and ``event`` echo the command so the collector can measure
+    trigger latency on the dispatcher's clock and label it without any lookup.
+    """
+
+    WIRE_TYPE: ClassVar[str] = "ack"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        # Empty when the command could not be decoded and carried no message id.
+        "command_id": Spec("str", pattern=re.compile(r"^(|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")),
+        "client_id": _ID,
+        "status": Spec("str", choices=tuple(s.value for s in AckStatus)),
+        "component": Spec("str", required=False, pattern=NAME_PATTERN, max_len=32),
+        "event": Spec("str", required=False, pattern=NAME_PATTERN, max_len=32),
+        "issued_at": _OPT_TIME,
+        "storm_id": _OPT_ID,
+        "received_at": _TIME,
+        "started_at": _OPT_TIME,
+        "finished_at": _OPT_TIME,
+        "wait_seconds": _OPT_SECONDS,
+        "run_seconds": _OPT_SECONDS,
+        "total_seconds": _OPT_SECONDS,
+        "reason": Spec("str", required=False, choices=tuple(r.value for r in Reason)),
+        "detail": _TEXT,
+        "exit_code": Spec("int", required=False),
+        "output": Spec("str", required=False, max_len=OUTPUT_MAX),
+        "agent_version": Spec("str", max_len=32),
+    }
+
+    command_id: str
+    client_id: str
+    status: str
+    received_at: float
+    agent_version: str
+    component: str | None = None
+    event: str | None = None
+    issued_at: float | None = None
+    storm_id: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    wait_seconds: float | None = None
+    run_seconds: float | None = None
+    total_seconds: float | None = None
+    reason: str | None = None
+    detail: str | None = None
+    exit_code: int | None = None
+    output: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return AckStatus(self.status).final
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """An agent announcing itself (``hello``), staying alive, or leaving (``goodbye``)."""
+
+    WIRE_TYPE: ClassVar[str] = "heartbeat"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "client_id": _ID,
+        "kind": Spec("str", choices=tuple(k.value for k in Kind)),
+        "sent_at": _TIME,
+        "platform": Spec("str", choices=("nt", "win9x")),
+        "groups": Spec("strs"),
+        "agent_version": Spec("str", max_len=32),
+        "components": Spec("strmap"),
+        "copylist_version": Spec("str", required=False, max_len=64),
+    }
+
+    client_id: str
+    kind: str
+    sent_at: float
+    platform: str
+    agent_version: str
+    groups: tuple[str, ...] = ()
+    components: dict[str, str] = field(default_factory=dict)
+    copylist_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishCount:
+    component: str
+    event: str
+    result: str  # sent | unroutable | nacked
+    count: int
+
+    def __post_init__(self) -> None:
+        check(_NAME, "component", self.component)
+        check(_NAME, "event", self.event)
+        check(Spec("str", choices=("sent", "unroutable", "nacked")), "result", self.result)
+        check(Spec("int"), "count", self.count)
+        if self.count < 0:
+            raise ValueError("count: must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReport(Message):
+    """What a publisher sent in one batch, so the collector's metrics see every publisher."""
+
+    WIRE_TYPE: ClassVar[str] = "publish-report"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "publisher": Spec("str", max_len=128),
+        "published_at": _TIME,
+        "counts": Spec("counts"),
+    }
+
+    publisher: str
+    published_at: float
+    counts: tuple[PublishCount, ...]
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.WIRE_TYPE: cls for cls in (Command, Ack, Heartbeat, PublishReport)
+}
