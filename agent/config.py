@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from broker.settings import URL_ENV, BrokerSettings, validate_url
+from broker.settings import DEFAULT_URL, URL_ENV, BrokerSettings
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
 from schemas.messages import ID_PATTERN
 
@@ -39,14 +39,14 @@ class AgentConfig:
     component_versions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not ID_PATTERN.match(self.client_id):
+        if not ID_PATTERN.fullmatch(self.client_id):
             raise ConfigError(
                 f"client_id {self.client_id!r}: 1-64 of letters, digits, '_', '.', '-'"
             )
         if self.platform not in PLATFORMS:
             raise ConfigError(f"platform {self.platform!r}: choose one of {', '.join(PLATFORMS)}")
         for group in self.groups:
-            if not ID_PATTERN.match(group):
+            if not ID_PATTERN.fullmatch(group):
                 raise ConfigError(f"group {group!r}: 1-64 of letters, digits, '_', '.', '-'")
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
@@ -69,17 +69,22 @@ def load(
     if not client_id:
         raise ConfigError(f"no client id: set client_id in the config file or ${CLIENT_ENV}")
     url = options.pop("url", None) or env.get(URL_ENV) or broker_table.get("url")
-    broker = BrokerSettings.from_env(url or None)
-    if url:
-        validate_url(url)
-    if "heartbeat" in broker_table:
-        broker = replace(broker, heartbeat=int(broker_table["heartbeat"]))
+    try:
+        # Not from_env(None): that would read os.environ even when ``environ`` is given.
+        broker = BrokerSettings.from_env(url or DEFAULT_URL)
+        if "heartbeat" in broker_table:
+            broker = replace(broker, heartbeat=int(broker_table["heartbeat"]))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"broker: {exc}") from None
+    groups = data.get("groups", [])
+    if not isinstance(groups, list):
+        raise ConfigError("groups must be a list of names, e.g. groups = [\"lab-1\"]")
     kind = options.pop("backend", None) or backend_table.get("type", "simulated")
     try:
         return AgentConfig(
             client_id=str(client_id),
             platform=str(data.get("platform", "nt")),
-            groups=tuple(str(g) for g in data.get("groups", ())),
+            groups=tuple(str(g) for g in groups),
             broker=broker.named(f"setevnt-agent {client_id}"),
             backend=str(kind),
             backend_options=_table(backend_table, str(kind)),

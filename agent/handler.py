@@ -179,6 +179,6 @@ def _safe_id(message_id: str | None) -> str:
     """Use the AMQP message id for an undecodable command's ack, when it is a valid id."""
     from schemas.messages import ID_PATTERN
 
-    if message_id and ID_PATTERN.match(message_id):
+    if message_id and ID_PATTERN.fullmatch(message_id):
         return message_id
     return ""

@@ -144,14 +144,7 @@ class ConfirmingPublisher:
         return run.outcomes
 
     def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is None or connection.is_closed or connection.is_closing:
-            return
-        try:
-            connection.close()
-            connection.ioloop.start()  # returns once the close completed (_on_closed)
-        except (pe.AMQPError, OSError) as exc:
-            log.debug("closing publisher connection: %s", exc)
+        self._discard()
 
     def __enter__(self) -> ConfirmingPublisher:
         return self
@@ -302,12 +295,17 @@ class ConfirmingPublisher:
 
     def _discard(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
+        if connection is None:
+            return
+        try:
+            if not (connection.is_closed or connection.is_closing):
                 connection.close()
-                connection.ioloop.start()
-            except (pe.AMQPError, OSError):
-                pass
+            if not connection.is_closed:
+                connection.ioloop.start()  # returns once the close completed (_on_closed)
+        except (pe.AMQPError, OSError) as exc:
+            log.debug("closing publisher connection: %s", exc)
+        finally:
+            connection.ioloop.close()  # its wake-up socket pair, or it leaks
 
     def _on_open(self, connection: Any) -> None:
         connection.channel(on_open_callback=self._on_channel_open)

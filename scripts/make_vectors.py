@@ -140,7 +140,7 @@ UNSUPPORTED = "unsupported-version"
 NEWER = [1, 7]
 ID64 = "A" + "b1_.-" * 12 + "xyz"
 NAME32 = "C" + "OMPONENT9" * 3 + "XYZW"
-NO_JSON = "; not schema-checkable: JSON has no such value"
+NO_JSON = " (JSON has no such value)"
 INT_NOT_FLOAT = "JSON Schema counts 1.0 as an integer, but msgpack keeps it a float"
 
 COMMAND = Command(

@@ -1,0 +1,83 @@
+"""Shared fixtures: the real broker, a private vhost per test, real agent processes.
+
+With CI=true a missing broker fails the run; on a developer machine broker tests skip
+with the reason. Every broker test gets its own vhost, created and deleted through the
+management API, so tests never see each other's queues.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+BROKER_HOST = "127.0.0.1"
+MGMT = f"http://{BROKER_HOST}:15672/api"
+AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
+
+
+def management(method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+    """Call the RabbitMQ management HTTP API; returns decoded JSON (or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        MGMT + path,
+        data=data,
+        method=method,
+        headers={"Authorization": AUTH, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        payload = response.read()
+    return json.loads(payload) if payload else None
+
+
+def _broker_problem() -> str | None:
+    try:
+        with socket.create_connection((BROKER_HOST, 5672), timeout=2):
+            pass
+    except OSError as exc:
+        return f"no RabbitMQ on {BROKER_HOST}:5672 ({exc}); run `make broker`"
+    try:
+        management("GET", "/overview")
+    except (OSError, urllib.error.URLError) as exc:
+        return f"RabbitMQ management API not reachable on :15672 ({exc}); run `make broker`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def broker() -> None:
+    problem = _broker_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI needs the real broker: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+@pytest.fixture
+def vhost(broker: None) -> Iterator[str]:
+    name = f"setevnt-test-{uuid.uuid4().hex[:10]}"
+    quoted = urllib.parse.quote(name, safe="")
+    management("PUT", f"/vhosts/{quoted}")
+    management(
+        "PUT",
+        f"/permissions/{quoted}/guest",
+        {"configure": ".*", "write": ".*", "read": ".*"},
+    )
+    try:
+        yield name
+    finally:
+        management("DELETE", f"/vhosts/{quoted}")
+
+
+@pytest.fixture
+def amqp_url(vhost: str) -> str:
+    return f"amqp://guest:guest@{BROKER_HOST}:5672/{urllib.parse.quote(vhost, safe='')}"

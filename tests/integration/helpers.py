@@ -1,0 +1,187 @@
+"""Helpers for tests that run real agent processes against the real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from broker import topology
+from schemas.codec import decode_any
+from schemas.messages import Ack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Process:
+    """A child process whose output is collected line by line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.argv = argv
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, text: str, timeout: float = 15.0, after: int = 0) -> None:
+        def seen() -> bool:
+            if self.proc.poll() is not None and not any(text in x for x in self.lines[after:]):
+                raise AssertionError(f"{self.argv} exited {self.proc.returncode}:\n{self.output}")
+            return any(text in line for line in self.lines[after:])
+
+        wait_for(seen, timeout, f"{text!r} from {self.argv[2:]}\n{self.output}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._close()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self._close()
+
+    def _close(self) -> None:
+        self._reader.join(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_agent(
+    url: str,
+    client_id: str,
+    tmp: Path,
+    *,
+    simulated: dict[str, Any] | None = None,
+    extra_toml: str = "",
+) -> Process:
+    """Start ``setevnt-agent run`` on the simulated backend and wait until it consumes."""
+    options = {"duration": 0.01, "record": str(tmp / f"{client_id}.record"), **(simulated or {})}
+    config = tmp / f"{client_id}.toml"
+    config.write_text(
+        f'client_id = "{client_id}"\n'
+        f"{extra_toml}\n"
+        "[agent]\n"
+        f'journal = "{tmp / (client_id + ".journal")}"\n'
+        "[backend]\n"
+        'type = "simulated"\n'
+        "[backend.simulated]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())
+    )
+    agent = Process(
+        [sys.executable, "-m", "agent", "--log-level", "INFO", "run", "--config", str(config)],
+        env={"SETEVNT_AMQP_URL": url},
+    )
+    agent.wait_line(f"consuming {topology.client_queue(client_id)}")
+    return agent
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def channel(url: str) -> tuple[pika.BlockingConnection, Any]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    return connection, connection.channel()
+
+
+def drain_acks(url: str, queue: str = topology.ACK_QUEUE) -> list[Ack]:
+    """Take every message from the durable ack queue and return the acks."""
+    connection, ch = channel(url)
+    acks = []
+    try:
+        while True:
+            method, _props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return acks
+            message = decode_any(body)
+            if isinstance(message, Ack):
+                acks.append(message)
+    finally:
+        connection.close()
+
+
+def queue_depth(url: str, queue: str) -> int:
+    connection, ch = channel(url)
+    try:
+        return int(ch.queue_declare(queue, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+def collect_acks(url: str, want: Callable[[list[Ack]], bool], timeout: float) -> list[Ack]:
+    """Accumulate acks from the durable ack queue until ``want(acks)`` or timeout."""
+    seen: list[Ack] = []
+
+    def enough() -> bool:
+        seen.extend(drain_acks(url))
+        return want(seen)
+
+    wait_for(enough, timeout, "acks")
+    return seen
+
+
+def final(acks: Iterable[Ack], command_id: str) -> list[Ack]:
+    return [a for a in acks if a.command_id == command_id and a.final]
+
+
+def agent_connections(vhost: str, client_id: str) -> list[str]:
+    from tests.conftest import management
+
+    quoted = urllib.parse.quote(vhost, safe="")
+    names = []
+    for conn in management("GET", f"/vhosts/{quoted}/connections") or []:
+        name = (conn.get("client_properties") or {}).get("connection_name", "")
+        if name.startswith(f"setevnt-agent {client_id}"):
+            names.append(conn["name"])
+    return names

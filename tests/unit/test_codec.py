@@ -1,0 +1,382 @@
+"""The codec against the shared vectors and JSON Schemas, plus direct round trips.
+
+The vectors in ``schemas/vectors/`` and the schemas in ``schemas/json/`` are the contract
+other implementations test against; these tests keep the Python codec, the vectors and the
+schemas in agreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
+
+import jsonschema  # type: ignore[import-untyped]  # test-only; no stubs installed
+import msgpack
+import pytest
+
+from schemas.codec import MAX_BODY, DecodeError, decode, decode_any, encode
+from schemas.messages import (
+    ID_PATTERN,
+    MESSAGE_TYPES,
+    NAME_PATTERN,
+    Ack,
+    Command,
+    Heartbeat,
+    Message,
+    PublishCount,
+    PublishReport,
+    Reason,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+VECTOR_DIR = ROOT / "schemas" / "vectors"
+SCHEMA_DIR = ROOT / "schemas" / "json"
+DECODE_REASONS = {Reason.BAD_MSGPACK, Reason.BAD_MESSAGE, Reason.UNSUPPORTED_VERSION}
+YEAR_3000 = 32503680000
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+VECTORS: dict[str, Any] = {t: _load(VECTOR_DIR / f"{t}.json") for t in MESSAGE_TYPES}
+SCHEMAS: dict[str, Any] = {t: _load(SCHEMA_DIR / f"{t}.schema.json") for t in MESSAGE_TYPES}
+
+
+def _cases(kind: str) -> list[Any]:
+    return [
+        pytest.param(wire_type, vector, id=f"{wire_type}:{vector['name']}")
+        for wire_type, content in VECTORS.items()
+        for vector in content[kind]
+    ]
+
+
+def _schema_cases() -> list[Any]:
+    """Invalid vectors that are msgpack and must therefore fail the JSON Schema too."""
+    cases = []
+    for param in _cases("invalid"):
+        wire_type, vector = param.values
+        if vector["reason"] == Reason.BAD_MSGPACK:
+            continue
+        marks = []
+        if vector.get("schema_checkable") is False:
+            marks.append(pytest.mark.skip(reason=f"schema_checkable is false: {vector['why']}"))
+        cases.append(pytest.param(wire_type, vector, id=param.id, marks=marks))
+    return cases
+
+
+def message_from_fields(cls: type[Message], fields: dict[str, Any]) -> Message:
+    """The message a vector's JSON ``fields`` describe."""
+    args: dict[str, Any] = {}
+    for name, value in fields.items():
+        kind = cls.SPEC[name].kind
+        if kind in ("time", "seconds"):
+            value = float(value)
+        elif kind == "strs":
+            value = tuple(value)
+        elif kind == "counts":
+            value = tuple(PublishCount(**item) for item in value)
+        args[name] = value
+    return cls(**args)
+
+
+def _unpack(vector: dict[str, Any]) -> Any:
+    return msgpack.unpackb(bytes.fromhex(vector["hex"]), raw=False, strict_map_key=False)
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[Any]:
+    """``pattern`` as JSON Schema means it (ECMA-262): ``$`` matches only at the very end.
+
+    jsonschema uses Python's ``re.search``, whose ``$`` also matches before a final newline.
+    """
+    ecma = re.sub(r"(?<!\\)\$", r"\\Z", pattern)
+    if validator.is_type(instance, "string") and not re.search(ecma, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+EcmaValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator, {"pattern": _ecma_pattern}
+)
+
+
+@functools.cache
+def _validator(wire_type: str) -> Any:
+    return EcmaValidator(SCHEMAS[wire_type])
+
+
+@functools.cache
+def _make_vectors() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "make_vectors", ROOT / "scripts" / "make_vectors.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- the vectors ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("wire_type", "vector"), _cases("valid"))
+def test_valid_vector_decodes_to_its_fields(wire_type: str, vector: dict[str, Any]) -> None:
+    cls = MESSAGE_TYPES[wire_type]
+    expected = message_from_fields(cls, vector["fields"])
+    decoded = decode(bytes.fromhex(vector["hex"]), cls)
+    assert decoded == expected
+    assert encode(decoded) == encode(expected)  # same types too: timestamps become floats
+    assert (encode(expected).hex() == vector["hex"]) is vector["canonical"]
+
+
+@pytest.mark.parametrize(("wire_type", "vector"), _cases("invalid"))
+def test_invalid_vector_is_refused_with_its_reason(wire_type: str, vector: dict[str, Any]) -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(bytes.fromhex(vector["hex"]), MESSAGE_TYPES[wire_type])
+    assert caught.value.reason is Reason(vector["reason"]), caught.value.detail
+
+
+@pytest.mark.parametrize(("wire_type", "vector"), _cases("valid"))
+def test_valid_vector_fits_the_schema(wire_type: str, vector: dict[str, Any]) -> None:
+    errors = [error.message for error in _validator(wire_type).iter_errors(_unpack(vector))]
+    assert errors == []
+
+
+@pytest.mark.parametrize(("wire_type", "vector"), _schema_cases())
+def test_invalid_vector_fails_the_schema(wire_type: str, vector: dict[str, Any]) -> None:
+    assert not _validator(wire_type).is_valid(_unpack(vector))
+
+
+@pytest.mark.parametrize("wire_type", MESSAGE_TYPES)
+def test_vector_file_is_well_formed(wire_type: str) -> None:
+    content = VECTORS[wire_type]
+    assert content["message"] == wire_type
+    names = [v["name"] for v in content["valid"] + content["invalid"]]
+    assert len(names) == len(set(names))
+    for vector in content["invalid"]:
+        reasons = [vector["reason"], *vector.get("also_acceptable", [])]
+        assert {Reason(r) for r in reasons} <= DECODE_REASONS
+        assert vector["why"]
+    canonical = [v["canonical"] for v in content["valid"]]
+    assert True in canonical
+    assert False in canonical
+
+
+def test_vectors_on_disk_are_what_the_script_makes() -> None:
+    module = _make_vectors()
+    expected: dict[str, str] = module.render(module.build())
+    on_disk = {path.name: path.read_text(encoding="utf-8") for path in VECTOR_DIR.glob("*.json")}
+    assert sorted(on_disk) == sorted(expected)
+    for name, text in expected.items():
+        assert on_disk[name] == text, f"{name} is stale: run python scripts/make_vectors.py"
+
+
+# --- the schemas ------------------------------------------------------------------------
+
+WIRE_TYPE = {
+    "str": "string",
+    "bool": "boolean",
+    "time": "number",
+    "seconds": "number",
+    "int": "integer",
+    "strs": "array",
+    "strmap": "object",
+    "counts": "array",
+}
+
+
+@pytest.mark.parametrize("wire_type", MESSAGE_TYPES)
+def test_schema_is_draft_2020_12(wire_type: str) -> None:
+    schema = SCHEMAS[wire_type]
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["$id"] == f"https://setevnt.invalid/schemas/{wire_type}.schema.json"
+    assert schema["title"]
+    assert schema["description"]
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES.values(), ids=list(MESSAGE_TYPES))
+def test_schema_mirrors_spec(cls: type[Message]) -> None:
+    schema = SCHEMAS[cls.WIRE_TYPE]
+    properties = schema["properties"]
+    assert list(properties) == ["t", "v", *cls.SPEC]
+    assert properties["t"]["const"] == cls.WIRE_TYPE
+    # Required on the wire: required by the spec and not defaulted by the dataclass.
+    defaulted = {
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    required = [n for n, spec in cls.SPEC.items() if spec.required and n not in defaulted]
+    assert schema["required"] == ["t", "v", *required]
+    assert schema["then"]["propertyNames"]["enum"] == list(properties)
+    for name, spec in cls.SPEC.items():
+        prop = properties[name]
+        assert prop["description"], name
+        nullable = [] if spec.required else ["null"]
+        types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+        assert types == [WIRE_TYPE[spec.kind], *nullable], name
+        if spec.choices:
+            assert prop["enum"] == [*spec.choices, *([None] if nullable else [])], name
+        elif spec.kind == "str":
+            assert prop["maxLength"] == spec.max_len, name
+        assert prop.get("pattern") == (spec.pattern.pattern if spec.pattern else None), name
+        if spec.kind in ("time", "seconds"):
+            assert prop["minimum"] == 0, name
+            assert prop.get("maximum") == (YEAR_3000 if spec.kind == "time" else None), name
+        if spec.kind == "int":
+            assert (prop["minimum"], prop["maximum"]) == (-(2**31), 2**31 - 1), name
+
+
+def test_schema_collections_mirror_messages() -> None:
+    groups = SCHEMAS["heartbeat"]["properties"]["groups"]
+    assert (groups["maxItems"], groups["items"]["pattern"]) == (32, ID_PATTERN.pattern)
+    components = SCHEMAS["heartbeat"]["properties"]["components"]
+    assert components["maxProperties"] == 64
+    assert components["propertyNames"] == {"maxLength": 32, "pattern": NAME_PATTERN.pattern}
+    assert components["additionalProperties"] == {"type": "string", "maxLength": 64}
+    report = SCHEMAS["publish-report"]
+    assert report["properties"]["counts"]["maxItems"] == 256
+    count = report["$defs"]["count"]
+    assert count["additionalProperties"] is False
+    assert [f.name for f in dataclasses.fields(PublishCount)] == count["required"]
+    assert count["properties"]["component"]["pattern"] == NAME_PATTERN.pattern
+    assert count["properties"]["result"]["enum"] == ["sent", "unroutable", "nacked"]
+    assert count["properties"]["count"]["minimum"] == 0
+
+
+# --- direct tests -----------------------------------------------------------------------
+
+COMMAND = Command(
+    command_id="5f0e3a9c2b7d4e1fa6c8b0d9e2f41357",
+    client_id="PC042",
+    component="CLISVCL",
+    event="CLOSE",
+    silent=True,
+    issued_at=1700000000.123456,
+    expires_at=1700000600.123456,
+    requested_by="jdoe@console01",
+    storm_id="storm-1",
+    not_before=1700000010.0,
+    force=True,
+)
+ACK = Ack(
+    command_id=COMMAND.command_id,
+    client_id="PC042",
+    status="done",
+    received_at=1700000000.5,
+    agent_version="1.2.3",
+    component="CLISVCL",
+    event="CLOSE",
+    issued_at=COMMAND.issued_at,
+    started_at=1700000010.0,
+    finished_at=1700000011.0,
+    wait_seconds=9.5,
+    run_seconds=1.0,
+    total_seconds=10.5,
+    exit_code=0,
+    output="ok",
+)
+HEARTBEAT = Heartbeat(
+    client_id="PC042",
+    kind="goodbye",
+    sent_at=1700000000.0,
+    platform="win9x",
+    agent_version="1.2.3",
+    groups=("lab-7",),
+    components={"CLISVC95": "2.0"},
+    copylist_version="7",
+)
+REPORT = PublishReport(
+    publisher="setevnt-dispatcher",
+    published_at=1700000000.0,
+    counts=(PublishCount("CLISVCL", "CLOSE", "sent", 3),),
+)
+
+
+@pytest.mark.parametrize("message", [COMMAND, ACK, HEARTBEAT, REPORT], ids=list(MESSAGE_TYPES))
+def test_round_trip(message: Message) -> None:
+    data = encode(message)
+    assert decode(data, type(message)) == message
+    assert decode_any(data) == message
+    assert encode(decode_any(data)) == data
+
+
+def test_an_ack_is_not_a_command() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode(encode(ACK), Command)
+    assert caught.value.reason is Reason.BAD_MESSAGE
+    assert str(caught.value).startswith("bad-message: ")
+
+
+def test_ack_without_command_id_is_valid() -> None:
+    ack = Ack(
+        command_id="",
+        client_id="PC042",
+        status="rejected",
+        received_at=1700000000.0,
+        agent_version="1.2.3",
+        reason="bad-msgpack",
+    )
+    assert decode(encode(ack), Ack) == ack
+    assert ack.final
+
+
+def test_deferred_ack_is_not_final() -> None:
+    assert not dataclasses.replace(ACK, status="deferred").final
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"component": "clisvcl"},
+        {"event": "START CYCLE"},
+        {"client_id": "PC 042"},
+        {"client_id": "PC042\n"},
+        {"command_id": ""},
+        {"storm_id": "x" * 65},
+        {"silent": 1},
+        {"force": None},
+        {"issued_at": -1.0},
+        {"not_before": math.nan},
+        {"issued_at": 1700000000000.0, "expires_at": 1700000600000.0},
+        {"expires_at": 1699999999.0},
+        {"requested_by": "x" * 129},
+        {"requested_by": None},
+    ],
+    ids=repr,
+)
+def test_command_refuses_bad_values(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"\w+: "):
+        dataclasses.replace(COMMAND, **changes)
+
+
+def test_publish_count_refuses_a_negative_count() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        PublishCount("CCIM32", "STARTCYCLE", "sent", -1)
+
+
+def test_body_of_exactly_max_size_is_accepted() -> None:
+    # A newer minor may carry fields this side does not know: pad with one.
+    body = {**msgpack.unpackb(encode(COMMAND)), "v": [1, 7]}
+    base = len(msgpack.packb({**body, "padding": ""}))
+    data = msgpack.packb({**body, "padding": "x" * (MAX_BODY - base - 2)})  # str16 header
+    assert len(data) == MAX_BODY
+    assert decode(data, Command) == COMMAND
+    with pytest.raises(DecodeError) as caught:
+        decode(data + b"\xc0", Command)
+    assert caught.value.reason is Reason.BAD_MESSAGE
+
+
+def test_non_bytes_are_refused() -> None:
+    with pytest.raises(DecodeError) as caught:
+        decode_any(cast(bytes, "not bytes"))
+    assert caught.value.reason is Reason.BAD_MSGPACK
