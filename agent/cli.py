@@ -1,6 +1,6 @@
 """``setevnt-agent``: the client-side daemon.
 
-    setevnt-agent run [--config agent.toml] [--client ID] [--url URL] [--backend KIND]
+setevnt-agent run [--config agent.toml] [--client ID] [--url URL] [--backend KIND]
 """
 
 from __future__ import annotations

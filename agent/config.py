@@ -78,7 +78,7 @@ def load(
         raise ConfigError(f"broker: {exc}") from None
     groups = data.get("groups", [])
     if not isinstance(groups, list):
-        raise ConfigError("groups must be a list of names, e.g. groups = [\"lab-1\"]")
+        raise ConfigError('groups must be a list of names, e.g. groups = ["lab-1"]')
     kind = options.pop("backend", None) or backend_table.get("type", "simulated")
     try:
         return AgentConfig(

@@ -58,17 +58,26 @@ class Journal:
         assert self._path is not None
         if not self._path.exists():
             return
-        with open(self._path, encoding="ascii", errors="replace") as source:
-            for number, line in enumerate(source, 1):
-                parts = line.split()
-                try:
-                    command_id, ack = parts[0], bytes.fromhex(parts[1])
-                except (IndexError, ValueError):
-                    # A torn last line after a crash mid-write: that entry was never acked.
-                    log.warning("journal %s: skipping unreadable line %d", self._path, number)
-                    continue
-                self._remember(command_id, ack)
-                self._lines += 1
+        data = self._path.read_bytes()
+        complete = data.rfind(b"\n") + 1
+        if complete < len(data):
+            # A torn last line after a crash mid-write: that entry was never acked. Cut it
+            # off, or the next record would be appended to it and be lost with it.
+            log.warning("journal %s: dropping a torn last line", self._path)
+            with open(self._path, "r+b") as out:
+                out.truncate(complete)
+        lines = data[:complete].decode("ascii", "replace").split("\n")[:-1]
+        for number, line in enumerate(lines, 1):
+            parts = line.split()
+            try:
+                if len(parts) != 2:
+                    raise ValueError(f"{len(parts)} fields")
+                command_id, ack = parts[0], bytes.fromhex(parts[1])
+            except ValueError:
+                log.warning("journal %s: skipping unreadable line %d", self._path, number)
+                continue
+            self._remember(command_id, ack)
+            self._lines += 1
 
     def _compact(self) -> None:
         assert self._path is not None

@@ -44,9 +44,9 @@ class Session:
     def open(self) -> None:
         self._consume_conn = open_blocking(self._settings)
         try:
-            self._publish_conn = open_blocking(self._settings.named(
-                f"{self._settings.connection_name} (publish)"
-            ))
+            self._publish_conn = open_blocking(
+                self._settings.named(f"{self._settings.connection_name} (publish)")
+            )
             with translate_errors("opening channels"):
                 self._channel = self._consume_conn.channel()
                 self._channel.basic_qos(prefetch_count=self._prefetch)

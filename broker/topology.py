@@ -56,10 +56,8 @@ class QueueLimits:
 
 
 def client_queue(client_id: str) -> str:
-    if not _CLIENT_ID.match(client_id):
-        raise ValueError(
-            f"invalid client id {client_id!r}: 1-64 of letters, digits, '_', '.', '-'"
-        )
+    if not _CLIENT_ID.fullmatch(client_id):
+        raise ValueError(f"invalid client id {client_id!r}: 1-64 of letters, digits, '_', '.', '-'")
     return CLIENT_QUEUE_PREFIX + client_id
 
 
@@ -102,8 +100,11 @@ def declare_core(channel: Channel) -> None:
     channel.queue_declare(
         FLEET_QUEUE,
         durable=True,
-        arguments={"x-queue-type": "classic", "x-message-ttl": 3600 * 1000,
-                   "x-max-length": 100_000},
+        arguments={
+            "x-queue-type": "classic",
+            "x-message-ttl": 3600 * 1000,
+            "x-max-length": 100_000,
+        },
     )
     channel.queue_bind(FLEET_QUEUE, ACK_EXCHANGE, routing_key=f"{HELLO_KEY}.#")
 

@@ -1,7 +1,7 @@
 """The dispatcher library: turn "run this event on these clients" into confirmed commands.
 
-    >>> with Dispatcher() as d:
-    ...     receipts = d.trigger(["PC042"], "CCIM32_STARTCYCLE", silent=True, ttl=600)
+>>> with Dispatcher() as d:
+...     receipts = d.trigger(["PC042"], "CCIM32_STARTCYCLE", silent=True, ttl=600)
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ class Dispatcher:
         """Declare the shared exchanges and queues (idempotent)."""
         self._with_channel(topology.declare_core)
 
-    def provision(self, client_ids: Iterable[str], limits: topology.QueueLimits | None = None) -> int:
+    def provision(
+        self, client_ids: Iterable[str], limits: topology.QueueLimits | None = None
+    ) -> int:
         """Create the command queues of newly known clients; returns how many were declared."""
         ids = list(client_ids)
         for client_id in ids:

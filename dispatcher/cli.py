@@ -1,7 +1,7 @@
 """``setevnt``: fire component events at clients, like SetEvnt.exe but for a fleet.
 
-    setevnt [--url URL] --client ID [--client ID ...] [/q] [cq | COMPONENT_EVENT]
-            [--wait SECONDS] [--json]
+setevnt [--url URL] --client ID [--client ID ...] [/q] [cq | COMPONENT_EVENT]
+        [--wait SECONDS] [--json]
 """
 
 from __future__ import annotations

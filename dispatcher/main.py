@@ -1,8 +1,8 @@
 """``setevnt-dispatcher``: the central service and its operator commands.
 
-    setevnt-dispatcher serve [--metrics-port 9808]     collect acks, serve /metrics
-    setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
-    setevnt-dispatcher declare                         declare the shared topology
+setevnt-dispatcher serve [--metrics-port 9808]     collect acks, serve /metrics
+setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
+setevnt-dispatcher declare                         declare the shared topology
 """
 
 from __future__ import annotations

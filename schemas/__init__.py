@@ -7,12 +7,12 @@ service that publishes requests.
 from schemas.catalog import DEFAULT_CATALOG, Catalog, Component, ComponentEvent
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import (
+    SCHEMA_VERSION,
     Ack,
     AckStatus,
     Command,
     Heartbeat,
     PublishReport,
-    SCHEMA_VERSION,
 )
 from schemas.syntax import Invocation, UsageError, parse_invocation
 

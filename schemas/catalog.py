@@ -31,7 +31,7 @@ class Component:
     events: tuple[str, ...] = EVENTS
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise ValueError(f"component name {self.name!r} must be upper case letters/digits")
         unknown = set(self.platforms) - set(PLATFORMS)
         if not self.platforms or unknown:
@@ -39,7 +39,7 @@ class Component:
                 f"component {self.name}: platforms must be a non-empty subset of {PLATFORMS}"
             )
         for event in self.events:
-            if not _EVENT.match(event):
+            if not _EVENT.fullmatch(event):
                 raise ValueError(f"component {self.name}: event {event!r} must be upper case")
 
     def runs_on(self, platform: str) -> bool:

@@ -37,7 +37,8 @@ def encode(message: Message) -> bytes:
         if isinstance(value, tuple) and value and isinstance(value[0], PublishCount):
             value = [dataclasses.asdict(item) for item in value]
         body[name] = value
-    return msgpack.packb(body, use_bin_type=True)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 def decode(data: bytes, expected: type[M]) -> M:

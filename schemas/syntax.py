@@ -31,9 +31,7 @@ def parse_invocation(words: Sequence[str], catalog: Catalog = DEFAULT_CATALOG) -
         else:
             rest.append(word)
     if len(rest) > 1:
-        raise UsageError(
-            f"expected at most one of 'cq' or COMPONENT_EVENT, got {' '.join(rest)!r}"
-        )
+        raise UsageError(f"expected at most one of 'cq' or COMPONENT_EVENT, got {' '.join(rest)!r}")
     if not rest:
         return Invocation(DEFAULT_EVENTS, silent)
     word = rest[0]

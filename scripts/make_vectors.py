@@ -229,7 +229,7 @@ def common_invalid(message: Message, other: Message) -> list[Vector]:
         invalid("missing type tag", changed(body, t=...), BAD, "t is required"),
         invalid("unknown type tag", changed(body, t=body["t"].upper()), BAD, "tags are exact"),
         invalid(
-            f"a {other.WIRE_TYPE} instead",
+            f"wrong message type ({other.WIRE_TYPE})",
             encode(other),
             BAD,
             f"a valid {other.WIRE_TYPE} is not a {message.WIRE_TYPE}",

@@ -16,7 +16,7 @@ class ExecBackend:
 
     def __init__(self, commands: Mapping[str, Sequence[str]], timeout: float = 300.0) -> None:
         for event, argv in commands.items():
-            if not argv or not all(isinstance(a, str) for a in argv):
+            if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
                 raise BackendConfigError(f"exec: {event} needs a non-empty list of strings")
         if timeout <= 0:
             raise BackendConfigError("exec: timeout must be positive")
@@ -30,7 +30,9 @@ class ExecBackend:
     def signal(self, command: Command) -> SignalResult:
         argv = self._commands.get(command.event_name)
         if argv is None:
-            return SignalResult(False, detail=f"exec: no program configured for {command.event_name}")
+            return SignalResult(
+                False, detail=f"exec: no program configured for {command.event_name}"
+            )
         env = {
             **os.environ,
             "SETEVNT_COMMAND_ID": command.command_id,

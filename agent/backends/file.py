@@ -16,7 +16,7 @@ class FileBackend:
     name = "file"
 
     def __init__(self, directory: str | None = None, fifo: str | None = None) -> None:
-        if (directory is None) == (fifo is None):
+        if bool(directory) == bool(fifo):
             raise BackendConfigError("file: set exactly one of 'directory' or 'fifo'")
         self._directory = Path(directory) if directory else None
         self._fifo = fifo

@@ -36,10 +36,14 @@ class SignalBackend:
     def signal(self, command: Command) -> SignalResult:
         target = self._targets.get(command.event_name)
         if target is None:
-            return SignalResult(False, detail=f"signal: no pidfile configured for {command.event_name}")
+            return SignalResult(
+                False, detail=f"signal: no pidfile configured for {command.event_name}"
+            )
         try:
             with open(target.pidfile, encoding="ascii") as handle:
                 pid = int(handle.read().strip())
+            if pid <= 0:  # kill(0 or -n) would signal a whole process group, maybe ours
+                raise ValueError(f"pid {pid} is not a process id")
             os.kill(pid, target.signum)
         except (OSError, ValueError) as exc:
             return SignalResult(False, detail=f"signal: {target.pidfile}: {exc}")

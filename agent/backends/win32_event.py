@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,7 +16,7 @@ class Win32EventBackend:
     name = "win32-event"
 
     def __init__(self, names: Mapping[str, str] | None = None, prefix: str = "") -> None:
-        if sys.platform != "win32":
+        if os.name != "nt":  # not sys.platform: mypy would skip the rest as unreachable
             raise BackendConfigError("win32-event: this backend works on Windows only")
         self._names = dict(names or {})
         self._prefix = prefix
@@ -35,7 +35,9 @@ class Win32EventBackend:
         name = self.event_name(command)
         handle = kernel32.OpenEventW(EVENT_MODIFY_STATE, False, name)
         if not handle:
-            return SignalResult(False, detail=f"win32-event: cannot open {name}: {ctypes.GetLastError()}")
+            return SignalResult(
+                False, detail=f"win32-event: cannot open {name}: {kernel32.GetLastError()}"
+            )
         try:
             if not kernel32.SetEvent(handle):
                 return SignalResult(False, detail=f"win32-event: SetEvent {name} failed")

@@ -1,0 +1,116 @@
+"""The ack collector and its metrics, with a fresh registry per test."""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from broker.settings import BrokerSettings
+from dispatcher import Dispatcher
+from dispatcher.collector import Collector
+from dispatcher.metrics import DispatcherMetrics
+from tests.conftest import management
+from tests.integration.helpers import agent_connections, start_agent, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def collector(amqp_url: str) -> Iterator[CollectorRegistry]:
+    registry = CollectorRegistry()
+    running = Collector(BrokerSettings(url=amqp_url), DispatcherMetrics(registry))
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    assert running.ready.wait(10), "collector did not start consuming"
+    try:
+        yield registry
+    finally:
+        running.stop()
+        thread.join(10)
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_collector_counts_outcomes_latency_and_publishes(
+    amqp_url: str, tmp_path: Path, collector: CollectorRegistry
+) -> None:
+    with Dispatcher(amqp_url) as dispatcher:
+        dispatcher.provision(["PC001", "PC002"])
+    agents = [start_agent(amqp_url, c, tmp_path) for c in ("PC001", "PC002")]
+    try:
+        with Dispatcher(amqp_url) as dispatcher:
+            dispatcher.trigger(["PC001", "PC002", "GHOST"], "CCIM32_STARTCYCLE")
+        labels = {"component": "CCIM32", "event": "STARTCYCLE"}
+        wait_for(
+            lambda: (
+                sample(collector, "setevnt_command_outcomes_total", **labels, status="done") == 2
+            ),
+            20,
+            "two done outcomes",
+        )
+        latency = sample(
+            collector, "setevnt_trigger_latency_seconds_count", **labels, status="done"
+        )
+        assert latency == 2
+        assert (
+            0
+            < sample(collector, "setevnt_trigger_latency_seconds_sum", **labels, status="done")
+            < 20
+        )
+        assert sample(collector, "setevnt_component_run_seconds_count", **labels) == 2
+        wait_for(
+            lambda: (
+                sample(collector, "setevnt_commands_published_total", **labels, result="sent") == 2
+            ),
+            10,
+            "publish report",
+        )
+        assert (
+            sample(collector, "setevnt_commands_published_total", **labels, result="unroutable")
+            == 1
+        )
+    finally:
+        for agent in agents:
+            agent.terminate()
+
+
+def test_metric_labels_are_bounded(collector: CollectorRegistry) -> None:
+    allowed = {"component", "event", "status", "reason", "result", "role"}
+    for metric in collector.collect():
+        for sample_ in metric.samples:
+            assert set(sample_.labels) - {"le"} <= allowed, (metric.name, sample_.labels)
+
+
+def test_agent_reconnects_after_its_connection_is_closed(
+    amqp_url: str, vhost: str, tmp_path: Path
+) -> None:
+    with Dispatcher(amqp_url) as dispatcher:
+        dispatcher.provision(["PC001"])
+    agent = start_agent(amqp_url, "PC001", tmp_path)
+    try:
+        # The management API list lags a few seconds behind new connections.
+        names = wait_for(lambda: agent_connections(vhost, "PC001"), 20, "agent connections")
+        before = len(agent.lines)
+        for name in names:
+            management(
+                "DELETE",
+                f"/connections/{urllib.parse.quote(name, safe='')}",
+            )
+        agent.wait_line("connection lost", timeout=15, after=before)
+        agent.wait_line("consuming setevnt.client.PC001", timeout=30, after=before)
+        with Dispatcher(amqp_url) as dispatcher:
+            from dispatcher.waiter import AckWaiter
+
+            with AckWaiter(dispatcher.settings, ["PC001"]) as waiter:
+                receipt = dispatcher.trigger(["PC001"], "CQMGR32_STARTCYCLE")[0]
+                answers = waiter.wait([receipt.command_id], 20)
+        assert answers[receipt.command_id].ack.status == "done"
+    finally:
+        agent.terminate()
