@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, rss_mb, scratch_vhost  # noqa: E402
-from dispatcher import Dispatcher  # noqa: E402
+from bench.common import ROOT, rss_mb, scratch_vhost
+from dispatcher import Dispatcher
 
 BARE_CONSUMER = """
 import sys, pika

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, scratch_vhost  # noqa: E402
-from dispatcher import Dispatcher  # noqa: E402
+from bench.common import ROOT, scratch_vhost
+from dispatcher import Dispatcher
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 

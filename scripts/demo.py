@@ -27,6 +27,7 @@ AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 CLIENTS = {"DEMO-PC01": "nt", "DEMO-PC02": "nt", "DEMO-PC03": "win9x"}
 BIN = Path(sys.executable).parent
+TARGETS = [word for client in CLIENTS for word in ("--client", client)]
 
 
 def management(method: str, path: str, body: object = None) -> None:
@@ -64,6 +65,14 @@ def run(*argv: str) -> int:
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT, check=False).returncode
 
 
+def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start a project command in the background, its output going to ``log``."""
+    with open(log, "wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [str(BIN / argv[0]), *argv[1:]], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="setevnt-demo-"))
     os.environ["SETEVNT_AMQP_URL"] = URL
@@ -96,14 +105,8 @@ def demo(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
     run("setevnt-dispatcher", "--log-level", "WARNING", "provision", *CLIENTS)
 
     step(f"starting the collector (metrics on http://127.0.0.1:{port}/metrics)")
-    log = open(workdir / "dispatcher.log", "wb")
-    started.append(
-        subprocess.Popen(
-            [str(BIN / "setevnt-dispatcher"), "serve", "--metrics-port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    )
+    serve = ["setevnt-dispatcher", "serve", "--metrics-port", str(port)]
+    started.append(spawn(serve, workdir / "dispatcher.log"))
     step(f"starting {len(CLIENTS)} agents on the simulated backend")
     for client, platform in CLIENTS.items():
         config = workdir / f"{client}.toml"
@@ -112,23 +115,17 @@ def demo(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
             f'[agent]\njournal = "{workdir / client}.journal"\n'
             '[backend]\ntype = "simulated"\n[backend.simulated]\nduration = 0.05\n'
         )
-        agent_log = open(workdir / f"{client}.log", "wb")
-        started.append(
-            subprocess.Popen(
-                [str(BIN / "setevnt-agent"), "run", "--config", str(config)],
-                stdout=agent_log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+        agent = ["setevnt-agent", "run", "--config", str(config)]
+        started.append(spawn(agent, workdir / f"{client}.log"))
     for client in CLIENTS:
         wait_until(lambda c=client: b"consuming" in (workdir / f"{c}.log").read_bytes(), 30, client)
 
     step("setevnt with no event: CCIM32 and Copy Queue cycle on every client")
-    run("setevnt", *sum((["--client", c] for c in CLIENTS), []), "--wait", "10")
+    run("setevnt", *TARGETS, "--wait", "10")
     step("a silent Client Service NT close: DEMO-PC03 is a 95/98 client and refuses it")
     run(
         "setevnt",
-        *sum((["--client", c] for c in CLIENTS), []),
+        *TARGETS,
         "/q",
         "CLISVCL_CLOSE",
         "--wait",

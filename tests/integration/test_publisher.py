@@ -1,0 +1,101 @@
+"""The confirming publisher against the real broker: outcomes, reconnects, giving up."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import pytest
+
+from broker import topology
+from broker.errors import BrokerRefused, ConnectionLost
+from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
+from broker.settings import BrokerSettings
+from tests.conftest import management
+from tests.integration.helpers import channel, queue_depth, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.reconnects = 0
+        self.confirmed_count = 0
+
+    def confirmed(self, outcome: Outcome, seconds: float) -> None:
+        self.confirmed_count += 1
+
+    def reconnected(self) -> None:
+        self.reconnects += 1
+
+
+def _messages(prefix: str, queue: str, count: int) -> list[Outgoing]:
+    return [Outgoing(f"{prefix}{i}", "", queue, b"x" * 200, "command") for i in range(count)]
+
+
+def test_outcomes_sent_unroutable_in_one_batch(amqp_url: str) -> None:
+    connection, ch = channel(amqp_url)
+    ch.queue_declare("bench.q", durable=True)
+    connection.close()
+    messages = _messages("ok", "bench.q", 300) + _messages("gone", "no.such.queue", 50)
+    with ConfirmingPublisher(BrokerSettings(url=amqp_url), window=64) as publisher:
+        outcomes = publisher.publish(messages)
+    assert sum(o is Outcome.SENT for o in outcomes.values()) == 300
+    assert all(outcomes[f"gone{i}"] is Outcome.UNROUTABLE for i in range(50))
+    assert queue_depth(amqp_url, "bench.q") == 300
+
+
+def test_full_queue_nacks_instead_of_dropping(amqp_url: str) -> None:
+    connection, ch = channel(amqp_url)
+    topology.declare_core(ch)
+    topology.declare_client(ch, "PC001", topology.QueueLimits(max_length=5))
+    connection.close()
+    queue = topology.client_queue("PC001")
+    with ConfirmingPublisher(BrokerSettings(url=amqp_url)) as publisher:
+        outcomes = publisher.publish(_messages("m", queue, 8))
+    assert sorted(o.value for o in outcomes.values()) == ["nacked"] * 3 + ["sent"] * 5
+
+
+def test_publisher_reconnects_after_its_connection_is_closed(amqp_url: str, vhost: str) -> None:
+    connection, ch = channel(amqp_url)
+    ch.queue_declare("q", durable=True)
+    connection.close()
+    hooks = Hooks()
+    settings = BrokerSettings(url=amqp_url, connection_name="publisher-under-test")
+    with ConfirmingPublisher(settings, hooks=hooks) as publisher:
+        publisher.publish(_messages("a", "q", 10))
+        quoted = urllib.parse.quote(vhost, safe="")
+
+        def ours() -> list[str]:
+            listed = management("GET", f"/vhosts/{quoted}/connections") or []
+            return [
+                c["name"]
+                for c in listed
+                if (c.get("client_properties") or {}).get("connection_name")
+                == "publisher-under-test"
+            ]
+
+        for name in wait_for(ours, 20, "publisher connection in the management API"):
+            management("DELETE", f"/connections/{urllib.parse.quote(name, safe='')}")
+        time.sleep(0.5)
+        outcomes = publisher.publish(_messages("b", "q", 10))
+    assert set(outcomes.values()) == {Outcome.SENT}
+    assert hooks.reconnects == 1
+    assert queue_depth(amqp_url, "q") == 20
+
+
+def test_unreachable_broker_gives_up_after_bounded_retries(broker: None) -> None:
+    settings = BrokerSettings(url="amqp://guest:guest@127.0.0.1:1/%2F")
+    started = time.monotonic()
+    with ConfirmingPublisher(settings, attempts=3) as publisher, pytest.raises(ConnectionLost):
+        publisher.publish(_messages("x", "q", 3))
+    assert time.monotonic() - started < 20
+
+
+def test_bad_credentials_are_refused_not_retried(amqp_url: str) -> None:
+    url = amqp_url.replace("guest:guest", "guest:wrong")
+    with (
+        ConfirmingPublisher(BrokerSettings(url=url), attempts=5) as publisher,
+        pytest.raises(BrokerRefused),
+    ):
+        publisher.publish(_messages("x", "q", 1))

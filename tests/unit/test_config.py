@@ -1,0 +1,183 @@
+"""Agent configuration: the example file, precedence, and errors that name what is wrong."""
+
+from __future__ import annotations
+
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent.backends import BackendConfigError, make_backend
+from agent.backends.simulated import SimulatedBackend
+from agent.config import AgentConfig, ConfigError, load
+from broker.settings import DEFAULT_URL
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "agent.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_example_loads_and_selects_the_simulated_backend() -> None:
+    config = load(EXAMPLE, environ={})
+    assert config.client_id == "PC042"
+    assert config.platform == "nt"
+    assert config.groups == ("lab-1", "floor-2")
+    assert config.broker.url == DEFAULT_URL
+    assert config.broker.heartbeat == 20
+    assert config.broker.connection_name == "setevnt-agent PC042"
+    assert config.hello_interval == 60.0
+    assert config.allow_force is False
+    assert config.journal is None
+    assert config.component_versions == {"CCIM32": "2.0.1493.4", "SMSAPM32": "2.0.1493.4"}
+    assert config.backend == "simulated"
+    assert "exec" not in config.backend_options  # only the selected backend's table
+    assert isinstance(make_backend(config.backend, config.backend_options), SimulatedBackend)
+    site = config.catalog.component("CLISETUP")
+    assert site is not None
+    assert site.events == ("STARTCYCLE",)
+    assert site.platforms == frozenset({"nt"})
+
+
+def commented_backend_tables() -> list[str]:
+    """The example's commented-out ``[backend.<kind>]`` blocks, uncommented."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    blocks = re.findall(r"^# \[backend\.[^\n]*\n(?:#[^\n]*\n)*", text, re.MULTILINE)
+    return [
+        "\n".join(line[2:] if line.startswith("# ") else line[1:] for line in block.splitlines())
+        for block in blocks
+    ]
+
+
+def test_every_commented_backend_table_in_the_example_works_when_uncommented() -> None:
+    kinds = set()
+    for block in commented_backend_tables():
+        (kind, options), *rest = tomllib.loads(block)["backend"].items()
+        assert rest == []
+        kinds.add(kind)
+        if kind == "win32-event" and sys.platform != "win32":
+            with pytest.raises(BackendConfigError, match="Windows"):
+                make_backend(kind, options)
+            assert options["prefix"] == "Global\\"
+        else:
+            assert make_backend(kind, options).name == kind
+    assert kinds == {"exec", "signal", "file", "win32-event"}
+
+
+def test_environment_overrides_the_file() -> None:
+    url = "amqps://agent:secret@broker.example:5671/prod"
+    config = load(EXAMPLE, environ={"SETEVNT_CLIENT_ID": "PC-ENV", "SETEVNT_AMQP_URL": url})
+    assert config.client_id == "PC-ENV"
+    assert config.broker.url == url
+    assert config.broker.connection_name == "setevnt-agent PC-ENV"
+
+
+def test_overrides_beat_the_environment(tmp_path: Path) -> None:
+    environ = {"SETEVNT_CLIENT_ID": "PC-ENV", "SETEVNT_AMQP_URL": "amqp://env-host/"}
+    overrides = {
+        "client_id": "PC-CLI",
+        "url": "amqp://cli-host/",
+        "backend": "file",
+        "journal": str(tmp_path / "journal"),
+    }
+    config = load(EXAMPLE, environ=environ, overrides=overrides)
+    assert config.client_id == "PC-CLI"
+    assert config.broker.url == "amqp://cli-host/"
+    assert config.backend == "file"
+    assert config.backend_options == {}  # [backend.file] is commented out in the example
+    assert config.journal == str(tmp_path / "journal")
+
+
+def test_given_environ_is_used_instead_of_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SETEVNT_AMQP_URL", "amqp://process-env-host/")
+    monkeypatch.setenv("SETEVNT_CLIENT_ID", "PC-PROCESS")
+    config = load(write(tmp_path, 'client_id = "PC-FILE"\n'), environ={})
+    assert config.client_id == "PC-FILE"
+    assert config.broker.url == DEFAULT_URL
+
+
+def test_missing_client_id_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SETEVNT_CLIENT_ID"):
+        load(write(tmp_path, 'platform = "nt"\n'), environ={})
+    with pytest.raises(ConfigError, match="SETEVNT_CLIENT_ID"):
+        load(None, environ={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('client_id = "PC042"\nplatform = "macos"\n', "platform 'macos'"),
+        ('client_id = "bad id!"\n', "client_id 'bad id!'"),
+        ('client_id = "PC042\\n"\n', "client_id"),  # a trailing newline is not an id
+        ('client_id = "-PC042"\n', "client_id"),
+        ('client_id = "PC042"\ngroups = ["lab-1", "floor 2"]\n', "group 'floor 2'"),
+        ('client_id = "PC042"\ngroups = "lab1"\n', "groups must be a list"),
+        ('client_id = "PC042"\n[agent]\nhello_interval = 0\n', "hello_interval"),
+        ('client_id = "PC042"\n[broker]\nheartbeat = "soon"\n', "broker"),
+        ('client_id = "PC042"\nbroker = "amqp://host/"\n', r"\[broker\] must be a table"),
+        ('client_id = "PC042"\n[[components]]\nname = "clisetup"\n', "clisetup"),
+        ('client_id = "PC042"\n[[components]]\ntitle = "no name"\n', "name"),
+    ],
+)
+def test_bad_values_are_config_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text), environ={})
+
+
+@pytest.mark.parametrize("url", ["http://broker.example/", "amqp://", "broker.example:5672"])
+def test_a_non_amqp_url_is_a_config_error(tmp_path: Path, url: str) -> None:
+    path = write(tmp_path, f'client_id = "PC042"\n[broker]\nurl = "{url}"\n')
+    with pytest.raises(ConfigError, match="not an AMQP URL"):
+        load(path, environ={})
+    with pytest.raises(ConfigError, match="not an AMQP URL"):
+        load(EXAMPLE, environ={"SETEVNT_AMQP_URL": url})
+
+
+def test_site_components_join_the_default_catalog(tmp_path: Path) -> None:
+    text = """
+client_id = "PC042"
+
+[[components]]
+name = "CLISETUP"
+events = ["STARTCYCLE"]
+
+[[components]]
+name = "INVAGENT"
+title = "Inventory Agent"
+platforms = ["win9x"]
+"""
+    catalog = load(write(tmp_path, text), environ={}).catalog
+    assert catalog.has_event("CLISETUP", "STARTCYCLE")
+    assert not catalog.has_event("CLISETUP", "CLOSE")
+    inventory = catalog.component("INVAGENT")
+    assert inventory is not None
+    assert inventory.events == ("STARTCYCLE", "CLOSE")  # the default events
+    assert inventory.platforms == frozenset({"win9x"})
+    assert catalog.has_event("CCIM32", "STARTCYCLE")  # the defaults are still there
+    assert "CLISETUP" not in load(None, environ={"SETEVNT_CLIENT_ID": "PC042"}).catalog
+
+
+def test_nonexistent_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "absent.toml", environ={"SETEVNT_CLIENT_ID": "PC042"})
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    path = write(tmp_path, 'client_id = "PC042\n[broker\n')
+    with pytest.raises(ConfigError, match=re.escape(str(path))):
+        load(path, environ={})
+
+
+def test_agent_config_defaults() -> None:
+    config = AgentConfig(client_id="PC042")
+    assert config.platform == "nt"
+    assert config.backend == "simulated"
+    assert config.journal is None
+    assert config.broker.url == DEFAULT_URL
