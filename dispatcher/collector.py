@@ -23,6 +23,8 @@ class CollectorHooks(Protocol):
 
     def duplicate_ack(self, ack: Ack) -> None: ...
 
+    def deferred_command_finished(self, ack: Ack, waited: float) -> None: ...
+
     def publish_report(self, report: PublishReport) -> None: ...
 
     def bad_message(self, reason: str) -> None: ...
@@ -63,6 +65,8 @@ class Collector:
         self._hooks = hooks
         self._prefetch = prefetch
         self._seen = _Seen(remember)
+        self._deferred: OrderedDict[str, float] = OrderedDict()  # command id -> first seen
+        self._remember = remember
         self._stop = threading.Event()
         self._sessions = 0
         self.ready = threading.Event()
@@ -96,6 +100,25 @@ class Collector:
         if ack.issued_at is not None:
             latency = max(0.0, time.time() - ack.issued_at)
         self._hooks.ack_received(ack, latency)
+        self._track_deferral(ack)
+
+    def _track_deferral(self, ack: Ack) -> None:
+        if not ack.command_id:
+            return
+        if not ack.final:
+            self._deferred.setdefault(ack.command_id, time.monotonic())
+            if len(self._deferred) > self._remember:
+                self._deferred.popitem(last=False)
+            return
+        deferred_at = self._deferred.pop(ack.command_id, None)
+        if deferred_at is not None:
+            # The agent's own measure when it sent one; else what we saw from here.
+            waited = (
+                ack.wait_seconds
+                if ack.wait_seconds is not None
+                else (time.monotonic() - deferred_at)
+            )
+            self._hooks.deferred_command_finished(ack, waited)
 
     def _session(self) -> None:
         connection = open_blocking(self._settings)

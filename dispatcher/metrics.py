@@ -32,7 +32,37 @@ TRIGGER_BUCKETS = (
     3600,
 )
 RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+# Publish -> agent received: milliseconds when the client is online.
+DELIVERY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    60,
+    300,
+    3600,
+)
+# A deferral lasts as long as a software distribution: minutes to hours.
+DEFERRAL_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400)
 CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+
+
+PROBE_CLASSES = ("lock", "process", "marker", "command")
+
+
+def probe_class(detail: str | None) -> str:
+    """The guard probe a deferral names, as a bounded label (detail is free text)."""
+    words = (detail or "").replace(":", " ").split()
+    return next((w for w in words if w in PROBE_CLASSES), "other")
 
 
 class DispatcherMetrics:
@@ -45,6 +75,33 @@ class DispatcherMetrics:
             "Command publish to its final ack received, on the dispatcher's clock.",
             ["component", "event", "status"],
             buckets=TRIGGER_BUCKETS,
+            registry=registry,
+        )
+        self.delivery_latency = Histogram(
+            "setevnt_delivery_latency_seconds",
+            "Command publish to the agent receiving it (dispatcher and agent clocks).",
+            ["component", "event"],
+            buckets=DELIVERY_BUCKETS,
+            registry=registry,
+        )
+        self.signal_latency = Histogram(
+            "setevnt_signal_latency_seconds",
+            "Command publish to the component being signalled, deferrals included.",
+            ["component", "event"],
+            buckets=(*TRIGGER_BUCKETS, 7200, 14400, 28800, 86400),
+            registry=registry,
+        )
+        self.deferrals = Counter(
+            "setevnt_deferrals_total",
+            "Commands an agent deferred because a software distribution was running.",
+            ["component", "event", "reason"],
+            registry=registry,
+        )
+        self.deferral_time = Histogram(
+            "setevnt_deferral_seconds",
+            "How long deferred commands waited before they ran, expired or coalesced.",
+            ["component", "event", "status"],
+            buckets=DEFERRAL_BUCKETS,
             registry=registry,
         )
         self.component_run = Histogram(
@@ -102,14 +159,26 @@ class DispatcherMetrics:
     def ack_received(self, ack: Ack, latency: float | None) -> None:
         component, event = ack.component or "unknown", ack.event or "unknown"
         if not ack.final:
+            self.deferrals.labels(component, event, probe_class(ack.detail)).inc()
             return
         self.outcomes.labels(component, event, ack.status).inc()
         if latency is not None:
             self.trigger_latency.labels(component, event, ack.status).observe(latency)
+        if ack.issued_at is not None:
+            delivered = max(0.0, ack.received_at - ack.issued_at)
+            self.delivery_latency.labels(component, event).observe(delivered)
+            if ack.started_at is not None:
+                signalled = max(0.0, ack.started_at - ack.issued_at)
+                self.signal_latency.labels(component, event).observe(signalled)
         if ack.run_seconds is not None:
             self.component_run.labels(component, event).observe(ack.run_seconds)
         if ack.reason is not None and ack.status != "done":
             self.rejects.labels(ack.reason).inc()
+
+    def deferred_command_finished(self, ack: Ack, waited: float) -> None:
+        """A command that had been deferred got its final ack after ``waited`` seconds."""
+        component, event = ack.component or "unknown", ack.event or "unknown"
+        self.deferral_time.labels(component, event, ack.status).observe(waited)
 
     def duplicate_ack(self, ack: Ack) -> None:
         self.duplicate_acks.inc()
