@@ -142,6 +142,8 @@ class DispatcherMetrics:
             ["role"],
             registry=registry,
         )
+        for role in ("collector", "publisher"):
+            self.reconnects.labels(role)  # export 0 before the first reconnect, not nothing
         self.bad_messages = Counter(
             "setevnt_collector_bad_messages_total",
             "Messages on the ack path that could not be decoded.",
