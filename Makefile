@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: all demo test lint format bench broker venv clean
+.PHONY: all demo test lint format bench broker tools venv clean
 
 all: lint test
 
@@ -21,10 +21,13 @@ venv: $(VENV)/.installed
 broker:
 	bash scripts/ensure-broker.sh
 
+tools:
+	bash scripts/ensure-tools.sh
+
 demo: venv broker
 	$(PY) scripts/demo.py
 
-test: venv broker
+test: venv broker tools
 	$(PY) -m pytest
 
 lint: venv
