@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,52 @@ CLIENT_ENV = "SETEVNT_CLIENT_ID"
 
 class ConfigError(ValueError):
     """The agent's configuration is unusable; the message says which key and why."""
+
+
+PROBES = ("lock", "process", "marker", "command")
+DEFAULT_LOCK = "/run/setevnt/distribution.lock"
+DEFAULT_PROCESSES = ("smsapm32", "msiexec", "dpkg", "apt", "apt-get", "rpm", "yum")
+# KB Q283130: these stop a running distribution; CQMGR32 and the other cycles do not.
+DEFAULT_DISRUPTIVE = (
+    "CCIM32_STARTCYCLE",
+    "CCIM32_CLOSE",
+    "CLISVCL_CLOSE",
+    "CLISVC95_CLOSE",
+    "SMSAPM32_CLOSE",
+    "SMSMON32_CLOSE",
+)
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The ``[guard]`` table: which probes say a distribution runs, which events wait."""
+
+    probes: tuple[str, ...] = ("lock", "process")
+    lock: str = DEFAULT_LOCK
+    processes: tuple[str, ...] = DEFAULT_PROCESSES
+    markers: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    busy_exit_codes: tuple[int, ...] = (0,)
+    command_timeout: float = 10.0
+    poll_interval: float = 1.0
+    max_deferral: float = 86400.0
+    disruptive: tuple[str, ...] = DEFAULT_DISRUPTIVE
+    spool: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.probes if p not in PROBES]
+        if unknown or len(set(self.probes)) != len(self.probes):
+            raise ConfigError(f"guard.probes: each of {', '.join(PROBES)} at most once")
+        for probe, setting in (
+            ("process", "processes"),
+            ("marker", "markers"),
+            ("command", "command"),
+        ):
+            if probe in self.probes and not getattr(self, setting):
+                raise ConfigError(f"guard: probe {probe!r} needs a non-empty guard.{setting}")
+        for name in ("command_timeout", "poll_interval", "max_deferral"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"guard.{name} must be positive")
 
 
 @dataclass(frozen=True)
@@ -37,6 +83,7 @@ class AgentConfig:
     allow_force: bool = False
     catalog: Catalog = DEFAULT_CATALOG
     component_versions: Mapping[str, str] = field(default_factory=dict)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.client_id):
@@ -50,6 +97,9 @@ class AgentConfig:
                 raise ConfigError(f"group {group!r}: 1-64 of letters, digits, '_', '.', '-'")
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
+        unknown = [e for e in self.guard.disruptive if self.catalog.event(e) is None]
+        if unknown:
+            raise ConfigError(f"guard.disruptive: unknown COMPONENT_EVENT {', '.join(unknown)}")
 
 
 def load(
@@ -80,6 +130,7 @@ def load(
     if not isinstance(groups, list):
         raise ConfigError('groups must be a list of names, e.g. groups = ["lab-1"]')
     kind = options.pop("backend", None) or backend_table.get("type", "simulated")
+    journal = options.pop("journal", None) or agent_table.get("journal")
     try:
         return AgentConfig(
             client_id=str(client_id),
@@ -88,18 +139,50 @@ def load(
             broker=broker.named(f"setevnt-agent {client_id}"),
             backend=str(kind),
             backend_options=_table(backend_table, str(kind)),
-            journal=options.pop("journal", None) or agent_table.get("journal"),
+            journal=journal,
             hello_interval=float(agent_table.get("hello_interval", 60.0)),
             allow_force=bool(agent_table.get("allow_force", False)),
             catalog=DEFAULT_CATALOG.extended(
                 Catalog.components_from_config(data.get("components", []))
             ),
             component_versions={str(k): str(v) for k, v in _table(data, "versions").items()},
+            guard=_guard(_table(data, "guard"), journal),
         )
     except (TypeError, KeyError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _guard(table: Mapping[str, Any], journal: str | None) -> GuardConfig:
+    """``[guard]``; the spool defaults to a directory beside the journal."""
+    known = {f.name for f in fields(GuardConfig)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"[guard]: unknown key {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("probes", "processes", "markers", "command", "disruptive"):
+            values[key] = _strings(f"guard.{key}", value)
+        elif key == "busy_exit_codes":
+            values[key] = tuple(int(v) for v in _list(f"guard.{key}", value))
+        elif key in ("command_timeout", "poll_interval", "max_deferral"):
+            values[key] = float(value)
+        else:
+            values[key] = str(value)
+    if "spool" not in values and journal:
+        values["spool"] = f"{journal}.spool"
+    return GuardConfig(**values)
+
+
+def _list(key: str, value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key} must be a list")
+    return value
+
+
+def _strings(key: str, value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in _list(key, value))
 
 
 def _read(path: str | Path) -> dict[str, Any]:

@@ -4,6 +4,10 @@ Per delivery: decode and validate (I/O thread) -> signal the component (worker t
 so pika's I/O loop keeps answering heartbeats) -> journal the result (fsync) -> publish
 the ack and wait for its confirm -> ack the delivery. A crash anywhere before the last
 step gets the command redelivered; the journal then answers it without signalling again.
+
+Deferred commands (agent.deferral) take another path: the delivery is acked once the
+command is spooled, and a release pass on the worker later hands each final ack back here
+to publish, after which its spool entry is removed.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from types import FrameType
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.deferral import Releaser
 from agent.handler import Delivery, Handler, Reply, Run
+from agent.spool import Entry
 from broker import topology
 from broker.session import Incoming, Session
 from broker.supervisor import supervise
@@ -38,12 +44,22 @@ class Agent:
         self._session: Session | None = None
         self._generation = 0  # which session a worker's result belongs to
         self._inflight: set[int] = set()
+        self._releasing = False  # a release pass is queued, running, or publishing
+        self._releaser = (
+            Releaser(handler.deferrals, self._request_release) if handler.deferrals else None
+        )
         self.ready = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> None:
-        supervise(self._run_session, self._stop.is_set, what=f"agent {self.config.client_id}")
+        if self._releaser is not None:
+            self._releaser.start()
+        try:
+            supervise(self._run_session, self._stop.is_set, what=f"agent {self.config.client_id}")
+        finally:
+            if self._releaser is not None:
+                self._releaser.close()
         self._worker.shutdown(wait=True)
         log.info("agent %s stopped", self.config.client_id)
 
@@ -67,6 +83,7 @@ class Agent:
         self._generation += 1
         self._session = session
         self._inflight.clear()
+        self._releasing = False  # a pass of an older session publishes nothing more
         try:
             self._hello(session, Kind.HELLO)
             consumer = session.consume(self._queue, self._on_message)
@@ -90,7 +107,7 @@ class Agent:
                 if consumer is not None:
                     session.cancel(consumer)  # no new deliveries; unstarted ones requeue
                     consumer = None
-                if not self._inflight:
+                if not self._inflight and not self._releasing:
                     return
 
     def _hello(self, session: Session, kind: Kind) -> None:
@@ -151,10 +168,51 @@ class Agent:
     def _answer(self, tag: int, ack: bytes, dead_letter: bool) -> None:
         session = self._session
         assert session is not None
+        self._publish_ack(session, ack)
+        session.settle(tag, dead_letter=dead_letter)
+
+    def _publish_ack(self, session: Session, ack: bytes) -> None:
         session.publish(
             topology.ACK_EXCHANGE,
             topology.ack_routing_key(self.config.client_id),
             ack,
             message_type="ack",
         )
-        session.settle(tag, dead_letter=dead_letter)
+
+    # -- deferred commands ----------------------------------------------------------------
+
+    def _request_release(self) -> None:
+        """Releaser thread: queue a release pass on the worker unless one is under way."""
+        session, generation = self._session, self._generation
+        if session is None or self._releasing or self._stop.is_set():
+            return
+        self._releasing = True
+        self._worker.submit(self._release, session, generation)
+
+    def _release(self, session: Session, generation: int) -> None:
+        """Worker thread: run the pass, handing each final ack to the I/O thread."""
+
+        def hand_over(entry: Entry, ack: bytes) -> bool:
+            if generation != self._generation:
+                return False  # the next session's pass answers it from the journal
+            return session.call_threadsafe(
+                functools.partial(self._released, generation, entry, ack)
+            )
+
+        try:
+            self.handler.release(hand_over)
+        except Exception:  # like _execute: the spool keeps the command for the next pass
+            log.exception("releasing deferred commands failed unexpectedly")
+        finally:
+            session.call_threadsafe(functools.partial(self._release_done, generation))
+
+    def _released(self, generation: int, entry: Entry, ack: bytes) -> None:
+        if generation != self._generation or self._session is None:
+            return
+        self._publish_ack(self._session, ack)
+        assert self.handler.deferrals is not None
+        self.handler.deferrals.spool.remove(entry)  # only now: its final ack is out
+
+    def _release_done(self, generation: int) -> None:
+        if generation == self._generation:
+            self._releasing = False

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.backends import Backend, SignalResult
@@ -20,6 +21,9 @@ from agent.config import AgentConfig
 from agent.journal import Journal
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import Ack, AckStatus, Command, Reason
+
+if TYPE_CHECKING:  # deferral builds Deliveries, so it imports this module at run time
+    from agent.deferral import Deferrals, OnAck
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,14 @@ class Handler:
         backend: Backend,
         journal: Journal,
         clock: Callable[[], float] = time.time,
+        deferrals: Deferrals | None = None,
     ) -> None:
         self.config = config
         self.backend = backend
         self.journal = journal
         self._clock = clock
+        # None: nothing waits for distributions (the fleet simulator, tests).
+        self.deferrals = deferrals
         # One command at a time: a redelivery racing its own first run waits here and
         # then finds the journal entry instead of signalling twice.
         self._running = threading.Lock()
@@ -73,6 +80,10 @@ class Handler:
         if done is not None:
             log.info("command %s already done: re-sending its ack", command.command_id)
             return Reply(done, dead_letter=False)
+        interim = self.deferrals.interim(command.command_id) if self.deferrals else None
+        if interim is not None:
+            log.info("command %s is already deferred: re-sending that ack", command.command_id)
+            return Reply(interim, dead_letter=False)
         problem = self._problem(command)
         if problem is not None:
             reason, detail = problem
@@ -86,14 +97,32 @@ class Handler:
             done = self.journal.get(command.command_id)
             if done is not None:
                 return done
+            deferrals = self.deferrals
+            interim = deferrals.interim(command.command_id) if deferrals else None
+            if interim is not None:
+                return interim
             wait = self._wait_until_not_before(command)
-            started_at, started = self._clock(), time.monotonic()
-            result = self.backend.signal(command)
-            finished = time.monotonic()
-            ack = self._final_ack(command, delivery, result, started_at, started, finished, wait)
-            body = encode(ack)
-            self.journal.record(command.command_id, body)
-            return body
+            if deferrals is not None and deferrals.guards(command):
+                return deferrals.execute(command, delivery, self._signal)
+            if command.force:
+                log.warning("forced %s %s: guard bypassed", command.event_name, command.command_id)
+            return self._signal(command, delivery, wait)
+
+    def release(self, on_ack: OnAck) -> None:
+        """Worker thread: run what the deferrals can release now (see agent.deferral)."""
+        if self.deferrals is None:
+            return
+        with self._running:
+            self.deferrals.release(self._signal, on_ack)
+
+    def _signal(self, command: Command, delivery: Delivery, wait: float = 0.0) -> bytes:
+        started_at, started = self._clock(), time.monotonic()
+        result = self.backend.signal(command)
+        finished = time.monotonic()
+        ack = self._final_ack(command, delivery, result, started_at, started, finished, wait)
+        body = encode(ack)
+        self.journal.record(command.command_id, body)
+        return body
 
     def _problem(self, command: Command) -> tuple[Reason, str] | None:
         if command.client_id != self.config.client_id:
@@ -110,6 +139,8 @@ class Handler:
             return Reason.WRONG_PLATFORM, (
                 f"{command.component} does not run on {self.config.platform} clients"
             )
+        if command.force and not self.config.allow_force:
+            return Reason.NOT_PERMITTED, "forced commands are not allowed here (agent.allow_force)"
         return None
 
     def _wait_until_not_before(self, command: Command) -> float:

@@ -9,6 +9,11 @@ so an unknown client is reported instead of being a silent success.
 A message counts as sent only once the broker confirmed it. When the connection drops,
 whatever was not confirmed is published again on a new connection (bounded, jittered
 retries); receivers deduplicate by message id.
+
+:meth:`ConfirmingPublisher.stream` publishes from a :class:`Source` instead of a fixed
+batch: the source decides what may go out now (a storm paces by rate and by its own
+window of commands not yet answered) and is ticked on the publisher's I/O loop, so
+everything a storm does runs on one thread, between confirms.
 """
 
 from __future__ import annotations
@@ -72,11 +77,31 @@ class PublishHooks(Protocol):
 OnOutcome = Callable[[Outgoing, Outcome], None]
 
 
+class Source(Protocol):
+    """Messages that become ready over time, for :meth:`ConfirmingPublisher.stream`.
+
+    Called on the publisher's I/O loop only, so it must return quickly.
+    """
+
+    def take(self, room: int) -> list[Outgoing]:
+        """At most ``room`` messages that may be published now (none: ask again later)."""
+        ...
+
+    def tick(self) -> None:
+        """Called every ``tick`` seconds while streaming: timers, bookkeeping."""
+        ...
+
+    def finished(self) -> bool:
+        """True once nothing more will come and nothing more is awaited."""
+        ...
+
+
 @dataclass
 class _Run:
     pending: deque[Outgoing]
     outcomes: dict[str, Outcome]
     on_outcome: OnOutcome | None
+    source: Source | None = None
     inflight: dict[int, tuple[Outgoing, float]] = field(default_factory=dict)
     returned: set[str] = field(default_factory=set)
     error: BrokerError | None = None
@@ -110,6 +135,8 @@ class ConfirmingPublisher:
         self._run: _Run | None = None
         self._ever_opened = False
         self._opening = False
+        self._tick = 0.02
+        self._ticker: Any = None
 
     # -- public -----------------------------------------------------------------------
 
@@ -122,7 +149,23 @@ class ConfirmingPublisher:
         retry (the exception's ``unsent`` lists what was never confirmed) and
         :class:`BrokerRefused` when the broker refuses outright.
         """
-        run = _Run(pending=deque(messages), outcomes={}, on_outcome=on_outcome)
+        return self._publish_run(_Run(pending=deque(messages), outcomes={}, on_outcome=on_outcome))
+
+    def stream(
+        self, source: Source, on_outcome: OnOutcome | None = None, *, tick: float = 0.02
+    ) -> dict[str, Outcome]:
+        """Publish what ``source`` hands out until it says it is finished.
+
+        Same outcomes, retries and errors as :meth:`publish`; after a reconnect the
+        unconfirmed messages go out again before the source is asked for more.
+        """
+        if tick <= 0:
+            raise ValueError("tick must be positive")
+        self._tick = tick
+        run = _Run(pending=deque(), outcomes={}, on_outcome=on_outcome, source=source)
+        return self._publish_run(run)
+
+    def _publish_run(self, run: _Run) -> dict[str, Outcome]:
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(ConnectionLost),
             stop=tenacity.stop_after_attempt(self._attempts),
@@ -161,14 +204,19 @@ class ConfirmingPublisher:
         run.last_progress = time.monotonic()
         self._run = run
         timer = self._connection.ioloop.call_later(1.0, self._watchdog)
+        if run.source is not None:
+            self._ticker = self._connection.ioloop.call_later(self._tick, self._on_tick)
         try:
             self._pump()
-            if run.pending or run.inflight:
+            if not _complete(run):
                 self._connection.ioloop.start()
         finally:
             self._run = None
             if self._connection is not None:
                 self._connection.ioloop.remove_timeout(timer)
+                if self._ticker is not None:
+                    self._connection.ioloop.remove_timeout(self._ticker)
+            self._ticker = None
         if run.error is not None:
             # Unconfirmed messages go back in front, in their original order.
             unconfirmed = [msg for msg, _ in run.inflight.values()]
@@ -182,7 +230,9 @@ class ConfirmingPublisher:
         if run is None:
             return
         app_id = self._settings.connection_name
-        while run.pending and len(run.inflight) < self.window and run.error is None:
+        while len(run.inflight) < self.window and run.error is None:
+            if not run.pending and not self._refill(run):
+                break
             message = run.pending.popleft()
             try:
                 self._channel.basic_publish(
@@ -198,8 +248,24 @@ class ConfirmingPublisher:
                 return
             self._next_tag += 1
             run.inflight[self._next_tag] = (message, time.monotonic())
-        if not run.pending and not run.inflight:
+        if _complete(run):
             self._stop_loop()
+
+    def _refill(self, run: _Run) -> bool:
+        if run.source is None:
+            return False
+        run.pending.extend(run.source.take(self.window - len(run.inflight)))
+        return bool(run.pending)
+
+    def _on_tick(self) -> None:
+        self._ticker = None
+        run = self._run
+        if run is None or run.source is None or self._connection is None:
+            return
+        run.source.tick()
+        self._pump()
+        if self._run is not None and self._connection is not None:
+            self._ticker = self._connection.ioloop.call_later(self._tick, self._on_tick)
 
     # -- callbacks --------------------------------------------------------------------
 
@@ -342,3 +408,10 @@ class ConfirmingPublisher:
             self._connection.close()
         else:
             self._stop_loop()
+
+
+def _complete(run: _Run) -> bool:
+    """Nothing left to publish or confirm, and the source (if any) has nothing more."""
+    if run.pending or run.inflight:
+        return False
+    return run.source is None or run.source.finished()

@@ -17,6 +17,6 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 say "installing $packages"
 apt-get update -qq
-# --no-install-recommends: no node exporter or desktop extras, and policy-rc.d keeps the
-# packaged prometheus service from starting; tests run their own on a free port.
+# --no-install-recommends: no node exporter or desktop extras. Tests never use a packaged
+# prometheus service (if the machine starts one on :9090): they run their own on a free port.
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $packages >/dev/null
