@@ -1,0 +1,93 @@
+"""Enrollment: give a client a broker user that can do exactly what an agent needs.
+
+An enrolled agent can read its own queue, publish to the ack exchange with only its own
+routing keys (``ack.<id>`` and ``hello.<id>``, enforced by a topic permission), and
+configure nothing: its queue is provisioned by the dispatcher. Its broker user name is
+its client id, so the ``user_id`` the broker validates on each ack names the client.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from broker import topology
+from broker.management import Management
+from broker.settings import BrokerSettings
+
+NOTHING = "^$"
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    client_id: str
+    password: str
+    agent_url: str
+    public_key: str | None
+
+    def agent_toml(self) -> str:
+        lines = [
+            "# setevnt agent configuration produced by `setevnt-dispatcher enroll`",
+            f'client_id = "{self.client_id}"',
+            "",
+            "[broker]",
+            f'url = "{self.agent_url}"',
+        ]
+        if self.public_key:
+            lines += ["", "[security]", f'dispatcher_public_key = "{self.public_key}"']
+        return "\n".join(lines) + "\n"
+
+
+def permissions_for(client_id: str) -> dict[str, str]:
+    own_queue = re.escape(topology.client_queue(client_id))
+    return {
+        "configure": NOTHING,
+        "write": f"^{re.escape(topology.ACK_EXCHANGE)}$",
+        "read": f"^{own_queue}$",
+    }
+
+
+def topic_permissions_for(client_id: str) -> dict[str, str]:
+    own = re.escape(client_id)
+    return {
+        "exchange": topology.ACK_EXCHANGE,
+        "write": f"^({topology.ACK_KEY}|{topology.HELLO_KEY})\\.{own}$",
+        "read": NOTHING,
+    }
+
+
+def enroll(
+    settings: BrokerSettings,
+    management: Management,
+    client_id: str,
+    *,
+    public_key: str | None = None,
+) -> Enrollment:
+    """Create (or reset) the client's user and permissions; provision its queue first."""
+    topology.client_queue(client_id)  # validates the id
+    password = secrets.token_urlsafe(24)
+    vhost = settings.vhost
+    management.put_user(client_id, password)
+    management.set_permissions(vhost, client_id, **permissions_for(client_id))
+    management.set_topic_permissions(vhost, client_id, **topic_permissions_for(client_id))
+    return Enrollment(client_id, password, agent_url(settings, client_id, password), public_key)
+
+
+def revoke(management: Management, client_id: str) -> int:
+    """Delete the client's user; the broker closes its open connections. Returns how many."""
+    open_connections = management.user_connections(client_id)
+    management.delete_user(client_id)
+    for name in management.user_connections(client_id):  # any the broker left open
+        management.close_connection(name, f"setevnt: {client_id} revoked")
+    return len(open_connections)
+
+
+def agent_url(settings: BrokerSettings, user: str, password: str) -> str:
+    parts = urlsplit(settings.url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path or "/%2F", parts.query, ""))

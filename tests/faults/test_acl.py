@@ -1,0 +1,142 @@
+"""Least privilege, enforced by the broker: what an enrolled agent can and cannot do.
+
+Broker users are broker-wide, so each test's users carry a unique prefix and are deleted
+in ``finally``; everything else lives in the test's own vhost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pika.exceptions
+import pytest
+
+from broker import topology
+from broker.management import Management
+from broker.settings import BrokerSettings
+from dispatcher import Dispatcher
+from dispatcher.enroll import enroll, revoke
+from tests.integration.helpers import wait_for
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def two_clients(amqp_url: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+    prefix = f"acl-{uuid.uuid4().hex[:8]}"
+    a, b = f"{prefix}-A", f"{prefix}-B"
+    settings = BrokerSettings(url=amqp_url)
+    management = Management.for_broker(settings)
+    with Dispatcher(amqp_url) as dispatcher:
+        dispatcher.provision([a, b])
+    urls = {}
+    try:
+        for client in (a, b):
+            urls[client] = enroll(settings, management, client).agent_url
+        yield a, b, urls
+    finally:
+        for client in (a, b):
+            if management.user_exists(client):
+                management.delete_user(client)
+
+
+def _as(url: str) -> tuple[pika.BlockingConnection, Any]:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    return connection, channel
+
+
+def _refused(url: str, attempt: Callable[[Any], Any]) -> int:
+    """Run ``attempt`` on a fresh channel as that user; return the broker's reply code."""
+    connection, channel = _as(url)
+    try:
+        attempt(channel)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        if connection.is_open:
+            connection.close()
+    return 200
+
+
+def _ack(routing_client: str, user_id: str | None = None) -> Callable[[Any], Any]:
+    properties = pika.BasicProperties(user_id=user_id, delivery_mode=2)
+    return lambda ch: ch.basic_publish(
+        topology.ACK_EXCHANGE, topology.ack_routing_key(routing_client), b"x", properties
+    )
+
+
+def test_agent_acl_matrix(two_clients: tuple[str, str, dict[str, str]]) -> None:
+    a, b, urls = two_clients
+    url = urls[a]
+    refused = {
+        "consume B's queue": _refused(
+            url, lambda ch: ch.basic_consume(topology.client_queue(b), lambda *x: None)
+        ),
+        "get from B's queue": _refused(url, lambda ch: ch.basic_get(topology.client_queue(b))),
+        "publish to the default exchange (command path)": _refused(
+            url, lambda ch: ch.basic_publish("", topology.client_queue(a), b"x")
+        ),
+        "declare a queue": _refused(url, lambda ch: ch.queue_declare("mine")),
+        "declare an exchange": _refused(url, lambda ch: ch.exchange_declare("mine")),
+        "bind its queue to the ack exchange": _refused(
+            url,
+            lambda ch: ch.queue_bind(topology.client_queue(a), topology.ACK_EXCHANGE, "ack.#"),
+        ),
+        "publish an ack as B (routing key)": _refused(url, _ack(b, user_id=a)),
+        "publish an ack claiming user_id B": _refused(url, _ack(a, user_id=b)),
+    }
+    print("\nACL matrix (agent A):")
+    for attempt, code in refused.items():
+        print(f"  {attempt:<48} {code}")
+    assert {k: v for k, v in refused.items() if "user_id" not in k} == {
+        k: 403 for k in refused if "user_id" not in k
+    }
+    # user_id is validated against the connection's user: a mismatch is a precondition.
+    assert refused["publish an ack claiming user_id B"] == 406
+
+    # And what an agent must be able to do still works.
+    assert _refused(url, _ack(a, user_id=a)) == 200
+    assert (
+        _refused(
+            url,
+            lambda ch: ch.basic_publish(
+                topology.ACK_EXCHANGE,
+                topology.hello_routing_key(a),
+                b"x",
+                pika.BasicProperties(user_id=a),
+            ),
+        )
+        == 200
+    )
+    assert _refused(url, lambda ch: ch.basic_get(topology.client_queue(a))) == 200
+
+
+def test_revoke_deletes_the_user_and_closes_its_connections(
+    amqp_url: str, two_clients: tuple[str, str, dict[str, str]]
+) -> None:
+    a, _b, urls = two_clients
+    management = Management.for_broker(BrokerSettings(url=amqp_url))
+    connection, _channel = _as(urls[a])
+    try:
+        wait_for(lambda: management.user_connections(a), 20, "A's connection listed")
+        revoke(management, a)
+        assert not management.user_exists(a)
+        wait_for(lambda: _closed(connection), 15, "A's connection closed by the broker")
+        with pytest.raises(pika.exceptions.ProbableAuthenticationError):
+            pika.BlockingConnection(pika.URLParameters(urls[a]))
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _closed(connection: pika.BlockingConnection) -> bool:
+    try:
+        connection.process_data_events(time_limit=0.1)
+    except pika.exceptions.AMQPConnectionError:
+        return True
+    return connection.is_closed
