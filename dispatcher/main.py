@@ -17,9 +17,11 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, start_http_server
 
 from broker.errors import BrokerError
+from broker.management import Management, NotFound
 from broker.settings import BrokerSettings
 from dispatcher.api import Dispatcher
 from dispatcher.collector import Collector
+from dispatcher.enroll import enroll, revoke
 from dispatcher.logs import configure
 from dispatcher.metrics import DispatcherMetrics
 
@@ -37,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     provision = sub.add_parser("provision", help="create the command queues of clients")
     provision.add_argument("clients", nargs="+", metavar="CLIENT_ID")
     sub.add_parser("declare", help="declare the shared exchanges and queues")
+    enroll_cmd = sub.add_parser("enroll", help="create a client's broker user, print its config")
+    enroll_cmd.add_argument("client", metavar="CLIENT_ID")
+    enroll_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    revoke_cmd = sub.add_parser("revoke", help="delete a client's broker user")
+    revoke_cmd.add_argument("client", metavar="CLIENT_ID")
+    revoke_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
     return parser
 
 
@@ -46,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return serve(BrokerSettings.from_env(args.url), args.metrics_addr, args.metrics_port)
+        if args.command in ("enroll", "revoke"):
+            return enrollment(args)
         with Dispatcher(args.url) as dispatcher:
             if args.command == "provision":
                 count = dispatcher.provision(args.clients)
@@ -60,6 +70,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"setevnt-dispatcher: broker: {exc}", file=sys.stderr)
         return 3
+
+
+def enrollment(args: argparse.Namespace) -> int:
+    settings = BrokerSettings.from_env(args.url)
+    management = Management.for_broker(settings, args.management_url)
+    if args.command == "revoke":
+        try:
+            closed = revoke(management, args.client)
+        except NotFound:
+            print(f"setevnt-dispatcher: {args.client} is not enrolled", file=sys.stderr)
+            return 1
+        print(f"revoked {args.client}; {closed} open connection(s) closed", file=sys.stderr)
+        return 0
+    with Dispatcher(args.url) as dispatcher:
+        dispatcher.provision([args.client])  # the agent may not declare its own queue
+    print(enroll(settings, management, args.client).agent_toml(), end="")
+    return 0
 
 
 def serve(settings: BrokerSettings, addr: str, port: int) -> int:
