@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterator
 
 import pika
@@ -20,12 +21,31 @@ _REFUSAL_CODES = {402, 403, 404, 405, 406, 530, 540}
 
 def parameters(settings: BrokerSettings) -> pika.URLParameters:
     params = pika.URLParameters(settings.url)
+    if settings.tls:
+        params.ssl_options = pika.SSLOptions(tls_context(settings), settings.host)
     params.heartbeat = settings.heartbeat
     params.blocked_connection_timeout = settings.blocked_connection_timeout
     params.connection_attempts = settings.connection_attempts
     params.socket_timeout = settings.socket_timeout
     params.client_properties = {"connection_name": settings.connection_name}
     return params
+
+
+def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
+    """A client context that verifies the broker's certificate and host name.
+
+    Without ``ca_file`` the system's trusted CAs are used; a client certificate is
+    presented when ``cert_file`` is set (``key_file`` defaults to the same file).
+    """
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if settings.cert_file:
+            context.load_cert_chain(settings.cert_file, settings.key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        # A configuration problem: retrying the connection would not fix it.
+        raise BrokerRefused(f"TLS set-up: {exc}") from None
+    return context
 
 
 def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
@@ -46,7 +66,23 @@ def translate(exc: BaseException, doing: str = "") -> BrokerError:
     ):
         text = getattr(exc, "reply_text", str(exc))
         return BrokerRefused(f"{where}broker refused: {code} {text}", code)
-    return ConnectionLost(f"{where}{type(exc).__name__}: {exc}")
+    return ConnectionLost(f"{where}{_describe(exc)}")
+
+
+def _describe(exc: BaseException) -> str:
+    """pika's connection errors often have an empty message; find the underlying cause."""
+    seen: list[BaseException] = [exc]
+    while True:
+        inner = [a for a in seen[-1].args if isinstance(a, BaseException)]
+        nested = getattr(seen[-1], "exceptions", None)
+        if isinstance(nested, list) and nested:
+            inner.append(nested[-1])
+        if not inner or inner[0] in seen:
+            break
+        seen.append(inner[0])
+    cause = seen[-1]
+    text = str(cause) or repr(cause)  # some of pika's carry their message only in repr()
+    return text if cause is exc else f"{type(exc).__name__} ({text})"
 
 
 @contextlib.contextmanager

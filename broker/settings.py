@@ -8,6 +8,13 @@ from urllib.parse import urlsplit
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 URL_ENV = "SETEVNT_AMQP_URL"
+# For amqps:// URLs: the CA that signed the broker's certificate, and this side's own
+# certificate and key when the broker asks for one (RabbitMQ's verify_peer).
+TLS_ENV = {
+    "ca_file": "SETEVNT_TLS_CA",
+    "cert_file": "SETEVNT_TLS_CERT",
+    "key_file": "SETEVNT_TLS_KEY",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,13 +27,25 @@ class BrokerSettings:
     connection_attempts: int = 1
     socket_timeout: float = 5.0
     connection_name: str = "setevnt"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @classmethod
     def from_env(cls, url: str | None = None, **overrides: object) -> BrokerSettings:
         """Settings from an explicit URL, else ``$SETEVNT_AMQP_URL``, else the default."""
         chosen = url or os.environ.get(URL_ENV) or DEFAULT_URL
         validate_url(chosen)
-        return replace(cls(url=chosen), **overrides)  # type: ignore[arg-type]
+        tls = {key: os.environ[env] for key, env in TLS_ENV.items() if os.environ.get(env)}
+        return replace(cls(url=chosen), **{**tls, **overrides})  # type: ignore[arg-type]
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "amqps"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
 
     def named(self, name: str) -> BrokerSettings:
         return replace(self, connection_name=name)

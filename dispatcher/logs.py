@@ -9,5 +9,7 @@ def configure(level: str = "INFO") -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # pika narrates every socket event at INFO; its warnings are what matter here.
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika narrates socket events and logs every failed connection attempt with a
+    # traceback; setevnt reports those failures itself, in one line. Debug shows all.
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
+    logging.getLogger("pika").setLevel(quiet)
