@@ -98,6 +98,22 @@ def _reply_code(exc: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+def abort_quietly(connection: pika.BlockingConnection | None) -> None:
+    """Drop a connection whose link is dead, without the close handshake.
+
+    ``close()`` waits for the broker's Close-Ok, which never comes over a half-open link
+    (it would wait for pika's own, slower heartbeat check). pika has no public way to
+    drop the transport; this does what its heartbeat checker does on a timeout.
+    """
+    if connection is None or connection.is_closed:
+        return
+    try:
+        connection._impl._terminate_stream(pe.AMQPHeartbeatTimeout("no data from the broker"))
+        connection.process_data_events(time_limit=0)
+    except (pe.AMQPError, OSError) as exc:
+        log.debug("dropped a dead connection: %s", exc)
+
+
 def close_quietly(connection: pika.BlockingConnection | None) -> None:
     """Close a connection that may already be dead; a close failure changes nothing."""
     if connection is None or connection.is_closed:

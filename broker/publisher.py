@@ -315,7 +315,9 @@ class ConfirmingPublisher:
         stalled = time.monotonic() - run.last_progress
         if run.inflight and stalled > self._confirm_timeout:
             self._fail(ConfirmTimeout(f"no confirm for {stalled:.0f} s"))
-            self._connection.close()
+            # Drop the link rather than close() it: a close handshake over a link that
+            # delivers nothing would wait for pika's much slower heartbeat check.
+            self._connection._terminate_stream(pe.StreamLostError("confirms stalled"))
             return
         self._connection.ioloop.call_later(1.0, self._watchdog)
 

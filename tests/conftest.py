@@ -25,7 +25,7 @@ MGMT = f"http://{BROKER_HOST}:15672/api"
 AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 
 
-def management(method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+def management(method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
     """Call the RabbitMQ management HTTP API; returns decoded JSON (or None)."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(

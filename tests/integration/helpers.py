@@ -114,7 +114,7 @@ def start_agent(
         [sys.executable, "-m", "agent", "--log-level", "INFO", "run", "--config", str(config)],
         env={"SETEVNT_AMQP_URL": url},
     )
-    agent.wait_line(f"consuming {topology.client_queue(client_id)}")
+    agent.wait_line(f"agent {client_id} consuming {topology.client_queue(client_id)}")
     return agent
 
 
@@ -185,3 +185,39 @@ def agent_connections(vhost: str, client_id: str) -> list[str]:
         if name.startswith(f"setevnt-agent {client_id}"):
             names.append(conn["name"])
     return names
+
+
+# -- the distribution guard -----------------------------------------------------------------
+
+
+def guard_toml(tmp: Path, client_id: str, **settings: Any) -> str:
+    """A ``[guard]`` table for ``start_agent(extra_toml=...)``: a private lock and spool."""
+    values = {
+        "probes": ["lock"],
+        "lock": str(tmp / "distribution.lock"),
+        "spool": str(tmp / f"{client_id}.spool"),
+        **settings,
+    }
+    return "[guard]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in values.items())
+
+
+def start_hold(lock: Path, *argv: str) -> Process:
+    """Run ``setevnt-agent hold --lock LOCK -- ARGV`` and wait until it holds the lock."""
+    from agent.guard import lock_holders
+
+    process = Process([sys.executable, "-m", "agent", "hold", "--lock", str(lock), "--", *argv])
+
+    def holding() -> bool:
+        if process.proc.poll() is not None:
+            raise AssertionError(f"hold exited {process.proc.returncode}:\n{process.output}")
+        return lock.exists() and process.proc.pid in lock_holders(lock)
+
+    wait_for(holding, 10, f"hold {argv} to take {lock}")
+    return process
+
+
+def spooled(directory: Path) -> list[str]:
+    """The deferred-command files in an agent's spool, in arrival order."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(".cmd"))
