@@ -98,7 +98,8 @@ class AgentConfig:
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
         unknown = [e for e in self.guard.disruptive if self.catalog.event(e) is None]
-        if unknown:
+        # The default list may name events a site removed by redefining a component.
+        if unknown and self.guard.disruptive != DEFAULT_DISRUPTIVE:
             raise ConfigError(f"guard.disruptive: unknown COMPONENT_EVENT {', '.join(unknown)}")
 
 

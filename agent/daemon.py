@@ -44,7 +44,8 @@ class Agent:
         self._session: Session | None = None
         self._generation = 0  # which session a worker's result belongs to
         self._inflight: set[int] = set()
-        self._releasing = False  # a release pass is queued, running, or publishing
+        # The session generation whose release pass is queued, running or publishing.
+        self._releasing: int | None = None
         self._releaser = (
             Releaser(handler.deferrals, self._request_release) if handler.deferrals else None
         )
@@ -83,7 +84,6 @@ class Agent:
         self._generation += 1
         self._session = session
         self._inflight.clear()
-        self._releasing = False  # a pass of an older session publishes nothing more
         try:
             self._hello(session, Kind.HELLO)
             consumer = session.consume(self._queue, self._on_message)
@@ -107,7 +107,7 @@ class Agent:
                 if consumer is not None:
                     session.cancel(consumer)  # no new deliveries; unstarted ones requeue
                     consumer = None
-                if not self._inflight and not self._releasing:
+                if not self._inflight and self._releasing != self._generation:
                     return
 
     def _hello(self, session: Session, kind: Kind) -> None:
@@ -183,10 +183,13 @@ class Agent:
 
     def _request_release(self) -> None:
         """Releaser thread: queue a release pass on the worker unless one is under way."""
-        session, generation = self._session, self._generation
-        if session is None or self._releasing or self._stop.is_set():
+        generation = self._generation
+        session = self._session
+        if session is None or generation != self._generation:
+            return  # between sessions
+        if self._releasing == generation or self._stop.is_set():
             return
-        self._releasing = True
+        self._releasing = generation  # a pass of an older session does not block this one
         self._worker.submit(self._release, session, generation)
 
     def _release(self, session: Session, generation: int) -> None:
@@ -214,5 +217,5 @@ class Agent:
         self.handler.deferrals.spool.remove(entry)  # only now: its final ack is out
 
     def _release_done(self, generation: int) -> None:
-        if generation == self._generation:
-            self._releasing = False
+        if self._releasing == generation:
+            self._releasing = None

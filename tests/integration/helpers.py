@@ -98,8 +98,14 @@ def start_agent(
     simulated: dict[str, Any] | None = None,
     extra_toml: str = "",
 ) -> Process:
-    """Start ``setevnt-agent run`` on the simulated backend and wait until it consumes."""
+    """Start ``setevnt-agent run`` on the simulated backend and wait until it consumes.
+
+    Unless ``extra_toml`` brings its own ``[guard]``, the agent gets a private lock and no
+    process probe, so an apt or dpkg run on this machine cannot defer a test's commands.
+    """
     options = {"duration": 0.01, "record": str(tmp / f"{client_id}.record"), **(simulated or {})}
+    if "[guard]" not in extra_toml:
+        extra_toml += "\n" + guard_toml(tmp, client_id)
     config = tmp / f"{client_id}.toml"
     config.write_text(
         f'client_id = "{client_id}"\n'

@@ -43,7 +43,16 @@ def test_promtool_accepts_the_deployed_config_and_rules() -> None:
 def dispatcher_service(amqp_url: str, tmp_path: Path) -> Iterator[int]:
     port = free_port()
     service = Process(
-        [sys.executable, "-m", "dispatcher", "--url", amqp_url, "serve", "--metrics-port", str(port)]
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "--url",
+            amqp_url,
+            "serve",
+            "--metrics-port",
+            str(port),
+        ]
     )
     service.wait_line("collecting acks")
     try:
