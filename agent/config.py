@@ -16,8 +16,14 @@ from typing import Any
 from broker.settings import DEFAULT_URL, URL_ENV, BrokerSettings
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
 from schemas.messages import ID_PATTERN
+from schemas.signing import Verifier
 
 CLIENT_ENV = "SETEVNT_CLIENT_ID"
+PUBLIC_KEY_ENV = "SETEVNT_DISPATCHER_PUBLIC_KEY"
+NO_SECURITY_DECISION = (
+    "[security]: set dispatcher_public_key (printed by `setevnt-dispatcher keygen` and "
+    f"`enroll`, or ${PUBLIC_KEY_ENV}), or allow_unsigned = true for development"
+)
 
 
 class ConfigError(ValueError):
@@ -71,6 +77,33 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: whose commands this agent obeys.
+
+
+
+    ``public_keys`` are the dispatcher's Ed25519 public keys (several while a key is being
+    rotated). ``allow_unsigned`` accepts commands without a signature — for development
+    only; a command that carries a bad signature is refused either way.
+    """
+
+    public_keys: tuple[str, ...] = ()
+    allow_unsigned: bool = False
+    max_clock_skew: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.public_keys and not self.allow_unsigned:
+            raise ConfigError(NO_SECURITY_DECISION)
+        if self.max_clock_skew <= 0:
+            raise ConfigError("security.max_clock_skew must be positive")
+        if self.public_keys:
+            try:
+                Verifier(self.public_keys)
+            except ValueError as exc:
+                raise ConfigError(f"[security]: {exc}") from None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     client_id: str
     platform: str = "nt"
@@ -84,6 +117,9 @@ class AgentConfig:
     catalog: Catalog = DEFAULT_CATALOG
     component_versions: Mapping[str, str] = field(default_factory=dict)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    # None: no decision made. Code that builds a config (tests, the simulator) accepts
+    # unsigned commands; `setevnt-agent run` refuses to start. See SecurityConfig.
+    security: SecurityConfig | None = None
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.client_id):
@@ -125,6 +161,12 @@ def load(
         broker = BrokerSettings.from_env(url or DEFAULT_URL)
         if "heartbeat" in broker_table:
             broker = replace(broker, heartbeat=int(broker_table["heartbeat"]))
+        tls: dict[str, Any] = {
+            k: str(broker_table[k])
+            for k in ("ca_file", "cert_file", "key_file")
+            if k in broker_table
+        }
+        broker = replace(broker, **tls)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"broker: {exc}") from None
     groups = data.get("groups", [])
@@ -148,11 +190,43 @@ def load(
             ),
             component_versions={str(k): str(v) for k, v in _table(data, "versions").items()},
             guard=_guard(_table(data, "guard"), journal),
+            security=_security(_table(data, "security"), env),
         )
     except (TypeError, KeyError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _security(table: Mapping[str, Any], env: Mapping[str, str]) -> SecurityConfig | None:
+    """``[security]``, or None when neither the file nor the environment says anything.
+
+    None is not a licence to run unsigned: ``setevnt-agent run`` refuses to start without
+    a decision; tools that run no commands (``hold``, ``check``) do not need one.
+    """
+    if not table and not env.get(PUBLIC_KEY_ENV):
+        return None
+    unknown = sorted(
+        set(table)
+        - {"dispatcher_public_key", "dispatcher_public_keys", "allow_unsigned", "max_clock_skew"}
+    )
+    if unknown:
+        raise ConfigError(f"[security]: unknown key {', '.join(unknown)}")
+    keys = list(
+        _strings("security.dispatcher_public_keys", table.get("dispatcher_public_keys", []))
+    )
+    if "dispatcher_public_key" in table:
+        keys.insert(0, str(table["dispatcher_public_key"]))
+    if env.get(PUBLIC_KEY_ENV):
+        keys.insert(0, env[PUBLIC_KEY_ENV])
+    allow = table.get("allow_unsigned", False)
+    if not isinstance(allow, bool):
+        raise ConfigError("security.allow_unsigned must be true or false")
+    return SecurityConfig(
+        public_keys=tuple(keys),
+        allow_unsigned=allow,
+        max_clock_skew=float(table.get("max_clock_skew", 300.0)),
+    )
 
 
 def _guard(table: Mapping[str, Any], journal: str | None) -> GuardConfig:

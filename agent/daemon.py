@@ -136,6 +136,7 @@ class Agent:
             message_id=incoming.message_id,
             received_at=time.time(),
             received_mono=time.monotonic(),
+            headers=incoming.headers,
         )
         verdict = self.handler.admit(delivery)
         if isinstance(verdict, Reply):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from agent.config import AgentConfig
 from agent.journal import Journal
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import Ack, AckStatus, Command, Reason
+from schemas.signing import SIGNATURE_HEADER, SignatureError, Verifier
 
 if TYPE_CHECKING:  # deferral builds Deliveries, so it imports this module at run time
     from agent.deferral import Deferrals, OnAck
@@ -34,6 +35,7 @@ class Delivery:
     message_id: str | None
     received_at: float  # wall clock, reported in the ack
     received_mono: float  # monotonic, for the durations
+    headers: Mapping[str, object] | None = None  # AMQP headers: the signature travels here
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +68,20 @@ class Handler:
         self._clock = clock
         # None: nothing waits for distributions (the fleet simulator, tests).
         self.deferrals = deferrals
+        security = config.security
+        self._verifier = (
+            Verifier(security.public_keys) if security and security.public_keys else None
+        )
+        self._allow_unsigned = security is None or security.allow_unsigned
+        self._max_skew = security.max_clock_skew if security else 300.0
         # One command at a time: a redelivery racing its own first run waits here and
         # then finds the journal entry instead of signalling twice.
         self._running = threading.Lock()
 
     def admit(self, delivery: Delivery) -> Reply | Run:
+        refused = self._check_signature(delivery)
+        if refused is not None:
+            return refused
         try:
             command = decode(delivery.body, Command)
         except DecodeError as exc:
@@ -124,7 +135,31 @@ class Handler:
         self.journal.record(command.command_id, body)
         return body
 
+    def _check_signature(self, delivery: Delivery) -> Reply | None:
+        """Refuse forged, tampered and (unless allowed) unsigned commands, before decoding."""
+        signed = bool(delivery.headers and SIGNATURE_HEADER in delivery.headers)
+        if not signed and self._allow_unsigned:
+            return None
+        try:
+            if self._verifier is None:
+                raise SignatureError("signed, but this agent has no dispatcher public key")
+            self._verifier.verify(delivery.body, delivery.headers)
+        except SignatureError as exc:
+            log.warning("rejecting command %s: %s", delivery.message_id, exc)
+            try:  # named in the ack when it decodes; it is not trusted for anything else
+                claimed: Command | None = decode(delivery.body, Command)
+            except DecodeError:
+                claimed = None
+            return self._reject(delivery, claimed, Reason.BAD_SIGNATURE, str(exc))
+        return None
+
     def _problem(self, command: Command) -> tuple[Reason, str] | None:
+        if command.issued_at > self._clock() + self._max_skew:
+            # Not a replay that the journal or expiry could catch: a clock far apart.
+            return Reason.CLOCK_SKEW, (
+                f"issued {command.issued_at - self._clock():.0f} s in this agent's future "
+                f"(more than the {self._max_skew:.0f} s allowed): check both clocks"
+            )
         if command.client_id != self.config.client_id:
             return Reason.WRONG_CLIENT, (
                 f"command for {command.client_id} delivered to {self.config.client_id}"

@@ -38,6 +38,7 @@ class Incoming:
     message_id: str | None
     redelivered: bool
     queue: str
+    headers: dict[str, object] | None = None
 
 
 class Session:
@@ -89,6 +90,7 @@ class Session:
                     message_id=properties.message_id,
                     redelivered=bool(method.redelivered),
                     queue=queue,
+                    headers=properties.headers,
                 )
             )
 
@@ -119,14 +121,18 @@ class Session:
         persistent: bool = True,
         user_id: str | None = None,
     ) -> None:
-        """Publish and wait for the broker's confirm (raises a BrokerError if refused)."""
+        """Publish and wait for the broker's confirm (raises a BrokerError if refused).
+
+        ``user_id`` defaults to this connection's user: the broker checks it, so a
+        receiver can trust it to name the sender.
+        """
         properties = pika.BasicProperties(
             content_type="application/msgpack",
             type=message_type,
             message_id=message_id,
             delivery_mode=2 if persistent else 1,
             app_id=self._settings.connection_name,
-            user_id=user_id,
+            user_id=user_id if user_id is not None else self._settings.username,
         )
         with translate_errors(f"publishing to {exchange or 'default exchange'}"):
             self._publish_channel.basic_publish(exchange, routing_key, body, properties)

@@ -44,6 +44,12 @@ class BrokerSettings:
         return urlsplit(self.url).scheme == "amqps"
 
     @property
+    def username(self) -> str:
+        from urllib.parse import unquote
+
+        return unquote(urlsplit(self.url).username or "guest")
+
+    @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or "127.0.0.1"
 

@@ -53,6 +53,8 @@ class Reason(StrEnum):
     SIGNAL_TIMEOUT = "signal-timeout"
     BUSY = "busy"
     COALESCED = "coalesced"
+    BAD_SIGNATURE = "bad-signature"
+    CLOCK_SKEW = "clock-skew"
 
 
 class Kind(StrEnum):

@@ -106,6 +106,8 @@ def start_agent(
     options = {"duration": 0.01, "record": str(tmp / f"{client_id}.record"), **(simulated or {})}
     if "[guard]" not in extra_toml:
         extra_toml += "\n" + guard_toml(tmp, client_id)
+    if "[security]" not in extra_toml:
+        extra_toml += "\n" + security_toml()
     config = tmp / f"{client_id}.toml"
     config.write_text(
         f'client_id = "{client_id}"\n'
@@ -122,6 +124,11 @@ def start_agent(
     )
     agent.wait_line(f"agent {client_id} consuming {topology.client_queue(client_id)}")
     return agent
+
+
+def security_toml() -> str:
+    """The ``[security]`` table test agents run with."""
+    return "[security]\nallow_unsigned = true\n"
 
 
 def _toml(value: Any) -> str:
