@@ -42,6 +42,7 @@ format: venv
 bench: venv broker
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/trigger_latency.py
+	$(PY) bench/storm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,9 @@
 """``setevnt-agent``: the client-side daemon.
 
 setevnt-agent run [--config agent.toml] [--client ID] [--url URL] [--backend KIND]
+setevnt-agent simulate --clients N [--connections K] [--groups G,...] [--provision]
+setevnt-agent hold [--lock PATH | --config agent.toml] -- CMD ARGS...
+setevnt-agent check [--config agent.toml]
 """
 
 from __future__ import annotations
@@ -10,9 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from agent import guard_cli, simulate
 from agent.backends import BackendConfigError, make_backend
-from agent.config import ConfigError, load
+from agent.config import NO_SECURITY_DECISION, ConfigError, load
 from agent.daemon import Agent
+from agent.deferral import Deferrals
+from agent.guard import GuardConfigError
 from agent.handler import Handler
 from agent.journal import Journal
 from broker.errors import BrokerError
@@ -28,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", help="AMQP URL (overrides $SETEVNT_AMQP_URL and the file)")
     run.add_argument("--backend", help="signal backend: exec, signal, file, win32-event, simulated")
     run.add_argument("--journal", help="path of the completed-commands journal")
+    simulate.add_parser(sub)
+    guard_cli.add_commands(sub)
     return parser
 
 
@@ -36,7 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    quiet = logging.DEBUG if args.log_level.upper() == "DEBUG" else logging.CRITICAL
+    logging.getLogger("pika").setLevel(quiet)  # failures are reported by setevnt, in one line
+    if args.command == "simulate":
+        return simulate.main(args)
+    if args.command in guard_cli.COMMANDS:
+        return guard_cli.main(args)
     overrides = {
         key: value
         for key, value in (
@@ -49,9 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         config = load(args.config, overrides=overrides)
+        if config.security is None:
+            raise ConfigError(NO_SECURITY_DECISION)
         backend = make_backend(config.backend, config.backend_options)
-        handler = Handler(config, backend, Journal(config.journal))
-    except (ConfigError, BackendConfigError) as exc:
+        journal = Journal(config.journal)
+        deferrals = Deferrals.from_config(config, journal)
+        handler = Handler(config, backend, journal, deferrals=deferrals)
+    except (ConfigError, BackendConfigError, GuardConfigError) as exc:
         print(f"setevnt-agent: {exc}", file=sys.stderr)
         return 2
     agent = Agent(config, handler)

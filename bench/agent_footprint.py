@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, rss_mb, scratch_vhost
 from dispatcher import Dispatcher
+from schemas.signing import Signer
 
 BARE_CONSUMER = """
 import sys, pika
@@ -27,6 +28,7 @@ channel.basic_consume(sys.argv[2], lambda *a: None)
 print("consuming", flush=True)
 channel.start_consuming()
 """
+PUBLIC_KEY = Signer.generate().public_text()
 SETTLE_SECONDS = 3.0  # let start-up allocations settle before reading RSS
 SAMPLES = 5
 
@@ -81,7 +83,8 @@ def main() -> int:
                     "--journal",
                     f"{tmp}/journal",
                 ],
-                env={"SETEVNT_AMQP_URL": url},
+                # Verifying signatures, as every real agent does.
+                env={"SETEVNT_AMQP_URL": url, "SETEVNT_DISPATCHER_PUBLIC_KEY": PUBLIC_KEY},
             )
     print(
         json.dumps(

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, scratch_vhost
-from dispatcher import Dispatcher
+from dispatcher import Dispatcher, keys
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 
@@ -36,8 +36,14 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def main() -> int:
     with scratch_vhost("setevnt-bench-latency") as url, tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "SETEVNT_AMQP_URL": url}
-        with Dispatcher(url) as dispatcher:
+        signer = keys.generate(f"{tmp}/dispatcher.key")  # commands signed, as in production
+        env = {
+            **os.environ,
+            "SETEVNT_AMQP_URL": url,
+            "SETEVNT_SIGNING_KEY_FILE": f"{tmp}/dispatcher.key",
+            "SETEVNT_DISPATCHER_PUBLIC_KEY": signer.public_text(),
+        }
+        with Dispatcher(url, signer=signer) as dispatcher:
             dispatcher.provision(["BENCH-PC"])
         agent = subprocess.Popen(
             [

@@ -18,10 +18,11 @@ everything a storm does runs on one thread, between confirms.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -55,8 +56,11 @@ class Outgoing:
     expiration_ms: int | None = None
     user_id: str | None = None
 
-    def properties(self, app_id: str) -> pika.BasicProperties:
+    def properties(
+        self, app_id: str, headers: Mapping[str, str] | None = None
+    ) -> pika.BasicProperties:
         return pika.BasicProperties(
+            headers=dict(headers) if headers else None,
             message_id=self.key,
             type=self.message_type,
             content_type="application/msgpack",
@@ -75,25 +79,23 @@ class PublishHooks(Protocol):
 
 
 OnOutcome = Callable[[Outgoing, Outcome], None]
+# Headers to add to a message as it is published (the dispatcher signs commands here).
+Stamp = Callable[[Outgoing], Mapping[str, str] | None]
 
 
 class Source(Protocol):
     """Messages that become ready over time, for :meth:`ConfirmingPublisher.stream`.
 
-    Called on the publisher's I/O loop only, so it must return quickly.
+    ``take(room)``: at most ``room`` messages that may go now (none: ask again later);
+    ``tick()``: every ``tick`` seconds (timers, bookkeeping); ``finished()``: nothing
+    more will come and nothing more is awaited. All on the I/O loop, so all quick.
     """
 
-    def take(self, room: int) -> list[Outgoing]:
-        """At most ``room`` messages that may be published now (none: ask again later)."""
-        ...
+    def take(self, room: int) -> list[Outgoing]: ...
 
-    def tick(self) -> None:
-        """Called every ``tick`` seconds while streaming: timers, bookkeeping."""
-        ...
+    def tick(self) -> None: ...
 
-    def finished(self) -> bool:
-        """True once nothing more will come and nothing more is awaited."""
-        ...
+    def finished(self) -> bool: ...
 
 
 @dataclass
@@ -119,9 +121,11 @@ class ConfirmingPublisher:
         attempts: int = 5,
         confirm_timeout: float = 30.0,
         hooks: PublishHooks | None = None,
+        stamp: Stamp | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
+        self._stamp = stamp
         self._settings = settings
         self._params = parameters(settings)
         self.window = window
@@ -239,7 +243,7 @@ class ConfirmingPublisher:
                     message.exchange,
                     message.routing_key,
                     message.body,
-                    message.properties(app_id),
+                    message.properties(app_id, self._stamp(message) if self._stamp else None),
                     mandatory=True,
                 )
             except (pe.AMQPError, OSError) as exc:
@@ -280,7 +284,9 @@ class ConfirmingPublisher:
         # confirmed at once, a persistent one after its disk write): settle exactly the
         # tag, or with ``multiple`` every tag up to it.
         if method.multiple:
-            tags = [t for t in run.inflight if t <= method.delivery_tag]
+            # ``inflight`` holds tags in ascending (insertion) order: stop at the first
+            # one above, instead of scanning the whole window for every confirm.
+            tags = list(itertools.takewhile(lambda t: t <= method.delivery_tag, run.inflight))
         else:
             tags = [method.delivery_tag] if method.delivery_tag in run.inflight else []
         for tag in tags:

@@ -109,10 +109,16 @@ def declare_core(channel: Channel) -> None:
     channel.queue_bind(FLEET_QUEUE, ACK_EXCHANGE, routing_key=f"{HELLO_KEY}.#")
 
 
-def declare_client(channel: Channel, client_id: str, limits: QueueLimits | None = None) -> str:
-    """Provision one client's command queue; call when a client is first known."""
+def declare_client(
+    channel: Channel, client_id: str, limits: QueueLimits | None = None, **options: Any
+) -> str:
+    """Provision one client's command queue; call when a client is first known.
+
+    ``options`` go to ``queue_declare`` as they are (an asynchronous channel's
+    ``callback``), never the queue's arguments: those are decided here only.
+    """
     name = client_queue(client_id)
     channel.queue_declare(
-        name, durable=True, arguments=client_queue_arguments(limits or QueueLimits())
+        name, durable=True, arguments=client_queue_arguments(limits or QueueLimits()), **options
     )
     return name

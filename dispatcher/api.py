@@ -16,10 +16,13 @@ from dataclasses import dataclass
 
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
+from dispatcher import keys
 from schemas import DEFAULT_CATALOG, Catalog, Command, ComponentEvent, encode
 from schemas.messages import PublishCount, PublishReport
+from schemas.signing import Signer
 from schemas.syntax import resolve_event
 
 DEFAULT_TTL = 3600.0
@@ -65,10 +68,14 @@ class Dispatcher:
         window: int = 1000,
         hooks: PublishHooks | None = None,
         name: str = "setevnt-dispatcher",
+        signer: Signer | None = None,
+        settings: BrokerSettings | None = None,
     ) -> None:
-        self.settings = BrokerSettings.from_env(url).named(name)
+        self.settings = (settings or BrokerSettings.from_env(url)).named(name)
         self.catalog = catalog
-        self._publisher = ConfirmingPublisher(self.settings, window=window, hooks=hooks)
+        self._publisher = ConfirmingPublisher(
+            self.settings, window=window, hooks=hooks, stamp=keys.command_stamp(signer)
+        )
 
     def __enter__(self) -> Dispatcher:
         return self
@@ -90,13 +97,8 @@ class Dispatcher:
         ids = list(client_ids)
         for client_id in ids:
             topology.client_queue(client_id)  # validate all before declaring any
-
-        def declare(channel: topology.Channel) -> None:
-            topology.declare_core(channel)
-            for client_id in ids:
-                topology.declare_client(channel, client_id, limits)
-
-        self._with_channel(declare)
+        self._with_channel(topology.declare_core)
+        provision_clients(self.settings, ids, limits)
         return len(ids)
 
     def commands(
@@ -139,8 +141,8 @@ class Dispatcher:
 
     def send(self, commands: Sequence[Command]) -> list[Receipt]:
         """Publish commands; each receipt says whether the broker confirmed it."""
-        outgoing = [_outgoing(command) for command in commands]
-        outcomes = self._publisher.publish(outgoing)
+        messages = [outgoing(command) for command in commands]
+        outcomes = self._publisher.publish(messages)
         receipts = [
             Receipt(
                 command_id=c.command_id,
@@ -200,7 +202,8 @@ class Dispatcher:
             close_quietly(connection)
 
 
-def _outgoing(command: Command) -> Outgoing:
+def outgoing(command: Command) -> Outgoing:
+    """The publication of one command: default exchange, the client's queue, its TTL."""
     ttl_ms = max(1, int((command.expires_at - command.issued_at) * 1000))
     return Outgoing(
         key=command.command_id,

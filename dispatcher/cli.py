@@ -1,19 +1,29 @@
 """``setevnt``: fire component events at clients, like SetEvnt.exe but for a fleet.
 
-setevnt [--url URL] --client ID [--client ID ...] [/q] [cq | COMPONENT_EVENT]
-        [--wait SECONDS] [--json]
+setevnt [--url URL] (--client ID ... | --group G ... | --all | --clients-file FILE)
+        [/q] [cq | COMPONENT_EVENT] [--wait SECONDS] [--json] [--db PATH]
+
+Groups and --all are resolved through the fleet registry in the dispatcher's database.
+Sent commands are recorded in its ledger when there is one (--db, $SETEVNT_DB, or an
+existing ./setevnt.db), so `setevnt-dispatcher status COMMAND_ID` can find them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 from broker.errors import BrokerError
+from dispatcher import targets
 from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
+from dispatcher.db import DB_ENV, DbSettings
+from dispatcher.ledger import CommandRecord, Ledger
 from dispatcher.logs import configure
+from dispatcher.registry import SqliteRegistry
 from dispatcher.waiter import AckWaiter, Answer
 from schemas.syntax import UsageError, parse_invocation
 
@@ -29,9 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("words", nargs="*", metavar="[/q] [cq | COMPONENT_EVENT]")
     parser.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
-    parser.add_argument(
-        "--client", action="append", default=[], required=True, help="target client id"
-    )
+    targets.add_arguments(parser)
+    parser.add_argument("--db", help="dispatcher database (default: $SETEVNT_DB, ./setevnt.db)")
     parser.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the acks")
     parser.add_argument("--ttl", type=float, default=DEFAULT_TTL, help="seconds until expiry")
     parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
@@ -47,18 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         invocation = parse_invocation(args.words)
         if args.wait is not None and args.wait < 0:
             raise UsageError("--wait must not be negative")
+        clients = _targets(args)
         with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
             commands = dispatcher.commands(
-                args.client,
+                clients,
                 invocation.events,
                 silent=invocation.silent,
                 ttl=args.ttl,
                 force=args.force,
             )
             if args.wait is None:
-                return _report(dispatcher.send(commands), {}, args.json, waited=False)
-            with AckWaiter(dispatcher.settings, args.client) as waiter:
                 receipts = dispatcher.send(commands)
+                _remember(args.db, receipts)
+                return _report(receipts, {}, args.json, waited=False)
+            with AckWaiter(dispatcher.settings, clients) as waiter:
+                receipts = dispatcher.send(commands)
+                _remember(args.db, receipts)
                 sent = [r.command_id for r in receipts if r.sent]
                 answers = waiter.wait(sent, args.wait)
                 answers = {**waiter.latest, **answers}
@@ -69,6 +82,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"setevnt: broker: {exc}", file=sys.stderr)
         return EXIT_BROKER
+
+
+def _targets(args: argparse.Namespace) -> list[str]:
+    spec = targets.from_args(args)
+    if not spec.needs_registry:
+        return targets.resolve(spec, None)
+    with SqliteRegistry(DbSettings.from_env(args.db), create=False) as registry:
+        return targets.resolve(spec, registry)
+
+
+def _remember(db_path: str | None, receipts: Sequence[Receipt]) -> None:
+    """Record the commands in the ledger, if this machine has the dispatcher's database."""
+    database = DbSettings.from_env(db_path)
+    if not (db_path or os.environ.get(DB_ENV) or database.exists):
+        return  # a workstation without the database: the collector records the acks
+    now = time.time()
+    with Ledger(database) as ledger:
+        ledger.record_commands(
+            [
+                CommandRecord(
+                    command_id=r.command_id,
+                    storm_id=None,
+                    client_id=r.client_id,
+                    component=r.component,
+                    event=r.event,
+                    status=r.status,
+                    issued_at=r.issued_at,
+                    expires_at=r.expires_at,
+                    sent_at=now if r.sent else None,
+                )
+                for r in receipts
+            ]
+        )
 
 
 def _report(

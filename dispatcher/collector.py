@@ -1,4 +1,8 @@
-"""The ack collector: consume the durable ack queue and feed the metrics hooks."""
+"""The ack collector: consume the durable ack queue and feed the metrics hooks.
+
+With a :class:`dispatcher.recorder.Recorder` it also consumes the fleet's heartbeats and
+makes both durable (ledger, registry), acking the broker only after they are stored.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,17 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
 from schemas.codec import DecodeError, decode_any
-from schemas.messages import Ack, PublishReport
+from schemas.messages import Ack, Message, PublishReport
+
+if TYPE_CHECKING:
+    from dispatcher.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ class CollectorHooks(Protocol):
     def bad_message(self, reason: str) -> None: ...
 
     def reconnected_collector(self) -> None: ...
+
+    def ack_dropped(self, reason: str) -> None: ...
 
 
 class _Seen:
@@ -60,8 +69,14 @@ class Collector:
         *,
         prefetch: int = 500,
         remember: int = 200_000,
+        recorder: Recorder | None = None,
+        trusted_senders: frozenset[str] = frozenset(),
     ) -> None:
         self._settings = settings.named("setevnt-collector")
+        # Broker users allowed to answer for any client: a simulated fleet's one user, or
+        # a development broker's guest. Every other ack must come from its client's user.
+        self._trusted = trusted_senders
+        self._recorder = recorder
         self._hooks = hooks
         self._prefetch = prefetch
         self._seen = _Seen(remember)
@@ -77,20 +92,35 @@ class Collector:
     def run(self) -> None:
         supervise(self._session, self._stop.is_set, what="collector")
 
-    def handle(self, body: bytes) -> None:
-        """Account for one message from the ack queue (public for tests and replays)."""
+    def handle(self, body: bytes, sender: str | None) -> Message | None:
+        """Account for one message from the ack queue sent by broker user ``sender``.
+
+        ``sender`` is the AMQP ``user_id`` property, which the broker validates against
+        the publishing connection's user; an ack counts only when it names its client.
+        """
         try:
             message = decode_any(body)
         except DecodeError as exc:
             log.warning("dropping undecodable ack-path message: %s", exc)
             self._hooks.bad_message(exc.reason.value)
-            return
+            return None
+        if isinstance(message, Ack) and not self._from_its_client(message, sender):
+            return None
         if isinstance(message, Ack):
             self._ack(message)
         elif isinstance(message, PublishReport):
             self._hooks.publish_report(message)
         else:
             self._hooks.bad_message("bad-message")
+        return message
+
+    def _from_its_client(self, ack: Ack, sender: str | None) -> bool:
+        if sender is not None and (sender == ack.client_id or sender in self._trusted):
+            return True
+        reason = "missing-user-id" if sender is None else "wrong-user-id"
+        log.warning("dropping ack for %s sent by %r: %s", ack.client_id, sender, reason)
+        self._hooks.ack_dropped(reason)
+        return False
 
     def _ack(self, ack: Ack) -> None:
         if ack.final and ack.command_id and not self._seen.add(ack.command_id):
@@ -131,14 +161,25 @@ class Collector:
                 topology.declare_core(channel)
                 channel.basic_qos(prefetch_count=self._prefetch)
                 channel.basic_consume(topology.ACK_QUEUE, self._on_message)
+                recorder = self._recorder
+                if recorder is not None:
+                    recorder.reset()
+                    channel.basic_consume(topology.FLEET_QUEUE, recorder.on_fleet)
                 self.ready.set()
                 log.info("collecting acks from %s", self._settings.redacted())
                 while not self._stop.is_set():
-                    connection.process_data_events(time_limit=0.5)
+                    connection.process_data_events(
+                        time_limit=recorder.flush_every if recorder else 0.5
+                    )
+                    if recorder is not None:
+                        recorder.flush(channel)
         finally:
             self.ready.clear()
             close_quietly(connection)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self.handle(body)
-        channel.basic_ack(method.delivery_tag)
+        message = self.handle(body, properties.user_id)
+        if self._recorder is not None:
+            self._recorder.ack_path(message, method.delivery_tag)  # acked once stored
+        else:
+            channel.basic_ack(method.delivery_tag)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from broker.publisher import Outgoing, Stamp
 from schemas.signing import Signer
 
 KEY_FILE_ENV = "SETEVNT_SIGNING_KEY_FILE"
@@ -34,3 +35,19 @@ def load(path: str | Path | None = None) -> Signer | None:
         return Signer.from_private(text)
     except ValueError as exc:
         raise ValueError(f"signing key {chosen}: {exc}") from None
+
+
+def command_stamp(signer: Signer | None = None) -> Stamp | None:
+    """A publisher stamp that signs commands (and nothing else) with ``signer``.
+
+    Without a signer, the key file named by ``$SETEVNT_SIGNING_KEY_FILE`` is used; with
+    neither, commands go unsigned and agents that require signatures refuse them.
+    """
+    chosen = signer or load()
+    if chosen is None:
+        return None
+
+    def stamp(message: Outgoing) -> dict[str, str] | None:
+        return chosen.headers(message.body) if message.message_type == "command" else None
+
+    return stamp

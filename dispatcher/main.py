@@ -1,6 +1,7 @@
 """``setevnt-dispatcher``: the central service and its operator commands.
 
-setevnt-dispatcher serve [--metrics-port 9808]     collect acks, serve /metrics
+setevnt-dispatcher serve [--metrics-port 9808]     collect acks and heartbeats, serve /metrics
+setevnt-dispatcher clients|storm|resume|cancel|status   the fleet (see dispatcher.operator_cli)
 setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
 setevnt-dispatcher declare                         declare the shared topology
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,11 +21,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 from broker.errors import BrokerError
 from broker.management import Management, NotFound
 from broker.settings import BrokerSettings
+from dispatcher import keys, operator_cli
 from dispatcher.api import Dispatcher
 from dispatcher.collector import Collector
+from dispatcher.db import DbSettings
 from dispatcher.enroll import enroll, revoke
+from dispatcher.ledger import Ledger
 from dispatcher.logs import configure
 from dispatcher.metrics import DispatcherMetrics
+from dispatcher.recorder import Recorder
+from dispatcher.registry import RegistrySettings, SqliteRegistry
 
 log = logging.getLogger("setevnt.dispatcher")
 
@@ -33,18 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="collect acks and serve Prometheus metrics")
+    serve = sub.add_parser(
+        "serve",
+        parents=[operator_cli.store_options()],
+        help="collect acks and heartbeats (ledger, registry), serve Prometheus metrics",
+    )
     serve.add_argument("--metrics-port", type=int, default=9808)
     serve.add_argument("--metrics-addr", default="127.0.0.1")
     provision = sub.add_parser("provision", help="create the command queues of clients")
     provision.add_argument("clients", nargs="+", metavar="CLIENT_ID")
     sub.add_parser("declare", help="declare the shared exchanges and queues")
+    keygen = sub.add_parser("keygen", help="create the command-signing key, print its public key")
+    keygen.add_argument("--out", required=True, help="private key file to create (mode 0600)")
     enroll_cmd = sub.add_parser("enroll", help="create a client's broker user, print its config")
     enroll_cmd.add_argument("client", metavar="CLIENT_ID")
     enroll_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
     revoke_cmd = sub.add_parser("revoke", help="delete a client's broker user")
     revoke_cmd.add_argument("client", metavar="CLIENT_ID")
     revoke_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    operator_cli.add_commands(sub)
     return parser
 
 
@@ -53,9 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_level)
     try:
         if args.command == "serve":
-            return serve(BrokerSettings.from_env(args.url), args.metrics_addr, args.metrics_port)
+            stores = (DbSettings.from_env(args.db), args.offline_after)
+            return serve(
+                BrokerSettings.from_env(args.url), args.metrics_addr, args.metrics_port, stores
+            )
+        if args.command in operator_cli.COMMANDS:
+            return operator_cli.run(args)
         if args.command in ("enroll", "revoke"):
             return enrollment(args)
+        if args.command == "keygen":
+            return keygen(args.out)
         with Dispatcher(args.url) as dispatcher:
             if args.command == "provision":
                 count = dispatcher.provision(args.clients)
@@ -72,6 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
 
 
+def keygen(out: str) -> int:
+    try:
+        signer = keys.generate(out)
+    except FileExistsError:
+        print(f"setevnt-dispatcher: {out} exists; not replacing a key", file=sys.stderr)
+        return 1
+    print(f"private key written to {out}; point $SETEVNT_SIGNING_KEY_FILE at it", file=sys.stderr)
+    print(signer.public_text())
+    return 0
+
+
 def enrollment(args: argparse.Namespace) -> int:
     settings = BrokerSettings.from_env(args.url)
     management = Management.for_broker(settings, args.management_url)
@@ -85,15 +117,38 @@ def enrollment(args: argparse.Namespace) -> int:
         return 0
     with Dispatcher(args.url) as dispatcher:
         dispatcher.provision([args.client])  # the agent may not declare its own queue
-    print(enroll(settings, management, args.client).agent_toml(), end="")
+    signer = keys.load()  # $SETEVNT_SIGNING_KEY_FILE: the agent must trust its public key
+    public_key = signer.public_text() if signer else None
+    print(enroll(settings, management, args.client, public_key=public_key).agent_toml(), end="")
     return 0
 
 
-def serve(settings: BrokerSettings, addr: str, port: int) -> int:
+TRUSTED_ENV = "SETEVNT_TRUSTED_SENDERS"
+
+
+def trusted() -> frozenset[str]:
+    """Broker users whose acks count for any client ($SETEVNT_TRUSTED_SENDERS, comma-separated):
+    a simulated fleet's user, a development broker's guest. Enrolled agents need none."""
+    return frozenset(u.strip() for u in os.environ.get(TRUSTED_ENV, "").split(",") if u.strip())
+
+
+def serve(
+    settings: BrokerSettings, addr: str, port: int, stores: tuple[DbSettings, float] | None = None
+) -> int:
     registry = CollectorRegistry()
     metrics = DispatcherMetrics(registry)
-    collector = Collector(settings, metrics)
+    database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
+    with (
+        SqliteRegistry(database, RegistrySettings(offline_after)) as fleet,
+        Ledger(database) as ledger,
+    ):
+        recorder = Recorder(settings, fleet, ledger, metrics)
+        log.info("fleet registry and ledger in %s", database.path)
+        collector = Collector(settings, metrics, recorder=recorder, trusted_senders=trusted())
+        return _serve(collector, registry, addr, port)
 
+
+def _serve(collector: Collector, registry: CollectorRegistry, addr: str, port: int) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
         collector.stop()

@@ -7,7 +7,7 @@ labels.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.publisher import Outcome
 from schemas.messages import Ack, PublishReport
@@ -150,9 +150,26 @@ class DispatcherMetrics:
             ["reason"],
             registry=registry,
         )
+        self.dropped_acks = Counter(
+            "setevnt_acks_dropped_total",
+            "Acks not counted because their sender (AMQP user_id) is not their client.",
+            ["reason"],
+            registry=registry,
+        )
         self.duplicate_acks = Counter(
             "setevnt_duplicate_acks_total",
             "Final acks received again for a command already counted (redeliveries).",
+            registry=registry,
+        )
+        self.fleet_clients = Gauge(
+            "setevnt_fleet_clients",
+            "Clients in the fleet registry, online or offline (missed heartbeats, goodbye).",
+            ["status"],
+            registry=registry,
+        )
+        self.provisioned = Counter(
+            "setevnt_clients_provisioned_total",
+            "Client command queues provisioned when the client first appeared.",
             registry=registry,
         )
 
@@ -182,6 +199,9 @@ class DispatcherMetrics:
         component, event = ack.component or "unknown", ack.event or "unknown"
         self.deferral_time.labels(component, event, ack.status).observe(waited)
 
+    def ack_dropped(self, reason: str) -> None:
+        self.dropped_acks.labels(reason).inc()
+
     def duplicate_ack(self, ack: Ack) -> None:
         self.duplicate_acks.inc()
 
@@ -194,6 +214,15 @@ class DispatcherMetrics:
 
     def reconnected_collector(self) -> None:
         self.reconnects.labels("collector").inc()
+
+    # -- registry hooks (dispatcher.recorder.RecorderHooks) ------------------------------
+
+    def clients_provisioned(self, count: int) -> None:
+        self.provisioned.inc(count)
+
+    def fleet_size(self, online: int, offline: int) -> None:
+        self.fleet_clients.labels("online").set(online)
+        self.fleet_clients.labels("offline").set(offline)
 
     # -- publisher hooks (broker.publisher.PublishHooks) ---------------------------------
 

@@ -76,6 +76,10 @@ def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="setevnt-demo-"))
     os.environ["SETEVNT_AMQP_URL"] = URL
+    # The demo's own database, and its agents connect as guest for every client: on this
+    # development broker the collector trusts guest's acks (enrolled agents need not).
+    os.environ["SETEVNT_DB"] = str(workdir / "setevnt.db")
+    os.environ["SETEVNT_TRUSTED_SENDERS"] = "guest"
     started: list[subprocess.Popen[bytes]] = []
     try:
         management("PUT", f"/vhosts/{VHOST}")
@@ -101,6 +105,16 @@ def main() -> int:
 
 def demo(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
     port = free_port()
+    step("creating the dispatcher's command-signing key; agents obey only that key")
+    key_file = workdir / "dispatcher.key"
+    public_key = subprocess.run(
+        [str(BIN / "setevnt-dispatcher"), "keygen", "--out", str(key_file)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    os.environ["SETEVNT_SIGNING_KEY_FILE"] = str(key_file)
+    print(f"public key {public_key}")
     step("provisioning the demo clients' queues")
     run("setevnt-dispatcher", "--log-level", "WARNING", "provision", *CLIENTS)
 
@@ -113,12 +127,18 @@ def demo(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
         config.write_text(
             f'client_id = "{client}"\nplatform = "{platform}"\ngroups = ["demo"]\n'
             f'[agent]\njournal = "{workdir / client}.journal"\n'
+            f'[security]\ndispatcher_public_key = "{public_key}"\n'
+            f'[guard]\nprobes = ["lock"]\nlock = "{workdir / client}.lock"\n'
             '[backend]\ntype = "simulated"\n[backend.simulated]\nduration = 0.05\n'
         )
         agent = ["setevnt-agent", "run", "--config", str(config)]
         started.append(spawn(agent, workdir / f"{client}.log"))
     for client in CLIENTS:
-        wait_until(lambda c=client: b"consuming" in (workdir / f"{c}.log").read_bytes(), 30, client)
+        wait_until(
+            lambda c=client: f"agent {c} consuming".encode() in (workdir / f"{c}.log").read_bytes(),
+            30,
+            client,
+        )
 
     step("setevnt with no event: CCIM32 and Copy Queue cycle on every client")
     run("setevnt", *TARGETS, "--wait", "10")

@@ -81,3 +81,32 @@ def vhost(broker: None) -> Iterator[str]:
 @pytest.fixture
 def amqp_url(vhost: str) -> str:
     return f"amqp://guest:guest@{BROKER_HOST}:5672/{urllib.parse.quote(vhost, safe='')}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dispatcher_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every dispatcher a test starts signs with this key; test agents trust only it."""
+    from dispatcher import keys
+
+    path = tmp_path_factory.mktemp("keys") / "dispatcher.key"
+    keys.generate(path)
+    # Test agents and simulated fleets connect as guest and answer for many clients: the
+    # collectors tests start trust guest, as a development broker's would.
+    settings = {keys.KEY_FILE_ENV: str(path), "SETEVNT_TRUSTED_SENDERS": "guest"}
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield str(path)
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(autouse=True)
+def private_database(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a test starts (`serve`, `setevnt`, storms) keeps its SQLite database in the
+    test's own directory, never ./setevnt.db in the checkout."""
+    monkeypatch.setenv("SETEVNT_DB", str(tmp_path / "setevnt.db"))

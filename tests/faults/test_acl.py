@@ -140,3 +140,78 @@ def _closed(connection: pika.BlockingConnection) -> bool:
     except pika.exceptions.AMQPConnectionError:
         return True
     return connection.is_closed
+
+
+def test_collector_counts_only_acks_sent_by_their_own_client(
+    amqp_url: str, two_clients: tuple[str, str, dict[str, str]]
+) -> None:
+    """An enrolled agent can publish on its own routing key only; the body could still
+    claim another client, or leave user_id out. The collector drops and counts both."""
+    import threading
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from dispatcher.collector import Collector
+    from dispatcher.metrics import DispatcherMetrics
+    from schemas import Ack, encode
+
+    a, b, urls = two_clients
+    registry = CollectorRegistry()
+    collector = Collector(BrokerSettings(url=amqp_url), DispatcherMetrics(registry))
+    thread = threading.Thread(target=collector.run, daemon=True)
+    thread.start()
+    assert collector.ready.wait(10)
+    try:
+
+        def ack(client: str, command_id: str) -> bytes:
+            return encode(
+                Ack(
+                    command_id,
+                    client,
+                    "done",
+                    time.time(),
+                    "test",
+                    "CCIM32",
+                    "STARTCYCLE",
+                    time.time(),
+                )
+            )
+
+        for body, user_id in (
+            (ack(a, "genuine"), a),
+            (ack(b, "claims-b"), a),  # A's connection, A's key, B in the body
+            (ack(a, "anonymous"), None),
+        ):
+            assert _refused(urls[a], _publish_ack(a, body, user_id)) == 200
+
+        def sample(name: str, **labels: str) -> float:
+            return registry.get_sample_value(name, labels) or 0.0
+
+        wait_for(
+            lambda: (
+                sample("setevnt_acks_dropped_total", reason="wrong-user-id") == 1
+                and sample("setevnt_acks_dropped_total", reason="missing-user-id") == 1
+                and sample(
+                    "setevnt_command_outcomes_total",
+                    component="CCIM32",
+                    event="STARTCYCLE",
+                    status="done",
+                )
+                == 1
+            ),
+            15,
+            "one counted and two dropped acks",
+        )
+    finally:
+        collector.stop()
+        thread.join(10)
+
+
+def _publish_ack(client: str, body: bytes, user_id: str | None) -> Callable[[Any], Any]:
+    return lambda ch: ch.basic_publish(
+        topology.ACK_EXCHANGE,
+        topology.ack_routing_key(client),
+        body,
+        pika.BasicProperties(user_id=user_id, delivery_mode=2),
+    )

@@ -127,8 +127,21 @@ def start_agent(
 
 
 def security_toml() -> str:
-    """The ``[security]`` table test agents run with."""
-    return "[security]\nallow_unsigned = true\n"
+    """The ``[security]`` table test agents run with: trust the test dispatcher's key."""
+    from dispatcher import keys
+
+    signer = keys.load()
+    assert signer is not None, "the dispatcher_signing_key fixture sets the key file"
+    return f'[security]\ndispatcher_public_key = "{signer.public_text()}"\n'
+
+
+def signed(body: bytes) -> dict[str, str]:
+    """Signature headers for a command body, as the test dispatcher would send them."""
+    from dispatcher import keys
+
+    signer = keys.load()
+    assert signer is not None
+    return signer.headers(body)
 
 
 def _toml(value: Any) -> str:

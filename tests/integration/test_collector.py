@@ -24,7 +24,11 @@ pytestmark = pytest.mark.broker
 @pytest.fixture
 def collector(amqp_url: str) -> Iterator[CollectorRegistry]:
     registry = CollectorRegistry()
-    running = Collector(BrokerSettings(url=amqp_url), DispatcherMetrics(registry))
+    running = Collector(
+        BrokerSettings(url=amqp_url),
+        DispatcherMetrics(registry),
+        trusted_senders=frozenset({"guest"}),
+    )
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     assert running.ready.wait(10), "collector did not start consuming"

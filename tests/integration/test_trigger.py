@@ -22,6 +22,7 @@ from tests.integration.helpers import (
     final,
     queue_depth,
     records,
+    signed,
     start_agent,
     wait_for,
 )
@@ -92,7 +93,7 @@ def _publish_raw(url: str, client_id: str, body: bytes, message_id: str) -> None
             "",
             topology.client_queue(client_id),
             body,
-            pika.BasicProperties(message_id=message_id, delivery_mode=2),
+            pika.BasicProperties(message_id=message_id, delivery_mode=2, headers=signed(body)),
         )
     finally:
         connection.close()

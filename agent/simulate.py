@@ -1,0 +1,393 @@
+"""The fleet simulator: N simulated clients over K broker connections, in one process.
+
+Each client is a real :class:`agent.handler.Handler` (validation, journal, acks) with the
+simulated backend, announces itself with hello heartbeats like an agent (so the
+dispatcher registers it and provisions its queue) and consumes its own queue with a
+prefetch of one. What differs from N agent processes is only the transport: clients
+share the connections of a few :class:`broker.lanes.Lane` s and one I/O thread, and
+signal on a shared worker pool.
+
+A command's ``not_before`` (a storm's spread) is waited for with a timer on the I/O loop,
+not by sleeping on a worker as an agent does: thousands of spread commands would
+otherwise hold the whole pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import FrameType
+
+from agent import __version__
+from agent.backends.simulated import SimulatedBackend
+from agent.config import AgentConfig
+from agent.handler import Delivery, Handler, Reply, Run
+from agent.journal import Journal
+from broker import topology
+from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.errors import BrokerError
+from broker.lanes import Lane, LaneDelivery, Loop
+from broker.settings import BrokerSettings
+from schemas.codec import encode
+from schemas.messages import Heartbeat, Kind
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE = 10.0  # seconds to finish the commands in hand when stopping
+CHECK_EVERY = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationSettings:
+    clients: int
+    connections: int = 1
+    prefix: str = "SIM"
+    first: int = 0
+    groups: tuple[str, ...] = ()
+    platform: str = "nt"
+    duration: float = 0.02
+    failure_rate: float = 0.0
+    record: str | None = None
+    seed: int | None = None
+    hello_interval: float = 60.0
+    workers: int = 64
+    provision: bool = False
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+
+    def __post_init__(self) -> None:
+        if self.clients < 1:
+            raise ValueError("--clients must be at least 1")
+        if not 1 <= self.connections <= 256:
+            raise ValueError("--connections must be between 1 and 256")
+        if self.hello_interval <= 0 or self.workers < 1:
+            raise ValueError("--hello-interval and --workers must be positive")
+
+    def client_ids(self) -> list[str]:
+        width = max(5, len(str(self.first + self.clients - 1)))
+        return [f"{self.prefix}{n:0{width}d}" for n in range(self.first, self.first + self.clients)]
+
+
+class Simulation:
+    """Runs on the calling thread until :meth:`stop` (safe from signal handlers)."""
+
+    def __init__(self, settings: SimulationSettings) -> None:
+        self.settings = settings
+        self._loop = Loop()
+        backend = SimulatedBackend(
+            duration=settings.duration,
+            failure_rate=settings.failure_rate,
+            record=settings.record,
+            seed=settings.seed,
+        )
+        self._handlers: dict[str, Handler] = {}
+        self._lane_of: dict[str, Lane] = {}
+        self._lanes = [self._lane(n) for n in range(settings.connections)]
+        for index, client_id in enumerate(settings.client_ids()):
+            config = AgentConfig(
+                client_id=client_id,
+                platform=settings.platform,
+                groups=settings.groups,
+                broker=settings.broker,
+                hello_interval=settings.hello_interval,
+            )
+            queue = topology.client_queue(client_id)
+            self._handlers[queue] = Handler(config, backend, Journal(None))
+            self._lane_of[queue] = self._lanes[index % len(self._lanes)]
+        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="simulated")
+        self._finished: deque[tuple[Lane, LaneDelivery, bytes | None]] = deque()
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
+        self._executing = 0
+        self._stop = threading.Event()
+        self._stopping_since: float | None = None
+        self._announced_ready = False
+        self._said_goodbye = False
+        self._beat_cursor = 0
+        self._beat_credit = 0.0
+        self.error: BrokerError | None = None
+        self.handled = 0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        log.info(
+            "simulating %d clients over %d connection(s)",
+            self.settings.clients,
+            len(self._lanes),
+        )
+        try:
+            if self.settings.provision:
+                self._declare_core()
+            for queue, lane in self._lane_of.items():
+                lane.add(queue)
+            for lane in self._lanes:
+                lane.start()
+            self._loop.call_later(CHECK_EVERY, self._check)
+            self._loop.run()
+        except BrokerError as exc:
+            self.error = exc
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._loop.close()
+        log.info("simulator stopped after handling %d command(s)", self.handled)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _declare_core(self) -> None:
+        """Provisioning here, without a dispatcher: the shared exchanges too."""
+        connection = open_blocking(self.settings.broker.named("setevnt-simulator (declare)"))
+        try:
+            with translate_errors("declaring the topology"):
+                topology.declare_core(connection.channel())
+        finally:
+            close_quietly(connection)
+
+    # -- lanes --------------------------------------------------------------------------
+
+    def _lane(self, number: int) -> Lane:
+        settings = self.settings.broker.named(f"setevnt-simulator {number}")
+        return Lane(
+            settings,
+            self._loop,
+            self._on_delivery,
+            declare=self.settings.provision,
+            on_fatal=self._on_fatal,
+            on_ready=self._on_lane_ready,
+        )
+
+    def _on_fatal(self, error: BrokerError) -> None:
+        self.error = error
+        self._stop.set()
+
+    def _on_lane_ready(self, lane: Lane) -> None:
+        """A (re)connected lane: its clients say hello, as an agent does per session."""
+        for queue, owner in self._lane_of.items():
+            if owner is lane:
+                self._beat(lane, self._handlers[queue].config, Kind.HELLO)
+
+    def _beat(self, lane: Lane, config: AgentConfig, kind: Kind) -> None:
+        beat = Heartbeat(
+            client_id=config.client_id,
+            kind=kind.value,
+            sent_at=time.time(),
+            platform=config.platform,
+            agent_version=__version__,
+            groups=config.groups,
+        )
+        lane.publish(
+            topology.ACK_EXCHANGE,
+            topology.hello_routing_key(config.client_id),
+            encode(beat),
+            message_type=beat.WIRE_TYPE,
+            persistent=False,
+        )
+
+    # -- deliveries (loop thread) -------------------------------------------------------
+
+    def _on_delivery(self, lane: Lane, incoming: LaneDelivery) -> None:
+        handler = self._handlers[incoming.queue]
+        delivery = Delivery(
+            body=incoming.body,
+            message_id=incoming.message_id,
+            received_at=time.time(),
+            received_mono=time.monotonic(),
+            headers=incoming.headers,
+        )
+        verdict = handler.admit(delivery)
+        if isinstance(verdict, Reply):
+            self._answer(lane, incoming, handler, verdict.ack, verdict.dead_letter)
+            return
+        assert isinstance(verdict, Run)
+        command, delay = verdict.command, 0.0
+        if command.not_before is not None:
+            delay = min(command.not_before, command.expires_at) - time.time()
+        start = _bind(self._submit, lane, incoming, handler, verdict, delivery)
+        if delay > 0:
+            self._loop.call_later(delay, start)
+        else:
+            start()
+
+    def _submit(
+        self, lane: Lane, incoming: LaneDelivery, handler: Handler, run: Run, delivery: Delivery
+    ) -> None:
+        if self._stopping_since is not None:
+            lane.settle(incoming, requeue=True)  # stopping: leave it for the next run
+            return
+        self._executing += 1
+        self._pool.submit(self._execute, lane, incoming, handler, run, delivery)
+
+    def _execute(
+        self, lane: Lane, incoming: LaneDelivery, handler: Handler, run: Run, delivery: Delivery
+    ) -> None:
+        """Worker thread: signal through the handler, then wake the loop to answer."""
+        ack: bytes | None = None
+        try:
+            ack = handler.execute(run.command, delivery)
+        except Exception:  # a backend bug must not kill the worker; the command redelivers
+            log.exception("signalling %s failed unexpectedly", run.command.command_id)
+        self._finished.append((lane, incoming, ack))
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._loop.call_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False
+        while self._finished:
+            lane, incoming, ack = self._finished.popleft()
+            self._executing -= 1
+            if ack is not None:
+                handler = self._handlers[incoming.queue]
+                self._answer(lane, incoming, handler, ack, dead_letter=False)
+
+    def _answer(
+        self, lane: Lane, incoming: LaneDelivery, handler: Handler, ack: bytes, dead_letter: bool
+    ) -> None:
+        self.handled += 1
+        key = topology.ack_routing_key(handler.config.client_id)
+        lane.answer(incoming, (topology.ACK_EXCHANGE, key, ack), dead_letter)
+
+    # -- periodic -----------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self._stop.is_set():
+            self._stopping()
+            return
+        self._heartbeats()
+        if not self._announced_ready:
+            consuming = sum(len(lane.consuming) for lane in self._lanes)
+            if consuming == self.settings.clients:
+                self._announced_ready = True
+                log.info("all %d clients consuming", consuming)
+        self._loop.call_later(CHECK_EVERY, self._check)
+
+    def _heartbeats(self) -> None:
+        """Spread heartbeats evenly over the interval instead of sending them in bursts."""
+        queues = list(self._handlers)
+        self._beat_credit += len(queues) * CHECK_EVERY / self.settings.hello_interval
+        due, self._beat_credit = math.floor(self._beat_credit), self._beat_credit % 1
+        for _ in range(min(due, len(queues))):
+            queue = queues[self._beat_cursor % len(queues)]
+            self._beat_cursor += 1
+            lane = self._lane_of[queue]
+            if lane.ready:
+                self._beat(lane, self._handlers[queue].config, Kind.HEARTBEAT)
+
+    def _stopping(self) -> None:
+        """Stop consuming, finish what is in hand, say goodbye, close, leave the loop."""
+        now = time.monotonic()
+        if self._stopping_since is None:
+            self._stopping_since = now
+            log.info("stopping: finishing %d command(s) in hand", self._executing)
+            for lane in self._lanes:
+                lane.pause()
+        busy = self._executing > 0 and now - self._stopping_since < STOP_GRACE
+        if busy:
+            self._loop.call_later(CHECK_EVERY, self._check)
+            return
+        if not self._said_goodbye:
+            self._said_goodbye = True
+            for queue, handler in self._handlers.items():
+                lane = self._lane_of[queue]
+                if lane.ready:
+                    self._beat(lane, handler.config, Kind.GOODBYE)
+        unconfirmed = sum(lane.unconfirmed for lane in self._lanes if lane.ready)
+        if unconfirmed and now - self._stopping_since < STOP_GRACE + 3:
+            self._loop.call_later(CHECK_EVERY, self._check)
+            return
+        for lane in self._lanes:
+            lane.close()
+        self._loop.call_later(CHECK_EVERY, self._wait_closed)
+
+    def _wait_closed(self) -> None:
+        if all(lane.closed for lane in self._lanes):
+            self._loop.stop()
+        else:
+            self._loop.call_later(CHECK_EVERY, self._wait_closed)
+
+
+def _bind(function: Callable[..., None], *args: object) -> Callable[[], None]:
+    return lambda: function(*args)
+
+
+def default_connections(clients: int) -> int:
+    """One lane per ~1,000 clients, at most 16: enough parallelism for one I/O thread."""
+    return max(1, min(16, math.ceil(clients / 1000)))
+
+
+def parse_groups(text: str | None) -> tuple[str, ...]:
+    return tuple(g for g in (text or "").split(",") if g)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``setevnt-agent simulate`` subcommand."""
+    simulate = sub.add_parser(
+        "simulate", help="run N simulated clients over K connections (demos, load tests)"
+    )
+    simulate.add_argument("--clients", type=int, required=True, metavar="N")
+    simulate.add_argument(
+        "--connections", type=int, metavar="K", help="default: one per 1,000 clients, <= 16"
+    )
+    simulate.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
+    simulate.add_argument("--prefix", default="SIM", help="client ids are PREFIX00000, ...")
+    simulate.add_argument("--first", type=int, default=0, help="number of the first client")
+    simulate.add_argument("--groups", help="comma-separated groups every client belongs to")
+    simulate.add_argument("--platform", default="nt", choices=("nt", "win9x"))
+    simulate.add_argument("--duration", type=float, default=0.02, help="seconds per run")
+    simulate.add_argument("--failure-rate", type=float, default=0.0, help="0.0 .. 1.0")
+    simulate.add_argument("--record", help="append a JSON line per run start/finish here")
+    simulate.add_argument("--seed", type=int, help="seed for the failure draws")
+    simulate.add_argument("--hello-interval", type=float, default=60.0, metavar="SECONDS")
+    simulate.add_argument("--workers", type=int, default=64, help="signalling threads")
+    simulate.add_argument(
+        "--provision",
+        action="store_true",
+        help="declare the clients' queues here instead of waiting for the dispatcher",
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        settings = SimulationSettings(
+            clients=args.clients,
+            connections=args.connections or default_connections(args.clients),
+            prefix=args.prefix,
+            first=args.first,
+            groups=parse_groups(args.groups),
+            platform=args.platform,
+            duration=args.duration,
+            failure_rate=args.failure_rate,
+            record=args.record,
+            seed=args.seed,
+            hello_interval=args.hello_interval,
+            workers=args.workers,
+            provision=args.provision,
+            broker=BrokerSettings.from_env(args.url),
+        )
+        simulation = Simulation(settings)
+    except ValueError as exc:  # includes bad ids, groups and backend options
+        print(f"setevnt-agent simulate: {exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        simulation.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    simulation.run()
+    if simulation.error is not None:
+        print(f"setevnt-agent simulate: broker: {simulation.error}", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,398 @@
+"""The ledger: every command, its storm, and what finally became of it.
+
+Storm commands are written before anything is published (``planned``), marked ``sent``
+once the broker confirmed them and settled by their acks, so a storm interrupted at any
+point can say exactly which commands were confirmed and which were not, and can be
+resumed. The dispatcher service records every final ack it collects (adopting commands
+it never saw planned, e.g. from ``setevnt``), so ``status`` outlives any process.
+
+An agent's final ack is never overwritten (a redelivered command is answered with the
+same ack); anything the dispatcher concluded on its own (``pending-offline``, even
+``cancelled`` for a command that was in fact published just before a crash) gives way
+to the ack that proves otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher import db
+from dispatcher.ledger_rows import (
+    ACK_FINAL,
+    ERRORS,
+    PENDING,
+    SETTLED,
+    CommandRecord,
+    Status,
+    StormFigures,
+    StormRecord,
+    ack_row,
+)
+
+__all__ = [
+    "ACK_FINAL",
+    "ERRORS",
+    "PENDING",
+    "SETTLED",
+    "CommandRecord",
+    "Ledger",
+    "LedgerWriter",
+    "Status",
+    "StormFigures",
+    "StormRecord",
+    "Writes",
+    "ack_row",
+]
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS storms (
+    storm_id TEXT PRIMARY KEY,
+    component TEXT NOT NULL,
+    event TEXT NOT NULL,
+    options TEXT NOT NULL,
+    targets INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    requested_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    heartbeat_at REAL NOT NULL,
+    owner TEXT NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    publishing_at REAL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    command_id TEXT PRIMARY KEY,
+    storm_id TEXT,
+    client_id TEXT NOT NULL,
+    component TEXT,
+    event TEXT,
+    status TEXT NOT NULL,
+    not_before REAL,
+    issued_at REAL,
+    expires_at REAL,
+    sent_at REAL,
+    acked_at REAL,
+    latency REAL,
+    reason TEXT,
+    detail TEXT,
+    coalesced_into TEXT
+);
+CREATE INDEX IF NOT EXISTS commands_by_storm ON commands (storm_id, status);
+CREATE INDEX IF NOT EXISTS commands_pending ON commands (component, event, status)
+"""
+
+_FINAL_LIST = ", ".join(f"'{s}'" for s in sorted(ACK_FINAL))
+_RECORD_ACK = f"""
+INSERT INTO commands (command_id, storm_id, client_id, component, event, status,
+                      issued_at, acked_at, latency, reason, detail)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (command_id) DO UPDATE SET
+    status = excluded.status, acked_at = excluded.acked_at, latency = excluded.latency,
+    reason = excluded.reason, detail = excluded.detail
+WHERE commands.status NOT IN ({_FINAL_LIST})
+"""
+_MARK_SENT = """
+UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
+    issued_at = ?, expires_at = ?, sent_at = ?
+WHERE command_id = ?
+"""
+_SET_STATUS = """
+UPDATE commands SET status = ? WHERE command_id = ? AND status IN ('planned', 'sent')
+"""
+_STORM_COLUMNS = (
+    "storm_id, component, event, options, targets, state, reason, requested_by, "
+    "created_at, finished_at, heartbeat_at, owner, cancel_requested, publishing_at"
+)
+_COMMAND_COLUMNS = (
+    "command_id, storm_id, client_id, component, event, status, not_before, issued_at, "
+    "expires_at, sent_at, acked_at, latency, reason, detail, coalesced_into"
+)
+
+
+@dataclass
+class Writes:
+    """A storm's ledger updates, buffered and applied in one transaction."""
+
+    sent: list[tuple[Any, ...]] = field(default_factory=list)
+    statuses: list[tuple[str, str]] = field(default_factory=list)
+    acks: list[tuple[Any, ...]] = field(default_factory=list)
+    publishing_at: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.sent or self.statuses or self.acks)
+
+
+class Ledger:
+    def __init__(self, database: db.DbSettings, *, create: bool = True) -> None:
+        self.settings = database
+        self._db = db.connect(database, create=create)
+        try:
+            db.ensure_schema(self._db, SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- storms -------------------------------------------------------------------------
+
+    def create_storm(self, storm: StormRecord, commands: Sequence[CommandRecord]) -> None:
+        with db.transaction(self._db):
+            self._db.execute(
+                f"INSERT INTO storms ({_STORM_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                _storm_row(storm),
+            )
+            self._insert(commands)
+
+    def storm(self, storm_id: str) -> StormRecord | None:
+        row = self._db.execute(
+            f"SELECT {_STORM_COLUMNS} FROM storms WHERE storm_id = ?", (storm_id,)
+        ).fetchone()
+        return _storm(row) if row is not None else None
+
+    def storms(self, limit: int = 20) -> list[StormRecord]:
+        rows = self._db.execute(
+            f"SELECT {_STORM_COLUMNS} FROM storms ORDER BY created_at DESC LIMIT ?", (limit,)
+        )
+        return [_storm(row) for row in rows]
+
+    def finish_storm(self, storm_id: str, state: str, reason: str | None, at: float) -> None:
+        with db.transaction(self._db):
+            self._db.execute(
+                "UPDATE storms SET state = ?, reason = ?, finished_at = ?, heartbeat_at = ? "
+                "WHERE storm_id = ?",
+                (state, reason, at, at, storm_id),
+            )
+            if state != "running":
+                self._db.execute(
+                    "UPDATE commands SET status = 'cancelled' "
+                    "WHERE storm_id = ? AND status = 'planned'",
+                    (storm_id,),
+                )
+
+    def claim_storm(self, storm_id: str, owner: str, at: float) -> None:
+        """A (resumed) run owns the storm: running again, heartbeat from now on."""
+        with db.transaction(self._db):
+            self._db.execute(
+                "UPDATE storms SET state = 'running', reason = NULL, finished_at = NULL, "
+                "owner = ?, heartbeat_at = ?, cancel_requested = 0 WHERE storm_id = ?",
+                (owner, at, storm_id),
+            )
+
+    def request_cancel(self, storm_id: str) -> bool:
+        with db.transaction(self._db):
+            cursor = self._db.execute(
+                "UPDATE storms SET cancel_requested = 1 WHERE storm_id = ?", (storm_id,)
+            )
+        return cursor.rowcount == 1
+
+    def storm_commands(self, storm_id: str) -> list[CommandRecord]:
+        rows = self._db.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE storm_id = ? ORDER BY rowid",
+            (storm_id,),
+        )
+        return [CommandRecord(*row) for row in rows]
+
+    def figures(self, storm_id: str) -> StormFigures:
+        counts = dict(
+            self._db.execute(
+                "SELECT status, count(*) FROM commands WHERE storm_id = ? GROUP BY status",
+                (storm_id,),
+            ).fetchall()
+        )
+        # Published: confirmed, or answered by its client (a dispatcher that died before
+        # writing down a confirm leaves only the ack, which the collector recorded).
+        published, first, last, acked = self._db.execute(
+            "SELECT count(CASE WHEN sent_at IS NOT NULL OR acked_at IS NOT NULL "
+            "OR status = 'deferred' THEN 1 END), min(sent_at), max(sent_at), max(acked_at) "
+            "FROM commands WHERE storm_id = ?",
+            (storm_id,),
+        ).fetchone()
+        latencies = [
+            row[0]
+            for row in self._db.execute(
+                "SELECT latency FROM commands WHERE storm_id = ? AND latency IS NOT NULL "
+                "ORDER BY latency",
+                (storm_id,),
+            )
+        ]
+        return StormFigures(counts, int(published), latencies, first, last, acked)
+
+    # -- commands -----------------------------------------------------------------------
+
+    def record_commands(self, commands: Sequence[CommandRecord]) -> None:
+        """Commands published outside storms (``setevnt``), once confirmed.
+
+        An ack the collector recorded first wins: it is newer than "sent".
+        """
+        with db.transaction(self._db):
+            self._insert(commands, ignore_existing=True)
+
+    def record_acks(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows from :func:`ack_row`; idempotent, so redelivered acks change nothing."""
+        with db.transaction(self._db):
+            self._db.executemany(_RECORD_ACK, rows)
+
+    def apply(self, writes: Writes, storm_id: str, at: float) -> bool:
+        """Apply a storm's buffered updates; returns whether a cancel was requested."""
+        with db.transaction(self._db):
+            self._db.executemany(_MARK_SENT, writes.sent)
+            self._db.executemany(_SET_STATUS, writes.statuses)
+            self._db.executemany(_RECORD_ACK, writes.acks)
+            row = self._db.execute(
+                "UPDATE storms SET heartbeat_at = ?, publishing_at = "
+                "coalesce(publishing_at, ?) WHERE storm_id = ? RETURNING cancel_requested",
+                (at, writes.publishing_at, storm_id),
+            ).fetchone()
+        return bool(row and row[0])
+
+    def pending(self, component: str, event: str, now: float) -> dict[str, str]:
+        """Client id -> id of a command for this event still pending (not expired) there."""
+        rows = self._db.execute(
+            "SELECT client_id, command_id FROM commands WHERE component = ? AND event = ? "
+            "AND status IN ('sent', 'deferred', 'pending-offline') AND expires_at > ?",
+            (component, event, now),
+        )
+        return dict(rows.fetchall())
+
+    def fast_pending(
+        self, now: float, live_since: float
+    ) -> list[tuple[CommandRecord, StormRecord]]:
+        """Fast-lane commands sent but not answered, not expired, of storms not running live.
+
+        What a broker restart may have lost from the queues (a live storm re-sends its own).
+        """
+        rows = self._db.execute(
+            f"SELECT {_prefixed('c', _COMMAND_COLUMNS)}, {_prefixed('s', _STORM_COLUMNS)} "
+            "FROM storms s JOIN commands c ON c.storm_id = s.storm_id "
+            "WHERE json_extract(s.options, '$.fast') AND "
+            "c.status IN ('sent', 'pending-offline') AND c.expires_at > ? "
+            "AND NOT (s.state = 'running' AND s.heartbeat_at >= ?)",
+            (now, live_since),
+        )
+        return [(CommandRecord(*row[:15]), _storm(row[15:])) for row in rows]
+
+    def command(self, command_id: str) -> CommandRecord | None:
+        row = self._db.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE command_id = ?", (command_id,)
+        ).fetchone()
+        return CommandRecord(*row) if row is not None else None
+
+    def _insert(self, commands: Iterable[CommandRecord], *, ignore_existing: bool = False) -> None:
+        verb = "INSERT OR IGNORE" if ignore_existing else "INSERT"
+        self._db.executemany(
+            f"{verb} INTO commands ({_COMMAND_COLUMNS}) VALUES ({','.join('?' * 15)})",
+            [_command_row(c) for c in commands],
+        )
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    return ", ".join(f"{alias}.{name.strip()}" for name in columns.split(","))
+
+
+def _storm_row(storm: StormRecord) -> tuple[Any, ...]:
+    return (
+        storm.storm_id,
+        storm.component,
+        storm.event,
+        json.dumps(storm.options, sort_keys=True),
+        storm.targets,
+        storm.state,
+        storm.reason,
+        storm.requested_by,
+        storm.created_at,
+        storm.finished_at,
+        storm.heartbeat_at,
+        storm.owner,
+        int(storm.cancel_requested),
+        storm.publishing_at,
+    )
+
+
+def _storm(row: sqlite3.Row | tuple[Any, ...]) -> StormRecord:
+    values = list(row)
+    values[3] = json.loads(values[3])
+    values[12] = bool(values[12])
+    return StormRecord(*values)
+
+
+def _command_row(c: CommandRecord) -> tuple[Any, ...]:
+    return (
+        c.command_id,
+        c.storm_id,
+        c.client_id,
+        c.component,
+        c.event,
+        c.status,
+        c.not_before,
+        c.issued_at,
+        c.expires_at,
+        c.sent_at,
+        c.acked_at,
+        c.latency,
+        c.reason,
+        c.detail,
+        c.coalesced_into,
+    )
+
+
+class LedgerWriter:
+    """Applies a storm's writes on a thread of its own, with a connection of its own.
+
+    SQLite releases the GIL while it works, so the publishing thread keeps publishing
+    during a write instead of stalling its confirm window for tens of milliseconds.
+    """
+
+    def __init__(self, database: db.DbSettings, storm_id: str) -> None:
+        self._database = database
+        self._storm_id = storm_id
+        self._queue: queue.SimpleQueue[Writes | None] = queue.SimpleQueue()
+        self.cancel_requested = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="storm-ledger", daemon=True)
+        self._thread.start()
+
+    def submit(self, writes: Writes) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(writes)
+
+    def close(self) -> None:
+        """Write everything submitted, then stop (raises what went wrong, if anything)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _run(self) -> None:
+        try:
+            ledger = Ledger(self._database)
+        except BaseException as exc:  # reported to the storm's thread on its next submit
+            self.error = exc
+            return
+        try:
+            while (writes := self._queue.get()) is not None:
+                if ledger.apply(writes, self._storm_id, time.time()):
+                    self.cancel_requested = True
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            ledger.close()

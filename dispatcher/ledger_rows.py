@@ -1,0 +1,124 @@
+"""What the ledger stores: command statuses, storm and command rows.
+
+Kept apart from the SQL (:mod:`dispatcher.ledger`) because storms, ``status`` and the
+progress display all speak in these terms.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from schemas.messages import Ack
+
+
+class Status(StrEnum):
+    PLANNED = "planned"  # in a storm, not confirmed by the broker (yet)
+    SENT = "sent"
+    DEFERRED = "deferred"  # the agent holds it (a distribution is running)
+    PENDING_OFFLINE = "pending-offline"  # queued for a client that did not take it
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    COALESCED = "coalesced"  # not sent: the same event was still pending for the client
+    UNROUTABLE = "unroutable"
+    NACKED = "nacked"
+    CANCELLED = "cancelled"  # never sent: the storm was cancelled or halted
+
+
+ACK_FINAL = frozenset({"done", "failed", "rejected", "expired", "coalesced"})
+PENDING = frozenset({Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE})
+ERRORS = frozenset({"failed", "rejected", "expired", "unroutable", "nacked"})
+SETTLED = ACK_FINAL | {"unroutable", "nacked", "cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class StormRecord:
+    storm_id: str
+    component: str
+    event: str
+    options: dict[str, Any] = field(compare=False)
+    targets: int
+    state: str  # running | done | halted | cancelled | failed
+    reason: str | None
+    requested_by: str
+    created_at: float
+    finished_at: float | None
+    heartbeat_at: float
+    owner: str
+    cancel_requested: bool
+    publishing_at: float | None = None  # its first publish: the enqueue rate counts from here
+
+    def alive(self, now: float, stale_after: float) -> bool:
+        """Is a process still running this storm?
+
+        Its heartbeat in the ledger says so; on the same host its process id says so at
+        once, so a killed dispatcher shows ``interrupted`` without waiting for staleness.
+        """
+        if self.state != "running" or now - self.heartbeat_at > stale_after:
+            return False
+        match = re.fullmatch(r"pid (\d+) on (.+)", self.owner)
+        if match is None or match.group(2) != socket.gethostname():
+            return True
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, and someone else's
+            return True
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    command_id: str
+    storm_id: str | None
+    client_id: str
+    component: str | None
+    event: str | None
+    status: str
+    not_before: float | None = None
+    issued_at: float | None = None
+    expires_at: float | None = None
+    sent_at: float | None = None
+    acked_at: float | None = None
+    latency: float | None = None
+    reason: str | None = None
+    detail: str | None = None
+    coalesced_into: str | None = None
+
+
+def ack_row(ack: Ack, received_at: float) -> tuple[Any, ...]:
+    """The ledger row of one ack: final ones carry when they came and the latency."""
+    final = ack.final
+    latency = None
+    if final and ack.issued_at is not None:
+        latency = max(0.0, received_at - ack.issued_at)
+    return (
+        ack.command_id,
+        ack.storm_id,
+        ack.client_id,
+        ack.component,
+        ack.event,
+        ack.status,
+        ack.issued_at,
+        received_at if final else None,
+        latency,
+        ack.reason,
+        ack.detail,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StormFigures:
+    counts: dict[str, int]
+    published: int
+    latencies: list[float]  # sorted
+    first_sent_at: float | None
+    last_sent_at: float | None
+    last_acked_at: float | None

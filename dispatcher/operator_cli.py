@@ -1,0 +1,330 @@
+"""The operator's fleet commands of ``setevnt-dispatcher``: clients, storms, status.
+
+setevnt-dispatcher clients [--group G] [--offline] [--json]
+setevnt-dispatcher storm COMPONENT_EVENT (--all | --group G | --client ID | --clients-file F)
+                   [--rate N/s] [--max-in-flight N|P%] [--max-errors N|P%]
+                   [--spread DURATION] [--ttl DURATION] [--delivery-wait DURATION] [--json]
+setevnt-dispatcher resume STORM_ID
+setevnt-dispatcher cancel STORM_ID
+setevnt-dispatcher status [STORM_ID | COMMAND_ID] [--json] [--once]
+setevnt-dispatcher report STORM_ID [--out report.html]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+from broker.settings import BrokerSettings
+from dispatcher import progress, report, targets
+from dispatcher import storm as storms
+from dispatcher.db import DbSettings
+from dispatcher.flow import StormFlow
+from dispatcher.ledger import Ledger, StormRecord
+from dispatcher.registry import RegistrySettings, SqliteRegistry
+from schemas.catalog import DEFAULT_CATALOG
+from schemas.syntax import resolve_event
+
+COMMANDS = ("clients", "storm", "resume", "cancel", "status", "report")
+
+
+def store_options() -> argparse.ArgumentParser:
+    """``--db`` and ``--offline-after``, shared by every command that reads the database."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--db", help="SQLite database (default: $SETEVNT_DB or ./setevnt.db)")
+    parent.add_argument(
+        "--offline-after",
+        type=storms.parse_duration,
+        default=RegistrySettings().offline_after,
+        metavar="DURATION",
+        help="a client is offline after this long without a heartbeat (default 180s)",
+    )
+    return parent
+
+
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    store = store_options()
+    clients = sub.add_parser("clients", parents=[store], help="list the registered fleet")
+    clients.add_argument("--group", help="only clients in this group")
+    clients.add_argument("--offline", action="store_true", help="only offline clients")
+    clients.add_argument("--json", action="store_true", help="one JSON object per line")
+    storm = sub.add_parser("storm", parents=[store], help="fire one event at many clients")
+    storm.add_argument("event", metavar="COMPONENT_EVENT")
+    targets.add_arguments(storm)
+    _storm_options(storm)
+    resume = sub.add_parser(
+        "resume", parents=[store], help="send what an interrupted storm did not"
+    )
+    resume.add_argument("storm_id", metavar="STORM_ID")
+    resume.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    cancel = sub.add_parser("cancel", parents=[store], help="stop publishing a storm")
+    cancel.add_argument("storm_id", metavar="STORM_ID")
+    status = sub.add_parser("status", parents=[store], help="a storm's or a command's status")
+    status.add_argument("id", nargs="?", metavar="STORM_ID|COMMAND_ID")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--once", action="store_true", help="no live progress bar")
+    report_cmd = sub.add_parser("report", parents=[store], help="a storm as an HTML page")
+    report_cmd.add_argument("storm_id", metavar="STORM_ID")
+    report_cmd.add_argument("--out", default="report.html", help="default: report.html")
+
+
+def _storm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rate", type=storms.parse_rate, metavar="N/s", help="default: unpaced")
+    parser.add_argument(
+        "--max-in-flight",
+        type=storms.Limit.parse,
+        default=storms.Limit(1000),
+        metavar="N|P%",
+        help="commands sent but not answered yet (default 1000)",
+    )
+    parser.add_argument(
+        "--max-errors",
+        type=storms.Limit.parse,
+        metavar="N|P%",
+        help="halt when errors exceed this (default: never)",
+    )
+    parser.add_argument("--spread", type=storms.parse_duration, default=0.0, metavar="DURATION")
+    parser.add_argument("--ttl", type=storms.parse_duration, default=3600.0, metavar="DURATION")
+    parser.add_argument(
+        "--delivery-wait",
+        type=storms.parse_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="unanswered this long after its start: pending-offline (default 30s)",
+    )
+    parser.add_argument("--silent", action="store_true", help="silent events (like /q)")
+    parser.add_argument("--force", action="store_true", help="ask agents to bypass the guard")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast lane: transient commands, re-sent from the ledger after a broker restart",
+    )
+    parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = {
+        "clients": _clients,
+        "storm": _storm,
+        "resume": _resume,
+        "cancel": _cancel,
+        "status": _status,
+        "report": _report,
+    }[args.command]
+    return handler(args)
+
+
+# -- clients ---------------------------------------------------------------------------
+
+
+def _clients(args: argparse.Namespace) -> int:
+    registry_settings = RegistrySettings(args.offline_after)
+    with SqliteRegistry(DbSettings.from_env(args.db), registry_settings, create=False) as reg:
+        now = time.time()
+        records = reg.clients(group=args.group, online=False if args.offline else None, now=now)
+    rows = [r.as_json(now, registry_settings.offline_after) for r in records]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, sort_keys=True))
+        return 0
+    print(f"{'CLIENT':<20} {'STATE':<8} {'PLATFORM':<8} {'AGENT':<8} {'SEEN':>9}  GROUPS")
+    for row in rows:
+        seen = f"{now - row['last_seen']:.0f} s ago"
+        print(
+            f"{row['client']:<20} {row['state']:<8} {row['platform']:<8} "
+            f"{row['agent_version']:<8} {seen:>9}  {','.join(row['groups'])}"
+        )
+    return 0
+
+
+# -- storms ----------------------------------------------------------------------------
+
+
+def _storm(args: argparse.Namespace) -> int:
+    options = storms.StormOptions(
+        rate=args.rate,
+        max_in_flight=args.max_in_flight,
+        max_errors=args.max_errors,
+        spread=args.spread,
+        ttl=args.ttl,
+        delivery_wait=args.delivery_wait,
+        silent=args.silent,
+        force=args.force,
+        fast=args.fast,
+    )
+    event = resolve_event(args.event, DEFAULT_CATALOG)
+    database = DbSettings.from_env(args.db)
+    with _stores(database, args.offline_after) as (registry, ledger):
+        spec = targets.from_args(args)
+        ids = targets.resolve(spec, registry if spec.needs_registry else None)
+        storm = storms.plan(ledger, event, ids, options)
+        print(f"storm {storm.storm_id}: {event.name} on {len(ids)} client(s)", file=sys.stderr)
+        return _drive(args, ledger, registry, storm)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    database = DbSettings.from_env(args.db)
+    with _stores(database, args.offline_after) as (registry, ledger):
+        storm = ledger.storm(args.storm_id)
+        if storm is None:
+            raise ValueError(f"no storm {args.storm_id} in {database.path}")
+        refusal = storms.resumable(storm)
+        if refusal is not None:
+            raise ValueError(refusal)
+        print(f"resuming storm {storm.storm_id}", file=sys.stderr)
+        return _drive(args, ledger, registry, storms.claim(ledger, storm))
+
+
+def _drive(
+    args: argparse.Namespace, ledger: Ledger, registry: SqliteRegistry, storm: StormRecord
+) -> int:
+    settings = BrokerSettings.from_env(args.url).named("setevnt-storm")
+    display = progress.Display(sys.stderr, tty=sys.stderr.isatty())
+    flows: list[StormFlow] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        for flow in flows:  # stop on the publisher's thread, at its next tick
+            flow.stop_requested = f"stopped by {signal.Signals(signum).name}"
+
+    with _signals(on_signal):
+        flow = storms.run(
+            settings,
+            ledger,
+            registry,
+            storm,
+            on_progress=lambda flow: display.show(_live(storm, flow)),
+            on_flow=flows.append,
+        )
+    display.show(_live(storm, flow), final=True)
+    display.done()
+    view = _view(ledger, storm.storm_id)
+    _print_view(view, args.json)
+    return 0 if view.state == "done" and view.failed == 0 else 1
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    with Ledger(DbSettings.from_env(args.db), create=False) as ledger:
+        storm = ledger.storm(args.storm_id)
+        if storm is None:
+            raise ValueError(f"no storm {args.storm_id}")
+        if storm.state != "running":
+            print(f"storm {storm.storm_id} is already {storm.state}")
+            return 0
+        ledger.request_cancel(storm.storm_id)
+        if storms.resumable(storm) is None:  # its dispatcher is gone: cancel it here
+            reason = "cancelled by an operator while its dispatcher was not running"
+            ledger.finish_storm(storm.storm_id, "cancelled", reason, time.time())
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            current = ledger.storm(storm.storm_id)
+            if current is not None and current.state != "running":
+                break
+            time.sleep(0.1)
+        for line in progress.lines(_view(ledger, storm.storm_id)):
+            print(line)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    with Ledger(DbSettings.from_env(args.db), create=False) as ledger:
+        if not args.id:
+            for storm in ledger.storms():
+                print(progress.lines(_view(ledger, storm.storm_id))[0])
+            return 0
+        if ledger.storm(args.id) is None:
+            return _command_status(ledger, args)
+        if not (args.json or args.once) and sys.stdout.isatty():
+            _watch(ledger, args.id)
+        _print_view(_view(ledger, args.id), args.json)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    with Ledger(DbSettings.from_env(args.db), create=False) as ledger:
+        data = report.collect(ledger, args.storm_id)
+    with open(args.out, "w", encoding="utf-8") as out:
+        out.write(report.render(data))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _command_status(ledger: Ledger, args: argparse.Namespace) -> int:
+    command = ledger.command(args.id)
+    if command is None:
+        raise ValueError(f"no storm or command {args.id} in the ledger")
+    if args.json:
+        print(json.dumps(dataclasses.asdict(command), sort_keys=True))
+    else:
+        print("\n".join(progress.command_lines(command)))
+    return 0
+
+
+def _watch(ledger: Ledger, storm_id: str) -> None:
+    display = progress.Display(sys.stdout, tty=True)
+    try:
+        while True:
+            view = _view(ledger, storm_id)
+            display.show(view)
+            if view.state != "running":
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        display.done()
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stores(database: DbSettings, offline_after: float) -> Iterator[tuple[SqliteRegistry, Ledger]]:
+    with (
+        SqliteRegistry(database, RegistrySettings(offline_after)) as registry,
+        Ledger(database) as ledger,
+    ):
+        yield registry, ledger
+
+
+@contextlib.contextmanager
+def _signals(handler: Any) -> Iterator[None]:
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _view(ledger: Ledger, storm_id: str) -> progress.StormView:
+    storm = ledger.storm(storm_id)
+    assert storm is not None
+    return progress.from_ledger(storm, ledger.figures(storm_id))
+
+
+def _live(storm: StormRecord, flow: StormFlow) -> progress.StormView:
+    return progress.StormView(
+        storm_id=storm.storm_id,
+        event=f"{storm.component}_{storm.event}",
+        state=flow.state,
+        reason=flow.reason,
+        targets=storm.targets,
+        counts=flow.counts,
+        published=flow.published,
+        created_at=storm.created_at,
+    )
+
+
+def _print_view(view: progress.StormView, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(view.as_json(), sort_keys=True))
+    else:
+        print("\n".join(progress.lines(view)))

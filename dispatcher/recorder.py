@@ -1,0 +1,142 @@
+"""Make what the collector receives durable: acks into the ledger, heartbeats into the registry.
+
+Messages are acknowledged to the broker only after the database committed them, in
+batches (one transaction and one ``basic.ack multiple`` per ``flush_every``), so a
+crash or a locked database costs redeliveries, never records. A client heard from for
+the first time gets its command queue provisioned before its heartbeat is acked: if that
+fails, the heartbeat comes back and provisioning is tried again.
+
+Every reconnect after the first may follow a broker restart, which empties the queues of
+fast-lane (transient) commands: they are re-sent from the ledger (dispatcher.resend).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from broker.errors import BrokerError, BrokerRefused
+from broker.provisioning import provision_clients
+from broker.settings import BrokerSettings
+from dispatcher.ledger import Ledger, ack_row
+from dispatcher.registry import Registry, Sighting
+from dispatcher.resend import resend_fast_lane
+from schemas.codec import DecodeError, decode
+from schemas.messages import Ack, Heartbeat, Message
+
+log = logging.getLogger(__name__)
+
+FLEET_GAUGE_EVERY = 10.0
+RESEND_RETRY = 5.0
+
+
+class RecorderHooks(Protocol):
+    def clients_provisioned(self, count: int) -> None: ...
+
+    def fleet_size(self, online: int, offline: int) -> None: ...
+
+    def bad_message(self, reason: str) -> None: ...
+
+
+@dataclass
+class _Batch:
+    acks: list[tuple[Any, ...]] = field(default_factory=list)
+    beats: list[Sighting] = field(default_factory=list)
+    last_tag: int | None = None
+
+
+class Recorder:
+    """Used by the collector's thread only."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        registry: Registry,
+        ledger: Ledger,
+        hooks: RecorderHooks,
+        *,
+        flush_every: float = 0.1,
+    ) -> None:
+        self._settings = settings.named("setevnt-registry")
+        self.registry = registry
+        self.ledger = ledger
+        self._hooks = hooks
+        self.flush_every = flush_every
+        self._batch = _Batch()
+        self._next_gauge = 0.0
+        self._sessions = 0
+        self._resend_at: float | None = None  # monotonic; None: nothing to re-send
+
+    def reset(self) -> None:
+        """A new channel: delivery tags of the old one mean nothing (they redeliver)."""
+        self._batch = _Batch()
+        self._sessions += 1
+        if self._sessions > 1:
+            self._resend_at = time.monotonic()
+
+    def ack_path(self, message: Message | None, delivery_tag: int) -> None:
+        if isinstance(message, Ack) and message.command_id:
+            self._batch.acks.append(ack_row(message, time.time()))
+        self._batch.last_tag = delivery_tag
+
+    def on_fleet(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        try:
+            beat = decode(body, Heartbeat)
+        except DecodeError as exc:
+            log.warning("dropping undecodable heartbeat: %s", exc)
+            self._hooks.bad_message(exc.reason.value)
+        else:
+            self._batch.beats.append((beat, time.time()))
+        self._batch.last_tag = method.delivery_tag
+
+    def flush(self, channel: Any) -> None:
+        self._gauge()
+        self._resend()
+        batch = self._batch
+        if batch.last_tag is None:
+            return
+        try:
+            if batch.acks:
+                self.ledger.record_acks(batch.acks)
+            if batch.beats:
+                self._provision(self.registry.record(batch.beats))
+        except sqlite3.OperationalError as exc:  # locked or full: the broker keeps them
+            log.warning("database: %s; %d message(s) wait unacked", exc, len(batch.acks))
+            return
+        channel.basic_ack(batch.last_tag, multiple=True)
+        self._batch = _Batch()
+
+    def _provision(self, client_ids: list[str]) -> None:
+        if not client_ids:
+            return
+        try:
+            provision_clients(self._settings, client_ids)
+        except BrokerRefused as exc:
+            # A queue declared elsewhere with other arguments, or no permission: retrying
+            # will not help now; the client's next hello tries again.
+            log.error("cannot provision %d client queue(s): %s", len(client_ids), exc)
+            return
+        self.registry.mark_provisioned(client_ids, time.time())
+        self._hooks.clients_provisioned(len(client_ids))
+        log.info("provisioned %d new client queue(s)", len(client_ids))
+
+    def _resend(self) -> None:
+        if self._resend_at is None or time.monotonic() < self._resend_at:
+            return
+        try:
+            resend_fast_lane(self._settings, self.ledger)
+        except BrokerError as exc:
+            log.warning("fast lane: re-sending failed (%s); trying again", exc)
+            self._resend_at = time.monotonic() + RESEND_RETRY
+            return
+        self._resend_at = None
+
+    def _gauge(self) -> None:
+        now = time.monotonic()
+        if now < self._next_gauge:
+            return
+        self._next_gauge = now + FLEET_GAUGE_EVERY
+        self._hooks.fleet_size(*self.registry.counts())

@@ -1,0 +1,348 @@
+"""Cycle storms: one COMPONENT_EVENT at many clients, paced, observable and resumable.
+
+A storm is planned in the ledger before anything is sent: one row per client, with its
+command id and its start time (``not_before``: a deterministic offset within
+``--spread``, from the client id and the storm id, so a site server sees its clients
+arrive over the spread instead of at once and a resumed storm keeps every offset). A
+client that still has a command for the same event pending gets none (``coalesced``).
+Then :class:`dispatcher.flow.StormFlow` publishes through the pipelined
+:class:`broker.publisher.ConfirmingPublisher` while a private ack feed settles commands.
+
+A storm whose dispatcher died shows ``interrupted`` in ``status``, with exactly how many
+commands were confirmed sent; :func:`resume` sends the rest with their original ids
+(agents answer a command they already ran from their journal, never run it twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from broker import topology
+from broker.errors import BrokerError
+from broker.publisher import ConfirmingPublisher, Outgoing
+from broker.settings import BrokerSettings
+from dispatcher import keys
+from dispatcher.ackfeed import AckFeed
+from dispatcher.api import default_requester
+from dispatcher.flow import FlowLimits, Order, StormFlow, Target
+from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, Status, StormRecord
+from dispatcher.progress import STALE_AFTER
+from dispatcher.registry import Registry
+from schemas.catalog import ComponentEvent
+from schemas.codec import encode
+from schemas.messages import PublishCount, PublishReport
+
+log = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+# Publishes awaiting the broker's confirm. Each one dirties a queue index on the broker;
+# with ~900 file handles (this broker's limit) a window of 1,000 over 10,000 queues made
+# the file-handle cache thrash and a storm crawl at <100/s, while 64..256 ran at
+# ~1,800-2,700/s (docs/operator.md, "Benchmark").
+CONFIRM_WINDOW = 256
+# Transient commands (the fast lane) touch no queue index: a deeper window pays there.
+FAST_CONFIRM_WINDOW = 1000
+# Reconnect attempts of a storm's publisher (jittered backoff, at most 5 s apart): long
+# enough to ride out a broker restart.
+PUBLISH_ATTEMPTS = 30
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``250ms``, ``5m``, ``2h``, ``1d`` -> seconds."""
+    match = _DURATION.fullmatch(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 2h)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_rate(text: str) -> float:
+    """``200``, ``200/s``, ``600/m``, ``3600/h`` -> commands per second."""
+    match = _RATE.fullmatch(text)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text!r} is not a rate (e.g. 200/s, 600/m)")
+    return float(match.group(1)) / _UNITS[match.group(2)]
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A count, absolute (``N``) or relative to the storm's size (``P%``)."""
+
+    amount: float
+    percent: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        percent = text.strip().endswith("%")
+        try:
+            amount = float(text.strip().rstrip("%"))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a count or a percentage (e.g. 500, 5%)") from None
+        if amount < 0 or not math.isfinite(amount) or (percent and amount > 100):
+            raise ValueError(f"{text!r}: must be a count >= 0 or a percentage <= 100%")
+        return cls(amount, percent)
+
+    def of(self, total: int) -> int:
+        return math.floor(total * self.amount / 100) if self.percent else int(self.amount)
+
+    def __str__(self) -> str:
+        return f"{self.amount:g}%" if self.percent else f"{self.amount:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class StormOptions:
+    rate: float | None = None  # commands per second; None: as fast as the window allows
+    max_in_flight: Limit = Limit(1000)
+    max_errors: Limit | None = None  # None: never halt on errors
+    spread: float = 0.0
+    ttl: float = 3600.0
+    delivery_wait: float = 30.0
+    silent: bool = False
+    force: bool = False
+    fast: bool = False  # transient commands, re-sent from the ledger after a broker restart
+
+    def __post_init__(self) -> None:
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError("--rate must be positive")
+        if self.spread < 0 or self.delivery_wait <= 0 or self.ttl <= 0:
+            raise ValueError("--spread must be >= 0, --ttl and --delivery-wait positive")
+        if self.ttl <= self.spread:
+            raise ValueError("--ttl must be longer than --spread, or late clients expire")
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["max_in_flight"] = str(self.max_in_flight)
+        data["max_errors"] = str(self.max_errors) if self.max_errors is not None else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StormOptions:
+        errors = data.get("max_errors")
+        return cls(
+            **{
+                **data,
+                "max_in_flight": Limit.parse(data["max_in_flight"]),
+                "max_errors": Limit.parse(errors) if errors is not None else None,
+            }
+        )
+
+    def limits(self, targets: int) -> FlowLimits:
+        return FlowLimits(
+            max_in_flight=max(1, self.max_in_flight.of(targets)),
+            max_errors=self.max_errors.of(targets) if self.max_errors is not None else None,
+            rate=self.rate,
+            delivery_wait=self.delivery_wait,
+            ttl=self.ttl,
+            max_errors_text=str(self.max_errors) if self.max_errors is not None else "",
+        )
+
+
+def spread_offset(storm_id: str, client_id: str, spread: float) -> float:
+    """Where in ``[0, spread)`` this client starts: the same for every run of the storm."""
+    if spread <= 0:
+        return 0.0
+    digest = hashlib.sha256(f"{storm_id}\0{client_id}".encode()).digest()
+    return spread * int.from_bytes(digest[:8], "big") / 2**64
+
+
+def new_storm_id(now: float) -> str:
+    return f"storm-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
+
+
+def plan(
+    ledger: Ledger,
+    event: ComponentEvent,
+    client_ids: Sequence[str],
+    options: StormOptions,
+    *,
+    requested_by: str | None = None,
+) -> StormRecord:
+    """Write the storm and one command per client into the ledger; nothing is sent yet."""
+    if not client_ids:
+        raise ValueError("a storm needs at least one target client")
+    now = time.time()
+    storm_id = new_storm_id(now)
+    pending = ledger.pending(event.component, event.event, now)
+    commands = [
+        CommandRecord(
+            command_id=uuid.uuid4().hex,
+            storm_id=storm_id,
+            client_id=client_id,
+            component=event.component,
+            event=event.event,
+            status=Status.COALESCED if client_id in pending else Status.PLANNED,
+            not_before=(now + spread_offset(storm_id, client_id, options.spread))
+            if options.spread
+            else None,
+            coalesced_into=pending.get(client_id),
+        )
+        for client_id in client_ids
+    ]
+    storm = StormRecord(
+        storm_id=storm_id,
+        component=event.component,
+        event=event.event,
+        options=options.to_json(),
+        targets=len(commands),
+        state="running",
+        reason=None,
+        requested_by=requested_by or default_requester(),
+        created_at=now,
+        finished_at=None,
+        heartbeat_at=now,
+        owner=_owner(),
+        cancel_requested=False,
+    )
+    ledger.create_storm(storm, commands)
+    return storm
+
+
+Progress = Callable[[StormFlow], None]
+
+
+def run(
+    settings: BrokerSettings,
+    ledger: Ledger,
+    registry: Registry | None,
+    storm: StormRecord,
+    *,
+    on_progress: Progress | None = None,
+    on_flow: Callable[[StormFlow], None] | None = None,
+) -> StormFlow:
+    """Publish the storm's planned commands until done, halted or cancelled."""
+    options = StormOptions.from_json(storm.options)
+    commands = ledger.storm_commands(storm.storm_id)
+    planned = [c.client_id for c in commands if c.status == Status.PLANNED]
+    feed = AckFeed(settings, planned)
+    feed.begin()  # binds its queue while the rest is prepared
+    writer = LedgerWriter(ledger.settings, storm.storm_id)
+    try:
+        offline = registry.offline_ids() if registry is not None else set()
+        targets = [
+            Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, c.status)
+            for c in commands
+        ]
+        flow = StormFlow(
+            _order(storm, options),
+            targets,
+            options.limits(storm.targets),
+            writer,
+            feed,
+            on_progress=on_progress,
+        )
+        if on_flow is not None:
+            on_flow(flow)  # e.g. for a signal handler to ask it to stop
+        feed.wait_ready()
+        _publish(settings, ledger, storm, options, flow, writer)
+    finally:
+        writer.close()
+        feed.close()
+    ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
+    return flow
+
+
+def _order(storm: StormRecord, options: StormOptions) -> Order:
+    return Order(
+        storm.storm_id,
+        storm.component,
+        storm.event,
+        options.silent,
+        options.force,
+        storm.requested_by,
+        persistent=not options.fast,
+    )
+
+
+def _publish(
+    settings: BrokerSettings,
+    ledger: Ledger,
+    storm: StormRecord,
+    options: StormOptions,
+    flow: StormFlow,
+    writer: LedgerWriter,
+) -> None:
+    window = FAST_CONFIRM_WINDOW if options.fast else CONFIRM_WINDOW
+    try:
+        with ConfirmingPublisher(
+            settings,
+            window=window,
+            attempts=PUBLISH_ATTEMPTS,
+            hooks=flow,
+            stamp=keys.command_stamp(),
+        ) as publisher:
+            publisher.stream(flow, flow.on_outcome)
+            _report(publisher, settings, storm, flow)
+    except BrokerError as exc:
+        # Unconfirmed commands stay planned: `resume` sends them (same ids).
+        flow.flush()
+        writer.close()
+        ledger.finish_storm(storm.storm_id, "failed", f"broker: {exc}", time.time())
+        raise
+    flow.conclude()
+
+
+def _report(
+    publisher: ConfirmingPublisher, settings: BrokerSettings, storm: StormRecord, flow: StormFlow
+) -> None:
+    """Tell the collector what was published, so its metrics count storms too."""
+    counts = {
+        "sent": flow.published,
+        "unroutable": flow.counts["unroutable"],
+        "nacked": flow.counts["nacked"],
+    }
+    report = PublishReport(
+        publisher=settings.connection_name,
+        published_at=time.time(),
+        counts=tuple(
+            PublishCount(storm.component, storm.event, result, n)
+            for result, n in counts.items()
+            if n
+        ),
+    )
+    if not report.counts:
+        return
+    message = Outgoing(
+        key=uuid.uuid4().hex,
+        exchange=topology.ACK_EXCHANGE,
+        routing_key=topology.report_routing_key(report.publisher),
+        body=encode(report),
+        message_type=report.WIRE_TYPE,
+    )
+    try:
+        publisher.publish([message])
+    except BrokerError as exc:  # the storm itself is done: only a metric would be missing
+        log.warning("storm %s: publish report not sent: %s", storm.storm_id, exc)
+
+
+def resumable(storm: StormRecord, now: float | None = None) -> str | None:
+    """None when the storm may be resumed, else why not."""
+    if storm.state == "failed":
+        return None
+    if storm.state != "running":
+        return f"storm {storm.storm_id} is {storm.state}: nothing to resume"
+    if storm.alive(now or time.time(), STALE_AFTER):
+        return f"storm {storm.storm_id} is still running ({storm.owner})"
+    return None
+
+
+def claim(ledger: Ledger, storm: StormRecord) -> StormRecord:
+    ledger.claim_storm(storm.storm_id, _owner(), time.time())
+    claimed = ledger.storm(storm.storm_id)
+    assert claimed is not None
+    return claimed
+
+
+def _owner() -> str:
+    return f"pid {os.getpid()} on {socket.gethostname()}"

@@ -1,0 +1,105 @@
+"""The fleet registry and targeting, against the real broker and real processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import topology
+from tests.integration.fleet import Fleet, runs, wait_runs
+from tests.integration.helpers import queue_depth, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def fleet(amqp_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    running = Fleet(amqp_url, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_clients_appear_get_their_queue_and_heartbeats_refresh_them(fleet: Fleet) -> None:
+    fleet.serve("--offline-after", "30s")
+    fleet.simulate(4, "--groups", "lab-1,floor-2", "--hello-interval", "0.4")
+    listed = wait_for(lambda: len(fleet.clients()) == 4 and fleet.clients(), 15, "4 clients")
+    assert {c["client"] for c in listed} == {"SIM00000", "SIM00001", "SIM00002", "SIM00003"}
+    assert all(c["state"] == "online" and c["provisioned"] for c in listed)
+    assert all(c["groups"] == ["lab-1", "floor-2"] and c["platform"] == "nt" for c in listed)
+    # Provisioned by the registry, not by the simulator (which only asked passively).
+    assert queue_depth(fleet.url, topology.client_queue("SIM00002")) == 0
+    first = {c["client"]: c["last_seen"] for c in listed}
+    time.sleep(1.0)
+    later = {c["client"]: c["last_seen"] for c in fleet.clients()}
+    assert all(later[c] > first[c] for c in first), "heartbeats refresh last_seen"
+    assert {c["client"] for c in fleet.clients("--group", "floor-2")} == set(first)
+    assert fleet.clients("--group", "lab-9") == []
+
+
+def test_clients_go_offline_after_missed_heartbeats_or_goodbye(fleet: Fleet) -> None:
+    fleet.serve()
+    silent = fleet.simulate(2, "--hello-interval", "0.3", prefix="GONE")
+    leaving = fleet.simulate(2, "--hello-interval", "0.3", prefix="BYE")
+    wait_for(lambda: len(fleet.clients()) == 4, 15, "4 registered clients")
+    silent.kill()  # no goodbye: only missed heartbeats tell
+    leaving.terminate()  # says goodbye
+    offline = wait_for(
+        lambda: (
+            {c["client"] for c in fleet.clients("--offline", "--offline-after", "1.5s")}
+            >= {"GONE00000", "GONE00001", "BYE00000", "BYE00001"}
+        ),
+        10,
+        "all four offline",
+    )
+    assert offline
+    # With the default threshold (180 s) only the ones that said goodbye are offline.
+    assert {c["client"] for c in fleet.clients("--offline")} == {"BYE00000", "BYE00001"}
+    table = fleet.dispatcher("clients", "--offline-after", "1.5s")
+    assert table.returncode == 0 and table.stdout.count("offline") == 4
+
+
+def test_setevnt_targets_clients_groups_all_and_files(fleet: Fleet, tmp_path: Path) -> None:
+    record = tmp_path / "runs.jsonl"
+    fleet.simulate(6, "--provision", "--record", str(record))
+    fleet.register(["SIM00000", "SIM00001"], groups=("lab-1",))
+    fleet.register(["SIM00002", "SIM00003", "SIM00004", "SIM00005"], groups=("lab-2",))
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# a comment\nSIM00004\n\nSIM00005  # trailing comment\n")
+    forms = [
+        (["--client", "SIM00000", "--client", "SIM00003"], {"SIM00000", "SIM00003"}),
+        (["--group", "lab-1"], {"SIM00000", "SIM00001"}),
+        (["--clients-file", str(ids)], {"SIM00004", "SIM00005"}),
+        (["--group", "lab-1", "--client", "SIM00005"], {"SIM00000", "SIM00001", "SIM00005"}),
+        (["--all"], {f"SIM0000{n}" for n in range(6)}),
+    ]
+    total = 0
+    for args, expected in forms:
+        done = fleet.setevnt(*args, "cq", "--wait", "20", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = [json.loads(line) for line in done.stdout.splitlines()]
+        assert {r["client"] for r in rows} == expected, args
+        assert all(r["status"] == "done" for r in rows)
+        total += len(expected)
+        # Recorded in the ledger, so status finds them by id.
+        assert fleet.status(rows[0]["command_id"])["client_id"] in expected
+    assert sum(len(v) for v in wait_runs(record, total).values()) == total
+    assert runs(record).keys() == {f"SIM0000{n}" for n in range(6)}
+
+
+def test_targeting_errors_are_usage_errors(fleet: Fleet, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("SIM00001\nnot a client\n")
+    fleet.register(["SIM00001"], groups=("lab-1",))
+    assert fleet.setevnt("cq").returncode == 2  # no target at all
+    shown = fleet.setevnt("--clients-file", str(bad), "cq")
+    assert shown.returncode == 2 and "bad.txt:2" in shown.stderr
+    shown = fleet.setevnt("--group", "nobody", "cq")
+    assert shown.returncode == 2 and "no registered client" in shown.stderr
+    shown = fleet.dispatcher("storm", "CCIM32_STARTCYCLE", "--group", "nobody")
+    assert shown.returncode == 2 and "no registered client" in shown.stderr

@@ -1,0 +1,224 @@
+"""Storms end to end: real dispatcher processes, simulated fleets, the real broker."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import topology
+from dispatcher import Dispatcher
+from dispatcher.storm import spread_offset
+from tests.integration.fleet import Fleet, runs, starts, wait_runs
+from tests.integration.helpers import Process, queue_depth, wait_for
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def fleet(amqp_url: str, tmp_path: Path) -> Iterator[Fleet]:
+    running = Fleet(amqp_url, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def ids_file(tmp: Path, client_ids: list[str]) -> str:
+    path = tmp / "targets.txt"
+    path.write_text("\n".join(client_ids) + "\n")
+    return str(path)
+
+
+def sim_ids(count: int, prefix: str = "SIM") -> list[str]:
+    return [f"{prefix}{n:05d}" for n in range(count)]
+
+
+def test_storm_reaches_every_client_exactly_once(fleet: Fleet, tmp_path: Path) -> None:
+    record = tmp_path / "runs.jsonl"
+    fleet.serve()
+    fleet.simulate(300, "--connections", "3", "--record", str(record))
+    wait_for(lambda: len(fleet.clients()) == 300, 20, "300 registered clients")
+    code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--all", "--max-in-flight", "50")
+    assert code == 0, outcome
+    assert outcome["state"] == "done"
+    assert (outcome["published"], outcome["acked"], outcome["failed"]) == (300, 300, 0)
+    assert outcome["latency_s"]["p50"] is not None
+    done = wait_runs(record, 300)
+    assert sorted(done) == sim_ids(300)
+    assert all(len(commands) == 1 for commands in done.values()), "each client ran it once"
+    time.sleep(0.5)  # a duplicate would show up by now
+    assert sum(len(v) for v in runs(record).values()) == 300
+    # The service's collector recorded the same outcome in the ledger.
+    assert fleet.status(outcome["storm_id"])["counts"] == {"done": 300}
+
+
+def test_max_errors_halts_a_failing_storm_and_says_why(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.simulate(100, "--provision", "--failure-rate", "1")
+    targets = ids_file(tmp_path, sim_ids(100))
+    code, outcome = fleet.storm(
+        "CCIM32_STARTCYCLE",
+        "--clients-file",
+        targets,
+        "--max-errors",
+        "5%",
+        "--max-in-flight",
+        "3",
+    )
+    assert code == 1
+    assert outcome["state"] == "halted"
+    assert "6 errors exceed --max-errors 5%" in outcome["reason"]
+    assert "failed: signal-failed" in outcome["reason"]
+    assert outcome["published"] < 20, "halted early, not after the whole fleet"
+    assert outcome["cancelled"] + outcome["published"] == 100
+    assert outcome["unsent"] == 0
+
+
+def test_spread_starts_each_client_at_its_own_offset(fleet: Fleet, tmp_path: Path) -> None:
+    record = tmp_path / "runs.jsonl"
+    fleet.simulate(20, "--provision", "--record", str(record))
+    targets = ids_file(tmp_path, sim_ids(20))
+    code, outcome = fleet.storm(
+        "CQMGR32_STARTCYCLE", "--clients-file", targets, "--spread", "3s", "--delivery-wait", "5s"
+    )
+    assert code == 0, outcome
+    storm_id = outcome["storm_id"]
+    started = starts(record)
+    assert len(started) == 20
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db:
+        created = db.execute("SELECT created_at FROM storms WHERE storm_id = ?", (storm_id,))
+        origin = created.fetchone()[0]
+        rows = db.execute(
+            "SELECT command_id, client_id FROM commands WHERE storm_id = ?", (storm_id,)
+        ).fetchall()
+    for command_id, client_id in rows:
+        expected = origin + spread_offset(storm_id, client_id, 3.0)
+        assert expected - 0.05 <= started[command_id] <= expected + 0.6, client_id
+    offsets = sorted(t - origin for t in started.values())
+    assert offsets[-1] - offsets[0] > 1.5, "spread over the window, not all at once"
+
+
+def test_pending_commands_are_coalesced(fleet: Fleet, tmp_path: Path) -> None:
+    clients = sim_ids(10)
+    with Dispatcher(fleet.url) as dispatcher:
+        dispatcher.provision(clients)  # queues, but nobody consumes them
+    targets = ids_file(tmp_path, clients)
+    wait = ("--delivery-wait", "0.3s")
+    _code, first = fleet.storm("CCIM32_STARTCYCLE", "--clients-file", targets, *wait)
+    assert (first["published"], first["pending_offline"]) == (10, 10)
+    _code, again = fleet.storm("CCIM32_STARTCYCLE", "--clients-file", targets, *wait)
+    assert (again["published"], again["coalesced"]) == (0, 10)
+    assert all(queue_depth(fleet.url, topology.client_queue(c)) == 1 for c in clients)
+    _code, other = fleet.storm("CQMGR32_STARTCYCLE", "--clients-file", targets, *wait)
+    assert (other["published"], other["coalesced"]) == (10, 0), "another event is not pending"
+    shown = fleet.dispatcher("status", again["storm_id"])
+    assert "coalesced 10" in shown.stdout
+
+
+def test_cancel_stops_publishing(fleet: Fleet, tmp_path: Path) -> None:
+    record = tmp_path / "runs.jsonl"
+    fleet.simulate(100, "--provision", "--record", str(record))
+    targets = ids_file(tmp_path, sim_ids(100))
+    storm = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "storm",
+            "CCIM32_STARTCYCLE",
+            "--clients-file",
+            targets,
+            "--rate",
+            "20/s",
+        ],
+        env=fleet.env,
+    )
+    try:
+        storm.wait_line("storm storm-", timeout=20)
+        storm_id = next(line for line in storm.lines if "storm storm-" in line).split()[1][:-1]
+        wait_for(lambda: fleet.status(storm_id)["published"] >= 10, 20, "10 published")
+        cancelled = fleet.dispatcher("cancel", storm_id)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "cancelled" in cancelled.stdout
+        assert storm.proc.wait(timeout=20) == 1
+    finally:
+        storm.terminate()
+    status = fleet.status(storm_id)
+    assert status["state"] == "cancelled" and "cancel" in status["reason"]
+    assert status["cancelled"] > 40 and status["published"] + status["cancelled"] == 100
+    # Exactly what was published ran, nothing else.
+    wait_runs(record, status["published"])
+    time.sleep(0.5)
+    assert sum(len(v) for v in runs(record).values()) == status["published"]
+
+
+def test_status_after_a_dispatcher_restart_and_resume(fleet: Fleet, tmp_path: Path) -> None:
+    record = tmp_path / "runs.jsonl"
+    fleet.serve()
+    fleet.simulate(60, "--provision", "--record", str(record))
+    targets = ids_file(tmp_path, sim_ids(60))
+    storm = Process(
+        [
+            sys.executable,
+            "-m",
+            "dispatcher",
+            "storm",
+            "CCIM32_STARTCYCLE",
+            "--clients-file",
+            targets,
+            "--rate",
+            "20/s",
+        ],
+        env=fleet.env,
+    )
+    storm.wait_line("storm storm-", timeout=20)
+    storm_id = next(line for line in storm.lines if "storm storm-" in line).split()[1][:-1]
+    wait_for(lambda: fleet.status(storm_id)["published"] >= 10, 20, "10 published")
+    storm.proc.send_signal(signal.SIGKILL)  # the dispatcher dies mid-storm
+    storm.kill()
+    time.sleep(0.5)  # the service records the acks of the commands that ran meanwhile
+    status = fleet.status(storm_id)
+    assert status["state"] == "interrupted"
+    sent, unsent = status["published"], status["unsent"]
+    assert sent >= 10 and unsent > 0 and sent + unsent == 60
+    shown = fleet.dispatcher("status", storm_id)
+    assert f"{sent} command(s) were confirmed sent, {unsent} were not" in shown.stdout
+    # What ran is what the ledger says was sent (a publish awaiting its confirm when the
+    # dispatcher died may have reached its client too: at most a couple at 20/s).
+    ran = wait_runs(record, sent)
+    assert sent <= sum(len(v) for v in ran.values()) <= sent + 2
+    resumed = fleet.dispatcher("resume", storm_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    done = wait_runs(record, 60)
+    assert sorted(done) == sim_ids(60)
+    assert all(len(v) == 1 for v in done.values()), "resumed: nobody ran it twice"
+    final = fleet.status(storm_id)
+    assert final["state"] == "done" and final["acked"] == 60
+
+
+def test_offline_clients_do_not_stall_the_window(fleet: Fleet, tmp_path: Path) -> None:
+    online, silent, stale = sim_ids(20), sim_ids(5, "MUTE"), sim_ids(5, "STALE")
+    fleet.simulate(20, "--provision")
+    with Dispatcher(fleet.url) as dispatcher:
+        dispatcher.provision(silent + stale)
+    fleet.register(online + silent)  # registered and recently heard from: "online"
+    fleet.register(stale, age=3600)  # not heard from for an hour: offline
+    started = time.monotonic()
+    code, outcome = fleet.storm(
+        "CCIM32_STARTCYCLE", "--all", "--max-in-flight", "3", "--delivery-wait", "0.5s"
+    )
+    took = time.monotonic() - started
+    assert code == 0, outcome
+    assert outcome["acked"] == 20
+    assert outcome["pending_offline"] == 10
+    # 5 silent clients cost one delivery wait each at most, 3 at a time; the stale ones
+    # never held a slot. Stalling would take the whole fleet to time out instead.
+    assert took < 10
+    for client in silent + stale:  # still queued for when they come back
+        assert queue_depth(fleet.url, topology.client_queue(client)) == 1
