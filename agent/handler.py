@@ -21,7 +21,7 @@ from agent.config import AgentConfig
 from agent.journal import Journal
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import Ack, AckStatus, Command, Reason
-from schemas.signing import SIGNATURE_HEADER, SignatureError, Verifier
+from schemas.signing import KEY_ID_HEADER, SIGNATURE_HEADER, SignatureError, Verifier
 
 if TYPE_CHECKING:  # deferral builds Deliveries, so it imports this module at run time
     from agent.deferral import Deferrals, OnAck
@@ -143,7 +143,7 @@ class Handler:
         try:
             if self._verifier is None:
                 raise SignatureError("signed, but this agent has no dispatcher public key")
-            self._verifier.verify(delivery.body, delivery.headers)
+            self._verifier.verify(delivery.body, _signature_headers(delivery.headers))
         except SignatureError as exc:
             log.warning("rejecting command %s: %s", delivery.message_id, exc)
             try:  # named in the ack when it decodes; it is not trusted for anything else
@@ -239,6 +239,21 @@ class Handler:
             exit_code=result.exit_code,
             output=result.output,
         )
+
+
+def _signature_headers(headers: Mapping[str, object] | None) -> dict[str, object]:
+    """The signature headers as text, whatever AMQP type the sender gave them.
+
+    An array or a table there is no signature; passed on as it is, an unhashable key id
+    raised TypeError in the verifier, which killed the agent, and the redelivered message
+    killed every restart too. As text it is refused like any other bad signature.
+    """
+    found = dict(headers or {})
+    for name in (SIGNATURE_HEADER, KEY_ID_HEADER):
+        value = found.get(name)
+        if value is not None and not isinstance(value, (str, bytes)):
+            found[name] = repr(value)
+    return found
 
 
 def _safe_id(message_id: str | None) -> str:

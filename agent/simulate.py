@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from types import FrameType
 
 from agent import __version__
 from agent.backends.simulated import SimulatedBackend
-from agent.config import AgentConfig
+from agent.config import PUBLIC_KEY_ENV, AgentConfig, SecurityConfig
 from agent.handler import Delivery, Handler, Reply, Run
 from agent.journal import Journal
 from broker import topology
@@ -62,6 +63,9 @@ class SimulationSettings:
     workers: int = 64
     provision: bool = False
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    # The dispatcher's public key: signed commands are verified as an agent does. None:
+    # unsigned commands are accepted and signed ones refused (no key to check them).
+    public_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -91,6 +95,9 @@ class Simulation:
         self._handlers: dict[str, Handler] = {}
         self._lane_of: dict[str, Lane] = {}
         self._lanes = [self._lane(n) for n in range(settings.connections)]
+        security = None
+        if settings.public_key:
+            security = SecurityConfig(public_keys=(settings.public_key,))
         for index, client_id in enumerate(settings.client_ids()):
             config = AgentConfig(
                 client_id=client_id,
@@ -98,6 +105,7 @@ class Simulation:
                 groups=settings.groups,
                 broker=settings.broker,
                 hello_interval=settings.hello_interval,
+                security=security,
             )
             queue = topology.client_queue(client_id)
             self._handlers[queue] = Handler(config, backend, Journal(None))
@@ -352,6 +360,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     simulate.add_argument("--hello-interval", type=float, default=60.0, metavar="SECONDS")
     simulate.add_argument("--workers", type=int, default=64, help="signalling threads")
     simulate.add_argument(
+        "--dispatcher-public-key",
+        help=f"verify command signatures with this key (default: ${PUBLIC_KEY_ENV})",
+    )
+    simulate.add_argument(
         "--provision",
         action="store_true",
         help="declare the clients' queues here instead of waiting for the dispatcher",
@@ -375,6 +387,7 @@ def main(args: argparse.Namespace) -> int:
             workers=args.workers,
             provision=args.provision,
             broker=BrokerSettings.from_env(args.url),
+            public_key=args.dispatcher_public_key or os.environ.get(PUBLIC_KEY_ENV),
         )
         simulation = Simulation(settings)
     except ValueError as exc:  # includes bad ids, groups and backend options

@@ -150,6 +150,8 @@ class Lane:
             type=message_type,
             delivery_mode=2 if persistent else 1,
             app_id=self._settings.connection_name,
+            # The broker checks it against the connection's user: receivers trust it.
+            user_id=self._settings.username,
         )
         self._publish_ch.basic_publish(exchange, routing_key, body, properties)
         self._next_tag += 1

@@ -34,8 +34,14 @@ PER_CLIENT_BINDINGS = 100
 
 
 class AckFeed:
-    def __init__(self, settings: BrokerSettings, client_ids: Collection[str]) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        client_ids: Collection[str],
+        trusted_senders: frozenset[str] = frozenset(),
+    ) -> None:
         self._settings = settings.named(f"{settings.connection_name} (acks)")
+        self._trusted = trusted_senders
         clients = sorted(set(client_ids))
         self._keys = (
             [topology.ack_routing_key(c) for c in clients]
@@ -119,4 +125,9 @@ class AckFeed:
             ack = decode(body, Ack)
         except DecodeError:
             return  # the collector counts bad messages; a storm only wants its acks
+        # As the collector: an ack counts only from its client's own broker user (the
+        # broker checks user_id) or a trusted sender, never from whoever can publish.
+        sender = properties.user_id
+        if sender is None or (sender != ack.client_id and sender not in self._trusted):
+            return
         self._acks.append((ack, time.time()))

@@ -27,6 +27,7 @@ from dispatcher.collector import Collector
 from dispatcher.db import DbSettings
 from dispatcher.enroll import enroll, revoke
 from dispatcher.ledger import Ledger
+from dispatcher.ledger_metrics import LedgerMetrics
 from dispatcher.logs import configure
 from dispatcher.metrics import DispatcherMetrics
 from dispatcher.recorder import Recorder
@@ -138,6 +139,7 @@ def serve(
     registry = CollectorRegistry()
     metrics = DispatcherMetrics(registry)
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
+    registry.register(LedgerMetrics(database.path))
     with (
         SqliteRegistry(database, RegistrySettings(offline_after)) as fleet,
         Ledger(database) as ledger,

@@ -156,6 +156,8 @@ class DispatcherMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in ("missing-user-id", "wrong-user-id"):
+            self.dropped_acks.labels(reason)  # 0 until it happens, not an empty panel
         self.duplicate_acks = Counter(
             "setevnt_duplicate_acks_total",
             "Final acks received again for a command already counted (redeliveries).",

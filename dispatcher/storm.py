@@ -220,12 +220,13 @@ def run(
     *,
     on_progress: Progress | None = None,
     on_flow: Callable[[StormFlow], None] | None = None,
+    trusted_senders: frozenset[str] = frozenset(),
 ) -> StormFlow:
     """Publish the storm's planned commands until done, halted or cancelled."""
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
     planned = [c.client_id for c in commands if c.status == Status.PLANNED]
-    feed = AckFeed(settings, planned)
+    feed = AckFeed(settings, planned, trusted_senders)
     feed.begin()  # binds its queue while the rest is prepared
     writer = LedgerWriter(ledger.settings, storm.storm_id)
     try:

@@ -105,17 +105,45 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         12,
     ),
     (
-        "Publish confirm latency p99 and reconnects",
+        "Broker reconnects",
         "timeseries",
-        "s",
-        [
-            (
-                "histogram_quantile(0.99, sum by (le) "
-                f"(rate(setevnt_publish_confirm_seconds_bucket[{RATE}])))",
-                "confirm p99",
-            ),
-            (f"sum by (role) (increase(setevnt_broker_reconnects_total[{RATE}]))", "{{role}}"),
-        ],
+        "short",
+        [(f"sum by (role) (increase(setevnt_broker_reconnects_total[{RATE}]))", "{{role}}")],
+        12,
+    ),
+    (
+        "Storm progress (running and recent storms)",
+        "timeseries",
+        "short",
+        [("sum by (status) (setevnt_storm_commands)", "{{status}}")],
+        12,
+    ),
+    (
+        "Storms by state",
+        "timeseries",
+        "short",
+        [("sum by (state) (setevnt_storms)", "{{state}}")],
+        12,
+    ),
+    (
+        "Commands in flight",
+        "timeseries",
+        "short",
+        [("sum(setevnt_commands_in_flight)", "in flight")],
+        12,
+    ),
+    (
+        "Fleet: clients online and offline",
+        "timeseries",
+        "short",
+        [("sum by (status) (setevnt_fleet_clients)", "{{status}}")],
+        12,
+    ),
+    (
+        "Acks dropped: sender is not the client",
+        "timeseries",
+        "short",
+        [(f"sum by (reason) (increase(setevnt_acks_dropped_total[{RATE}]))", "{{reason}}")],
         12,
     ),
     (

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.config import PUBLIC_KEY_ENV
+from dispatcher import keys
 from dispatcher.db import DbSettings
 from dispatcher.registry import SqliteRegistry
 from schemas.messages import Heartbeat
@@ -29,6 +31,9 @@ class Fleet:
         self.tmp = tmp
         self.db = tmp / "setevnt.db"
         self.env = {"SETEVNT_AMQP_URL": url, "SETEVNT_DB": str(self.db)}
+        signer = keys.load()  # the session's dispatcher key: simulated agents trust it
+        if signer is not None:
+            self.env[PUBLIC_KEY_ENV] = signer.public_text()
         self._processes: list[Process] = []
 
     # -- processes ----------------------------------------------------------------------
