@@ -88,7 +88,8 @@ def definitions() -> dict[str, Any]:
                 "name": name,
                 "password_hash": password_hash(password),
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": [],
+                # enroll creates client users through the management API
+                "tags": ["administrator"] if name == "setevnt-dispatcher" else [],
             }
             for name, password in USERS.items()
         ],
