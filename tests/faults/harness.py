@@ -16,6 +16,7 @@ import contextlib
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -32,6 +33,7 @@ from schemas.codec import DecodeError, decode_any
 from schemas.messages import Ack
 from tests.conftest import BROKER_HOST, management
 from tests.faults.tally import final_acks
+from tests.integration.fleet import Fleet
 from tests.integration.helpers import Process, channel, wait_for
 
 TAP_QUEUE = "faults.tap"
@@ -231,3 +233,20 @@ def finished_runs(record: Path) -> int:
         return record.read_bytes().count(b'"phase": "finish"')
     except FileNotFoundError:
         return 0
+
+
+def start_storm(fleet: Fleet, targets: Path, *options: str) -> Process:
+    """``setevnt-dispatcher storm CCIM32_STARTCYCLE --clients-file TARGETS``, running."""
+    argv = [sys.executable, "-m", "dispatcher", "storm", "CCIM32_STARTCYCLE"]
+    argv += ["--clients-file", str(targets), *options, "--json"]
+    return Process(argv, env=fleet.env)
+
+
+def wait_finished(record: Path, count: int, timeout: float) -> int:
+    """Wait until the simulated backend finished ``count`` runs; returns how many it has."""
+    done: int = wait_for(
+        lambda: finished_runs(record) if finished_runs(record) >= count else 0,
+        timeout,
+        f"{count} finished runs in {record.name}",
+    )
+    return done

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dispatcher.ledger_rows import ACK_FINAL
 from tests.integration.helpers import records
 
 COLUMNS = ("sent", "confirmed", "acked", "lost", "duplicate executions")
@@ -144,8 +145,8 @@ class LedgerView:
     sent_at: dict[str, float]  # command id -> when the broker confirmed it
 
     def finals(self) -> dict[str, str]:
-        final = {"done", "failed", "rejected", "expired", "coalesced"}
-        return {c: s for c, s in self.statuses.items() if s in final}
+        """Commands settled by their client's final ack."""
+        return {c: s for c, s in self.statuses.items() if s in ACK_FINAL}
 
 
 def ledger(db: Path, storm_id: str | None = None) -> LedgerView:

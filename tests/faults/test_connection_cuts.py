@@ -10,14 +10,14 @@ they already ran from their journal instead of running it again.
 
 from __future__ import annotations
 
-import sys
 import time
 import urllib.parse
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from tests.faults.harness import AckTap, finished_runs
+from tests.faults.harness import AckTap, finished_runs, start_storm, wait_finished
 from tests.faults.proxy import Proxy
 from tests.faults.tally import ledger, run_records, storm_id_of, tally
 from tests.integration.fleet import Fleet
@@ -45,15 +45,11 @@ def test_connection_cuts_during_a_storm_lose_nothing(
     try:
         service = direct.serve()
         fleet = behind.simulate(CLIENTS, "--record", str(record))  # provisioned by the service
-        storm = Process(
-            [sys.executable, "-m", "dispatcher", "storm", "CCIM32_STARTCYCLE"]
-            + ["--clients-file", str(targets), "--rate", RATE, "--delivery-wait", "10s", "--json"],
-            env=behind.env,
-        )
+        storm = start_storm(behind, targets, "--rate", RATE, "--delivery-wait", "3s")
         started = time.monotonic()
         for n in range(1, CUTS + 1):
             due = n * CLIENTS // (CUTS + 1)
-            wait_for(lambda due=due: finished_runs(record) >= due, 60, f"{due} runs")
+            wait_finished(record, due, 60)
             cuts.append((finished_runs(record), proxy.cut()))
         assert storm.proc.wait(timeout=90) == 0, storm.output[-3000:]
         took = time.monotonic() - started
@@ -84,7 +80,9 @@ def test_connection_cuts_during_a_storm_lose_nothing(
             cuts=", ".join(f"{c} connections after {r} runs" for r, c in cuts),
             proxy_connections_made=proxy.connections_made,
             storm_took=f"{took:.1f} s",
-            ledger=", ".join(f"{s} {n}" for s, n in sorted(_count(view.statuses).items())),
+            ledger=", ".join(
+                f"{s} {n}" for s, n in sorted(Counter(view.statuses.values()).items())
+            ),
         )
         .show()
     )
@@ -94,10 +92,3 @@ def test_connection_cuts_during_a_storm_lose_nothing(
     assert result.statuses == {"done": CLIENTS}
     assert result.executed == CLIENTS
     assert view.finals() == {c: "done" for c in view.planned}
-
-
-def _count(statuses: dict[str, str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for status in statuses.values():
-        counts[status] = counts.get(status, 0) + 1
-    return counts

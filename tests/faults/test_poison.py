@@ -58,8 +58,11 @@ class Poison:
 # -- bodies -------------------------------------------------------------------------------
 
 
+DROP = object()  # a change that leaves the field out
+
+
 def wire(command_id: str, /, **changes: Any) -> dict[str, Any]:
-    """A valid command as it looks on the wire, with ``changes`` applied (None: drop)."""
+    """A valid command as it looks on the wire, with ``changes`` applied."""
     now = time.time()
     body: dict[str, Any] = {
         "t": "command",
@@ -80,9 +83,6 @@ def wire(command_id: str, /, **changes: Any) -> dict[str, Any]:
         else:
             body[name] = value
     return body
-
-
-DROP = object()
 
 
 def pack(body: Any) -> bytes:
@@ -108,7 +108,7 @@ def content(body: Callable[[str], bytes]) -> Build:
 
 
 def poison(
-    category: str, expected: set[str] | str, body: Callable[[str], bytes], **kw: Any
+    category: str, expected: Reason | set[Reason], body: Callable[[str], bytes], **kw: Any
 ) -> Poison:
     reasons = frozenset({expected} if isinstance(expected, str) else expected)
     return Poison(category, reasons, content(body), **kw)
@@ -345,7 +345,7 @@ def versions(draw: st.DrawFn) -> Poison:
                 st.just([1.0, 0]),
             )
         )
-        reason: str = Reason.BAD_MESSAGE
+        reason = Reason.BAD_MESSAGE
     else:
         reason = Reason.UNSUPPORTED_VERSION
     return poison(

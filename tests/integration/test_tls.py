@@ -12,7 +12,7 @@ import pytest
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
-from dispatcher import Dispatcher
+from dispatcher import Dispatcher, keys
 from tests.integration.helpers import ROOT, Process
 from tests.integration.tls_node import TlsNode, clean_tls_env
 
@@ -29,16 +29,21 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
 
 
 def test_trigger_end_to_end_over_tls(tls_node: TlsNode, tmp_path: Path) -> None:
-    env = {**clean_tls_env(), **tls_node.env(), "SETEVNT_AMQP_URL": tls_node.url}
+    signer = keys.load()  # the session's dispatcher key: the agent obeys only it
+    assert signer is not None
+    env = {
+        **clean_tls_env(),
+        **tls_node.env(),
+        "SETEVNT_AMQP_URL": tls_node.url,
+        "SETEVNT_DISPATCHER_PUBLIC_KEY": signer.public_text(),
+    }
     settings = BrokerSettings(
         url=tls_node.url,
         ca_file=env["SETEVNT_TLS_CA"],
         cert_file=env["SETEVNT_TLS_CERT"],
         key_file=env["SETEVNT_TLS_KEY"],
     )
-    with Dispatcher(settings.url) as dispatcher:
-        dispatcher.settings = settings
-        dispatcher._publisher = type(dispatcher._publisher)(settings)  # TLS-configured
+    with Dispatcher(settings=settings) as dispatcher:
         dispatcher.provision(["TLS-PC"])
     agent = Process(
         [
