@@ -92,6 +92,8 @@ class Verifier:
             raise SignatureError("unsigned command")
         if isinstance(signature_text, bytes):
             signature_text = signature_text.decode("ascii", "replace")
+        if not isinstance(signature_text, str):
+            raise SignatureError(f"signature header is a {type(signature_text).__name__}")
         try:
             signature = base64.b64decode(str(signature_text), validate=True)
         except (binascii.Error, ValueError):
@@ -99,6 +101,8 @@ class Verifier:
         wanted = headers.get(KEY_ID_HEADER)
         if isinstance(wanted, bytes):
             wanted = wanted.decode("ascii", "replace")
+        if wanted is not None and not isinstance(wanted, str):  # headers may hold arrays, tables
+            raise SignatureError(f"key id header is a {type(wanted).__name__}, not text")
         candidates = [self._keys[wanted]] if wanted in self._keys else []
         if not candidates:
             raise SignatureError(f"signed with unknown key {str(wanted)[:32]!r}")

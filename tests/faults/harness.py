@@ -213,10 +213,11 @@ def memory_alarm(low: str = "0.000001", timeout: float = 30) -> Iterator[Callabl
 
     def clear() -> None:
         nonlocal cleared
-        if not cleared:
-            cleared = True
-            rabbitmqctl("set_vm_memory_high_watermark", *original)
-            wait_for(lambda: not memory_alarm_on(), timeout, "the memory alarm to clear")
+        if cleared:
+            return
+        rabbitmqctl("set_vm_memory_high_watermark", *original)  # if this fails, again later
+        cleared = True
+        wait_for(lambda: not memory_alarm_on(), timeout, "the memory alarm to clear")
 
     try:
         rabbitmqctl("set_vm_memory_high_watermark", low)

@@ -132,8 +132,9 @@ REQUIRED = (
 OPTIONAL = ("storm_id", "not_before")
 
 small_text = st.text(max_size=20)
+packable_ints = st.integers(-(2**63), 2**64 - 1)  # what msgpack can encode
 scalars = st.one_of(
-    st.integers(-(2**63), 2**64 - 1),
+    packable_ints,
     st.floats(allow_nan=True),
     st.booleans(),
     small_text,
@@ -172,17 +173,17 @@ def wrong_for(name: str) -> st.SearchStrategy[Any]:
     none = st.just(None) if required else st.nothing()
     if name in STR_FIELDS:
         return st.one_of(
-            none, st.integers(), st.floats(), st.booleans(), st.binary(max_size=10), containers
+            none, packable_ints, st.floats(), st.booleans(), st.binary(max_size=10), containers
         )
     if name in BOOL_FIELDS:
-        return st.one_of(none, st.integers(), st.floats(), small_text, containers)
+        return st.one_of(none, packable_ints, st.floats(), small_text, containers)
     return st.one_of(  # time fields
         none,
         st.booleans(),
         small_text,
         containers,
         st.floats(max_value=-1e-9),
-        st.integers(max_value=-1),
+        st.integers(-(2**63), -1),
         st.sampled_from([float("nan"), float("inf"), 4e10, 2**40]),
     )
 

@@ -78,3 +78,13 @@ def test_bad_keys_are_configuration_errors(text: str) -> None:
 def test_no_keys_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="no dispatcher public key"):
         Verifier([])
+
+
+@pytest.mark.parametrize("field", [SIGNATURE_HEADER, KEY_ID_HEADER])
+@pytest.mark.parametrize("value", [[1, 2], {"a": 1}, 7, None])
+def test_headers_of_other_types_are_refused_not_crashing(field: str, value: object) -> None:
+    signer = Signer.generate()
+    headers: dict[str, object] = dict(signer.headers(BODY))
+    headers[field] = value
+    with pytest.raises(SignatureError):
+        Verifier([signer.public_text()]).verify(BODY, headers)
