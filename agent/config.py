@@ -120,6 +120,9 @@ class AgentConfig:
     # None: no decision made. Code that builds a config (tests, the simulator) accepts
     # unsigned commands; `setevnt-agent run` refuses to start. See SecurityConfig.
     security: SecurityConfig | None = None
+    # [metrics] port: the agent's own /metrics. None (the default) serves nothing.
+    metrics_port: int | None = None
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.client_id):
@@ -191,11 +194,22 @@ def load(
             component_versions={str(k): str(v) for k, v in _table(data, "versions").items()},
             guard=_guard(_table(data, "guard"), journal),
             security=_security(_table(data, "security"), env),
+            metrics_port=_metrics_port(_table(data, "metrics")),
+            metrics_addr=str(_table(data, "metrics").get("addr", "127.0.0.1")),
         )
     except (TypeError, KeyError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _metrics_port(table: Mapping[str, Any]) -> int | None:
+    port = table.get("port")
+    if port is None:
+        return None
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+        raise ConfigError("metrics.port must be a TCP port number (0 picks a free one)")
+    return port
 
 
 def _security(table: Mapping[str, Any], env: Mapping[str, str]) -> SecurityConfig | None:

@@ -24,6 +24,7 @@ from agent import __version__
 from agent.config import AgentConfig
 from agent.deferral import Releaser
 from agent.handler import Delivery, Handler, Reply, Run
+from agent.metrics import AgentMetrics
 from agent.spool import Entry
 from broker import topology
 from broker.session import Incoming, Session
@@ -50,10 +51,13 @@ class Agent:
             Releaser(handler.deferrals, self._request_release) if handler.deferrals else None
         )
         self.ready = threading.Event()
+        self._metrics: AgentMetrics | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> None:
+        if self.config.metrics_port is not None:
+            self._metrics = AgentMetrics(self.config.metrics_port, self.config.metrics_addr)
         if self._releaser is not None:
             self._releaser.start()
         try:
@@ -61,6 +65,8 @@ class Agent:
         finally:
             if self._releaser is not None:
                 self._releaser.close()
+            if self._metrics is not None:
+                self._metrics.close()
         self._worker.shutdown(wait=True)
         log.info("agent %s stopped", self.config.client_id)
 
@@ -179,6 +185,8 @@ class Agent:
             ack,
             message_type="ack",
         )
+        if self._metrics is not None:
+            self._metrics.answered(ack)
 
     # -- deferred commands ----------------------------------------------------------------
 
