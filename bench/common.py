@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-MGMT = "http://127.0.0.1:15672/api"
-AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
+from broker.management import Management
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def management(method: str, path: str, body: object = None) -> None:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        MGMT + path,
-        data=data,
-        method=method,
-        headers={"Authorization": AUTH, "Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=30).close()
+# The project's own management-API client, as the local broker's administrator.
+management = Management("http://127.0.0.1:15672", "guest", "guest", timeout=30).call
 
 
 @contextlib.contextmanager

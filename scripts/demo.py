@@ -7,8 +7,6 @@ nothing behind on the broker. Everything it starts, it stops.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 import socket
@@ -20,25 +18,19 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from broker.errors import BrokerError
+from broker.management import Management
+
 ROOT = Path(__file__).resolve().parents[1]
 VHOST = "setevnt-demo"
-MGMT = "http://127.0.0.1:15672/api"
-AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 CLIENTS = {"DEMO-PC01": "nt", "DEMO-PC02": "nt", "DEMO-PC03": "win9x"}
 BIN = Path(sys.executable).parent
 TARGETS = [word for client in CLIENTS for word in ("--client", client)]
 
 
-def management(method: str, path: str, body: object = None) -> None:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        MGMT + path,
-        data=data,
-        method=method,
-        headers={"Authorization": AUTH, "Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).close()
+# The project's own management-API client, as the local broker's administrator.
+management = Management("http://127.0.0.1:15672", "guest", "guest", timeout=10).call
 
 
 def step(text: str) -> None:
@@ -98,7 +90,7 @@ def main() -> int:
                 proc.kill()
         try:
             management("DELETE", f"/vhosts/{VHOST}")
-        except urllib.error.URLError as exc:
+        except BrokerError as exc:
             print(f"demo: could not delete vhost {VHOST}: {exc}")
         print(f"logs kept in {workdir}")
 
