@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, rss_mb, scratch_vhost
+from bench.common import ROOT, agent_argv, agent_ready, rss_mb, scratch_vhost, wait_line
 from dispatcher import Dispatcher
 from schemas.signing import Signer
 
@@ -33,7 +33,7 @@ SETTLE_SECONDS = 3.0  # let start-up allocations settle before reading RSS
 SAMPLES = 5
 
 
-def idle_rss(argv: list[str], env: dict[str, str] | None = None) -> float:
+def idle_rss(argv: list[str], ready: str, env: dict[str, str] | None = None) -> float:
     import os
 
     proc = subprocess.Popen(
@@ -46,11 +46,7 @@ def idle_rss(argv: list[str], env: dict[str, str] | None = None) -> float:
     )
     try:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            if "consuming" in line:
-                break
-        else:
-            raise RuntimeError(f"{argv} exited before consuming")
+        wait_line(proc.stdout, ready)
         time.sleep(SETTLE_SECONDS)
         readings = []
         for _ in range(SAMPLES):
@@ -68,21 +64,11 @@ def main() -> int:
     with scratch_vhost("setevnt-bench-rss") as url, Dispatcher(url) as dispatcher:
         dispatcher.provision(["BENCH-PC"])
         queue = "setevnt.client.BENCH-PC"
-        bare = idle_rss([sys.executable, "-c", BARE_CONSUMER, url, queue])
+        bare = idle_rss([sys.executable, "-c", BARE_CONSUMER, url, queue], "consuming")
         with tempfile.TemporaryDirectory() as tmp:
             agent = idle_rss(
-                [
-                    sys.executable,
-                    "-m",
-                    "agent",
-                    "run",
-                    "--client",
-                    "BENCH-PC",
-                    "--backend",
-                    "simulated",
-                    "--journal",
-                    f"{tmp}/journal",
-                ],
+                agent_argv("BENCH-PC", f"{tmp}/journal"),
+                agent_ready("BENCH-PC"),
                 # Verifying signatures, as every real agent does.
                 env={"SETEVNT_AMQP_URL": url, "SETEVNT_DISPATCHER_PUBLIC_KEY": PUBLIC_KEY},
             )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from broker.management import Management
 
@@ -42,3 +44,22 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def agent_argv(client_id: str, journal: str) -> list[str]:
+    """`setevnt-agent run` for one client on the simulated backend."""
+    return [sys.executable, "-m", "agent", "run", "--client", client_id,
+            "--backend", "simulated", "--journal", journal]  # fmt: skip
+
+
+def agent_ready(client_id: str) -> str:
+    """The agent's log line once it consumes (an error naming the queue does not match)."""
+    return f"agent {client_id} consuming"
+
+
+def wait_line(output: IO[str], text: str) -> None:
+    """Read a child's output until a line contains ``text``."""
+    for line in output:
+        if text in line:
+            return
+    raise RuntimeError(f"the process exited before printing {text!r}")

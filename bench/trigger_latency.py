@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, scratch_vhost
+from bench.common import ROOT, agent_argv, agent_ready, scratch_vhost, wait_line
 from dispatcher import Dispatcher, keys
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
@@ -46,18 +46,7 @@ def main() -> int:
         with Dispatcher(url, signer=signer) as dispatcher:
             dispatcher.provision(["BENCH-PC"])
         agent = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "run",
-                "--client",
-                "BENCH-PC",
-                "--backend",
-                "simulated",
-                "--journal",
-                f"{tmp}/journal",
-            ],
+            agent_argv("BENCH-PC", f"{tmp}/journal"),
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -66,9 +55,7 @@ def main() -> int:
         )
         try:
             assert agent.stdout is not None
-            for line in agent.stdout:
-                if "consuming" in line:
-                    break
+            wait_line(agent.stdout, agent_ready("BENCH-PC"))
             cli = [
                 sys.executable,
                 "-m",

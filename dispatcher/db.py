@@ -85,6 +85,17 @@ def ensure_schema(connection: sqlite3.Connection, schema: str) -> None:
                 connection.execute(statement)
 
 
+def open_store(settings: DbSettings, schema: str, *, create: bool = True) -> sqlite3.Connection:
+    """Connect and make sure ``schema`` exists; the connection is closed if that fails."""
+    connection = connect(settings, create=create)
+    try:
+        ensure_schema(connection, schema)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
 def chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
     """Slices small enough for an ``IN (?, ...)`` list on any SQLite build."""
     for start in range(0, len(items), size):

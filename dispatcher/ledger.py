@@ -134,12 +134,7 @@ class Writes:
 class Ledger:
     def __init__(self, database: db.DbSettings, *, create: bool = True) -> None:
         self.settings = database
-        self._db = db.connect(database, create=create)
-        try:
-            db.ensure_schema(self._db, SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = db.open_store(database, SCHEMA, create=create)
 
     def close(self) -> None:
         self._db.close()

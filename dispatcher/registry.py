@@ -142,12 +142,7 @@ class SqliteRegistry:
         create: bool = True,
     ) -> None:
         self.settings = settings or RegistrySettings()
-        self._db = db.connect(database, create=create)
-        try:
-            db.ensure_schema(self._db, SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = db.open_store(database, SCHEMA, create=create)
 
     def close(self) -> None:
         self._db.close()
