@@ -34,6 +34,8 @@ PROBES = ("lock", "process", "marker", "command")
 DEFAULT_LOCK = "/run/setevnt/distribution.lock"
 DEFAULT_PROCESSES = ("smsapm32", "msiexec", "dpkg", "apt", "apt-get", "rpm", "yum")
 # KB Q283130: these stop a running distribution; CQMGR32 and the other cycles do not.
+# Client setup (a site component, the drift remediation's upgrade event, KB Q174961)
+# restarts the client services, so it waits too on a client whose catalog has it.
 DEFAULT_DISRUPTIVE = (
     "CCIM32_STARTCYCLE",
     "CCIM32_CLOSE",
@@ -41,7 +43,9 @@ DEFAULT_DISRUPTIVE = (
     "CLISVC95_CLOSE",
     "SMSAPM32_CLOSE",
     "SMSMON32_CLOSE",
+    "CLISETUP_STARTCYCLE",
 )
+COPYLIST_MAX = 64  # what a heartbeat may carry
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,11 @@ class AgentConfig:
     # [metrics] port: the agent's own /metrics. None (the default) serves nothing.
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
+    # The installed client component set's version, reported in every heartbeat (the
+    # dispatcher compares it with the site's): a fixed value, or a file an installer
+    # rewrites, read at each heartbeat (agent.copylist). The file wins when readable.
+    copylist_version: str | None = None
+    copylist_version_file: str | None = None
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.client_id):
@@ -136,6 +145,11 @@ class AgentConfig:
                 raise ConfigError(f"group {group!r}: 1-64 of letters, digits, '_', '.', '-'")
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
+        if self.copylist_version is not None and not valid_copylist(self.copylist_version):
+            raise ConfigError(
+                f"copylist_version {self.copylist_version!r}: 1-{COPYLIST_MAX} printable "
+                "characters without leading or trailing spaces"
+            )
         unknown = [e for e in self.guard.disruptive if self.catalog.event(e) is None]
         # The default list may name events a site removed by redefining a component.
         if unknown and self.guard.disruptive != DEFAULT_DISRUPTIVE:
@@ -196,11 +210,24 @@ def load(
             security=_security(_table(data, "security"), env),
             metrics_port=_metrics_port(_table(data, "metrics")),
             metrics_addr=str(_table(data, "metrics").get("addr", "127.0.0.1")),
+            copylist_version=_optional_str(data, "copylist_version"),
+            copylist_version_file=_optional_str(data, "copylist_version_file"),
         )
     except (TypeError, KeyError) as exc:
         raise ConfigError(f"configuration: {exc}") from None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def valid_copylist(version: str) -> bool:
+    return 0 < len(version) <= COPYLIST_MAX and version == version.strip() and version.isprintable()
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f'{key} must be a string, e.g. {key} = "..."')
+    return value
 
 
 def _metrics_port(table: Mapping[str, Any]) -> int | None:

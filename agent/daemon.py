@@ -22,6 +22,7 @@ from types import FrameType
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.copylist import CopyListVersion
 from agent.deferral import Releaser
 from agent.handler import Delivery, Handler, Reply, Run
 from agent.metrics import AgentMetrics
@@ -52,6 +53,7 @@ class Agent:
         )
         self.ready = threading.Event()
         self._metrics: AgentMetrics | None = None
+        self._copylist = CopyListVersion.of(config)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -125,6 +127,7 @@ class Agent:
             agent_version=__version__,
             groups=self.config.groups,
             components=dict(self.config.component_versions),
+            copylist_version=self._copylist.read(),
         )
         session.publish(
             topology.ACK_EXCHANGE,

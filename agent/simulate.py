@@ -33,6 +33,7 @@ from agent.backends.simulated import SimulatedBackend
 from agent.config import PUBLIC_KEY_ENV, AgentConfig, SecurityConfig
 from agent.handler import Delivery, Handler, Reply, Run
 from agent.journal import Journal
+from agent.simsetup import UPGRADE_EVENT, CopyLists
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
@@ -66,6 +67,10 @@ class SimulationSettings:
     # The dispatcher's public key: signed commands are verified as an agent does. None:
     # unsigned commands are accepted and signed ones refused (no key to check them).
     public_key: str | None = None
+    # What the clients report as their CopyListVersion, and what after the upgrade event.
+    copylist_version: str | None = None
+    upgrade_to: str | None = None
+    upgrade_event: str = UPGRADE_EVENT
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -86,11 +91,16 @@ class Simulation:
     def __init__(self, settings: SimulationSettings) -> None:
         self.settings = settings
         self._loop = Loop()
-        backend = SimulatedBackend(
-            duration=settings.duration,
-            failure_rate=settings.failure_rate,
-            record=settings.record,
-            seed=settings.seed,
+        self._copylists = CopyLists(
+            settings.copylist_version, settings.upgrade_to, settings.upgrade_event
+        )
+        backend = self._copylists.backend(
+            SimulatedBackend(
+                duration=settings.duration,
+                failure_rate=settings.failure_rate,
+                record=settings.record,
+                seed=settings.seed,
+            )
         )
         self._handlers: dict[str, Handler] = {}
         self._lane_of: dict[str, Lane] = {}
@@ -106,6 +116,7 @@ class Simulation:
                 broker=settings.broker,
                 hello_interval=settings.hello_interval,
                 security=security,
+                catalog=self._copylists.catalog(),
             )
             queue = topology.client_queue(client_id)
             self._handlers[queue] = Handler(config, backend, Journal(None))
@@ -191,6 +202,7 @@ class Simulation:
             platform=config.platform,
             agent_version=__version__,
             groups=config.groups,
+            copylist_version=self._copylists.version(config.client_id),
         )
         lane.publish(
             topology.ACK_EXCHANGE,
@@ -363,6 +375,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--dispatcher-public-key",
         help=f"verify command signatures with this key (default: ${PUBLIC_KEY_ENV})",
     )
+    simulate.add_argument("--copylist-version", metavar="V", help="reported in heartbeats")
+    simulate.add_argument(
+        "--upgrade-to",
+        metavar="V",
+        help="the CopyListVersion a client reports once it ran the upgrade event",
+    )
+    simulate.add_argument(
+        "--upgrade-event", default=UPGRADE_EVENT, help=f"default: {UPGRADE_EVENT}"
+    )
     simulate.add_argument(
         "--provision",
         action="store_true",
@@ -388,6 +409,9 @@ def main(args: argparse.Namespace) -> int:
             provision=args.provision,
             broker=BrokerSettings.from_env(args.url),
             public_key=args.dispatcher_public_key or os.environ.get(PUBLIC_KEY_ENV),
+            copylist_version=args.copylist_version,
+            upgrade_to=args.upgrade_to,
+            upgrade_event=args.upgrade_event,
         )
         simulation = Simulation(settings)
     except ValueError as exc:  # includes bad ids, groups and backend options

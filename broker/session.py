@@ -39,6 +39,9 @@ class Incoming:
     redelivered: bool
     queue: str
     headers: dict[str, object] | None = None
+    user_id: str | None = None  # validated by the broker: the publishing connection's user
+    reply_to: str | None = None
+    correlation_id: str | None = None
 
 
 class Session:
@@ -91,6 +94,9 @@ class Session:
                     redelivered=bool(method.redelivered),
                     queue=queue,
                     headers=properties.headers,
+                    user_id=properties.user_id,
+                    reply_to=properties.reply_to,
+                    correlation_id=properties.correlation_id,
                 )
             )
 
@@ -120,6 +126,7 @@ class Session:
         message_id: str | None = None,
         persistent: bool = True,
         user_id: str | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm (raises a BrokerError if refused).
 
@@ -133,6 +140,7 @@ class Session:
             delivery_mode=2 if persistent else 1,
             app_id=self._settings.connection_name,
             user_id=user_id if user_id is not None else self._settings.username,
+            correlation_id=correlation_id,
         )
         with translate_errors(f"publishing to {exchange or 'default exchange'}"):
             self._publish_channel.basic_publish(exchange, routing_key, body, properties)

@@ -9,6 +9,8 @@ queues: RabbitMQ 3.10 crashes under a storm with classic queue version 2, so no
     agent --(setevnt.acks, key ack.<id>)--> setevnt.acks (queue) --> collector
     agent --(setevnt.acks, key hello.<id>)--> setevnt.fleet (queue) --> fleet registry
     publishers --(setevnt.acks, key report.<name>)--> setevnt.acks
+    services --(setevnt.requests, fanout)--> setevnt.requests (queue) --> dispatcher intake
+        refused requests --> setevnt.dead; replies --> the requester's reply-to
 """
 
 from __future__ import annotations
@@ -23,6 +25,17 @@ ACK_QUEUE = "setevnt.acks"
 FLEET_QUEUE = "setevnt.fleet"
 DEAD_EXCHANGE = "setevnt.dead"
 DEAD_QUEUE = "setevnt.dead"
+REQUEST_EXCHANGE = "setevnt.requests"
+REQUEST_QUEUE = "setevnt.requests"
+# RabbitMQ's direct reply-to: a requester consumes this pseudo-queue (no queue, no
+# permissions to declare one) and replies reach it as amq.rabbitmq.reply-to.<token>.
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+# Where replies may go: direct reply-to or a server-named (amq.gen-) exclusive queue.
+# Anything else could point a reply from the all-powerful dispatcher at a client's queue.
+_REPLY_ADDRESS = re.compile(
+    r"^(amq\.rabbitmq\.reply-to\.[A-Za-z0-9+/=._-]{1,400}|amq\.gen-[A-Za-z0-9_-]{1,64})$"
+)
+REQUEST_QUEUE_MAX = 10_000
 
 ACK_KEY = "ack"
 HELLO_KEY = "hello"
@@ -73,6 +86,21 @@ def report_routing_key(publisher: str) -> str:
     return f"{REPORT_KEY}.{re.sub(r'[^A-Za-z0-9_-]', '_', publisher)[:64]}"
 
 
+def reply_address_ok(reply_to: str) -> bool:
+    return _REPLY_ADDRESS.fullmatch(reply_to) is not None
+
+
+def request_queue_arguments() -> dict[str, Any]:
+    # Refused requests are rejected into the dead letters; a flood beyond the bound is
+    # refused at publish (the requester's confirm is a nack) instead of dropped silently.
+    return {
+        "x-queue-type": "classic",
+        "x-dead-letter-exchange": DEAD_EXCHANGE,
+        "x-max-length": REQUEST_QUEUE_MAX,
+        "x-overflow": "reject-publish",
+    }
+
+
 def client_queue_arguments(limits: QueueLimits) -> dict[str, Any]:
     return {
         "x-queue-type": "classic",
@@ -84,7 +112,7 @@ def client_queue_arguments(limits: QueueLimits) -> dict[str, Any]:
 
 
 def declare_core(channel: Channel) -> None:
-    """Declare the shared exchanges and queues (ack path, fleet path, dead letters)."""
+    """Declare the shared exchanges and queues (ack, fleet and request paths, dead letters)."""
     channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
     channel.queue_declare(
         DEAD_QUEUE,
@@ -107,6 +135,9 @@ def declare_core(channel: Channel) -> None:
         },
     )
     channel.queue_bind(FLEET_QUEUE, ACK_EXCHANGE, routing_key=f"{HELLO_KEY}.#")
+    channel.exchange_declare(REQUEST_EXCHANGE, exchange_type="fanout", durable=True)
+    channel.queue_declare(REQUEST_QUEUE, durable=True, arguments=request_queue_arguments())
+    channel.queue_bind(REQUEST_QUEUE, REQUEST_EXCHANGE, routing_key="")
 
 
 def declare_client(

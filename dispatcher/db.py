@@ -85,6 +85,16 @@ def ensure_schema(connection: sqlite3.Connection, schema: str) -> None:
                 connection.execute(statement)
 
 
+def add_columns(connection: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add columns a newer release needs to a table an older one created (``CREATE TABLE
+    IF NOT EXISTS`` leaves an existing table as it was)."""
+    with transaction(connection):
+        present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name not in present:
+                connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
 def open_store(settings: DbSettings, schema: str, *, create: bool = True) -> sqlite3.Connection:
     """Connect and make sure ``schema`` exists; the connection is closed if that fails."""
     connection = connect(settings, create=create)

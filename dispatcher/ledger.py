@@ -197,6 +197,25 @@ class Ledger:
             )
         return cursor.rowcount == 1
 
+    def add_commands(self, storm_id: str, commands: Sequence[CommandRecord], at: float) -> None:
+        """Grow a running storm whose targets are found as it runs (drift remediation)."""
+        with db.transaction(self._db):
+            self._insert(commands)
+            self._db.execute(
+                "UPDATE storms SET heartbeat_at = ?, targets = "
+                "(SELECT count(*) FROM commands WHERE storm_id = ?) WHERE storm_id = ?",
+                (at, storm_id, storm_id),
+            )
+
+    def unexpired(self, storm_id: str, now: float) -> set[str]:
+        """Clients with a command in this storm that is planned or has not expired yet."""
+        rows = self._db.execute(
+            "SELECT DISTINCT client_id FROM commands WHERE storm_id = ? "
+            "AND (status = 'planned' OR expires_at > ?)",
+            (storm_id, now),
+        )
+        return {row[0] for row in rows}
+
     def storm_commands(self, storm_id: str) -> list[CommandRecord]:
         rows = self._db.execute(
             f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE storm_id = ? ORDER BY rowid",

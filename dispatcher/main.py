@@ -1,8 +1,12 @@
 """``setevnt-dispatcher``: the central service and its operator commands.
 
-setevnt-dispatcher serve [--metrics-port 9808]     collect acks and heartbeats, serve /metrics
+setevnt-dispatcher serve [--metrics-port 9808] [--policy FILE]
+                                                   collect acks and heartbeats, take requests
+                                                   (setevnt.requests), serve /metrics
 setevnt-dispatcher clients|storm|resume|cancel|status   the fleet (see dispatcher.operator_cli)
+setevnt-dispatcher site set-version V|show         the site's CopyListVersion (dispatcher.site_cli)
 setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
+setevnt-dispatcher enroll-service NAME             a requesting service's broker user
 setevnt-dispatcher declare                         declare the shared topology
 """
 
@@ -13,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -21,17 +26,23 @@ from prometheus_client import CollectorRegistry, start_http_server
 from broker.errors import BrokerError
 from broker.management import Management, NotFound
 from broker.settings import BrokerSettings
-from dispatcher import keys, operator_cli
+from dispatcher import keys, operator_cli, site_cli
 from dispatcher.api import Dispatcher
 from dispatcher.collector import Collector
 from dispatcher.db import DbSettings
+from dispatcher.drift import RemediationSettings, Remediator
+from dispatcher.drift_metrics import DriftMetrics
 from dispatcher.enroll import enroll, revoke
+from dispatcher.intake import Intake, IntakeSettings
 from dispatcher.ledger import Ledger
 from dispatcher.ledger_metrics import LedgerMetrics
 from dispatcher.logs import configure
 from dispatcher.metrics import DispatcherMetrics
+from dispatcher.policy import Policy
 from dispatcher.recorder import Recorder
 from dispatcher.registry import RegistrySettings, SqliteRegistry
+from dispatcher.services import enroll_service
+from dispatcher.site import Site
 
 log = logging.getLogger("setevnt.dispatcher")
 
@@ -48,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--metrics-port", type=int, default=9808)
     serve.add_argument("--metrics-addr", default="127.0.0.1")
+    site_cli.add_serve_options(serve)
+    serve.add_argument(
+        "--policy",
+        help="who may trigger what through setevnt.requests, a TOML file (default: "
+        "$SETEVNT_POLICY_FILE; without one every request is refused)",
+    )
     provision = sub.add_parser("provision", help="create the command queues of clients")
     provision.add_argument("clients", nargs="+", metavar="CLIENT_ID")
     sub.add_parser("declare", help="declare the shared exchanges and queues")
@@ -56,10 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_cmd = sub.add_parser("enroll", help="create a client's broker user, print its config")
     enroll_cmd.add_argument("client", metavar="CLIENT_ID")
     enroll_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    service_cmd = sub.add_parser(
+        "enroll-service", help="create a requesting service's broker user, print its URL"
+    )
+    service_cmd.add_argument("service", metavar="NAME", help="the name its policy rule uses")
+    service_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
     revoke_cmd = sub.add_parser("revoke", help="delete a client's broker user")
     revoke_cmd.add_argument("client", metavar="CLIENT_ID")
     revoke_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
     operator_cli.add_commands(sub)
+    site_cli.add_commands(sub, operator_cli.store_options())
     return parser
 
 
@@ -70,12 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             stores = (DbSettings.from_env(args.db), args.offline_after)
             return serve(
-                BrokerSettings.from_env(args.url), args.metrics_addr, args.metrics_port, stores
+                BrokerSettings.from_env(args.url),
+                args.metrics_addr,
+                args.metrics_port,
+                stores,
+                policy=Policy.load(args.policy),
+                drift=site_cli.drift_options(args),
             )
+        if args.command == "site":
+            return site_cli.run(args)
         if args.command in operator_cli.COMMANDS:
             return operator_cli.run(args)
         if args.command in ("enroll", "revoke"):
             return enrollment(args)
+        if args.command == "enroll-service":
+            return service_enrollment(args)
         if args.command == "keygen":
             return keygen(args.out)
         with Dispatcher(args.url) as dispatcher:
@@ -124,6 +156,18 @@ def enrollment(args: argparse.Namespace) -> int:
     return 0
 
 
+def service_enrollment(args: argparse.Namespace) -> int:
+    settings = BrokerSettings.from_env(args.url)
+    with Dispatcher(args.url) as dispatcher:
+        dispatcher.declare_topology()  # its requests need setevnt.requests to exist
+    user = enroll_service(
+        settings, Management.for_broker(settings, args.management_url), args.service
+    )
+    print(f"broker user {user.name}: may only publish to setevnt.requests", file=sys.stderr)
+    print(user.url)
+    return 0
+
+
 TRUSTED_ENV = "SETEVNT_TRUSTED_SENDERS"
 
 
@@ -134,36 +178,98 @@ def trusted() -> frozenset[str]:
 
 
 def serve(
-    settings: BrokerSettings, addr: str, port: int, stores: tuple[DbSettings, float] | None = None
+    settings: BrokerSettings,
+    addr: str,
+    port: int,
+    stores: tuple[DbSettings, float] | None = None,
+    *,
+    policy: Policy | None = None,
+    drift: site_cli.DriftOptions | None = None,
 ) -> int:
     registry = CollectorRegistry()
     metrics = DispatcherMetrics(registry)
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
+    drift = drift or site_cli.DriftOptions(None, RemediationSettings())
     registry.register(LedgerMetrics(database.path))
+    registry.register(DriftMetrics(database.path, offline_after, drift.remediation.event))
     with (
         SqliteRegistry(database, RegistrySettings(offline_after)) as fleet,
         Ledger(database) as ledger,
     ):
+        _seed_site(database, drift.seed_version)
         recorder = Recorder(settings, fleet, ledger, metrics)
         log.info("fleet registry and ledger in %s", database.path)
         collector = Collector(settings, metrics, recorder=recorder, trusted_senders=trusted())
-        return _serve(collector, registry, addr, port)
+        intake_settings = IntakeSettings(
+            database,
+            policy or Policy.load(),
+            RegistrySettings(offline_after),
+            trusted_senders=trusted(),
+        )
+        intake = Intake(settings, intake_settings, metrics)
+        remediator = _remediator(settings, database, fleet.settings, drift, metrics)
+        try:
+            return _serve(collector, intake, registry, addr, port)
+        finally:
+            if remediator is not None:
+                remediator.stop()
 
 
-def _serve(collector: Collector, registry: CollectorRegistry, addr: str, port: int) -> int:
+def _seed_site(database: DbSettings, version: str | None) -> None:
+    """The configured CopyListVersion counts only when none is stored (`site set-version`
+    changes the stored one, which must survive a restart of the service)."""
+    with Site(database) as site:
+        if version is not None and site.seed_copylist_version(version, "serve configuration"):
+            log.info("site CopyListVersion set to %s from the configuration", version)
+        current = site.copylist_version()
+    if current is not None and current.value != version:
+        log.info("site CopyListVersion is %s (set by %s)", current.value, current.set_by)
+
+
+def _remediator(
+    settings: BrokerSettings,
+    database: DbSettings,
+    fleet: RegistrySettings,
+    drift: site_cli.DriftOptions,
+    metrics: DispatcherMetrics,
+) -> Remediator | None:
+    if not drift.remediation.enabled:
+        return None
+    remediator = Remediator(settings, database, fleet, drift.remediation, hooks=metrics)
+    remediator.start()
+    log.info("remediating CopyListVersion drift with %s", drift.remediation.event.name)
+    return remediator
+
+
+def _serve(
+    collector: Collector, intake: Intake, registry: CollectorRegistry, addr: str, port: int
+) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
         collector.stop()
+        intake.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
+    requests = threading.Thread(target=_take_requests, args=(intake,), name="intake")
+    requests.start()
     try:
         collector.run()
     finally:
+        intake.stop()
+        requests.join()
         server.shutdown()
     return 0
+
+
+def _take_requests(intake: Intake) -> None:
+    """The intake's thread: a refusal by the broker stops requests, not the collector."""
+    try:
+        intake.run()
+    except BrokerError as exc:
+        log.error("request intake stopped: %s", exc)
 
 
 if __name__ == "__main__":

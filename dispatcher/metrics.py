@@ -174,6 +174,14 @@ class DispatcherMetrics:
             "Client command queues provisioned when the client first appeared.",
             registry=registry,
         )
+        self.requests = Counter(
+            "setevnt_requests_total",
+            "Trigger requests taken from setevnt.requests, by outcome and refusal reason.",
+            ["outcome", "reason"],
+            registry=registry,
+        )
+        for outcome in ("accepted", "replayed"):
+            self.requests.labels(outcome, "none")  # 0 before the first request
 
     # -- collector hooks ----------------------------------------------------------------
 
@@ -216,6 +224,12 @@ class DispatcherMetrics:
 
     def reconnected_collector(self) -> None:
         self.reconnects.labels("collector").inc()
+
+    # -- intake hooks (dispatcher.intake.IntakeHooks) ------------------------------------
+
+    def request_handled(self, outcome: str, reason: str) -> None:
+        """``outcome``: accepted, replayed or refused; ``reason``: a RefusalReason or none."""
+        self.requests.labels(outcome, reason).inc()
 
     # -- registry hooks (dispatcher.recorder.RecorderHooks) ------------------------------
 

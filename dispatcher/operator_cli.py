@@ -1,6 +1,6 @@
 """The operator's fleet commands of ``setevnt-dispatcher``: clients, storms, status.
 
-setevnt-dispatcher clients [--group G] [--offline] [--json]
+setevnt-dispatcher clients [--group G] [--offline] [--drifted] [--json]
 setevnt-dispatcher storm COMPONENT_EVENT (--all | --group G | --client ID | --clients-file F)
                    [--rate N/s] [--max-in-flight N|P%] [--max-errors N|P%]
                    [--spread DURATION] [--ttl DURATION] [--delivery-wait DURATION] [--json]
@@ -29,7 +29,8 @@ from dispatcher import storm as storms
 from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
 from dispatcher.ledger import Ledger, StormRecord
-from dispatcher.registry import RegistrySettings, SqliteRegistry
+from dispatcher.registry import ClientRecord, RegistrySettings, SqliteRegistry
+from dispatcher.site import Site
 from schemas.catalog import DEFAULT_CATALOG
 from schemas.syntax import resolve_event
 
@@ -55,6 +56,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     clients = sub.add_parser("clients", parents=[store], help="list the registered fleet")
     clients.add_argument("--group", help="only clients in this group")
     clients.add_argument("--offline", action="store_true", help="only offline clients")
+    clients.add_argument(
+        "--drifted",
+        action="store_true",
+        help="only clients reporting a CopyListVersion other than the site's",
+    )
     clients.add_argument("--json", action="store_true", help="one JSON object per line")
     storm = sub.add_parser("storm", parents=[store], help="fire one event at many clients")
     storm.add_argument("event", metavar="COMPONENT_EVENT")
@@ -127,22 +133,46 @@ def run(args: argparse.Namespace) -> int:
 
 def _clients(args: argparse.Namespace) -> int:
     registry_settings = RegistrySettings(args.offline_after)
-    with SqliteRegistry(DbSettings.from_env(args.db), registry_settings, create=False) as reg:
+    database = DbSettings.from_env(args.db)
+    with Site(database, create=False) as site:
+        desired = site.copylist_version()
+    if args.drifted and desired is None:
+        raise ValueError("no site CopyListVersion to drift from: `site set-version V` first")
+    with SqliteRegistry(database, registry_settings, create=False) as reg:
         now = time.time()
         records = reg.clients(group=args.group, online=False if args.offline else None, now=now)
-    rows = [r.as_json(now, registry_settings.offline_after) for r in records]
+    version = desired.value if desired is not None else None
+    if args.drifted:
+        records = [r for r in records if r.drifted(version)]
+    rows = [_client_row(r, now, registry_settings.offline_after, version) for r in records]
     if args.json:
         for row in rows:
             print(json.dumps(row, sort_keys=True))
         return 0
-    print(f"{'CLIENT':<20} {'STATE':<8} {'PLATFORM':<8} {'AGENT':<8} {'SEEN':>9}  GROUPS")
+    print(
+        f"{'CLIENT':<20} {'STATE':<8} {'PLATFORM':<8} {'AGENT':<8} {'SEEN':>9}  "
+        f"{'COPYLIST':<12} GROUPS"
+    )
     for row in rows:
         seen = f"{now - row['last_seen']:.0f} s ago"
+        copylist = (row["copylist_version"] or "-") + (" *" if row.get("drifted") else "")
         print(
             f"{row['client']:<20} {row['state']:<8} {row['platform']:<8} "
-            f"{row['agent_version']:<8} {seen:>9}  {','.join(row['groups'])}"
+            f"{row['agent_version']:<8} {seen:>9}  {copylist:<12} {','.join(row['groups'])}"
         )
+    if version is not None:
+        print(f"(* drifted: the site's CopyListVersion is {version})")
     return 0
+
+
+def _client_row(
+    record: ClientRecord, now: float, offline_after: float, desired: str | None
+) -> dict[str, Any]:
+    row = record.as_json(now, offline_after)
+    if desired is not None:
+        row["site_copylist_version"] = desired
+        row["drifted"] = record.drifted(desired)
+    return row
 
 
 # -- storms ----------------------------------------------------------------------------

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS clients (
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL,
     last_kind TEXT NOT NULL,
-    provisioned_at REAL
+    provisioned_at REAL,
+    copylist_version TEXT
 );
 CREATE TABLE IF NOT EXISTS client_groups (
     group_name TEXT NOT NULL,
@@ -40,22 +41,37 @@ CREATE TABLE IF NOT EXISTS client_groups (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS client_groups_by_client ON client_groups (client_id)
 """
+# Columns added after the first release: an older database gets them when opened.
+_ADDED = {"copylist_version": "TEXT"}
 
 _UPSERT = """
 INSERT INTO clients (client_id, platform, agent_version, groups, components,
-                     first_seen, last_seen, last_kind)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                     first_seen, last_seen, last_kind, copylist_version)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (client_id) DO UPDATE SET
     platform = excluded.platform, agent_version = excluded.agent_version,
     groups = excluded.groups, components = excluded.components,
-    last_seen = excluded.last_seen, last_kind = excluded.last_kind
+    last_seen = excluded.last_seen, last_kind = excluded.last_kind,
+    copylist_version = excluded.copylist_version
 WHERE excluded.last_seen >= clients.last_seen
 """
 
 _COLUMNS = (
     "client_id, platform, agent_version, groups, components, first_seen, last_seen, "
-    "last_kind, provisioned_at"
+    "last_kind, provisioned_at, copylist_version"
 )
+# Clients by CopyListVersion against the site's: drifted (online, offline), current, and
+# not reporting one (agents older than the field, or without it configured).
+_CENSUS = """
+SELECT
+    count(CASE WHEN copylist_version != :desired AND last_kind != :goodbye
+               AND last_seen >= :since THEN 1 END),
+    count(CASE WHEN copylist_version != :desired AND NOT (last_kind != :goodbye
+               AND last_seen >= :since) THEN 1 END),
+    count(CASE WHEN copylist_version = :desired THEN 1 END),
+    count(CASE WHEN copylist_version IS NULL THEN 1 END)
+FROM clients
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +95,11 @@ class ClientRecord:
     last_seen: float
     last_kind: str
     provisioned_at: float | None
+    copylist_version: str | None = None  # None: the agent does not report one
+
+    def drifted(self, desired: str | None) -> bool:
+        """Reports a CopyListVersion other than the site's (unknown is not drifted)."""
+        return None not in (desired, self.copylist_version) and self.copylist_version != desired
 
     def online(self, now: float, offline_after: float) -> bool:
         return self.last_kind != Kind.GOODBYE and now - self.last_seen <= offline_after
@@ -95,7 +116,33 @@ class ClientRecord:
             "last_seen": self.last_seen,
             "last_kind": self.last_kind,
             "provisioned": self.provisioned_at is not None,
+            "copylist_version": self.copylist_version,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """The fleet by CopyListVersion against the site's desired one."""
+
+    drifted_online: int
+    drifted_offline: int
+    current: int
+    unknown: int
+
+    @property
+    def drifted(self) -> int:
+        return self.drifted_online + self.drifted_offline
+
+
+def census(
+    connection: sqlite3.Connection, desired: str | None, now: float, offline_after: float
+) -> Census:
+    """Count the fleet against ``desired`` (None: nothing drifted or current, only unknown)."""
+    row = connection.execute(
+        _CENSUS,
+        {"desired": desired, "goodbye": Kind.GOODBYE.value, "since": now - offline_after},
+    ).fetchone()
+    return Census(*(int(n) for n in row))
 
 
 class _Known(NamedTuple):
@@ -130,6 +177,14 @@ class Registry(Protocol):
         """(online, offline)"""
         ...
 
+    def drifted(
+        self, desired: str, *, online: bool | None = None, now: float | None = None
+    ) -> list[ClientRecord]:
+        """Clients reporting a CopyListVersion other than ``desired``."""
+        ...
+
+    def census(self, desired: str | None, now: float | None = None) -> Census: ...
+
     def close(self) -> None: ...
 
 
@@ -143,6 +198,11 @@ class SqliteRegistry:
     ) -> None:
         self.settings = settings or RegistrySettings()
         self._db = db.open_store(database, SCHEMA, create=create)
+        try:
+            db.add_columns(self._db, "clients", _ADDED)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -215,6 +275,25 @@ class SqliteRegistry:
         ).fetchone()
         return int(online or 0), int(total) - int(online or 0)
 
+    def drifted(
+        self, desired: str, *, online: bool | None = None, now: float | None = None
+    ) -> list[ClientRecord]:
+        now = time.time() if now is None else now
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM clients WHERE copylist_version IS NOT NULL "
+            "AND copylist_version != ? ORDER BY client_id",
+            (desired,),
+        )
+        records = [_record(row) for row in rows]
+        if online is None:
+            return records
+        limit = self.settings.offline_after
+        return [r for r in records if r.online(now, limit) == online]
+
+    def census(self, desired: str | None, now: float | None = None) -> Census:
+        now = time.time() if now is None else now
+        return census(self._db, desired, now, self.settings.offline_after)
+
     def _known(self, ids: list[str]) -> dict[str, _Known]:
         known: dict[str, _Known] = {}
         for chunk in db.chunks(ids):
@@ -245,11 +324,12 @@ def _row(beat: Heartbeat, at: float) -> tuple[Any, ...]:
         at,
         at,
         beat.kind,
+        beat.copylist_version,
     )
 
 
 def _record(row: sqlite3.Row | tuple[Any, ...]) -> ClientRecord:
-    client_id, platform, version, groups, components, first, last, kind, provisioned = row
+    client_id, platform, version, groups, components, first, last, kind, provisioned, copylist = row
     return ClientRecord(
         client_id=client_id,
         platform=platform,
@@ -260,4 +340,5 @@ def _record(row: sqlite3.Row | tuple[Any, ...]) -> ClientRecord:
         last_seen=last,
         last_kind=kind,
         provisioned_at=provisioned,
+        copylist_version=copylist,
     )

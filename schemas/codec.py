@@ -22,10 +22,11 @@ M = TypeVar("M", bound=Message)
 class DecodeError(ValueError):
     """The bytes are not a valid message; ``reason`` is a bounded code for acks and metrics."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, field: str | None = None) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.field = field  # the field whose rule broke, when one did
 
 
 def encode(message: Message) -> bytes:
@@ -59,7 +60,7 @@ def decode_any(data: bytes) -> Message:
     try:
         return cls(**fields)
     except (TypeError, ValueError) as exc:
-        raise DecodeError(Reason.BAD_MESSAGE, str(exc)) from None
+        raise DecodeError(Reason.BAD_MESSAGE, str(exc), getattr(exc, "field", None)) from None
 
 
 def _unpack(data: bytes) -> dict[str, Any]:

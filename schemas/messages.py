@@ -21,6 +21,9 @@ SCHEMA_VERSION = (1, 0)
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,31}$")
+# COMPONENT_EVENT as the original tool writes it: component and event names never hold "_".
+EVENT_NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,31}_[A-Z][A-Z0-9]{0,31}$")
+STATUS_PATTERN = re.compile(r"^[a-z][a-z-]{0,31}$")
 TEXT_MAX = 1024
 OUTPUT_MAX = 2048
 
@@ -57,6 +60,28 @@ class Reason(StrEnum):
     CLOCK_SKEW = "clock-skew"
 
 
+class RefusalReason(StrEnum):
+    """Why the dispatcher refused a trigger request: a bounded set, usable as a metric label."""
+
+    NO_USER_ID = "no-user-id"
+    NOT_PERMITTED = "not-permitted"
+    TOO_LARGE = "too-large"
+    UNDECODABLE = "undecodable"
+    UNSUPPORTED_VERSION = "unsupported-version"
+    BAD_REQUEST = "bad-request"
+    BAD_EVENT_NAME = "bad-event-name"
+    UNKNOWN_EVENT = "unknown-event"
+    NO_TARGETS = "no-targets"
+    UNKNOWN_TARGET = "unknown-target"
+    BAD_REPLY_TO = "bad-reply-to"
+    UNAVAILABLE = "unavailable"
+
+
+class ReplyStatus(StrEnum):
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+
+
 class Kind(StrEnum):
     HELLO = "hello"
     HEARTBEAT = "heartbeat"
@@ -67,11 +92,23 @@ class Kind(StrEnum):
 class Spec:
     """How one field looks on the wire."""
 
-    kind: str  # str | bool | time | seconds | int | strs | strmap | counts
+    kind: str  # str | bool | time | seconds | int | strs | strmap | counts | tally
     required: bool = True
     max_len: int = 64
     pattern: re.Pattern[str] | None = None
     choices: tuple[str, ...] = ()
+    max_items: int = 32  # strs only
+
+
+class FieldError(ValueError):
+    """A field breaks its rule; ``field`` names it so a refusal can say which rule broke.
+
+    Rules that span fields name a pseudo-field (a trigger request's ``targets``).
+    """
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
 
 
 _ID = Spec("str", pattern=ID_PATTERN)
@@ -87,10 +124,13 @@ def check(spec: Spec, name: str, value: Any) -> None:
     """Raise ValueError when ``value`` does not fit ``spec``."""
     if value is None:
         if spec.required:
-            raise ValueError(f"{name}: required")
+            raise FieldError(name, f"{name}: required")
         return
     checker = _CHECKERS[spec.kind]
-    checker(spec, name, value)
+    try:
+        checker(spec, name, value)
+    except ValueError as exc:
+        raise FieldError(name, str(exc)) from None
 
 
 def _check_str(spec: Spec, name: str, value: Any) -> None:
@@ -127,8 +167,8 @@ def _check_int(spec: Spec, name: str, value: Any) -> None:
 
 
 def _check_strs(spec: Spec, name: str, value: Any) -> None:
-    if not isinstance(value, tuple) or len(value) > 32:
-        raise ValueError(f"{name}: expected a list of at most 32 names")
+    if not isinstance(value, tuple) or len(value) > spec.max_items:
+        raise ValueError(f"{name}: expected a list of at most {spec.max_items} names")
     for item in value:
         _check_str(Spec("str", pattern=ID_PATTERN), f"{name}[]", item)
 
@@ -149,6 +189,16 @@ def _check_counts(spec: Spec, name: str, value: Any) -> None:
             raise ValueError(f"{name}[]: expected a count entry")
 
 
+def _check_tally(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > 32:
+        raise ValueError(f"{name}: expected a map of at most 32 counts")
+    for key, item in value.items():
+        _check_str(Spec("str", pattern=STATUS_PATTERN, max_len=32), f"{name} key", key)
+        _check_int(Spec("int"), f"{name}[{key}]", item)
+        if item < 0:
+            raise ValueError(f"{name}[{key}]: must not be negative")
+
+
 _CHECKERS = {
     "str": _check_str,
     "bool": _check_bool,
@@ -158,6 +208,7 @@ _CHECKERS = {
     "strs": _check_strs,
     "strmap": _check_strmap,
     "counts": _check_counts,
+    "tally": _check_tally,
 }
 
 
@@ -330,6 +381,142 @@ class PublishReport(Message):
     counts: tuple[PublishCount, ...]
 
 
+# What a trigger request may ask for, at most (its body is also at most 64 KiB).
+MAX_REQUEST_CLIENTS = 1000
+DEFAULT_REQUEST_TTL = 3600.0
+_EVENT_NAME = Spec("str", pattern=EVENT_NAME_PATTERN, max_len=65)
+_COUNT = Spec("int")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRequest(Message):
+    """A service asks the dispatcher to run one COMPONENT_EVENT on some clients.
+
+    Published to the ``setevnt.requests`` exchange; the requester is the AMQP ``user_id``
+    (validated by the broker), never a field of the body. Targets combine (their union).
+    """
+
+    WIRE_TYPE: ClassVar[str] = "trigger-request"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "event": _EVENT_NAME,
+        "clients": Spec("strs", max_items=MAX_REQUEST_CLIENTS),
+        "groups": Spec("strs"),
+        "all": Spec("bool"),
+        "silent": Spec("bool"),
+        "force": Spec("bool"),
+        "ttl": _OPT_SECONDS,
+        "rate": Spec("seconds", required=False),
+        "spread": _OPT_SECONDS,
+        "delivery_wait": _OPT_SECONDS,
+        "max_errors": Spec("int", required=False),
+        "idempotency_key": _OPT_ID,
+    }
+
+    event: str
+    clients: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    all: bool = False
+    silent: bool = False
+    force: bool = False
+    ttl: float | None = None
+    rate: float | None = None
+    spread: float | None = None
+    delivery_wait: float | None = None
+    max_errors: int | None = None
+    idempotency_key: str | None = None
+
+    def __post_init__(self) -> None:
+        Message.__post_init__(self)
+        if not (self.clients or self.groups or self.all):
+            raise FieldError("targets", "targets: none given (clients, groups or all)")
+        for name in ("ttl", "rate", "delivery_wait"):
+            if getattr(self, name) == 0:
+                raise FieldError(name, f"{name}: must be positive")
+        if self.max_errors is not None and self.max_errors < 0:
+            raise FieldError("max_errors", "max_errors: must not be negative")
+        if (self.spread or 0.0) >= (self.ttl or DEFAULT_REQUEST_TTL):
+            raise FieldError("spread", "spread: must be shorter than ttl, or late clients expire")
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerReply(Message):
+    """The dispatcher's immediate answer to a trigger request: accepted or refused."""
+
+    WIRE_TYPE: ClassVar[str] = "trigger-reply"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "status": Spec("str", choices=tuple(s.value for s in ReplyStatus)),
+        "replied_at": _TIME,
+        "storm_id": _OPT_ID,
+        "targets": Spec("int", required=False),
+        "reason": Spec("str", required=False, choices=tuple(r.value for r in RefusalReason)),
+        "detail": _TEXT,
+        "idempotency_key": _OPT_ID,
+        "replayed": Spec("bool"),
+    }
+
+    status: str
+    replied_at: float
+    storm_id: str | None = None
+    targets: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+    idempotency_key: str | None = None
+    replayed: bool = False
+
+    def __post_init__(self) -> None:
+        Message.__post_init__(self)
+        accepted = self.status == ReplyStatus.ACCEPTED
+        if accepted and (self.storm_id is None or self.targets is None or self.reason):
+            raise FieldError("status", "status: accepted needs storm_id and targets, no reason")
+        if not accepted and self.reason is None:
+            raise FieldError("status", "status: refused needs a reason")
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == ReplyStatus.ACCEPTED
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSummary(Message):
+    """What became of an accepted request, once every target answered or its wait ran out."""
+
+    WIRE_TYPE: ClassVar[str] = "trigger-summary"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "storm_id": _ID,
+        "event": _EVENT_NAME,
+        "state": Spec("str", choices=("done", "halted", "cancelled", "failed")),
+        "targets": _COUNT,
+        "published": _COUNT,
+        "counts": Spec("tally"),
+        "finished_at": _TIME,
+        "latency_p50": _OPT_SECONDS,
+        "latency_p95": _OPT_SECONDS,
+        "latency_p99": _OPT_SECONDS,
+        "reason": _TEXT,
+    }
+
+    storm_id: str
+    event: str
+    state: str
+    targets: int
+    published: int
+    counts: dict[str, int]
+    finished_at: float
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+    reason: str | None = None
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.WIRE_TYPE: cls for cls in (Command, Ack, Heartbeat, PublishReport)
+    cls.WIRE_TYPE: cls
+    for cls in (
+        Command,
+        Ack,
+        Heartbeat,
+        PublishReport,
+        TriggerRequest,
+        TriggerReply,
+        TriggerSummary,
+    )
 }

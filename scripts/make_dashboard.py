@@ -140,6 +140,23 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         12,
     ),
     (
+        "CopyListVersion: clients drifted and at the site's version",
+        "timeseries",
+        "short",
+        [
+            ("sum by (state) (setevnt_clients_drifted)", "drifted ({{state}})"),
+            ("sum(setevnt_clients_site_version)", "at the site's version"),
+        ],
+        12,
+    ),
+    (
+        "Upgrade of drifted clients: commands by status",
+        "timeseries",
+        "short",
+        [("sum by (status) (setevnt_upgrade_commands)", "{{status}}")],
+        12,
+    ),
+    (
         "Acks dropped: sender is not the client",
         "timeseries",
         "short",

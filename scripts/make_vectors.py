@@ -34,7 +34,11 @@ from schemas.messages import (  # noqa: E402
     Message,
     PublishCount,
     PublishReport,
+    TriggerReply,
+    TriggerRequest,
+    TriggerSummary,
 )
+from schemas.refusals import RequestRefused, read_request  # noqa: E402
 
 VECTOR_DIR = ROOT / "schemas" / "vectors"
 Vector = dict[str, Any]
@@ -49,6 +53,10 @@ FORMAT = (
     "with 'reason' (other reasons listed in 'also_acceptable' conform too). Unless "
     "'schema_checkable' is false, an invalid body that is msgpack also fails the JSON "
     "Schema in schemas/json/."
+)
+REFUSALS = (
+    "Each invalid body's 'refusal' is the reason the dispatcher's trigger-reply gives when "
+    "it refuses that body (status 'refused')."
 )
 
 
@@ -215,7 +223,9 @@ REPORT_FULL = replace(
 )
 
 
-def common_invalid(message: Message, other: Message) -> list[Vector]:
+def common_invalid(
+    message: Message, other: Message, required: tuple[str, ...] = ("client_id", "publisher")
+) -> list[Vector]:
     """Byte-level and header faults, the same for every message type."""
     good = encode(message)
     body = wire(message)
@@ -261,7 +271,7 @@ def common_invalid(message: Message, other: Message) -> list[Vector]:
         ),
         invalid(
             "newer minor does not excuse a missing field",
-            changed(body, v=NEWER, priority=5, client_id=..., publisher=...),
+            changed(body, v=NEWER, priority=5, **dict.fromkeys(required, ...)),
             BAD,
             "a newer minor only adds optional fields",
         ),
@@ -658,6 +668,173 @@ def report_vectors() -> Vector:
     }
 
 
+REQUEST = TriggerRequest(event="CCIM32_STARTCYCLE", clients=("PC042",))
+REQUEST_FULL = TriggerRequest(
+    event="CQMGR32_STARTCYCLE",
+    clients=("PC042", "pc-043.lab_7"),
+    groups=("lab-7",),
+    all=False,
+    silent=True,
+    force=True,
+    ttl=600.0,
+    rate=200.0,
+    spread=60.0,
+    delivery_wait=30.0,
+    max_errors=5,
+    idempotency_key="ticket-4711",
+)
+ACCEPTED = TriggerReply(
+    status="accepted", replied_at=1700000000.5, storm_id="storm-20231114-221320-a1b2c3", targets=2
+)
+REFUSED = TriggerReply(
+    status="refused",
+    replied_at=1700000000.5,
+    reason="not-permitted",
+    detail="helpdesk may not trigger CLISVCL_CLOSE",
+    idempotency_key="ticket-4711",
+)
+SUMMARY = TriggerSummary(
+    storm_id=ACCEPTED.storm_id or "",
+    event="CCIM32_STARTCYCLE",
+    state="done",
+    targets=2,
+    published=2,
+    counts={"done": 1, "pending-offline": 1},
+    finished_at=1700000031.25,
+    latency_p50=0.125,
+    latency_p95=0.125,
+    latency_p99=0.125,
+)
+
+
+def refusal(vector: Vector) -> Vector:
+    """A trigger-request vector with the reason the dispatcher refuses its body for."""
+    try:
+        read_request(bytes.fromhex(vector["hex"]))
+    except RequestRefused as refused:
+        return {**vector, "refusal": refused.reason.value}
+    raise AssertionError(f"{vector['name']}: the dispatcher would accept it")
+
+
+def request_vectors() -> Vector:
+    body = wire(REQUEST)
+    everyone = TriggerRequest(event="SMSAPM32_STARTCYCLE", all=True)
+    longest = replace(REQUEST, clients=tuple(f"PC{n:05d}" for n in range(1000)))
+    invalid_ones = [
+        *common_invalid(REQUEST, HEARTBEAT, required=("event",)),
+        invalid("no targets", changed(body, clients=[]), BAD, "clients, groups or all"),
+        invalid("targets left out", changed(body, clients=...), BAD, "a request needs targets"),
+        invalid("all false alone", changed(body, clients=..., all=False), BAD, "no targets"),
+        invalid("lower-case event", changed(body, event="ccim32_startcycle"), BAD, "exact"),
+        invalid("event without its component", changed(body, event="STARTCYCLE"), BAD, "A_B"),
+        invalid("client id with a space", changed(body, clients=["PC 042"]), BAD, "pattern"),
+        invalid("too many clients", changed(body, clients=["PC"] * 1001), BAD, ">1000"),
+        invalid("ttl zero", changed(body, ttl=0), BAD, "ttl must be positive"),
+        invalid("ttl given a string", changed(body, ttl="1h"), BAD, "seconds, a number"),
+        invalid(
+            "spread not shorter than ttl",
+            changed(body, ttl=60, spread=60),
+            BAD,
+            "late clients would expire (a rule JSON Schema cannot express)",
+            schema_checkable=False,
+        ),
+        invalid("negative max_errors", changed(body, max_errors=-1), BAD, ">= 0"),
+        invalid("all given a string", changed(body, all="yes"), BAD, "type"),
+        invalid("bad idempotency key", changed(body, idempotency_key="a b"), BAD, "pattern"),
+        huge_body(body),
+    ]
+    return {
+        "refusals": REFUSALS,
+        "valid": [
+            valid("minimal", encode(REQUEST), REQUEST),
+            valid("all optional fields set", encode(REQUEST_FULL), REQUEST_FULL),
+            valid("every client", encode(everyone), everyone, "all alone is a target"),
+            valid("most clients", encode(longest), longest, "1000 clients"),
+            valid(
+                "flags and lists left out",
+                pack(
+                    {
+                        "t": "trigger-request",
+                        "v": [1, 0],
+                        "event": "CCIM32_STARTCYCLE",
+                        "groups": ["lab-7"],
+                    }
+                ),
+                TriggerRequest(event="CCIM32_STARTCYCLE", groups=("lab-7",)),
+                "absent means empty or false",
+            ),
+            valid(
+                "integer seconds",
+                pack(changed(body, ttl=600, delivery_wait=30)),
+                replace(REQUEST, ttl=600.0, delivery_wait=30.0),
+            ),
+            valid(
+                "newer minor with unknown fields",
+                pack(changed(body, v=NEWER, priority=5)),
+                REQUEST,
+                "fields added by a newer 1.x are ignored",
+            ),
+        ],
+        "invalid": [refusal(vector) for vector in invalid_ones],
+    }
+
+
+def reply_vectors() -> Vector:
+    body = wire(ACCEPTED)
+    return {
+        "valid": [
+            valid("accepted", encode(ACCEPTED), ACCEPTED),
+            valid("refused", encode(REFUSED), REFUSED),
+            valid(
+                "replayed",
+                encode(replace(ACCEPTED, replayed=True, idempotency_key="ticket-4711")),
+                replace(ACCEPTED, replayed=True, idempotency_key="ticket-4711"),
+                "the answer to a retry with the same idempotency key",
+            ),
+            valid(
+                "newer minor with unknown fields",
+                pack(changed(body, v=NEWER, queue_position=3)),
+                ACCEPTED,
+                "fields added by a newer 1.x are ignored",
+            ),
+        ],
+        "invalid": [
+            *common_invalid(ACCEPTED, COMMAND, required=("status",)),
+            invalid("bad status", changed(body, status="ok"), BAD, "accepted or refused"),
+            invalid("accepted without storm_id", changed(body, storm_id=...), BAD, "required"),
+            invalid("refused without reason", changed(wire(REFUSED), reason=...), BAD, "required"),
+            invalid("unknown reason", changed(wire(REFUSED), reason="nope"), BAD, "enum"),
+        ],
+    }
+
+
+def summary_vectors() -> Vector:
+    body = wire(SUMMARY)
+    bare = replace(SUMMARY, latency_p50=None, latency_p95=None, latency_p99=None)
+    return {
+        "valid": [
+            valid("done", encode(SUMMARY), SUMMARY),
+            valid(
+                "halted, nothing answered",
+                encode(replace(bare, state="halted", counts={"cancelled": 2}, reason="why")),
+                replace(bare, state="halted", counts={"cancelled": 2}, reason="why"),
+            ),
+            valid(
+                "integer timestamp",
+                pack(changed(body, finished_at=1700000031)),
+                replace(SUMMARY, finished_at=1700000031.0),
+            ),
+        ],
+        "invalid": [
+            *common_invalid(SUMMARY, ACK, required=("storm_id",)),
+            invalid("bad state", changed(body, state="running"), BAD, "ended states only"),
+            invalid("negative count", changed(body, counts={"done": -1}), BAD, ">= 0"),
+            invalid("upper-case status", changed(body, counts={"DONE": 1}), BAD, "pattern"),
+            invalid("count given a string", changed(body, counts={"done": "1"}), BAD, "type"),
+        ],
+    }
+
+
 def build() -> dict[str, Vector]:
     """Every vector file's content, by message type."""
     made = {
@@ -665,6 +842,9 @@ def build() -> dict[str, Vector]:
         Ack.WIRE_TYPE: ack_vectors(),
         Heartbeat.WIRE_TYPE: heartbeat_vectors(),
         PublishReport.WIRE_TYPE: report_vectors(),
+        TriggerRequest.WIRE_TYPE: request_vectors(),
+        TriggerReply.WIRE_TYPE: reply_vectors(),
+        TriggerSummary.WIRE_TYPE: summary_vectors(),
     }
     return {name: {"message": name, "format": FORMAT, **vectors} for name, vectors in made.items()}
 

@@ -87,7 +87,7 @@ def test_collector_counts_outcomes_latency_and_publishes(
 
 
 def test_metric_labels_are_bounded(collector: CollectorRegistry) -> None:
-    allowed = {"component", "event", "status", "reason", "result", "role"}
+    allowed = {"component", "event", "status", "reason", "result", "role", "outcome"}
     for metric in collector.collect():
         for sample_ in metric.samples:
             assert set(sample_.labels) - {"le"} <= allowed, (metric.name, sample_.labels)

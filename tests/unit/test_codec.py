@@ -35,7 +35,12 @@ from schemas.messages import (
     PublishCount,
     PublishReport,
     Reason,
+    RefusalReason,
+    TriggerReply,
+    TriggerRequest,
+    TriggerSummary,
 )
+from schemas.refusals import RequestRefused, read_request
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTOR_DIR = ROOT / "schemas" / "vectors"
@@ -191,6 +196,7 @@ WIRE_TYPE = {
     "strs": "array",
     "strmap": "object",
     "counts": "array",
+    "tally": "object",
 }
 
 
@@ -232,8 +238,9 @@ def test_schema_mirrors_spec(cls: type[Message]) -> None:
         if spec.kind in ("time", "seconds"):
             assert prop["minimum"] == 0, name
             assert prop.get("maximum") == (YEAR_3000 if spec.kind == "time" else None), name
-        if spec.kind == "int":
-            assert (prop["minimum"], prop["maximum"]) == (-(2**31), 2**31 - 1), name
+        if spec.kind == "int":  # a count the message requires >= 0 says so
+            assert prop["minimum"] in (-(2**31), 0), name
+            assert prop["maximum"] == 2**31 - 1, name
 
 
 def test_schema_collections_mirror_messages() -> None:
@@ -302,7 +309,25 @@ REPORT = PublishReport(
 )
 
 
-@pytest.mark.parametrize("message", [COMMAND, ACK, HEARTBEAT, REPORT], ids=list(MESSAGE_TYPES))
+REQUEST = TriggerRequest(
+    event="CLISVCL_CLOSE", groups=("lab-7",), silent=True, ttl=60.0, idempotency_key="k-1"
+)
+REPLY = TriggerReply(status="refused", replied_at=1700000000.0, reason="no-targets")
+SUMMARY = TriggerSummary(
+    storm_id="storm-1",
+    event="CLISVCL_CLOSE",
+    state="halted",
+    targets=3,
+    published=2,
+    counts={"done": 1, "failed": 1, "cancelled": 1},
+    finished_at=1700000001.0,
+    latency_p50=0.5,
+    reason="1 errors exceed --max-errors 0",
+)
+MESSAGES = [COMMAND, ACK, HEARTBEAT, REPORT, REQUEST, REPLY, SUMMARY]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=[m.WIRE_TYPE for m in MESSAGES])
 def test_round_trip(message: Message) -> None:
     data = encode(message)
     assert decode(data, type(message)) == message
@@ -380,3 +405,53 @@ def test_non_bytes_are_refused() -> None:
     with pytest.raises(DecodeError) as caught:
         decode_any(cast(bytes, "not bytes"))
     assert caught.value.reason is Reason.BAD_MSGPACK
+
+
+# --- trigger requests: what the dispatcher refuses them for ------------------------------
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [p.values[1] for p in _cases("invalid") if p.values[0] == "trigger-request"],
+    ids=lambda v: v["name"],
+)
+def test_invalid_request_vector_is_refused_for_its_refusal(vector: dict[str, Any]) -> None:
+    with pytest.raises(RequestRefused) as caught:
+        read_request(bytes.fromhex(vector["hex"]))
+    assert caught.value.reason is RefusalReason(vector["refusal"])
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"event": "ccim32_startcycle"}, RefusalReason.BAD_EVENT_NAME),
+        ({"event": "CCIM32-STARTCYCLE"}, RefusalReason.BAD_EVENT_NAME),
+        ({"groups": []}, RefusalReason.NO_TARGETS),
+        ({"groups": [], "all": False}, RefusalReason.NO_TARGETS),
+        ({"v": [2, 0]}, RefusalReason.UNSUPPORTED_VERSION),
+        ({"ttl": "1h"}, RefusalReason.BAD_REQUEST),
+        ({"spread": 7200}, RefusalReason.BAD_REQUEST),
+    ],
+)
+def test_request_refusal_reasons(changes: dict[str, Any], reason: RefusalReason) -> None:
+    body = {**msgpack.unpackb(encode(REQUEST)), **changes}
+    with pytest.raises(RequestRefused) as caught:
+        read_request(msgpack.packb(body))
+    assert caught.value.reason is reason
+
+
+def test_request_refusals_for_bytes() -> None:
+    with pytest.raises(RequestRefused) as caught:
+        read_request(b"\xc1")
+    assert caught.value.reason is RefusalReason.UNDECODABLE
+    with pytest.raises(RequestRefused) as caught:
+        read_request(b"\x80" + b" " * MAX_BODY)
+    assert caught.value.reason is RefusalReason.TOO_LARGE
+
+
+def test_reply_statuses_need_their_fields() -> None:
+    with pytest.raises(ValueError, match="accepted needs"):
+        TriggerReply(status="accepted", replied_at=1.0)
+    with pytest.raises(ValueError, match="refused needs"):
+        TriggerReply(status="refused", replied_at=1.0)
+    assert TriggerReply(status="accepted", replied_at=1.0, storm_id="s", targets=1).accepted

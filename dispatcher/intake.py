@@ -1,0 +1,248 @@
+"""The request intake: other services trigger events through ``setevnt.requests``.
+
+Runs inside ``setevnt-dispatcher serve`` on a thread of its own, supervised like the
+collector. For each request, on the intake's thread: decide (:class:`dispatcher.requests.
+Desk`), reply ``accepted`` or ``refused`` to the request's ``reply_to`` at once, then ack
+it, or reject it without requeue so the queue dead-letters it to ``setevnt.dead``. An
+accepted request's storm runs on a worker thread (a large one may take minutes; the
+intake keeps consuming meanwhile); when it ends, the worker hands the completion summary
+back through a queue and the intake's thread publishes it (pika is not thread-safe).
+
+What a dispatcher restart loses: a storm that was running is interrupted (the operator
+resumes it) and its summary is not sent; accepted replies already sent stand.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from broker import topology
+from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.errors import BrokerError
+from broker.session import Incoming, Session
+from broker.settings import BrokerSettings
+from broker.supervisor import supervise
+from dispatcher import storm as storms
+from dispatcher.db import DbSettings
+from dispatcher.flow import StormFlow
+from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
+from dispatcher.ledger import Ledger
+from dispatcher.policy import Policy
+from dispatcher.registry import RegistrySettings, SqliteRegistry
+from dispatcher.requests import Accepted, Desk, summarize
+from schemas.codec import encode
+from schemas.messages import Message, RefusalReason, ReplyStatus, TriggerReply, TriggerSummary
+from schemas.refusals import RequestRefused
+
+log = logging.getLogger(__name__)
+
+PUMP_EVERY = 0.2  # how often finished storms' summaries are looked for
+
+
+class IntakeHooks(Protocol):
+    def request_handled(self, outcome: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    database: DbSettings
+    policy: Policy
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    idempotency_window: float = DEFAULT_WINDOW
+    workers: int = 4  # storms of requests running at once; more wait their turn
+    trusted_senders: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    reply_to: str
+    correlation_id: str | None
+
+
+class Intake:
+    """Consumes ``setevnt.requests``; one per dispatcher service, stopped with :meth:`stop`."""
+
+    def __init__(self, broker: BrokerSettings, settings: IntakeSettings, hooks: IntakeHooks):
+        self._broker = broker.named("setevnt-intake")
+        self._storms = broker.named("setevnt-request-storm")
+        self._settings = settings
+        self._hooks = hooks
+        self._stop = threading.Event()
+        self._finished: queue.SimpleQueue[TriggerSummary] = queue.SimpleQueue()
+        self._recipients: defaultdict[str, list[Recipient]] = defaultdict(list)
+        self._desk: Desk | None = None
+        self._workers = ThreadPoolExecutor(settings.workers, "request-storm")
+        self._flows: dict[str, StormFlow] = {}  # running request storms, to stop them
+        self.ready = threading.Event()
+
+    def stop(self) -> None:
+        """Stop taking requests; request storms still publishing end ``cancelled``.
+
+        Commands already published stay queued for their clients; the summaries of
+        storms cut short are not sent (``status STORM_ID`` shows what happened).
+        """
+        self._stop.set()
+        for flow in list(self._flows.values()):
+            flow.stop_requested = "the dispatcher service stopped"
+
+    def run(self) -> None:
+        database = self._settings.database
+        try:
+            with (
+                Ledger(database) as ledger,
+                SqliteRegistry(database, self._settings.registry) as registry,
+                IdempotencyKeys(database, self._settings.idempotency_window) as keys,
+            ):
+                self._desk = Desk(self._settings.policy, ledger, registry, keys)
+                supervise(self._session, self._stop.is_set, what="intake")
+        finally:
+            self.stop()
+            self._workers.shutdown(wait=True, cancel_futures=True)
+
+    # -- the broker session (intake thread) ---------------------------------------------
+
+    def _session(self) -> None:
+        self._declare()
+        with Session(self._broker, prefetch=20) as session:
+            session.consume(topology.REQUEST_QUEUE, lambda i: self._on_request(session, i))
+            self.ready.set()
+            log.info("taking requests from %s", topology.REQUEST_QUEUE)
+            try:
+                while not self._stop.is_set():
+                    session.pump(PUMP_EVERY)
+                    self._send_summaries(session)
+            finally:
+                self.ready.clear()
+
+    def _declare(self) -> None:
+        connection = open_blocking(self._broker)
+        try:
+            with translate_errors("declaring the request queue"):
+                topology.declare_core(connection.channel())
+        finally:
+            close_quietly(connection)
+
+    def _on_request(self, session: Session, incoming: Incoming) -> None:
+        if incoming.reply_to is not None and not topology.reply_address_ok(incoming.reply_to):
+            log.warning("request from %s: reply_to %r refused", incoming.user_id, incoming.reply_to)
+            self._hooks.request_handled("refused", RefusalReason.BAD_REPLY_TO.value)
+            session.settle(incoming.delivery_tag, dead_letter=True)
+            return
+        assert self._desk is not None
+        try:
+            accepted = self._desk.decide(incoming.body, incoming.user_id)
+        except RequestRefused as refused:
+            log.info("request from %s refused: %s", incoming.user_id, refused)
+            reply = TriggerReply(
+                status=ReplyStatus.REFUSED,
+                replied_at=time.time(),
+                reason=refused.reason.value,
+                detail=refused.detail[:1024],
+            )
+            self._reply(session, incoming, reply)
+            self._hooks.request_handled("refused", refused.reason.value)
+            session.settle(incoming.delivery_tag, dead_letter=True)
+            return
+        self._accepted(session, incoming, accepted)
+        session.settle(incoming.delivery_tag)
+
+    def _accepted(self, session: Session, incoming: Incoming, accepted: Accepted) -> None:
+        reply = TriggerReply(
+            status=ReplyStatus.ACCEPTED,
+            replied_at=time.time(),
+            storm_id=accepted.storm_id,
+            targets=accepted.targets,
+            idempotency_key=accepted.idempotency_key,
+            replayed=accepted.replayed,
+        )
+        self._reply(session, incoming, reply)
+        self._hooks.request_handled("replayed" if accepted.replayed else "accepted", "none")
+        recipient = None
+        if incoming.reply_to:
+            recipient = Recipient(incoming.reply_to, incoming.correlation_id)
+        if not accepted.replayed:
+            if recipient is not None:
+                self._recipients[accepted.storm_id].append(recipient)
+            future = self._workers.submit(self._run_storm, accepted.storm_id)
+            future.add_done_callback(_log_failure)
+        elif recipient is not None:
+            self._replayed(session, accepted.storm_id, recipient)
+
+    def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
+        """A retry gets the summary too: now if the storm ended, else when it does."""
+        if storm_id in self._recipients:
+            self._recipients[storm_id].append(recipient)
+            return
+        assert self._desk is not None
+        stored = self._desk.ledger.storm(storm_id)
+        if stored is not None and stored.state != "running":
+            self._send(session, recipient, summarize(self._desk.ledger, storm_id))
+
+    def _reply(self, session: Session, incoming: Incoming, reply: TriggerReply) -> None:
+        if incoming.reply_to:
+            self._send(session, Recipient(incoming.reply_to, incoming.correlation_id), reply)
+
+    def _send(self, session: Session, recipient: Recipient, message: Message) -> None:
+        # Not mandatory: a requester that left has no reply queue, and that is its choice.
+        session.publish(
+            "",
+            recipient.reply_to,
+            encode(message),
+            message_type=message.WIRE_TYPE,
+            persistent=False,
+            correlation_id=recipient.correlation_id,
+        )
+
+    def _send_summaries(self, session: Session) -> None:
+        while True:
+            try:
+                summary = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            for recipient in self._recipients.pop(summary.storm_id, []):
+                self._send(session, recipient, summary)
+
+    # -- storms (worker threads) --------------------------------------------------------
+
+    def _run_storm(self, storm_id: str) -> None:
+        database = self._settings.database
+        with (
+            Ledger(database) as ledger,
+            SqliteRegistry(database, self._settings.registry) as registry,
+        ):
+            try:
+                record = ledger.storm(storm_id)
+                assert record is not None, storm_id
+                storms.run(
+                    self._storms,
+                    ledger,
+                    registry,
+                    record,
+                    on_flow=self._started,
+                    trusted_senders=self._settings.trusted_senders,
+                )
+            except (BrokerError, sqlite3.Error) as exc:  # the ledger says it failed
+                log.error("request storm %s: %s", storm_id, exc)
+            finally:
+                self._flows.pop(storm_id, None)
+            self._finished.put(summarize(ledger, storm_id))
+
+    def _started(self, flow: StormFlow) -> None:
+        if self._stop.is_set():
+            flow.stop_requested = "the dispatcher service stopped"
+        self._flows[flow.order.storm_id] = flow
+
+
+def _log_failure(future: Future[None]) -> None:
+    """A worker's unexpected error would otherwise vanish inside its future."""
+    error = future.exception() if not future.cancelled() else None
+    if error is not None:
+        log.error("request storm failed", exc_info=error)

@@ -1,0 +1,147 @@
+"""Deciding on a trigger request: validate, authorise, replay or plan it as a storm.
+
+Every accepted request becomes a ledger storm, even for one client, so what happened to
+it is in ``setevnt-dispatcher status`` like any storm, and its completion summary is the
+ledger's figures once the storm's run has settled every target. Nothing here talks to
+the broker: :mod:`dispatcher.intake` does, and runs the storms.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from dispatcher import progress, targets
+from dispatcher import storm as storms
+from dispatcher.idempotency import IdempotencyKeys
+from dispatcher.ledger import Ledger
+from dispatcher.policy import Policy
+from dispatcher.registry import Registry
+from schemas.catalog import DEFAULT_CATALOG, Catalog, ComponentEvent
+from schemas.messages import (
+    DEFAULT_REQUEST_TTL,
+    RefusalReason,
+    TriggerRequest,
+    TriggerSummary,
+)
+from schemas.refusals import RequestRefused, read_request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DELIVERY_WAIT = 30.0
+SUMMARY_STATES = ("done", "halted", "cancelled", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    storm_id: str
+    targets: int
+    idempotency_key: str | None
+    replayed: bool  # answered from the idempotency keys: nothing new was planned
+
+
+class Desk:
+    """Decides on requests; used by the intake's thread only."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        ledger: Ledger,
+        registry: Registry,
+        keys: IdempotencyKeys,
+        catalog: Catalog = DEFAULT_CATALOG,
+    ) -> None:
+        self.policy = policy
+        self.ledger = ledger
+        self.registry = registry
+        self.keys = keys
+        self.catalog = catalog
+
+    def decide(self, body: bytes, user_id: str | None) -> Accepted:
+        """Accept the request (planning its storm) or raise :class:`RequestRefused`."""
+        if not user_id:
+            raise RequestRefused(
+                RefusalReason.NO_USER_ID,
+                "the request has no user_id property: set it to your broker user name",
+            )
+        request = read_request(body)
+        self.policy.authorize(user_id, request)
+        event = self._event(request.event)
+        key = request.idempotency_key
+        now = time.time()
+        remembered = self.keys.find(user_id, key, now) if key else None
+        if remembered is not None:
+            return Accepted(remembered.storm_id, remembered.targets, key, replayed=True)
+        client_ids = self._targets(request)
+        self.policy.authorize_count(user_id, len(client_ids))
+        try:
+            storm = storms.plan(
+                self.ledger, event, client_ids, options(request), requested_by=user_id
+            )
+            if key:
+                self.keys.remember(user_id, key, storm.storm_id, storm.targets, now)
+        except sqlite3.Error as exc:  # locked or full: the requester may retry (same key)
+            raise RequestRefused(RefusalReason.UNAVAILABLE, f"ledger: {exc}") from None
+        log.info(
+            "request from %s: storm %s, %s on %d client(s)",
+            user_id,
+            storm.storm_id,
+            event.name,
+            storm.targets,
+        )
+        return Accepted(storm.storm_id, storm.targets, key, replayed=False)
+
+    def _event(self, name: str) -> ComponentEvent:
+        found = self.catalog.event(name)
+        if found is None:
+            raise RequestRefused(
+                RefusalReason.UNKNOWN_EVENT,
+                f"{name} is not in the catalog; valid: {', '.join(self.catalog.event_names())}",
+            )
+        return found
+
+    def _targets(self, request: TriggerRequest) -> list[str]:
+        spec = targets.TargetSpec(
+            clients=request.clients, groups=request.groups, everyone=request.all
+        )
+        try:
+            return targets.resolve(spec, self.registry)
+        except targets.TargetError as exc:
+            raise RequestRefused(RefusalReason.UNKNOWN_TARGET, str(exc)) from None
+
+
+def options(request: TriggerRequest) -> storms.StormOptions:
+    """The storm options a request asks for; what it leaves out takes the defaults."""
+    max_errors = request.max_errors
+    return storms.StormOptions(
+        rate=request.rate,
+        max_errors=storms.Limit(max_errors) if max_errors is not None else None,
+        spread=request.spread or 0.0,
+        ttl=request.ttl or DEFAULT_REQUEST_TTL,
+        delivery_wait=request.delivery_wait or DEFAULT_DELIVERY_WAIT,
+        silent=request.silent,
+        force=request.force,
+    )
+
+
+def summarize(ledger: Ledger, storm_id: str) -> TriggerSummary:
+    """The completion summary of a request's storm, from the ledger."""
+    storm = ledger.storm(storm_id)
+    if storm is None:
+        raise ValueError(f"no storm {storm_id} in the ledger")
+    view = progress.from_ledger(storm, ledger.figures(storm_id))
+    return TriggerSummary(
+        storm_id=storm_id,
+        event=view.event,
+        state=view.state if view.state in SUMMARY_STATES else "failed",
+        targets=view.targets,
+        published=view.published,
+        counts={status: n for status, n in sorted(view.counts.items()) if n},
+        finished_at=storm.finished_at or time.time(),
+        latency_p50=view.percentile(50),
+        latency_p95=view.percentile(95),
+        latency_p99=view.percentile(99),
+        reason=(view.reason or None) and view.reason[:1024],
+    )
