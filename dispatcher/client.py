@@ -53,7 +53,7 @@ class Handle:
         self._summary: TriggerSummary | None = None
 
     def wait(self, timeout: float | None = None) -> TriggerSummary:
-        """The summary, sent once every target answered or its delivery wait ran out."""
+        """The summary, sent once every target answered finally or its command expired."""
         if self._summary is None:
             self._summary = self._client.await_reply(self._correlation_id, TriggerSummary, timeout)
         return self._summary

@@ -5,8 +5,10 @@ collector. For each request, on the intake's thread: decide (:class:`dispatcher.
 Desk`), reply ``accepted`` or ``refused`` to the request's ``reply_to`` at once, then ack
 it, or reject it without requeue so the queue dead-letters it to ``setevnt.dead``. An
 accepted request's storm runs on a worker thread (a large one may take minutes; the
-intake keeps consuming meanwhile); when it ends, the worker hands the completion summary
-back through a queue and the intake's thread publishes it (pika is not thread-safe).
+intake keeps consuming meanwhile); when its run ends, the worker hands the storm back
+through a queue, and the intake's thread (pika is not thread-safe) sends the completion
+summary once the ledger says every target answered finally or its command expired: a
+deferred command or an offline client's still-queued one is waited for.
 
 What a dispatcher restart loses: a storm that was running is interrupted (the operator
 resumes it) and its summary is not sent; accepted replies already sent stand.
@@ -37,14 +39,15 @@ from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
 from dispatcher.ledger import Ledger
 from dispatcher.policy import Policy
 from dispatcher.registry import RegistrySettings, SqliteRegistry
-from dispatcher.requests import Accepted, Desk, summarize
+from dispatcher.requests import Accepted, Desk, settled, summarize
 from schemas.codec import encode
-from schemas.messages import Message, RefusalReason, ReplyStatus, TriggerReply, TriggerSummary
+from schemas.messages import Message, RefusalReason, ReplyStatus, TriggerReply
 from schemas.refusals import RequestRefused
 
 log = logging.getLogger(__name__)
 
-PUMP_EVERY = 0.2  # how often finished storms' summaries are looked for
+PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
+SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
 
 
 class IntakeHooks(Protocol):
@@ -76,8 +79,10 @@ class Intake:
         self._settings = settings
         self._hooks = hooks
         self._stop = threading.Event()
-        self._finished: queue.SimpleQueue[TriggerSummary] = queue.SimpleQueue()
+        self._ran: queue.SimpleQueue[str] = queue.SimpleQueue()  # from the workers
         self._recipients: defaultdict[str, list[Recipient]] = defaultdict(list)
+        self._settling: set[str] = set()  # ran, summary owed once every target settled
+        self._next_settle = 0.0
         self._desk: Desk | None = None
         self._workers = ThreadPoolExecutor(settings.workers, "request-storm")
         self._flows: dict[str, StormFlow] = {}  # running request storms, to stop them
@@ -118,7 +123,7 @@ class Intake:
             try:
                 while not self._stop.is_set():
                     session.pump(PUMP_EVERY)
-                    self._send_summaries(session)
+                    self._settle(session)
             finally:
                 self.ready.clear()
 
@@ -177,14 +182,16 @@ class Intake:
             self._replayed(session, accepted.storm_id, recipient)
 
     def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
-        """A retry gets the summary too: now if the storm ended, else when it does."""
-        if storm_id in self._recipients:
-            self._recipients[storm_id].append(recipient)
+        """A retry gets the summary too, when the original's is due (now if it was)."""
+        owed = storm_id in self._recipients
+        self._recipients[storm_id].append(recipient)
+        if owed:
             return
         assert self._desk is not None
         stored = self._desk.ledger.storm(storm_id)
         if stored is not None and stored.state != "running":
-            self._send(session, recipient, summarize(self._desk.ledger, storm_id))
+            self._settling.add(storm_id)
+            self._next_settle = 0.0  # look now: it has likely settled long ago
 
     def _reply(self, session: Session, incoming: Incoming, reply: TriggerReply) -> None:
         if incoming.reply_to:
@@ -201,14 +208,28 @@ class Intake:
             correlation_id=recipient.correlation_id,
         )
 
-    def _send_summaries(self, session: Session) -> None:
+    def _settle(self, session: Session) -> None:
+        """Send the summaries of storms whose every target answered or expired."""
         while True:
             try:
-                summary = self._finished.get_nowait()
+                storm_id = self._ran.get_nowait()
             except queue.Empty:
-                return
-            for recipient in self._recipients.pop(summary.storm_id, []):
-                self._send(session, recipient, summary)
+                break
+            if storm_id in self._recipients:
+                self._settling.add(storm_id)
+                self._next_settle = 0.0
+        now = time.time()
+        if not self._settling or now < self._next_settle:
+            return
+        self._next_settle = now + SETTLE_EVERY
+        assert self._desk is not None
+        for storm_id in sorted(self._settling):
+            counts = self._desk.ledger.counts_at(storm_id, now)
+            if settled(counts):
+                self._settling.discard(storm_id)
+                summary = summarize(self._desk.ledger, storm_id, counts)
+                for recipient in self._recipients.pop(storm_id, []):
+                    self._send(session, recipient, summary)
 
     # -- storms (worker threads) --------------------------------------------------------
 
@@ -233,7 +254,7 @@ class Intake:
                 log.error("request storm %s: %s", storm_id, exc)
             finally:
                 self._flows.pop(storm_id, None)
-            self._finished.put(summarize(ledger, storm_id))
+            self._ran.put(storm_id)
 
     def _started(self, flow: StormFlow) -> None:
         if self._stop.is_set():

@@ -216,6 +216,18 @@ class Ledger:
         )
         return {row[0] for row in rows}
 
+    def counts_at(self, storm_id: str, now: float) -> dict[str, int]:
+        """The storm's commands per status, those still pending past their expiry counted
+        ``expired``: the broker dropped them unanswered (an agent that had spooled one
+        acks ``expired`` itself). What is left pending may still be answered."""
+        statuses = ", ".join(f"'{s}'" for s in sorted(PENDING))
+        rows = self._db.execute(
+            f"SELECT CASE WHEN status IN ({statuses}) AND expires_at <= ? THEN 'expired' "
+            "ELSE status END, count(*) FROM commands WHERE storm_id = ? GROUP BY 1",
+            (now, storm_id),
+        )
+        return dict(rows.fetchall())
+
     def storm_commands(self, storm_id: str) -> list[CommandRecord]:
         rows = self._db.execute(
             f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE storm_id = ? ORDER BY rowid",

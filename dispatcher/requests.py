@@ -8,15 +8,17 @@ the broker: :mod:`dispatcher.intake` does, and runs the storms.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dispatcher import progress, targets
 from dispatcher import storm as storms
 from dispatcher.idempotency import IdempotencyKeys
-from dispatcher.ledger import Ledger
+from dispatcher.ledger import PENDING, Ledger
 from dispatcher.policy import Policy
 from dispatcher.registry import Registry
 from schemas.catalog import DEFAULT_CATALOG, Catalog, ComponentEvent
@@ -126,12 +128,22 @@ def options(request: TriggerRequest) -> storms.StormOptions:
     )
 
 
-def summarize(ledger: Ledger, storm_id: str) -> TriggerSummary:
+def settled(counts: Mapping[str, int]) -> bool:
+    """Every target answered finally, or its command expired: the summary may go."""
+    return not any(counts.get(status) for status in PENDING)
+
+
+def summarize(
+    ledger: Ledger, storm_id: str, counts: Mapping[str, int] | None = None
+) -> TriggerSummary:
     """The completion summary of a request's storm, from the ledger."""
     storm = ledger.storm(storm_id)
     if storm is None:
         raise ValueError(f"no storm {storm_id} in the ledger")
-    view = progress.from_ledger(storm, ledger.figures(storm_id))
+    figures = ledger.figures(storm_id)
+    if counts is not None:  # lapsed commands counted expired (Ledger.counts_at)
+        figures = dataclasses.replace(figures, counts=dict(counts))
+    view = progress.from_ledger(storm, figures)
     return TriggerSummary(
         storm_id=storm_id,
         event=view.event,

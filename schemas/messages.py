@@ -478,7 +478,7 @@ class TriggerReply(Message):
 
 @dataclass(frozen=True, slots=True)
 class TriggerSummary(Message):
-    """What became of an accepted request, once every target answered or its wait ran out."""
+    """What became of an accepted request, once every target answered or its command expired."""
 
     WIRE_TYPE: ClassVar[str] = "trigger-summary"
     SPEC: ClassVar[dict[str, Spec]] = {

@@ -271,6 +271,7 @@ def test_changing_the_version_back_and_forth_enqueues_no_duplicates(
 def test_a_client_still_drifted_after_its_command_expired_gets_another(fleet: Fleet) -> None:
     register(fleet, {"GONE00000"}, "V1")  # online by its last heartbeat, never consumes
     fleet.serve("--copylist-version", "V2", "--remediate", "--upgrade-ttl", "2s")
+
     def sent_commands() -> list[CommandRecord]:
         # A retry is written down (planned) a moment before it is published.
         return [c for c in upgrade_commands(fleet, "V2") if c.issued_at is not None]

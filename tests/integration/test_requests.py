@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -172,28 +173,30 @@ def test_forged_user_id_is_refused_by_the_broker(site: Site) -> None:
 
 def test_idempotent_retry_is_answered_with_the_original_and_enqueued_once(site: Site) -> None:
     quiet_clients(site, ["PC001"])
+    queue = topology.client_queue("PC001")
+    request = {"clients": ["PC001"], "idempotency_key": "T-4711", "delivery_wait": 0.5}
     with site.client("helpdesk") as client:
-        first = client.trigger(
-            "CCIM32_STARTCYCLE", clients=["PC001"], idempotency_key="T-4711", delivery_wait=0.5
-        )
-        retry = client.trigger(
-            "CCIM32_STARTCYCLE", clients=["PC001"], idempotency_key="T-4711", delivery_wait=0.5
-        )
+        started = time.monotonic()
+        first = client.trigger("CCIM32_STARTCYCLE", ttl=3, **request)
+        retry = client.trigger("CCIM32_STARTCYCLE", ttl=3, **request)
         assert (first.replayed, retry.replayed) == (False, True)
         assert retry.storm_id == first.storm_id
-        summary = first.wait(timeout=15)
-        assert summary.counts == {"pending-offline": 1}  # nobody consumes PC001's queue
-        assert retry.wait(timeout=15) == summary
-        late = client.trigger("CCIM32_STARTCYCLE", clients=["PC001"], idempotency_key="T-4711")
-        assert late.storm_id == first.storm_id
-        assert late.wait(timeout=5).storm_id == first.storm_id  # ended: summary at once
-    with site.client("ops") as client:  # keys are per requester: not a retry
-        other = client.trigger(
-            "CQMGR32_STARTCYCLE", clients=["PC001"], idempotency_key="T-4711", delivery_wait=0.5
+        wait_for(  # before the command expires
+            lambda: queue_depth(site.fleet.url, queue) == 1, 2.5, "the command enqueued once"
         )
+        # Nobody consumes PC001's queue: the summary waits for the command to expire.
+        summary = first.wait(timeout=15)
+        assert time.monotonic() - started >= 3.0, "a summary before the target expired"
+        assert summary.counts == {"expired": 1}
+        assert retry.wait(timeout=5) == summary
+        late = client.trigger("CCIM32_STARTCYCLE", **request)
+        assert late.storm_id == first.storm_id
+        assert late.wait(timeout=5) == summary  # settled long ago: the summary at once
+    assert queue_depth(site.fleet.url, topology.DEAD_QUEUE) == 1  # the broker expired it
+    with site.client("ops") as client:  # keys are per requester: not a retry
+        other = client.trigger("CQMGR32_STARTCYCLE", **request)
         assert other.storm_id != first.storm_id
-        assert other.wait(timeout=15).published == 1
-    assert queue_depth(site.fleet.url, topology.client_queue("PC001")) == 2
+    wait_for(lambda: queue_depth(site.fleet.url, queue) == 1, 5, "the ops command queued")
     assert site.storms() == 2
     assert site.metric("replayed", "none") == 2
 
