@@ -12,8 +12,16 @@ client acked the previous phase:
   (a) naive: pika BlockingConnection + confirm_delivery(), one publish at a time;
   (b) raw:   pika SelectConnection, pipelined confirms: the broker's ceiling;
   (c) storm: `setevnt-dispatcher storm CCIM32_STARTCYCLE --all` end to end;
-  (b) and (c) take turns (--rounds, default 2) and the best of each counts; then the
-  same for the fast lane (transient commands) against a transient raw ceiling.
+  (b) and (c) take turns (--rounds, default 3) and the best of each counts; then the
+  same for the fast lane (transient commands) against a transient raw ceiling; the
+  naive way runs twice (first and last) and its best counts too.
+
+Best-of, because this broker's persistent rate swings between ~100/s and ~4,000/s from
+one 10,000-command pass to the next whatever publishes (measured with the raw publisher
+alone at confirm windows of 64 to 512: a pass at any window could collapse), and a
+collapse says nothing about the publisher. CPU seconds of each publisher are printed
+too: the storm's process (including start-up and planning) against the bench process
+during a raw pass.
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -201,6 +210,7 @@ def run_storm(
         raise SystemExit(f"bench: storm exited {proc.returncode}: {log.read_text()[-2000:]}")
     storm: dict[str, Any] = json.loads(output.decode().strip().splitlines()[-1])
     storm["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    storm["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     print(
         f"bench: storm{' --fast' if fast else ''} {storm['enqueue_per_second']}/s", file=sys.stderr
     )
@@ -208,12 +218,16 @@ def run_storm(
     return storm
 
 
-def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> float:
+def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tuple[float, float]:
+    """(commands/s, CPU seconds of this process while publishing)."""
     messages = bodies(clients, f"bench-{name}")
+    before = resource.getrusage(resource.RUSAGE_SELF)
     per_second = round(len(messages) / publish(url, messages), 1)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     print(f"bench: {name} {per_second}/s", file=sys.stderr)
     phase_acked(db, f"bench-{name}", len(messages), 300)
-    return per_second
+    return per_second, round(cpu, 2)
 
 
 def phase_acked(db: Path, tag: str, count: int, seconds: float) -> None:
@@ -226,7 +240,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--connections", type=int, help="simulator connections")
     parser.add_argument("--max-in-flight", default="100%")
-    parser.add_argument("--rounds", type=int, default=2, help="raw/storm turns (best counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="raw/storm turns (best counts)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="setevnt-bench-"))
@@ -314,19 +328,26 @@ def measure(
     clients: list[str],
     work: Path,
 ) -> dict[str, Any]:
-    def timed(name: str, publish: Any) -> float:
-        return phase(url, db, clients, name, publish)
+    cpu: dict[str, list[float]] = {"raw": [], "raw_fast": []}
+
+    def timed(name: str, publish: Any, kind: str | None = None) -> float:
+        rate, seconds = phase(url, db, clients, name, publish)
+        if kind is not None:
+            cpu[kind].append(seconds)
+        return rate
 
     timed("warm-up", raw)
-    naive_rate = timed("naive", naive)
+    naive_rates = [timed("naive-0", naive)]
     # Raw and storm take turns, and the best of each counts: this broker now and then
-    # falls into a file-handle-cache thrash for a whole pass (see docs/operator.md).
+    # slows to a crawl for a whole pass, whoever publishes (see the module docstring).
     raw_rates, storms, fast_raw_rates, fasts = [], [], [], []
     for turn in range(args.rounds):
-        raw_rates.append(timed(f"raw-{turn}", raw))
+        raw_rates.append(timed(f"raw-{turn}", raw, "raw"))
         storms.append(run_storm(env, db, args, work / f"storm-{turn}.log", fast=False))
-        fast_raw_rates.append(timed(f"raw-fast-{turn}", raw_fast))
+        fast_raw_rates.append(timed(f"raw-fast-{turn}", raw_fast, "raw_fast"))
         fasts.append(run_storm(env, db, args, work / f"storm-fast-{turn}.log", fast=True))
+    naive_rates.append(timed("naive-1", naive))
+    naive_rate = max(naive_rates)
     raw_rate, fast_raw_rate = max(raw_rates), max(fast_raw_rates)
     storm, fast = best(storms), best(fasts)
     persistent = summarise(storm, naive_rate, raw_rate)
@@ -338,6 +359,13 @@ def measure(
             "storm_per_s": [s["enqueue_per_second"] for s in storms],
             "raw_fast_per_s": fast_raw_rates,
             "storm_fast_per_s": [s["enqueue_per_second"] for s in fasts],
+            "naive_per_s": naive_rates,
+        },
+        "publisher_cpu_s": {
+            "raw": cpu["raw"],
+            "storm_process": [s["cpu_s"] for s in storms],
+            "raw_fast": cpu["raw_fast"],
+            "storm_fast_process": [s["cpu_s"] for s in fasts],
         },
         "naive_per_s": naive_rate,
         "raw_per_s": raw_rate,

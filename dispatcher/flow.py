@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.publisher import Outcome, Outgoing
-from dispatcher.ackfeed import AckFeed
+from dispatcher.answers import Answers
 from dispatcher.api import outgoing
-from dispatcher.ledger import ACK_FINAL, ERRORS, LedgerWriter, Status, Writes, ack_row
-from schemas.messages import Ack, Command
+from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
+from schemas.messages import Command
 
 
 @dataclass(slots=True)
@@ -99,7 +99,7 @@ class StormFlow:
         targets: list[Target],
         limits: FlowLimits,
         writer: LedgerWriter,
-        feed: AckFeed,
+        feed: Answers,
         *,
         on_progress: Callable[[StormFlow], None] | None = None,
         flush_every: float = 0.25,
@@ -141,6 +141,10 @@ class StormFlow:
             return batch
         while self._queue and len(batch) < room:
             target = self._queue[0]
+            if target.status != Status.PLANNED:
+                # Put back for a re-send after a reconnect, then answered after all.
+                self._queue.popleft()
+                continue
             if not target.offline and self.window >= self.limits.max_in_flight:
                 break
             if not self._bucket.take():
@@ -262,22 +266,23 @@ class StormFlow:
         return dataclasses.replace(message, persistent=False)
 
     def _absorb(self) -> None:
-        for ack, received in self._feed.drain():
-            target = self._targets.get(ack.command_id)
+        # The collector already wrote these answers to the ledger: only the flow learns.
+        for answer in self._feed.drain():
+            target = self._targets.get(answer.command_id)
             if target is None or target.status in ACK_FINAL:
-                continue  # another storm's, or a redelivered command answered again
-            self._writes.acks.append(ack_row(ack, received))
+                continue
             self._leave(target)
-            self._settle(target, ack.status)
-            if ack.final:
-                self._acked(target, ack, received)
+            self._settle(target, answer.status)
+            if answer.final:
+                self._acked(target, answer)
 
-    def _acked(self, target: Target, ack: Ack, received: float) -> None:
-        self.last_acked_at = received
-        if ack.issued_at is not None:
-            self.latencies.append(max(0.0, received - ack.issued_at))
-        if ack.status in ERRORS:
-            self._failed(target, ack.status, " ".join(p for p in (ack.reason, ack.detail) if p))
+    def _acked(self, target: Target, answer: Answer) -> None:
+        self.last_acked_at = answer.received_at or time.time()
+        if answer.latency is not None:
+            self.latencies.append(answer.latency)
+        if answer.status in ERRORS:
+            detail = " ".join(p for p in (answer.reason, answer.detail) if p)
+            self._failed(target, answer.status, detail)
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -61,7 +61,6 @@ class IntakeSettings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     idempotency_window: float = DEFAULT_WINDOW
     workers: int = 4  # storms of requests running at once; more wait their turn
-    trusted_senders: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +247,6 @@ class Intake:
                     registry,
                     record,
                     on_flow=self._started,
-                    trusted_senders=self._settings.trusted_senders,
                 )
             except (BrokerError, sqlite3.Error) as exc:  # the ledger says it failed
                 log.error("request storm %s: %s", storm_id, exc)

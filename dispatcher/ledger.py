@@ -29,6 +29,7 @@ from dispatcher.ledger_rows import (
     ERRORS,
     PENDING,
     SETTLED,
+    Answer,
     CommandRecord,
     Status,
     StormFigures,
@@ -41,6 +42,7 @@ __all__ = [
     "ERRORS",
     "PENDING",
     "SETTLED",
+    "Answer",
     "CommandRecord",
     "Ledger",
     "LedgerWriter",
@@ -100,6 +102,9 @@ ON CONFLICT (command_id) DO UPDATE SET
     reason = excluded.reason, detail = excluded.detail
 WHERE commands.status NOT IN ({_FINAL_LIST})
 """
+# What a client answered: its final ack (``coalesced`` is the dispatcher's own verdict,
+# written when a storm is planned) or the interim ``deferred``.
+_ANSWERED = ", ".join(f"'{s}'" for s in sorted((ACK_FINAL - {"coalesced"}) | {"deferred"}))
 _MARK_SENT = """
 UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
@@ -124,11 +129,10 @@ class Writes:
 
     sent: list[tuple[Any, ...]] = field(default_factory=list)
     statuses: list[tuple[str, str]] = field(default_factory=list)
-    acks: list[tuple[Any, ...]] = field(default_factory=list)
     publishing_at: float | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.sent or self.statuses or self.acks)
+        return bool(self.sent or self.statuses)
 
 
 class Ledger:
@@ -228,6 +232,15 @@ class Ledger:
         )
         return dict(rows.fetchall())
 
+    def answers(self, storm_id: str) -> list[Answer]:
+        """Every command of the storm its client answered (deferred, or a final ack)."""
+        rows = self._db.execute(
+            "SELECT command_id, status, acked_at, latency, reason, detail FROM commands "
+            f"WHERE storm_id = ? AND status IN ({_ANSWERED})",
+            (storm_id,),
+        )
+        return [Answer(c, s, s != Status.DEFERRED, *rest) for c, s, *rest in rows]
+
     def storm_commands(self, storm_id: str) -> list[CommandRecord]:
         rows = self._db.execute(
             f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE storm_id = ? ORDER BY rowid",
@@ -280,7 +293,6 @@ class Ledger:
         with db.transaction(self._db):
             self._db.executemany(_MARK_SENT, writes.sent)
             self._db.executemany(_SET_STATUS, writes.statuses)
-            self._db.executemany(_RECORD_ACK, writes.acks)
             row = self._db.execute(
                 "UPDATE storms SET heartbeat_at = ?, publishing_at = "
                 "coalesce(publishing_at, ?) WHERE storm_id = ? RETURNING cancel_requested",

@@ -11,7 +11,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.messages import Ack
 
@@ -112,6 +112,18 @@ def ack_row(ack: Ack, received_at: float) -> tuple[Any, ...]:
         ack.reason,
         ack.detail,
     )
+
+
+class Answer(NamedTuple):
+    """What a client answered to one command, as the collector recorded it."""
+
+    command_id: str
+    status: str
+    final: bool  # False: deferred, a final answer follows
+    received_at: float | None  # when the collector received the final ack
+    latency: float | None  # publish to final ack
+    reason: str | None
+    detail: str | None
 
 
 @dataclass(frozen=True, slots=True)

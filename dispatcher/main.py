@@ -204,7 +204,6 @@ def serve(
             database,
             policy or Policy.load(),
             RegistrySettings(offline_after),
-            trusted_senders=trusted(),
         )
         intake = Intake(settings, intake_settings, metrics)
         remediator = _remediator(settings, database, fleet.settings, drift, metrics)

@@ -216,8 +216,6 @@ def _resume(args: argparse.Namespace) -> int:
 def _drive(
     args: argparse.Namespace, ledger: Ledger, registry: SqliteRegistry, storm: StormRecord
 ) -> int:
-    from dispatcher.main import trusted  # main imports this module: import when run
-
     settings = BrokerSettings.from_env(args.url).named("setevnt-storm")
     display = progress.Display(sys.stderr, tty=sys.stderr.isatty())
     flows: list[StormFlow] = []
@@ -234,7 +232,6 @@ def _drive(
             storm,
             on_progress=lambda flow: display.show(_live(storm, flow)),
             on_flow=flows.append,
-            trusted_senders=trusted(),
         )
     display.show(_live(storm, flow), final=True)
     display.done()

@@ -6,7 +6,8 @@ command id and its start time (``not_before``: a deterministic offset within
 arrive over the spread instead of at once and a resumed storm keeps every offset). A
 client that still has a command for the same event pending gets none (``coalesced``).
 Then :class:`dispatcher.flow.StormFlow` publishes through the pipelined
-:class:`broker.publisher.ConfirmingPublisher` while a private ack feed settles commands.
+:class:`broker.publisher.ConfirmingPublisher`, settling commands by the answers that the
+service's collector records in the ledger (:mod:`dispatcher.answers`).
 
 A storm whose dispatcher died shows ``interrupted`` in ``status``, with exactly how many
 commands were confirmed sent; :func:`resume` sends the rest with their original ids
@@ -28,11 +29,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from broker import topology
+from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
 from broker.publisher import ConfirmingPublisher, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import keys
-from dispatcher.ackfeed import AckFeed
+from dispatcher.answers import Answers
 from dispatcher.api import default_requester
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
 from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, Status, StormRecord
@@ -220,16 +222,15 @@ def run(
     *,
     on_progress: Progress | None = None,
     on_flow: Callable[[StormFlow], None] | None = None,
-    trusted_senders: frozenset[str] = frozenset(),
 ) -> StormFlow:
     """Publish the storm's planned commands until done, halted or cancelled."""
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
-    planned = [c.client_id for c in commands if c.status == Status.PLANNED]
-    feed = AckFeed(settings, planned, trusted_senders)
-    feed.begin()  # binds its queue while the rest is prepared
+    answers = Answers(ledger.settings, storm.storm_id)
+    answers.begin()
     writer = LedgerWriter(ledger.settings, storm.storm_id)
     try:
+        _warn_without_collector(settings)
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
             Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, c.status)
@@ -240,18 +241,37 @@ def run(
             targets,
             options.limits(storm.targets),
             writer,
-            feed,
+            answers,
             on_progress=on_progress,
         )
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
-        feed.wait_ready()
+        answers.wait_ready()
         _publish(settings, ledger, storm, options, flow, writer)
     finally:
         writer.close()
-        feed.close()
+        answers.close()
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
+
+
+def _warn_without_collector(settings: BrokerSettings) -> None:
+    """A storm learns its answers from the ledger, which the service's collector writes."""
+    connection = open_blocking(settings.named(f"{settings.connection_name} (check)"))
+    try:
+        with translate_errors("looking for the dispatcher service"):
+            channel = connection.channel()
+            topology.declare_core(channel)
+            declared = channel.queue_declare(topology.ACK_QUEUE, passive=True)
+    finally:
+        close_quietly(connection)
+    if declared.method.consumer_count == 0:
+        log.warning(
+            "no `setevnt-dispatcher serve` is collecting acks (%s has no consumer): the "
+            "storm sees no answers until it runs, and counts its commands pending-offline "
+            "after the delivery wait; their outcome reaches the ledger once it runs",
+            topology.ACK_QUEUE,
+        )
 
 
 def _order(storm: StormRecord, options: StormOptions) -> Order:

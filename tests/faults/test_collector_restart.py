@@ -1,10 +1,11 @@
 """The collector killed mid-storm loses no ack: the ack queue is durable.
 
-``setevnt-dispatcher serve`` runs with a database of its own, so its ledger holds only
-what the collector itself recorded (the storm's own ack feed writes to the storm's
-database). It is SIGKILLed twice during a storm: once briefly, once until the storm is
-over, so that the acks pile up in ``setevnt.acks`` with nobody reading. A restarted
-collector must record every command's final status and leave the queue empty.
+``setevnt-dispatcher serve`` is SIGKILLed twice during a storm: once briefly, once until
+the storm is over, so that the acks pile up in ``setevnt.acks`` with nobody reading. The
+storm learns its answers from the ledger the collector writes, so meanwhile it sees none
+and ends with those commands ``pending-offline`` after its delivery wait. A restarted
+collector must record every command's final status over that verdict and leave the
+queue empty.
 """
 
 from __future__ import annotations
@@ -30,18 +31,17 @@ def test_a_collector_killed_during_a_storm_loses_no_ack(amqp_url: str, tmp_path:
     record = tmp_path / "runs.jsonl"
     targets = tmp_path / "targets.txt"
     targets.write_text("".join(f"SIM{n:05d}\n" for n in range(CLIENTS)))
-    collected_db = tmp_path / "collector.db"
-    fleet = Fleet(amqp_url, tmp_path)  # the storm's database: tmp_path / setevnt.db
+    fleet = Fleet(amqp_url, tmp_path)
     tap = AckTap(amqp_url)
     storm: Process | None = None
 
     def collector() -> Process:
-        return fleet.serve("--db", str(collected_db))
+        return fleet.serve()
 
     try:
         service = collector()
         fleet.simulate(CLIENTS, "--record", str(record))  # provisioned by the service
-        storm = start_storm(fleet, targets, "--rate", RATE)
+        storm = start_storm(fleet, targets, "--rate", RATE, "--delivery-wait", "5s")
         wait_finished(record, CLIENTS // 3, 30)
         service.kill()  # SIGKILL: whatever it held unacknowledged goes back to the queue
         time.sleep(1.0)
@@ -60,7 +60,7 @@ def test_a_collector_killed_during_a_storm_loses_no_ack(amqp_url: str, tmp_path:
         collector()
         up_after = time.monotonic() - restarted
         wait_for(
-            lambda: len(ledger(collected_db, storm_id).finals()) == CLIENTS,
+            lambda: len(ledger(fleet.db, storm_id).finals()) == CLIENTS,
             30,
             "the restarted collector to record every outcome",
         )
@@ -72,7 +72,7 @@ def test_a_collector_killed_during_a_storm_loses_no_ack(amqp_url: str, tmp_path:
         fleet.stop()
         tap.close()
     storm_view = ledger(fleet.db, storm_id)
-    collected = ledger(collected_db, storm_id)
+    collected = ledger(fleet.db, storm_id)
     result = (
         tally(
             f"collector SIGKILLed twice during a storm of {CLIENTS} clients",

@@ -115,6 +115,7 @@ def ledger_numbers(db: Path, storm_id: str) -> tuple[Counter[str], list[float]]:
 def test_report_of_a_real_storm_renders_cleanly(
     fleet: Fleet, chromium: Path, tmp_path: Path
 ) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
     fleet.simulate(40, "--provision", "--failure-rate", "0.2", "--seed", "5")
     targets = ids_file(tmp_path, sim_ids(40))
     _code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--clients-file", targets, "--rate", "40/s")

@@ -60,6 +60,7 @@ def test_storm_reaches_every_client_exactly_once(fleet: Fleet, tmp_path: Path) -
 
 
 def test_max_errors_halts_a_failing_storm_and_says_why(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
     fleet.simulate(100, "--provision", "--failure-rate", "1")
     targets = ids_file(tmp_path, sim_ids(100))
     code, outcome = fleet.storm(
@@ -81,6 +82,7 @@ def test_max_errors_halts_a_failing_storm_and_says_why(fleet: Fleet, tmp_path: P
 
 
 def test_spread_starts_each_client_at_its_own_offset(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
     record = tmp_path / "runs.jsonl"
     fleet.simulate(20, "--provision", "--record", str(record))
     targets = ids_file(tmp_path, sim_ids(20))
@@ -105,6 +107,7 @@ def test_spread_starts_each_client_at_its_own_offset(fleet: Fleet, tmp_path: Pat
 
 
 def test_pending_commands_are_coalesced(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
     clients = sim_ids(10)
     with Dispatcher(fleet.url) as dispatcher:
         dispatcher.provision(clients)  # queues, but nobody consumes them
@@ -122,6 +125,7 @@ def test_pending_commands_are_coalesced(fleet: Fleet, tmp_path: Path) -> None:
 
 
 def test_cancel_stops_publishing(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
     record = tmp_path / "runs.jsonl"
     fleet.simulate(100, "--provision", "--record", str(record))
     targets = ids_file(tmp_path, sim_ids(100))
@@ -203,6 +207,7 @@ def test_status_after_a_dispatcher_restart_and_resume(fleet: Fleet, tmp_path: Pa
 
 
 def test_offline_clients_do_not_stall_the_window(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
     online, silent, stale = sim_ids(20), sim_ids(5, "MUTE"), sim_ids(5, "STALE")
     fleet.simulate(20, "--provision")
     with Dispatcher(fleet.url) as dispatcher:

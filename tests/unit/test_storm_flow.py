@@ -1,7 +1,7 @@
 """Storm options and the flow's window, errors and fast-lane bookkeeping, without a broker.
 
-The flow is pika-free: it is fed confirms and acks here the way the publisher and the ack
-feed would, and writes to a real (temporary) ledger.
+The flow is pika-free: it is fed confirms and answers here the way the publisher and the
+ledger's answers would, and writes to a real (temporary) ledger.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 from broker.publisher import Outcome
 from dispatcher.db import DbSettings
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
-from dispatcher.ledger import Ledger, LedgerWriter, StormRecord
+from dispatcher.ledger import Answer, Ledger, LedgerWriter, StormRecord
 from dispatcher.progress import StormView, bar
 from dispatcher.storm import Limit, StormOptions, parse_duration, parse_rate, spread_offset
 from schemas.codec import decode
-from schemas.messages import Ack, Command
+from schemas.messages import Command
 
 
 @pytest.mark.parametrize(
@@ -55,12 +55,12 @@ def test_spread_offsets_are_deterministic_and_spread() -> None:
 
 
 class Feed:
-    """Stands in for the ack feed: acks the test hands over."""
+    """Stands in for the ledger's answers: those the test hands over."""
 
     def __init__(self) -> None:
-        self.acks: list[tuple[Ack, float]] = []
+        self.acks: list[Answer] = []
 
-    def drain(self) -> list[tuple[Ack, float]]:
+    def drain(self) -> list[Answer]:
         acks, self.acks = self.acks, []
         return acks
 
@@ -102,18 +102,9 @@ def make_flow(
     return flow, feed, writer
 
 
-def ack(command_id: str, status: str = "done") -> tuple[Ack, float]:
-    now = time.time()
-    answer = Ack(
-        command_id=command_id,
-        client_id="PC",
-        status=status,
-        received_at=now,
-        agent_version="0.1.0",
-        issued_at=now - 0.1,
-        reason="signal-failed" if status == "failed" else None,
-    )
-    return answer, now
+def ack(command_id: str, status: str = "done") -> Answer:
+    reason = "signal-failed" if status == "failed" else None
+    return Answer(command_id, status, status != "deferred", time.time(), 0.1, reason, None)
 
 
 def test_the_window_holds_unanswered_commands(ledger: Ledger) -> None:
@@ -160,6 +151,20 @@ def test_fast_lane_resends_what_a_broker_restart_may_have_lost(ledger: Ledger) -
     flow.reconnected()  # the publisher had to reconnect
     assert sorted(m.key for m in flow.take(10)) == ["c0", "c2"], "all but the answered one"
     assert (flow.resent, flow.published) == (2, 3)
+    writer.close()
+
+
+def test_an_answer_that_comes_after_the_reconnect_cancels_the_resend(ledger: Ledger) -> None:
+    flow, feed, writer = make_flow(ledger, 2, window=10, fast=True)
+    for message in flow.take(10):
+        flow.on_outcome(message, Outcome.SENT)
+    flow.reconnected()  # both unanswered: both queued again ...
+    feed.acks.append(ack("c0"))  # ... and then c0's answer reaches the ledger
+    assert [m.key for m in flow.take(10)] == ["c1"], "c0 ran: not sent again"
+    assert flow.window == 1
+    feed.acks.append(ack("c1"))
+    flow.tick()
+    assert flow.window == 0 and flow.finished(), "nothing holds the window"
     writer.close()
 
 
