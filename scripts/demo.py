@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make demo`: a collector and three simulated agents on the local broker, a few triggers.
+"""`make demo`: a collector and three simulated agents on the local broker: triggers, a
+storm, a request from another service and a drifted client.
 
 Runs in its own virtual host (``setevnt-demo``), which it deletes at the end, so it leaves
 nothing behind on the broker. Everything it starts, it stops.
@@ -20,9 +21,16 @@ from pathlib import Path
 
 from broker.errors import BrokerError
 from broker.management import Management
+from dispatcher import Client, RequestRefused
 
 ROOT = Path(__file__).resolve().parents[1]
 VHOST = "setevnt-demo"
+# The help desk's rule, for the request step: the demo's requester connects as guest.
+POLICY = """[users.guest]
+events = ["*_STARTCYCLE"]
+targets = ["client"]
+max_targets = 1
+"""
 URL = f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
 CLIENTS = {"DEMO-PC01": "nt", "DEMO-PC02": "nt", "DEMO-PC03": "win9x"}
 BIN = Path(sys.executable).parent
@@ -111,13 +119,17 @@ def demo(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
     run("setevnt-dispatcher", "--log-level", "WARNING", "provision", *CLIENTS)
 
     step(f"starting the collector (metrics on http://127.0.0.1:{port}/metrics)")
-    serve = ["setevnt-dispatcher", "serve", "--metrics-port", str(port)]
+    policy = workdir / "policy.toml"
+    policy.write_text(POLICY)
+    serve = ["setevnt-dispatcher", "serve", "--metrics-port", str(port), "--policy", str(policy)]
+    serve += ["--copylist-version", "2.0"]  # the site's client services
     started.append(spawn(serve, workdir / "dispatcher.log"))
     step(f"starting {len(CLIENTS)} agents on the simulated backend")
     for client, platform in CLIENTS.items():
         config = workdir / f"{client}.toml"
         config.write_text(
             f'client_id = "{client}"\nplatform = "{platform}"\ngroups = ["demo"]\n'
+            f'copylist_version = "{"1.9" if client == "DEMO-PC02" else "2.0"}"\n'
             f'[agent]\njournal = "{workdir / client}.journal"\n'
             f'[security]\ndispatcher_public_key = "{public_key}"\n'
             f'[guard]\nprobes = ["lock"]\nlock = "{workdir / client}.lock"\n'
@@ -145,14 +157,41 @@ def demo(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
     )
     step("a client nobody has provisioned is reported, not silently dropped")
     run("setevnt", "--client", "DEMO-PC99", "cq", "--wait", "2")
+    more_steps()
 
-    step(f"what the collector serves on http://127.0.0.1:{port}/metrics (excerpt)")
+    step(f"what the collector serves on http://127.0.0.1:{port}/metrics (non-zero series)")
     time.sleep(1.0)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
         for line in page.read().decode().splitlines():
-            if line.startswith("setevnt_") and "_created" not in line and "_bucket" not in line:
+            shown = "_created" not in line and "_bucket" not in line and not line.endswith(" 0.0")
+            if line.startswith("setevnt_") and shown:  # the non-zero series
                 print("  " + line)
     return 0
+
+
+def more_steps() -> None:
+    step("a paced cycle storm over the fleet registry's group 'demo'")
+    wait_until(lambda: len(fleet()) == len(CLIENTS), 20, "every agent registered")
+    run("setevnt-dispatcher", "storm", "CQMGR32_STARTCYCLE", "--group", "demo", "--rate", "5/s")
+    step("a help-desk service asks through setevnt.requests (dispatcher.Client, policy)")
+    with Client(URL) as client:
+        handle = client.trigger("CCIM32_STARTCYCLE", clients=["DEMO-PC01"])
+        print(f"accepted: storm {handle.storm_id}, {handle.targets} target(s)")
+        summary = handle.wait(timeout=30)
+        print(f"summary: {summary.state}, {summary.counts}, p50 {summary.latency_p50:.3f} s")
+        try:
+            client.trigger("CLISVCL_CLOSE", clients=["DEMO-PC01"])
+        except RequestRefused as refused:
+            print(f"CLISVCL_CLOSE refused: {refused}")
+    step("DEMO-PC02 runs client services 1.9, the site wants 2.0 (KB Q174961)")
+    run("setevnt-dispatcher", "clients", "--drifted")
+
+
+def fleet() -> list[str]:
+    shown = subprocess.run(
+        [str(BIN / "setevnt-dispatcher"), "clients", "--json"], capture_output=True, text=True
+    )
+    return shown.stdout.splitlines() if shown.returncode == 0 else []
 
 
 if __name__ == "__main__":
