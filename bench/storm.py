@@ -59,6 +59,7 @@ from schemas import Command, encode
 BIN = Path(sys.executable).parent
 TTL = 3600.0
 FINAL = "('done', 'failed', 'rejected', 'expired', 'coalesced')"
+SETTLE = 2.0  # seconds between phases
 
 
 def start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -206,9 +207,10 @@ def run_storm(
         proc.stdout.close()
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"bench: storm exited {proc.returncode}: {log.read_text()[-2000:]}")
-    storm: dict[str, Any] = json.loads(output.decode().strip().splitlines()[-1])
+    lines = output.decode().strip().splitlines()
+    if proc.returncode not in (0, 1) or not lines:
+        raise SystemExit(f"bench: storm exited {proc.returncode}: {log.read_text()[-3000:]}")
+    storm: dict[str, Any] = json.loads(lines[-1])
     storm["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
     storm["cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     print(
@@ -233,6 +235,10 @@ def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tu
 def phase_acked(db: Path, tag: str, count: int, seconds: float) -> None:
     sql = f"SELECT count(*) FROM commands WHERE storm_id = ? AND status IN {FINAL}"
     wait_until(lambda: scalar(db, sql, tag) >= count, seconds, f"every ack of the {tag} phase")
+    # The same pause after every phase, whoever publishes next: a storm's process takes
+    # about this long to start and plan, and the broker is still writing the last
+    # phase's consumer acks to its queue indexes meanwhile.
+    time.sleep(SETTLE)
 
 
 def main() -> int:

@@ -102,9 +102,9 @@ ON CONFLICT (command_id) DO UPDATE SET
     reason = excluded.reason, detail = excluded.detail
 WHERE commands.status NOT IN ({_FINAL_LIST})
 """
-# What a client answered: its final ack (``coalesced`` is the dispatcher's own verdict,
-# written when a storm is planned) or the interim ``deferred``.
-_ANSWERED = ", ".join(f"'{s}'" for s in sorted((ACK_FINAL - {"coalesced"}) | {"deferred"}))
+# A client's final answers (``coalesced`` is the dispatcher's own verdict, written when a
+# storm is planned); ``deferred`` is the interim one.
+_FINAL_ANSWERS = ", ".join(f"'{s}'" for s in sorted(ACK_FINAL - {"coalesced"}))
 _MARK_SENT = """
 UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
@@ -232,12 +232,14 @@ class Ledger:
         )
         return dict(rows.fetchall())
 
-    def answers(self, storm_id: str) -> list[Answer]:
-        """Every command of the storm its client answered (deferred, or a final ack)."""
+    def answers(self, storm_id: str, since: float = 0.0) -> list[Answer]:
+        """Commands of the storm their client answered: every ``deferred`` one, and those
+        whose final ack was received at or after ``since``."""
         rows = self._db.execute(
             "SELECT command_id, status, acked_at, latency, reason, detail FROM commands "
-            f"WHERE storm_id = ? AND status IN ({_ANSWERED})",
-            (storm_id,),
+            f"WHERE storm_id = ? AND (status = 'deferred' OR (status IN ({_FINAL_ANSWERS}) "
+            "AND acked_at >= ?))",
+            (storm_id, since),
         )
         return [Answer(c, s, s != Status.DEFERRED, *rest) for c, s, *rest in rows]
 
