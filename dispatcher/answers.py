@@ -9,13 +9,13 @@ middle of its publishing on the same two cores (bench/storm.py: ~0.3 s more CPU 
 connection.
 
 Answers arrive one collector flush (0.1 s) plus one poll later, well inside a delivery
-wait. Each poll reads only the final answers received lately (:data:`OVERLAP`); one that
-the collector could write down only later than that (its database blocked longer) is
-not seen by the storm, which then counts that command ``pending-offline``, while the
-ledger keeps its real outcome. Without a running collector a storm sees no answers at
-all: its commands count ``pending-offline`` after the delivery wait, and their outcome
-reaches the ledger once ``setevnt-dispatcher serve`` runs (:func:`dispatcher.storm.run`
-warns up front).
+wait. Each poll reads only the final answers received since the newest one it saw, less
+:data:`OVERLAP`; one that the collector could write down only later than that (its
+database blocked longer) is not seen by the storm, which then counts that command
+``pending-offline``, while the ledger keeps its real outcome. Without a running
+collector a storm sees no answers at all: its commands count ``pending-offline`` after
+the delivery wait, and their outcome reaches the ledger once ``setevnt-dispatcher
+serve`` runs (:func:`dispatcher.storm.run` warns up front).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ import threading
 from collections import deque
 
 from dispatcher.db import DbSettings
-from dispatcher.ledger import Answer, Ledger
+from dispatcher.ledger import Answer, Ledger, Status
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 0.2
+POLL_EVERY = 0.25
 # A poll reads again the final answers received within this many seconds before the
 # newest one it has seen: the collector writes a batch a flush (0.1 s) after receiving
 # it, later when it has to wait for the database, and each ack carries when it arrived.
-OVERLAP = 5.0
+OVERLAP = 1.0
 
 
 class Answers:
@@ -95,10 +95,18 @@ class Answers:
             ledger.close()
 
     def _read(self, ledger: Ledger) -> None:
-        for answer in ledger.answers(self._storm_id, since=self._newest - OVERLAP):
-            if self._seen.get(answer.command_id) == answer.status:
+        # Most rows were seen by an earlier poll (the overlap): skip them before building
+        # anything, as this runs next to the publishing thread under the same GIL.
+        seen = self._seen
+        for command_id, status, received_at, latency, reason, detail in ledger.answers(
+            self._storm_id, since=self._newest - OVERLAP
+        ):
+            if seen.get(command_id) == status:
                 continue
-            self._seen[answer.command_id] = answer.status
-            self._answers.append(answer)
-            if answer.received_at is not None and answer.received_at > self._newest:
-                self._newest = answer.received_at
+            seen[command_id] = status
+            final = status != Status.DEFERRED
+            self._answers.append(
+                Answer(command_id, status, final, received_at, latency, reason, detail)
+            )
+            if received_at is not None and received_at > self._newest:
+                self._newest = received_at

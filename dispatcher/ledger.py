@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from dispatcher.ledger_rows import (
     PENDING,
     SETTLED,
     Answer,
+    AnswerRow,
     CommandRecord,
     Status,
     StormFigures,
@@ -43,6 +44,7 @@ __all__ = [
     "PENDING",
     "SETTLED",
     "Answer",
+    "AnswerRow",
     "CommandRecord",
     "Ledger",
     "LedgerWriter",
@@ -232,16 +234,15 @@ class Ledger:
         )
         return dict(rows.fetchall())
 
-    def answers(self, storm_id: str, since: float = 0.0) -> list[Answer]:
+    def answers(self, storm_id: str, since: float = 0.0) -> Iterator[AnswerRow]:
         """Commands of the storm their client answered: every ``deferred`` one, and those
-        whose final ack was received at or after ``since``."""
-        rows = self._db.execute(
+        whose final ack was received at or after ``since``; rows as they are read."""
+        return self._db.execute(
             "SELECT command_id, status, acked_at, latency, reason, detail FROM commands "
             f"WHERE storm_id = ? AND (status = 'deferred' OR (status IN ({_FINAL_ANSWERS}) "
             "AND acked_at >= ?))",
             (storm_id, since),
         )
-        return [Answer(c, s, s != Status.DEFERRED, *rest) for c, s, *rest in rows]
 
     def storm_commands(self, storm_id: str) -> list[CommandRecord]:
         rows = self._db.execute(

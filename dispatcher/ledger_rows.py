@@ -114,6 +114,10 @@ def ack_row(ack: Ack, received_at: float) -> tuple[Any, ...]:
     )
 
 
+# (command id, status, received at, latency, reason, detail), as Ledger.answers reads it.
+AnswerRow = tuple[str, str, float | None, float | None, str | None, str | None]
+
+
 class Answer(NamedTuple):
     """What a client answered to one command, as the collector recorded it."""
 
