@@ -13,7 +13,6 @@ import re
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,15 +39,6 @@ pytestmark = pytest.mark.broker
 SETUP = "CLISETUP_STARTCYCLE"
 BEAT = "0.3"  # seconds between simulated heartbeats
 ROUNDS = 2.5  # a little over two remediation rounds (one a second)
-
-
-@pytest.fixture
-def fleet(amqp_url: str, tmp_path: Path) -> Iterator[Fleet]:
-    running = Fleet(amqp_url, tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def ids(prefix: str, count: int) -> set[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ from tests.integration.fleet import Fleet, runs, wait_runs
 from tests.integration.helpers import queue_depth, wait_for
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def fleet(amqp_url: str, tmp_path: Path) -> Iterator[Fleet]:
-    running = Fleet(amqp_url, tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def test_clients_appear_get_their_queue_and_heartbeats_refresh_them(fleet: Fleet) -> None:

@@ -22,11 +22,10 @@ import pytest
 
 from dispatcher.report_charts import latency_text
 from tests.integration.fleet import Fleet
-from tests.integration.test_storm import fleet, ids_file, sim_ids
+from tests.integration.test_storm import ids_file, sim_ids
 
 pytestmark = pytest.mark.broker
 
-__all__ = ["fleet"]  # the fixture, imported from the storm tests
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_TIMEOUT = 60.0

@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from tests.integration.fleet import Fleet, runs, starts, wait_runs
 from tests.integration.helpers import Process, queue_depth, wait_for
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture
-def fleet(amqp_url: str, tmp_path: Path) -> Iterator[Fleet]:
-    running = Fleet(amqp_url, tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def ids_file(tmp: Path, client_ids: list[str]) -> str:

@@ -4,41 +4,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from dispatcher.answers import OVERLAP, Answers
-from dispatcher.db import DbSettings
-from dispatcher.ledger import Answer, CommandRecord, Ledger, StormRecord, ack_row
+from dispatcher.ledger import Answer, CommandRecord, Ledger, ack_row
 from schemas.messages import Ack
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(DbSettings(str(tmp_path / "db"))) as opened:
-        now = time.time()
-        storm = StormRecord(
-            "storm-a",
-            "CCIM32",
-            "STARTCYCLE",
-            {},
-            3,
-            "running",
-            None,
-            "t",
-            now,
-            None,
-            now,
-            "t",
-            False,
-        )
-        commands = [
-            CommandRecord(f"c{n}", "storm-a", f"PC{n}", "CCIM32", "STARTCYCLE", "sent")
-            for n in range(3)
-        ]
-        opened.create_storm(storm, commands)
-        yield opened
+def storm(ledger: Ledger) -> Ledger:
+    """The ledger's storm ``storm-t`` with three commands sent."""
+    commands = [
+        CommandRecord(f"c{n}", "storm-t", f"PC{n}", "CCIM32", "STARTCYCLE", "sent")
+        for n in range(3)
+    ]
+    ledger.add_commands("storm-t", commands, time.time())
+    return ledger
+
+
+@pytest.fixture
+def answers(storm: Ledger) -> Iterator[Answers]:
+    """The storm's answers, read every 10 ms."""
+    reader = Answers(storm.settings, "storm-t", every=0.01)
+    reader.begin()
+    reader.wait_ready()
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def record(ledger: Ledger, command_id: str, status: str, received: float) -> None:
@@ -50,7 +44,7 @@ def record(ledger: Ledger, command_id: str, status: str, received: float) -> Non
         received_at=received,
         agent_version="0.1.0",
         issued_at=received - 0.5,
-        storm_id="storm-a",
+        storm_id="storm-t",
         component="CCIM32",
         event="STARTCYCLE",
     )
@@ -67,37 +61,25 @@ def drained(answers: Answers, count: int) -> list[tuple[str, str]]:
     return got + [(a.command_id, a.status) for a in answers.drain()]
 
 
-def test_each_answer_once_deferred_then_final(ledger: Ledger) -> None:
-    answers = Answers(ledger.settings, "storm-a", every=0.01)
-    answers.begin()
-    answers.wait_ready()
-    try:
-        now = time.time()
-        record(ledger, "c0", "deferred", now)
-        record(ledger, "c1", "done", now)
-        assert sorted(drained(answers, 2)) == [("c0", "deferred"), ("c1", "done")]
-        record(ledger, "c0", "done", now + 1)
-        got = drained(answers, 1)
-        assert got == [("c0", "done")], "the final answer follows the interim one, once"
-    finally:
-        answers.close()
+def test_each_answer_once_deferred_then_final(storm: Ledger, answers: Answers) -> None:
+    now = time.time()
+    record(storm, "c0", "deferred", now)
+    record(storm, "c1", "done", now)
+    assert sorted(drained(answers, 2)) == [("c0", "deferred"), ("c1", "done")]
+    record(storm, "c0", "done", now + 1)
+    got = drained(answers, 1)
+    assert got == [("c0", "done")], "the final answer follows the interim one, once"
 
 
-def test_an_answer_written_late_within_the_overlap_is_seen(ledger: Ledger) -> None:
-    answers = Answers(ledger.settings, "storm-a", every=0.01)
-    answers.begin()
-    answers.wait_ready()
-    try:
-        now = time.time()
-        record(ledger, "c1", "done", now)
-        assert drained(answers, 1) == [("c1", "done")]
-        # Received before c1 but written down after it (the collector's database was busy).
-        record(ledger, "c2", "failed", now - OVERLAP / 2)
-        [answer] = _wait_drain(answers)
-        assert (answer.command_id, answer.status, answer.final) == ("c2", "failed", True)
-        assert answer.latency == pytest.approx(0.5)
-    finally:
-        answers.close()
+def test_an_answer_written_late_within_the_overlap_is_seen(storm: Ledger, answers: Answers) -> None:
+    now = time.time()
+    record(storm, "c1", "done", now)
+    assert drained(answers, 1) == [("c1", "done")]
+    # Received before c1 but written down after it (the collector's database was busy).
+    record(storm, "c2", "failed", now - OVERLAP / 2)
+    [answer] = _wait_drain(answers)
+    assert (answer.command_id, answer.status, answer.final) == ("c2", "failed", True)
+    assert answer.latency == pytest.approx(0.5)
 
 
 def _wait_drain(answers: Answers) -> list[Answer]:

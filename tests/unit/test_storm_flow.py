@@ -7,15 +7,12 @@ ledger's answers would, and writes to a real (temporary) ledger.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from broker.publisher import Outcome
-from dispatcher.db import DbSettings
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
-from dispatcher.ledger import Answer, Ledger, LedgerWriter, StormRecord
+from dispatcher.ledger import Answer, Ledger, LedgerWriter
 from dispatcher.progress import StormView, bar
 from dispatcher.storm import Limit, StormOptions, parse_duration, parse_rate, spread_offset
 from schemas.codec import decode
@@ -63,29 +60,6 @@ class Feed:
     def drain(self) -> list[Answer]:
         acks, self.acks = self.acks, []
         return acks
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    with Ledger(DbSettings(str(tmp_path / "db"))) as opened:
-        now = time.time()
-        storm = StormRecord(
-            "storm-t",
-            "CCIM32",
-            "STARTCYCLE",
-            {},
-            0,
-            "running",
-            None,
-            "t",
-            now,
-            None,
-            now,
-            "t",
-            False,
-        )
-        opened.create_storm(storm, [])
-        yield opened
 
 
 def make_flow(
