@@ -67,12 +67,12 @@ def vhost(broker: None) -> Iterator[str]:
     name = f"setevnt-test-{uuid.uuid4().hex[:10]}"
     quoted = urllib.parse.quote(name, safe="")
     management("PUT", f"/vhosts/{quoted}")
-    management(
-        "PUT",
-        f"/permissions/{quoted}/guest",
-        {"configure": ".*", "write": ".*", "read": ".*"},
-    )
-    try:
+    try:  # from here on the vhost exists: delete it whatever fails next
+        management(
+            "PUT",
+            f"/permissions/{quoted}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
         yield name
     finally:
         management("DELETE", f"/vhosts/{quoted}")
