@@ -15,7 +15,7 @@ database blocked longer) is not seen by the storm, which then counts that comman
 ``pending-offline``, while the ledger keeps its real outcome. Without a running
 collector a storm sees no answers at all: its commands count ``pending-offline`` after
 the delivery wait, and their outcome reaches the ledger once ``setevnt-dispatcher
-serve`` runs (:func:`dispatcher.storm.run` warns up front).
+serve`` runs (``setevnt-dispatcher storm`` warns up front).
 """
 
 from __future__ import annotations

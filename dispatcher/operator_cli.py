@@ -224,6 +224,7 @@ def _drive(
         for flow in flows:  # stop on the publisher's thread, at its next tick
             flow.stop_requested = f"stopped by {signal.Signals(signum).name}"
 
+    storms.warn_without_collector(settings)
     with _signals(on_signal):
         flow = storms.run(
             settings,

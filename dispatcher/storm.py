@@ -230,7 +230,6 @@ def run(
     answers.begin()
     writer = LedgerWriter(ledger.settings, storm.storm_id)
     try:
-        _warn_without_collector(settings)
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
             Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, c.status)
@@ -255,8 +254,9 @@ def run(
     return flow
 
 
-def _warn_without_collector(settings: BrokerSettings) -> None:
-    """A storm learns its answers from the ledger, which the service's collector writes."""
+def warn_without_collector(settings: BrokerSettings) -> None:
+    """A storm learns its answers from the ledger, which the service's collector writes:
+    say so when none runs (storms run by the service itself need not ask)."""
     connection = open_blocking(settings.named(f"{settings.connection_name} (check)"))
     try:
         with translate_errors("looking for the dispatcher service"):

@@ -16,7 +16,6 @@ import contextlib
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -238,9 +237,9 @@ def finished_runs(record: Path) -> int:
 
 def start_storm(fleet: Fleet, targets: Path, *options: str) -> Process:
     """``setevnt-dispatcher storm CCIM32_STARTCYCLE --clients-file TARGETS``, running."""
-    argv = [sys.executable, "-m", "dispatcher", "storm", "CCIM32_STARTCYCLE"]
-    argv += ["--clients-file", str(targets), *options, "--json"]
-    return Process(argv, env=fleet.env)
+    return fleet.start_storm(
+        "CCIM32_STARTCYCLE", "--clients-file", str(targets), *options, "--json"
+    )
 
 
 def wait_finished(record: Path, count: int, timeout: float) -> int:

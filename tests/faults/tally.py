@@ -162,11 +162,3 @@ def ledger(db: Path, storm_id: str | None = None) -> LedgerView:
         statuses={r[0]: r[1] for r in rows},
         sent_at={r[0]: r[2] for r in rows if r[2] is not None},
     )
-
-
-def storm_id_of(process_lines: Iterable[str]) -> str | None:
-    """The storm id a ``setevnt-dispatcher storm`` process announced on stderr."""
-    for line in process_lines:
-        if line.startswith("storm storm-"):
-            return line.split()[1].rstrip(":")
-    return None

@@ -31,8 +31,8 @@ from tests.faults.harness import (
     start_storm,
     wait_finished,
 )
-from tests.faults.tally import ledger, run_records, storm_id_of, tally
-from tests.integration.fleet import Fleet
+from tests.faults.tally import ledger, run_records, tally
+from tests.integration.fleet import Fleet, storm_id_of
 from tests.integration.helpers import Process, queue_depth, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -19,8 +19,8 @@ import pytest
 
 from tests.faults.harness import AckTap, finished_runs, start_storm, wait_finished
 from tests.faults.proxy import Proxy
-from tests.faults.tally import ledger, run_records, storm_id_of, tally
-from tests.integration.fleet import Fleet
+from tests.faults.tally import ledger, run_records, tally
+from tests.integration.fleet import Fleet, storm_id_of
 from tests.integration.helpers import Process, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,10 @@ class Fleet:
         process = self._start(argv)
         process.wait_line(f"all {clients} clients consuming", timeout=60)
         return process
+
+    def start_storm(self, *args: str) -> Process:
+        """``setevnt-dispatcher storm ARGS``, left running; :func:`storm_id_of` its lines."""
+        return self._start([sys.executable, "-m", "dispatcher", "storm", *args])
 
     def _start(self, argv: list[str]) -> Process:
         process = Process(argv, env=self.env)
@@ -122,6 +127,14 @@ def _run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.Com
         text=True,
         timeout=timeout,
     )
+
+
+def storm_id_of(process_lines: Iterable[str]) -> str | None:
+    """The storm id a ``setevnt-dispatcher storm`` process announced on stderr."""
+    for line in process_lines:
+        if line.startswith("storm storm-"):
+            return line.split()[1].rstrip(":")
+    return None
 
 
 def runs(record: Path) -> dict[str, list[str]]:

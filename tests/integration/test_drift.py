@@ -134,6 +134,11 @@ def test_drifted_needs_a_site_version(fleet: Fleet) -> None:
     refused = fleet.dispatcher("clients", "--drifted")
     assert refused.returncode == 2 and "site set-version" in refused.stderr
     assert fleet.clients()[0]["copylist_version"] == "V1"
+    for bad in ("", " V2", "V" * 65, "V2\n"):
+        refused = fleet.dispatcher("site", "set-version", bad)
+        assert refused.returncode == 2 and "CopyListVersion" in refused.stderr, bad
+    refused = fleet.dispatcher("clients", "--drifted")
+    assert refused.returncode == 2, "nothing was stored by the refused versions"
 
 
 # -- remediation ------------------------------------------------------------------------

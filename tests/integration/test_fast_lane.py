@@ -9,7 +9,6 @@ Runs against a private RabbitMQ node, restarted twice; the machine's broker is u
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from dispatcher import Dispatcher
 from tests.integration.fleet import Fleet, PrivateNode, runs, wait_runs
-from tests.integration.helpers import Process, wait_for
+from tests.integration.helpers import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -54,23 +53,9 @@ def test_broker_restarts_during_and_after_a_fast_storm_lose_nothing(
         with Dispatcher(node.url) as dispatcher:
             dispatcher.provision(away)  # their agents are not running yet
         fleet.simulate(ONLINE, "--provision", "--record", str(record))
-        storm = Process(
-            [
-                sys.executable,
-                "-m",
-                "dispatcher",
-                "storm",
-                "CCIM32_STARTCYCLE",
-                "--clients-file",
-                str(targets),
-                "--fast",
-                "--rate",
-                "10/s",
-                "--delivery-wait",
-                "2s",
-                "--json",
-            ],
-            env=fleet.env,
+        storm = fleet.start_storm(
+            *("CCIM32_STARTCYCLE", "--clients-file", str(targets), "--fast"),
+            *("--rate", "10/s", "--delivery-wait", "2s", "--json"),
         )
         wait_for(lambda: sum(len(v) for v in runs(record).values()) >= 8, 30, "8 runs")
         node.restart()  # mid-storm: whatever sat in the queues is gone

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import sqlite3
-import sys
 import time
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import pytest
 from broker import topology
 from dispatcher import Dispatcher
 from dispatcher.storm import spread_offset
-from tests.integration.fleet import Fleet, runs, starts, wait_runs
-from tests.integration.helpers import Process, queue_depth, wait_for
+from tests.integration.fleet import Fleet, runs, starts, storm_id_of, wait_runs
+from tests.integration.helpers import queue_depth, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -119,23 +118,11 @@ def test_cancel_stops_publishing(fleet: Fleet, tmp_path: Path) -> None:
     record = tmp_path / "runs.jsonl"
     fleet.simulate(100, "--provision", "--record", str(record))
     targets = ids_file(tmp_path, sim_ids(100))
-    storm = Process(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "storm",
-            "CCIM32_STARTCYCLE",
-            "--clients-file",
-            targets,
-            "--rate",
-            "20/s",
-        ],
-        env=fleet.env,
-    )
+    storm = fleet.start_storm("CCIM32_STARTCYCLE", "--clients-file", targets, "--rate", "20/s")
     try:
         storm.wait_line("storm storm-", timeout=20)
-        storm_id = next(line for line in storm.lines if "storm storm-" in line).split()[1][:-1]
+        storm_id = storm_id_of(storm.lines)
+        assert storm_id is not None, storm.output
         wait_for(lambda: fleet.status(storm_id)["published"] >= 10, 20, "10 published")
         cancelled = fleet.dispatcher("cancel", storm_id)
         assert cancelled.returncode == 0, cancelled.stderr
@@ -157,22 +144,10 @@ def test_status_after_a_dispatcher_restart_and_resume(fleet: Fleet, tmp_path: Pa
     fleet.serve()
     fleet.simulate(60, "--provision", "--record", str(record))
     targets = ids_file(tmp_path, sim_ids(60))
-    storm = Process(
-        [
-            sys.executable,
-            "-m",
-            "dispatcher",
-            "storm",
-            "CCIM32_STARTCYCLE",
-            "--clients-file",
-            targets,
-            "--rate",
-            "20/s",
-        ],
-        env=fleet.env,
-    )
+    storm = fleet.start_storm("CCIM32_STARTCYCLE", "--clients-file", targets, "--rate", "20/s")
     storm.wait_line("storm storm-", timeout=20)
-    storm_id = next(line for line in storm.lines if "storm storm-" in line).split()[1][:-1]
+    storm_id = storm_id_of(storm.lines)
+    assert storm_id is not None, storm.output
     wait_for(lambda: fleet.status(storm_id)["published"] >= 10, 20, "10 published")
     storm.proc.send_signal(signal.SIGKILL)  # the dispatcher dies mid-storm
     storm.kill()
@@ -217,3 +192,17 @@ def test_offline_clients_do_not_stall_the_window(fleet: Fleet, tmp_path: Path) -
     assert took < 10
     for client in silent + stale:  # still queued for when they come back
         assert queue_depth(fleet.url, topology.client_queue(client)) == 1
+
+
+def test_a_storm_without_the_service_says_its_answers_will_come_late(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    clients = sim_ids(3)
+    with Dispatcher(fleet.url) as dispatcher:
+        dispatcher.provision(clients)
+    targets = ids_file(tmp_path, clients)
+    done = fleet.dispatcher(
+        "storm", "CCIM32_STARTCYCLE", "--clients-file", targets, "--delivery-wait", "0.3s"
+    )
+    assert "no `setevnt-dispatcher serve` is collecting acks" in done.stderr, done.stderr
+    assert "3/3" in done.stderr, "it still published everything"
