@@ -5,34 +5,38 @@ broker's ceiling, all in one run so the ratios hold on a noisy machine.
 Set-up (not timed): a private vhost, `setevnt-dispatcher serve` (registry, ledger,
 collector) and `setevnt-agent simulate --clients N`, whose hellos get every client
 registered and its queue provisioned. Then, one after the other, each waiting until every
-client acked the previous phase:
+client acked the previous phase and then 2 s more:
 
   (0) warm-up (not timed): one command per queue, so that no phase pays for the broker
       creating 10,000 queue indexes on disk (the first pass ran at a third of the speed);
   (a) naive: pika BlockingConnection + confirm_delivery(), one publish at a time;
   (b) raw:   pika SelectConnection, pipelined confirms: the broker's ceiling;
   (c) storm: `setevnt-dispatcher storm CCIM32_STARTCYCLE --all` end to end;
-  (b) and (c) take turns (--rounds, default 3) and the best of each counts; then the
-  same for the fast lane (transient commands) against a transient raw ceiling; the
-  naive way runs twice (first and last) and its best counts too.
+  (b) and (c) take turns (--rounds, default 5; every other round the storm goes first),
+  then the same for the fast lane (transient commands) against a transient raw ceiling;
+  the naive way runs twice (first and last) and the faster counts.
 
-Best-of, because this broker's persistent rate swings between ~100/s and ~4,000/s from
-one 10,000-command pass to the next whatever publishes (measured with the raw publisher
-alone at confirm windows of 64 to 512: a pass at any window could collapse), and a
-collapse says nothing about the publisher. CPU seconds of each publisher are printed
-too: the storm's process (including start-up and planning) against the bench process
-during a raw pass.
+The medians of (b) and (c) are the figures, the best passes are printed too. This
+broker's persistent rate depends on the state a pass finds its file-handle cache in
+(~900 handles for 10,000 queue indexes): with the handles of the last pass still open it
+must evict one for nearly every queue it writes, and the same publisher runs ~2x slower
+than when it finds them closed; now and then a whole pass crawls at <100/s with the
+broker's file_handle_cache process busy. So a single pass, or the best of a few, says
+more about luck than about the publisher. The broker's CPU seconds per pass are printed
+(read from /proc when the broker runs here), and so are the publishers': the bench
+process during a raw pass, the whole storm process (start-up and planning included).
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
 flight as the storm does (dispatcher.storm.CONFIRM_WINDOW): with ~900 broker file
-handles a deeper window over 10,000 queues makes the broker's file-handle cache thrash
-(raw with 1,000 in flight collapsed to <100/s here). Prints ONE JSON line.
+handles a deeper window over 10,000 queues makes the file-handle cache thrash (raw with
+1,000 in flight collapsed to <100/s here). Prints ONE JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -42,16 +46,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, management, peak_rss_mb, scratch_vhost
+from bench.common import ROOT, peak_rss_mb, scratch_vhost
+from bench.node import own_node
 from broker import topology
 from dispatcher.storm import CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
 from schemas import Command, encode
@@ -59,7 +66,9 @@ from schemas import Command, encode
 BIN = Path(sys.executable).parent
 TTL = 3600.0
 FINAL = "('done', 'failed', 'rejected', 'expired', 'coalesced')"
-SETTLE = 2.0  # seconds between phases
+# Seconds between one phase's last ack and the next phase, whoever publishes next: the
+# broker is still writing the last phase's consumer acks to its queue indexes meanwhile.
+SETTLE = 2.0
 
 
 def start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -198,6 +207,7 @@ def run_storm(
     argv = [str(BIN / "setevnt-dispatcher"), "--log-level", "WARNING", "storm"]
     argv += ["CCIM32_STARTCYCLE", "--all", "--max-in-flight", args.max_in_flight]
     argv += ["--db", str(db), "--json"] + (["--fast"] if fast else [])
+    print(f"bench: storm{' --fast' if fast else ''} starting", file=sys.stderr, flush=True)
     with open(log, "wb") as err:
         proc = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err
@@ -223,6 +233,7 @@ def run_storm(
 def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tuple[float, float]:
     """(commands/s, CPU seconds of this process while publishing)."""
     messages = bodies(clients, f"bench-{name}")
+    print(f"bench: {name} publishing", file=sys.stderr, flush=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
     per_second = round(len(messages) / publish(url, messages), 1)
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -235,10 +246,6 @@ def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tu
 def phase_acked(db: Path, tag: str, count: int, seconds: float) -> None:
     sql = f"SELECT count(*) FROM commands WHERE storm_id = ? AND status IN {FINAL}"
     wait_until(lambda: scalar(db, sql, tag) >= count, seconds, f"every ack of the {tag} phase")
-    # The same pause after every phase, whoever publishes next: a storm's process takes
-    # about this long to start and plan, and the broker is still writing the last
-    # phase's consumer acks to its queue indexes meanwhile.
-    time.sleep(SETTLE)
 
 
 def main() -> int:
@@ -246,39 +253,37 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--connections", type=int, help="simulator connections")
     parser.add_argument("--max-in-flight", default="100%")
-    parser.add_argument("--rounds", type=int, default=3, help="raw/storm turns (best counts)")
+    parser.add_argument("--rounds", type=int, default=5, help="raw/storm turns (medians count)")
+    parser.add_argument(
+        "--own-node",
+        action="store_true",
+        help="run on a RabbitMQ node of the bench's own with a production file-descriptor "
+        "limit, instead of the machine's broker (see bench/node.py)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="setevnt-bench-"))
-    vhost = ""
     try:
-        with scratch_vhost("setevnt-bench-storm") as url:
-            vhost = url.rsplit("/", 1)[1]
-            result = bench(args, url, work)
-            # Printed before the vhost goes: deleting 10,000 queues may take a while.
+        with contextlib.ExitStack() as stack:
+            if args.own_node:
+                node = stack.enter_context(own_node())
+                where = {"amqp_address": node.amqp_address, "management_url": node.management_url}
+                broker = {"node": "own", "fd_limit": node.fd_limit}
+                node_name: str | None = node.name
+            else:
+                where, node_name = {}, None
+                broker = {"node": "machine", "fd_limit": _fd_limit(_beam_pid(None))}
+            url = stack.enter_context(scratch_vhost("setevnt-bench-storm", **where))
+            result = {"broker": broker} | bench(args, url, work, node_name)
+            # Printed before the vhost goes: deleting 10,000 queues takes a while.
             print(json.dumps(result, sort_keys=True), flush=True)
-    except OSError as exc:  # the management API's DELETE timed out on a busy broker
-        if not vhost:
-            raise
-        print(f"bench: deleting vhost {vhost} again ({exc})", file=sys.stderr)
-        wait_until(lambda: _deleted(vhost), 300, f"vhost {vhost} deleted")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0 if any(result["targets_met"].values()) else 1
 
 
-def _deleted(vhost: str) -> bool:
-    try:
-        management("DELETE", f"/vhosts/{vhost}")
-    except urllib.error.HTTPError as exc:
-        return exc.code == 404
-    except OSError:
-        return False
-    return True
-
-
-def bench(args: argparse.Namespace, url: str, work: Path) -> dict[str, Any]:
+def bench(args: argparse.Namespace, url: str, work: Path, node_name: str | None) -> dict[str, Any]:
     db = work / "setevnt.db"
     # The simulated fleet answers for 10,000 clients as one broker user (guest): its acks
     # count only from a trusted sender. Commands go unsigned unless a key is configured.
@@ -312,7 +317,7 @@ def bench(args: argparse.Namespace, url: str, work: Path) -> dict[str, Any]:
             "every simulated client registered, provisioned and consuming",
         )
         print(f"bench: {args.clients} simulated clients consuming", file=sys.stderr)
-        return measure(args, url, db, env, clients, work) | {
+        return measure(args, url, db, env, clients, work, BrokerCpu(_beam_pid(node_name))) | {
             "collector_peak_rss_mb": round(peak_rss_mb(serve.pid), 1),
             "simulator_peak_rss_mb": round(peak_rss_mb(sim.pid), 1),
         }
@@ -333,49 +338,48 @@ def measure(
     env: dict[str, str],
     clients: list[str],
     work: Path,
+    broker: BrokerCpu,
 ) -> dict[str, Any]:
-    cpu: dict[str, list[float]] = {"raw": [], "raw_fast": []}
 
-    def timed(name: str, publish: Any, kind: str | None = None) -> float:
-        rate, seconds = phase(url, db, clients, name, publish)
-        if kind is not None:
-            cpu[kind].append(seconds)
-        return rate
+    def raw_pass(name: str, publish: Any) -> Pass:
+        time.sleep(SETTLE)
+        with broker.pass_(name):
+            rate, cpu = phase(url, db, clients, name, publish)
+        return Pass(rate, cpu, broker.last)
 
-    timed("warm-up", raw)
-    naive_rates = [timed("naive-0", naive)]
-    # Raw and storm take turns, and the best of each counts: this broker now and then
-    # slows to a crawl for a whole pass, whoever publishes (see the module docstring).
-    raw_rates, storms, fast_raw_rates, fasts = [], [], [], []
+    def storm_pass(turn: int, fast: bool) -> Pass:
+        name = f"storm{'-fast' if fast else ''}-{turn}"
+        time.sleep(SETTLE)
+        with broker.pass_(name):
+            storm = run_storm(env, db, args, work / f"{name}.log", fast=fast)
+        return Pass(storm["enqueue_per_second"] or 0.0, storm["cpu_s"], broker.last, storm)
+
+    raw_pass("warm-up", raw)
+    naive_rates = [raw_pass("naive-0", naive).rate]
+    lanes = {"persistent": Lane(), "fast": Lane()}
     for turn in range(args.rounds):
-        raw_rates.append(timed(f"raw-{turn}", raw, "raw"))
-        storms.append(run_storm(env, db, args, work / f"storm-{turn}.log", fast=False))
-        fast_raw_rates.append(timed(f"raw-fast-{turn}", raw_fast, "raw_fast"))
-        fasts.append(run_storm(env, db, args, work / f"storm-fast-{turn}.log", fast=True))
-    naive_rates.append(timed("naive-1", naive))
+        for fast, lane in ((False, lanes["persistent"]), (True, lanes["fast"])):
+            publisher, name = (raw_fast, f"raw-fast-{turn}") if fast else (raw, f"raw-{turn}")
+            # Every other round the storm goes first: a pass leaves the broker's file-handle
+            # cache in a state that helps or hurts the pass after it.
+            if turn % 2:
+                lane.storms.append(storm_pass(turn, fast))
+            lane.raws.append(raw_pass(name, publisher))
+            if not turn % 2:
+                lane.storms.append(storm_pass(turn, fast))
+    naive_rates.append(raw_pass("naive-1", naive).rate)
     naive_rate = max(naive_rates)
-    raw_rate, fast_raw_rate = max(raw_rates), max(fast_raw_rates)
-    storm, fast = best(storms), best(fasts)
-    persistent = summarise(storm, naive_rate, raw_rate)
-    quick = summarise(fast, naive_rate, fast_raw_rate)
+    persistent = lanes["persistent"].summary(naive_rate)
+    quick = lanes["fast"].summary(naive_rate)
     return {
         "clients": args.clients,
-        "rounds": {
-            "raw_per_s": raw_rates,
-            "storm_per_s": [s["enqueue_per_second"] for s in storms],
-            "raw_fast_per_s": fast_raw_rates,
-            "storm_fast_per_s": [s["enqueue_per_second"] for s in fasts],
-            "naive_per_s": naive_rates,
-        },
-        "publisher_cpu_s": {
-            "raw": cpu["raw"],
-            "storm_process": [s["cpu_s"] for s in storms],
-            "raw_fast": cpu["raw_fast"],
-            "storm_fast_process": [s["cpu_s"] for s in fasts],
-        },
+        "rounds": args.rounds,
         "naive_per_s": naive_rate,
-        "raw_per_s": raw_rate,
-        "raw_fast_per_s": fast_raw_rate,
+        "passes": {
+            "naive_per_s": naive_rates,
+            **lanes["persistent"].passes(""),
+            **lanes["fast"].passes("fast_"),
+        },
         "confirm_window": {"persistent": CONFIRM_WINDOW, "fast": FAST_CONFIRM_WINDOW},
         **persistent,
         "fast_lane": quick,
@@ -383,31 +387,145 @@ def measure(
     }
 
 
-def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fastest run, with the highest peak RSS of all (memory is not a best-of)."""
-    fastest = max(runs, key=lambda run: run["enqueue_per_second"] or 0.0)
-    return {**fastest, "peak_rss_mb": max(run["peak_rss_mb"] for run in runs)}
+@dataclass(frozen=True)
+class Pass:
+    rate: float  # commands/s, first publish to last confirm
+    cpu_s: float  # the publisher's: the bench's raw pass, or the whole storm process
+    broker_cpu_s: float | None  # the broker's CPU seconds from the pass's start to its last ack
+    storm: dict[str, Any] | None = None  # the storm's own JSON
 
 
-def summarise(storm: dict[str, Any], naive_rate: float, raw_rate: float) -> dict[str, Any]:
-    """One storm's figures; vs_raw compares with the raw ceiling of the same delivery mode."""
-    rate = storm["enqueue_per_second"] or 0.0
-    vs_naive = round(rate / naive_rate, 2)
-    vs_raw = round(rate / raw_rate, 2)
-    all_acked = storm["all_acked_after_s"]
-    return {
-        "storm_per_s": rate,
-        "storm_vs_naive": vs_naive,
-        "storm_vs_raw": vs_raw,
-        "storm_state": storm["state"],
-        "storm_acked": storm["acked"],
-        "all_acked_after_s": all_acked,
-        "latency_s": storm["latency_s"],
-        "dispatcher_peak_rss_mb": storm["peak_rss_mb"],
-        "targets_met": bool(
-            vs_naive >= 4 and vs_raw >= 0.9 and all_acked is not None and all_acked <= 30
-        ),
-    }
+@dataclass
+class Lane:
+    """The raw and storm passes of one delivery mode (persistent or fast)."""
+
+    raws: list[Pass] = field(default_factory=list)
+    storms: list[Pass] = field(default_factory=list)
+
+    def passes(self, prefix: str) -> dict[str, list[Any]]:
+        return {
+            f"raw_{prefix}per_s": [p.rate for p in self.raws],
+            f"storm_{prefix}per_s": [p.rate for p in self.storms],
+            f"raw_{prefix}cpu_s": [p.cpu_s for p in self.raws],
+            f"storm_{prefix}process_cpu_s": [p.cpu_s for p in self.storms],
+            f"raw_{prefix}broker_cpu_s": [p.broker_cpu_s for p in self.raws],
+            f"storm_{prefix}broker_cpu_s": [p.broker_cpu_s for p in self.storms],
+        }
+
+    def summary(self, naive_rate: float) -> dict[str, Any]:
+        """Medians are the figures; the best passes are shown too.
+
+        A pass's rate here depends on the state it finds the broker's file-handle cache
+        in: the same publisher swings ~2x either way from one pass to the next, and now and
+        then a pass crawls at <100/s. The best pass of each says more about which one got
+        lucky than about the publishers; the median of each says what a storm gets.
+        """
+        raw_rate = median(p.rate for p in self.raws)
+        storm_rate = median(p.rate for p in self.storms)
+        typical = min(self.storms, key=lambda p: abs(p.rate - storm_rate))
+        assert typical.storm is not None
+        vs_naive = round(storm_rate / naive_rate, 2)
+        vs_raw = round(storm_rate / raw_rate, 2)
+        all_acked = [p.storm["all_acked_after_s"] for p in self.storms if p.storm]
+        best_raw = max(p.rate for p in self.raws)
+        best_storm = max(p.rate for p in self.storms)
+        return {
+            "raw_per_s": raw_rate,
+            "storm_per_s": storm_rate,
+            "storm_vs_naive": vs_naive,
+            "storm_vs_raw": vs_raw,
+            "best": {
+                "raw_per_s": best_raw,
+                "storm_per_s": best_storm,
+                "storm_vs_naive": round(best_storm / naive_rate, 2),
+                "storm_vs_raw": round(best_storm / best_raw, 2),
+            },
+            "storm_states": sorted({p.storm["state"] for p in self.storms if p.storm}),
+            "storm_acked": [p.storm["acked"] for p in self.storms if p.storm],
+            "all_acked_after_s": {
+                "median": _round(_median_or_none(all_acked)),
+                "worst": _max_or_none(all_acked),
+            },
+            "latency_s": typical.storm["latency_s"],  # of the median storm
+            "dispatcher_peak_rss_mb": max(p.storm["peak_rss_mb"] for p in self.storms if p.storm),
+            "targets_met": bool(
+                vs_naive >= 4
+                and vs_raw >= 0.9
+                and None not in all_acked
+                and max(a for a in all_acked if a is not None) <= 30
+            ),
+        }
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return median(known) if known else None
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+def _max_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+class BrokerCpu:
+    """The local broker's CPU seconds per pass, read from /proc (None when not readable)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.last: float | None = None
+
+    @contextlib.contextmanager
+    def pass_(self, name: str) -> Iterator[None]:
+        before = self._seconds()
+        yield
+        after = self._seconds()
+        self.last = round(after - before, 1) if before is not None and after is not None else None
+        if self.last is not None:
+            print(f"bench: {name}: broker CPU {self.last} s", file=sys.stderr)
+
+    def _seconds(self) -> float | None:
+        if self.pid is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _beam_pid(node_name: str | None) -> int | None:
+    """The broker's process: the named node's, or else the machine's (None when unsure)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"beam.smp" not in (entry / "cmdline").read_bytes():
+                continue
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if node_name is not None:
+            if f"RABBITMQ_NODENAME={node_name}".encode() in environ:
+                found.append(int(entry.name))
+        elif b"RABBITMQ_NODENAME=setevnt-" not in environ:  # not a test's or bench's node
+            found.append(int(entry.name))
+    return found[0] if len(found) == 1 else None
+
+
+def _fd_limit(pid: int | None) -> int | None:
+    """The broker process's soft limit on open files."""
+    if pid is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    return None
 
 
 if __name__ == "__main__":
