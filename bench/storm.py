@@ -8,7 +8,8 @@ registered and its queue provisioned. Then, one after the other, each waiting un
 client acked the previous phase and then 2 s more:
 
   (0) warm-up (not timed): one command per queue, so that no phase pays for the broker
-      creating 10,000 queue indexes on disk (the first pass ran at a third of the speed);
+      creating 10,000 queue indexes on disk (the first pass ran at a third of the speed),
+      and another untimed pass after the first naive one;
   (a) naive: pika BlockingConnection + confirm_delivery(), one publish at a time;
   (b) raw:   pika SelectConnection, pipelined confirms: the broker's ceiling;
   (c) storm: `setevnt-dispatcher storm CCIM32_STARTCYCLE --all` end to end;
@@ -69,6 +70,11 @@ FINAL = "('done', 'failed', 'rejected', 'expired', 'coalesced')"
 # Seconds between one phase's last ack and the next phase, whoever publishes next: the
 # broker is still writing the last phase's consumer acks to its queue indexes meanwhile.
 SETTLE = 2.0
+STALLED = 120.0  # seconds without a confirm before a raw pass gives up
+# The broker counts as done with a pass once it used less than this share of a core more
+# than when idle, two seconds in a row; waiting at most:
+QUIET_CPU = 0.25
+QUIET_WAIT = 300.0
 
 
 def start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -155,8 +161,9 @@ def raw(
     persistent: bool = True,
 ) -> float:
     """A bare pipelined publisher with confirms: the broker's ceiling on this machine."""
-    state = {"next": 0, "tag": 0, "confirmed": 0, "started": 0.0, "elapsed": 0.0}
+    state = {"next": 0, "tag": 0, "started": 0.0, "elapsed": 0.0, "progress": 0.0}
     outstanding: set[int] = set()
+    errors: list[BaseException] = []
 
     def pump(channel: Any) -> None:
         while len(outstanding) < window and state["next"] < len(messages):
@@ -168,14 +175,20 @@ def raw(
 
     def on_confirm(frame: Any) -> None:
         tag, multiple = frame.method.delivery_tag, frame.method.multiple
-        done = [t for t in outstanding if t <= tag] if multiple else [tag]
-        outstanding.difference_update(done)
-        state["confirmed"] += len(done)
-        if state["confirmed"] == len(messages):
+        outstanding.difference_update([t for t in outstanding if t <= tag] if multiple else [tag])
+        state["progress"] = time.monotonic()
+        if state["next"] == len(messages) and not outstanding:
             state["elapsed"] = time.perf_counter() - state["started"]
             connection.close()
             return
         pump(channel_holder[0])
+
+    def watchdog() -> None:
+        if time.monotonic() - state["progress"] > STALLED:
+            errors.append(TimeoutError(f"no confirm for {STALLED:.0f} s"))
+            connection.ioloop.stop()
+            return
+        connection.ioloop.call_later(5, watchdog)
 
     channel_holder: list[Any] = []
 
@@ -188,15 +201,24 @@ def raw(
 
         channel.confirm_delivery(ack_nack_callback=on_confirm, callback=confirming)
 
+    def failed(c: Any, error: BaseException) -> None:
+        errors.append(error)
+        c.ioloop.stop()
+
     connection = pika.SelectConnection(
         pika.URLParameters(url),
         on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+        on_open_error_callback=failed,
         on_close_callback=lambda c, r: c.ioloop.stop(),
     )
+    state["progress"] = time.monotonic()
+    connection.ioloop.call_later(5, watchdog)
     try:
         connection.ioloop.start()
     finally:
         connection.ioloop.close()
+    if errors or not state["elapsed"]:
+        raise SystemExit(f"bench: the raw publisher failed: {errors or 'connection closed'}")
     return float(state["elapsed"])
 
 
@@ -342,20 +364,22 @@ def measure(
 ) -> dict[str, Any]:
 
     def raw_pass(name: str, publish: Any) -> Pass:
-        time.sleep(SETTLE)
         with broker.pass_(name):
             rate, cpu = phase(url, db, clients, name, publish)
         return Pass(rate, cpu, broker.last)
 
     def storm_pass(turn: int, fast: bool) -> Pass:
         name = f"storm{'-fast' if fast else ''}-{turn}"
-        time.sleep(SETTLE)
         with broker.pass_(name):
             storm = run_storm(env, db, args, work / f"{name}.log", fast=fast)
         return Pass(storm["enqueue_per_second"] or 0.0, storm["cpu_s"], broker.last, storm)
 
+    broker.measure_idle()
     raw_pass("warm-up", raw)
     naive_rates = [raw_pass("naive-0", naive).rate]
+    # Not timed either: the first pipelined pass after the slow naive one crawled twice here
+    # (its broker's file-handle cache, not its publisher), and round 0 starts with raw.
+    raw_pass("after-naive", raw)
     lanes = {"persistent": Lane(), "fast": Lane()}
     for turn in range(args.rounds):
         for fast, lane in ((False, lanes["persistent"]), (True, lanes["fast"])):
@@ -472,16 +496,54 @@ def _max_or_none(values: list[float | None]) -> float | None:
 
 
 class BrokerCpu:
-    """The local broker's CPU seconds per pass, read from /proc (None when not readable)."""
+    """Passes are measured one after the other, each once the broker is done with the
+    last; its CPU seconds per pass are read from /proc (None when not readable)."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         self.last: float | None = None
+        self.idle: float | None = None
+
+    def settle(self) -> None:
+        """Pause after a pass, then wait until the broker is done with it.
+
+        The ledger has a command's ack once the client published it, but the broker
+        still has to write the client's consumer ack to the queue's index; after a pass
+        over 10,000 queues that took it up to minutes here (file-handle churn), and a
+        pass started meanwhile paid for its predecessor.
+        """
+        time.sleep(SETTLE)
+        if self.idle is None:
+            return
+        started = time.monotonic()
+        quiet = 0
+        while quiet < 2 and time.monotonic() - started < QUIET_WAIT:
+            usage = self._usage(1.0)
+            if usage is None:
+                return
+            quiet = quiet + 1 if usage < self.idle + QUIET_CPU else 0
+        waited = time.monotonic() - started
+        if waited > 2.5:
+            print(f"bench: waited {waited:.0f} s for the broker to finish", file=sys.stderr)
+
+    def measure_idle(self) -> None:
+        """The broker's CPU use with the fleet connected and nothing published."""
+        self.idle = self._usage(3.0)
+        if self.idle is not None:
+            print(f"bench: broker idle at {self.idle:.2f} of a core", file=sys.stderr)
+
+    def _usage(self, seconds: float) -> float | None:
+        before = self._seconds()
+        time.sleep(seconds)
+        after = self._seconds()
+        return None if before is None or after is None else (after - before) / seconds
 
     @contextlib.contextmanager
     def pass_(self, name: str) -> Iterator[None]:
+        """Around a pass: the broker's CPU from its start until the broker is done with it."""
         before = self._seconds()
         yield
+        self.settle()
         after = self._seconds()
         self.last = round(after - before, 1) if before is not None and after is not None else None
         if self.last is not None:
