@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import time
 import uuid
@@ -62,6 +63,16 @@ def _delete_vhost(management: Callable[..., Any], name: str) -> None:
                 raise
             print(f"bench: vhost {name} still being deleted ({exc})", file=sys.stderr)
             time.sleep(5)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """Terminate, and kill what is still there after ``grace`` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 def rss_mb(pid: int) -> float:

@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.common import stop_process
+
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 WANTED_FDS = 65_536
 START_TIMEOUT = 120.0
@@ -83,12 +85,7 @@ def own_node() -> Iterator[Node]:
         print(f"bench: own node on {node.amqp_address}, {limit} file descriptors", file=sys.stderr)
         yield node
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process, 60)
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -58,7 +58,7 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, peak_rss_mb, scratch_vhost
+from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_process
 from bench.node import own_node
 from broker import topology
 from dispatcher.storm import CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
@@ -362,12 +362,7 @@ def bench(args: argparse.Namespace, url: str, work: Path, node_name: str | None)
         }
     finally:
         for proc in reversed(started):
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc, 30)
 
 
 def measure(
