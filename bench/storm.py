@@ -5,7 +5,7 @@ broker's ceiling, all in one run so the ratios hold on a noisy machine.
 Set-up (not timed): a private vhost, `setevnt-dispatcher serve` (registry, ledger,
 collector) and `setevnt-agent simulate --clients N`, whose hellos get every client
 registered and its queue provisioned. Then, one after the other, each waiting until every
-client acked the previous phase and then 2 s more:
+client acked the previous phase, 2 s more, and until the broker's CPU is back near idle:
 
   (0) warm-up (not timed): one command per queue, so that no phase pays for the broker
       creating 10,000 queue indexes on disk (the first pass ran at a third of the speed),
@@ -67,6 +67,11 @@ from schemas import Command, encode
 BIN = Path(sys.executable).parent
 TTL = 3600.0
 FINAL = "('done', 'failed', 'rejected', 'expired', 'coalesced')"
+# Seconds from a storm's start until the collector had every one of its acks.
+ALL_ACKED_AFTER = (
+    "SELECT max(c.acked_at) - s.created_at FROM commands c JOIN storms s"
+    " ON s.storm_id = c.storm_id WHERE c.storm_id = ?"
+)
 # Seconds between one phase's last ack and the next phase, whoever publishes next: the
 # broker is still writing the last phase's consumer acks to its queue indexes meanwhile.
 SETTLE = 2.0
@@ -91,12 +96,12 @@ def wait_until(check: Any, seconds: float, what: str) -> None:
     raise SystemExit(f"bench: timed out after {seconds:.0f} s waiting for {what}")
 
 
-def scalar(db: Path, sql: str, *args: Any) -> int:
+def scalar(db: Path, sql: str, *args: Any) -> float:
     if not db.exists():
         return 0
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        return int(connection.execute(sql, args).fetchone()[0] or 0)
+        return float(connection.execute(sql, args).fetchone()[0] or 0)
     except sqlite3.OperationalError:
         return 0  # the tables are created by the service a moment after the file
     finally:
@@ -251,22 +256,8 @@ def run_storm(
     phase_acked(db, storm["storm_id"], args.clients, 300)
     # From the ledger, not the storm's own figure: a storm ends after its delivery wait,
     # with late clients pending-offline, and their acks still count here.
-    storm["all_acked_after_s"] = round(acks_collected_after(db, storm["storm_id"]), 3)
+    storm["all_acked_after_s"] = round(scalar(db, ALL_ACKED_AFTER, storm["storm_id"]), 3)
     return storm
-
-
-def acks_collected_after(db: Path, storm_id: str) -> float:
-    """Seconds from the storm's start until the collector had every one of its acks."""
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
-    try:
-        row = connection.execute(
-            "SELECT max(c.acked_at) - s.created_at FROM commands c JOIN storms s"
-            " ON s.storm_id = c.storm_id WHERE c.storm_id = ?",
-            (storm_id,),
-        ).fetchone()
-    finally:
-        connection.close()
-    return float(row[0])
 
 
 def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tuple[float, float]:
@@ -427,7 +418,7 @@ def measure(
 class Pass:
     rate: float  # commands/s, first publish to last confirm
     cpu_s: float  # the publisher's: the bench's raw pass, or the whole storm process
-    broker_cpu_s: float | None  # the broker's CPU seconds from the pass's start to its last ack
+    broker_cpu_s: float | None  # the broker's CPU seconds until it was done with the pass
     storm: dict[str, Any] | None = None  # the storm's own JSON
 
 
