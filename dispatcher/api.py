@@ -202,8 +202,9 @@ class Dispatcher:
             close_quietly(connection)
 
 
-def outgoing(command: Command) -> Outgoing:
-    """The publication of one command: default exchange, the client's queue, its TTL."""
+def outgoing(command: Command, *, persistent: bool = True) -> Outgoing:
+    """The publication of one command: default exchange, the client's queue, its TTL;
+    ``persistent=False`` for the fast lane's transient commands."""
     ttl_ms = max(1, int((command.expires_at - command.issued_at) * 1000))
     return Outgoing(
         key=command.command_id,
@@ -211,5 +212,6 @@ def outgoing(command: Command) -> Outgoing:
         routing_key=topology.client_queue(command.client_id),
         body=encode(command),
         message_type=command.WIRE_TYPE,
+        persistent=persistent,
         expiration_ms=ttl_ms,
     )

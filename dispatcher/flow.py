@@ -21,7 +21,6 @@ runs on the publisher's thread, between confirms and on its ticks: no locks.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import time
 from collections import Counter, deque
@@ -260,10 +259,7 @@ class StormFlow:
             not_before=target.not_before,
             force=self.order.force,
         )
-        message = outgoing(command)
-        if self.order.persistent:
-            return message
-        return dataclasses.replace(message, persistent=False)
+        return outgoing(command, persistent=self.order.persistent)
 
     def _absorb(self) -> None:
         # The collector already wrote these answers to the ledger: only the flow learns.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -25,6 +26,7 @@ NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,31}$")
 EVENT_NAME_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,31}_[A-Z][A-Z0-9]{0,31}$")
 STATUS_PATTERN = re.compile(r"^[a-z][a-z-]{0,31}$")
 TEXT_MAX = 1024
+LATEST_TIME = 32503680000.0  # year 3000: a later timestamp is in ms, not s
 OUTPUT_MAX = 2048
 
 
@@ -155,7 +157,7 @@ def _check_number(spec: Spec, name: str, value: Any) -> None:
         raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name}: must be a finite, non-negative number")
-    if spec.kind == "time" and value > 32503680000:  # year 3000: a unit mix-up (ms vs s)
+    if spec.kind == "time" and value > LATEST_TIME:  # a unit mix-up (ms vs s)
         raise ValueError(f"{name}: timestamp {value} is not in seconds since the epoch")
 
 
@@ -212,6 +214,57 @@ _CHECKERS = {
 }
 
 
+Accept = Callable[[Any], bool]
+
+
+def _accept(spec: Spec) -> Accept:
+    """A fast test that passes the usual valid values of ``spec``.
+
+    Every message is validated when it is built and when it is decoded, and a storm
+    builds, and a fleet decodes, one command per client. A value this test does not pass
+    goes through :func:`check`, which has the final word and says which rule broke.
+    """
+    accept = _accept_present(spec)
+    if spec.required:
+        return accept
+    return lambda value: value is None or accept(value)
+
+
+def _accept_present(spec: Spec) -> Accept:
+    if spec.kind == "str":
+        return _accept_str(spec)
+    if spec.kind == "bool":
+        return lambda value: value is True or value is False
+    if spec.kind in ("time", "seconds"):
+        # NaN and infinity fail the comparison, so check() refuses them.
+        top = LATEST_TIME if spec.kind == "time" else math.inf
+        return lambda value: value.__class__ is float and 0.0 <= value < top
+    return lambda value: False  # the rarer kinds: check() does it all
+
+
+def _accept_str(spec: Spec) -> Accept:
+    limit, pattern = spec.max_len, spec.pattern
+    if spec.choices:
+        choices = frozenset(c for c in spec.choices if len(c) <= limit)
+        return lambda value: isinstance(value, str) and value in choices and pattern is None
+    if pattern is not None:
+        fullmatch = pattern.fullmatch
+        return lambda value: (
+            isinstance(value, str) and len(value) <= limit and fullmatch(value) is not None
+        )
+    return lambda value: isinstance(value, str) and len(value) <= limit
+
+
+def _rules(cls: type[Message]) -> tuple[tuple[str, Spec, Accept], ...]:
+    rules = _RULES.get(cls)
+    if rules is None:
+        rules = _RULES[cls] = tuple((n, s, _accept(s)) for n, s in cls.SPEC.items())
+    return rules
+
+
+_RULES: dict[type[Message], tuple[tuple[str, Spec, Accept], ...]] = {}
+
+
 class Message:
     """Base of the wire messages: a type tag and per-field specs."""
 
@@ -221,8 +274,10 @@ class Message:
     SPEC: ClassVar[dict[str, Spec]]
 
     def __post_init__(self) -> None:
-        for name, spec in self.SPEC.items():
-            check(spec, name, getattr(self, name))
+        for name, spec, accept in _rules(type(self)):
+            value = getattr(self, name)
+            if not accept(value):
+                check(spec, name, value)
 
 
 @dataclass(frozen=True, slots=True)

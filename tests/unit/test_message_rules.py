@@ -1,0 +1,127 @@
+"""The fast acceptance test in front of every field check never lets through what
+:func:`schemas.messages.check` refuses, and passes the usual valid values itself."""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.messages import (
+    LATEST_TIME,
+    MESSAGE_TYPES,
+    AckStatus,
+    Spec,
+    _accept,
+    check,
+)
+
+FIELDS = [
+    pytest.param(spec, id=f"{cls.WIRE_TYPE}.{name}")
+    for cls in MESSAGE_TYPES.values()
+    for name, spec in cls.SPEC.items()
+]
+
+
+class Shade(StrEnum):
+    PC = "PC042"
+
+
+EDGES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2**31,
+    0.0,
+    -0.0,
+    -1e-9,
+    1.5,
+    math.nan,
+    math.inf,
+    -math.inf,
+    LATEST_TIME,
+    LATEST_TIME + 1,
+    1e300,
+    "",
+    "PC042",
+    "PC042\n",
+    " PC042",
+    "pc042",
+    "CCIM32",
+    "ccim32",
+    "A" * 32,
+    "A" * 33,
+    "a" * 64,
+    "a" * 65,
+    "x" * 1025,
+    "done",
+    "deferred",
+    "Done",
+    AckStatus.DONE,
+    Shade.PC,
+    b"PC042",
+    ("PC042",),
+    ["PC042"],
+    {"A": "b"},
+    {"a": 1},
+    object(),
+]
+
+
+def _check_passes(spec: Spec, value: Any) -> bool:
+    try:
+        check(spec, "field", value)
+    except ValueError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("spec", FIELDS)
+def test_accepts_nothing_that_check_refuses(spec: Spec) -> None:
+    accept = _accept(spec)
+    for value in EDGES:
+        if accept(value):
+            assert _check_passes(spec, value), value
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    value=st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=80),
+        st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,70}\Z"),
+        st.from_regex(r"\A[A-Z][A-Z0-9]{0,34}\Z"),
+        st.sampled_from([s.value for s in AckStatus] + ["", "maybe"]),
+    )
+)
+def test_accepts_nothing_that_check_refuses_generated(value: Any) -> None:
+    for param in FIELDS:
+        (spec,) = param.values
+        if _accept(spec)(value):
+            assert _check_passes(spec, value), (param.id, value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "value"),
+    [
+        (Spec("str", pattern=MESSAGE_TYPES["command"].SPEC["client_id"].pattern), "PC042"),
+        (MESSAGE_TYPES["command"].SPEC["component"], "CCIM32"),
+        (MESSAGE_TYPES["ack"].SPEC["status"], "done"),
+        (MESSAGE_TYPES["ack"].SPEC["status"], AckStatus.DEFERRED),
+        (MESSAGE_TYPES["command"].SPEC["silent"], False),
+        (MESSAGE_TYPES["command"].SPEC["issued_at"], 1_790_000_000.25),
+        (MESSAGE_TYPES["command"].SPEC["not_before"], None),
+    ],
+)
+def test_usual_values_take_the_fast_path(spec: Spec, value: Any) -> None:
+    assert _accept(spec)(value)
