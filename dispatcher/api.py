@@ -205,13 +205,20 @@ class Dispatcher:
 def outgoing(command: Command, *, persistent: bool = True) -> Outgoing:
     """The publication of one command: default exchange, the client's queue, its TTL;
     ``persistent=False`` for the fast lane's transient commands."""
-    ttl_ms = max(1, int((command.expires_at - command.issued_at) * 1000))
+    ttl = command.expires_at - command.issued_at
+    return command_message(command.command_id, command.client_id, encode(command), ttl, persistent)
+
+
+def command_message(
+    command_id: str, client_id: str, body: bytes, ttl: float, persistent: bool = True
+) -> Outgoing:
+    """:func:`outgoing` of a command already encoded (a storm's, by its CommandEncoder)."""
     return Outgoing(
-        key=command.command_id,
+        key=command_id,
         exchange="",  # the default exchange: no binding look-up per client queue
-        routing_key=topology.client_queue(command.client_id),
-        body=encode(command),
-        message_type=command.WIRE_TYPE,
+        routing_key=topology.client_queue(client_id),
+        body=body,
+        message_type=Command.WIRE_TYPE,
         persistent=persistent,
-        expiration_ms=ttl_ms,
+        expiration_ms=max(1, int(ttl * 1000)),
     )

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 
 from broker.publisher import Outcome, Outgoing
 from dispatcher.answers import Answers
-from dispatcher.api import outgoing
+from dispatcher.api import command_message
 from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
-from schemas.messages import Command
+from schemas.codec import CommandEncoder
 
 
 @dataclass(slots=True)
@@ -122,6 +122,14 @@ class StormFlow:
         self.last_acked_at: float | None = None
         self.state = "running"
         self.reason: str | None = None
+        self._encoder = CommandEncoder(
+            component=order.component,
+            event=order.event,
+            silent=order.silent,
+            requested_by=order.requested_by,
+            storm_id=order.storm_id,
+            force=order.force,
+        )
         self._bucket = _Bucket(limits.rate)
         self._deadlines: list[tuple[float, str]] = []
         self._writes = Writes()
@@ -246,20 +254,13 @@ class StormFlow:
             target.in_window = True
             self.window += 1
         now = target.issued_at = time.time()
-        command = Command(
-            command_id=target.command_id,
-            client_id=target.client_id,
-            component=self.order.component,
-            event=self.order.event,
-            silent=self.order.silent,
-            issued_at=now,
-            expires_at=now + self.limits.ttl,
-            requested_by=self.order.requested_by,
-            storm_id=self.order.storm_id,
-            not_before=target.not_before,
-            force=self.order.force,
+        ttl = self.limits.ttl
+        body = self._encoder.encode(
+            target.command_id, target.client_id, now, now + ttl, target.not_before
         )
-        return outgoing(command, persistent=self.order.persistent)
+        return command_message(
+            target.command_id, target.client_id, body, ttl, self.order.persistent
+        )
 
     def _absorb(self) -> None:
         # The collector already wrote these answers to the ledger: only the flow learns.

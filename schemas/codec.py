@@ -10,9 +10,13 @@ import msgpack
 from schemas.messages import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
+    Command,
     Message,
     PublishCount,
     Reason,
+    check_expiry,
+    check_rule,
+    field_rules,
 )
 
 MAX_BODY = 64 * 1024
@@ -30,6 +34,11 @@ class DecodeError(ValueError):
 
 
 def encode(message: Message) -> bytes:
+    packed: bytes = msgpack.packb(_wire_fields(message), use_bin_type=True)
+    return packed
+
+
+def _wire_fields(message: Message) -> dict[str, Any]:
     body: dict[str, Any] = {"t": message.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
     for name in message.SPEC:
         value = getattr(message, name)
@@ -38,8 +47,75 @@ def encode(message: Message) -> bytes:
         if isinstance(value, tuple) and value and isinstance(value[0], PublishCount):
             value = [dataclasses.asdict(item) for item in value]
         body[name] = value
-    packed: bytes = msgpack.packb(body, use_bin_type=True)
-    return packed
+    return body
+
+
+class CommandEncoder:
+    """Encodes many commands alike but for their ids, clients and times: a storm's.
+
+    The same bytes as :func:`encode` of the same :class:`Command`, for a fraction of the
+    cost (a storm builds one command per client, on the thread that publishes them): the
+    fields all commands share are validated once, here, and those that differ are
+    checked per command by the same rules.
+    """
+
+    _VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
+
+    def __init__(
+        self,
+        *,
+        component: str,
+        event: str,
+        silent: bool,
+        requested_by: str,
+        storm_id: str | None = None,
+        force: bool = False,
+    ) -> None:
+        shared = _wire_fields(
+            Command(  # the varying fields are placeholders: each command sets its own
+                command_id="0",
+                client_id="0",
+                component=component,
+                event=event,
+                silent=silent,
+                issued_at=0.0,
+                expires_at=0.0,
+                requested_by=requested_by,
+                storm_id=storm_id,
+                force=force,
+            )
+        )
+        # In wire order, as encode() writes them (msgpack keeps a map's order).
+        self._base = {"t": shared["t"], "v": shared["v"]}
+        for name in Command.SPEC:
+            if name in self._VARYING:
+                self._base[name] = None
+            elif name in shared:
+                self._base[name] = shared[name]
+        self._rules = field_rules(Command, self._VARYING)
+
+    def encode(
+        self,
+        command_id: str,
+        client_id: str,
+        issued_at: float,
+        expires_at: float,
+        not_before: float | None = None,
+    ) -> bytes:
+        """The body of one command; raises ValueError where Command() would."""
+        values = (command_id, client_id, issued_at, expires_at, not_before)
+        for rule, value in zip(self._rules, values, strict=True):
+            check_rule(rule, value)
+        check_expiry(issued_at, expires_at)
+        body = self._base.copy()
+        body["command_id"], body["client_id"] = command_id, client_id
+        body["issued_at"], body["expires_at"] = issued_at, expires_at
+        if not_before is None:
+            del body["not_before"]  # left out, as encode() leaves out absent fields
+        else:
+            body["not_before"] = not_before
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        return packed
 
 
 def decode(data: bytes, expected: type[M]) -> M:

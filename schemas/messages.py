@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -215,6 +215,7 @@ _CHECKERS = {
 
 
 Accept = Callable[[Any], bool]
+FieldRule = tuple[str, Spec, Accept]  # a field's name, its spec, its fast test
 
 
 def _accept(spec: Spec) -> Accept:
@@ -255,14 +256,32 @@ def _accept_str(spec: Spec) -> Accept:
     return lambda value: isinstance(value, str) and len(value) <= limit
 
 
-def _rules(cls: type[Message]) -> tuple[tuple[str, Spec, Accept], ...]:
+def field_rules(cls: type[Message], names: Sequence[str]) -> list[FieldRule]:
+    """The rules of some fields of ``cls``: for code that checks them one by one."""
+    rules = {rule[0]: rule for rule in _rules(cls)}
+    return [rules[name] for name in names]
+
+
+def check_rule(rule: FieldRule, value: Any) -> None:
+    """Raise :class:`FieldError` when ``value`` breaks ``rule``."""
+    name, spec, accept = rule
+    if not accept(value):
+        check(spec, name, value)
+
+
+def check_expiry(issued_at: float, expires_at: float) -> None:
+    if expires_at < issued_at:
+        raise FieldError("expires_at", "expires_at: earlier than issued_at")
+
+
+def _rules(cls: type[Message]) -> tuple[FieldRule, ...]:
     rules = _RULES.get(cls)
     if rules is None:
         rules = _RULES[cls] = tuple((n, s, _accept(s)) for n, s in cls.SPEC.items())
     return rules
 
 
-_RULES: dict[type[Message], tuple[tuple[str, Spec, Accept], ...]] = {}
+_RULES: dict[type[Message], tuple[FieldRule, ...]] = {}
 
 
 class Message:
@@ -313,8 +332,7 @@ class Command(Message):
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
-        if self.expires_at < self.issued_at:
-            raise ValueError("expires_at: earlier than issued_at")
+        check_expiry(self.issued_at, self.expires_at)
 
     @property
     def event_name(self) -> str:

@@ -22,14 +22,17 @@ from typing import Any, cast
 import jsonschema  # type: ignore[import-untyped]  # test-only; no stubs installed
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from schemas.codec import MAX_BODY, DecodeError, decode, decode_any, encode
+from schemas.codec import MAX_BODY, CommandEncoder, DecodeError, decode, decode_any, encode
 from schemas.messages import (
     ID_PATTERN,
     MESSAGE_TYPES,
     NAME_PATTERN,
     Ack,
     Command,
+    FieldError,
     Heartbeat,
     Message,
     PublishCount,
@@ -455,3 +458,88 @@ def test_reply_statuses_need_their_fields() -> None:
     with pytest.raises(ValueError, match="refused needs"):
         TriggerReply(status="refused", replied_at=1.0)
     assert TriggerReply(status="accepted", replied_at=1.0, storm_id="s", targets=1).accepted
+
+
+STORM_FIELDS = {
+    "component": "CCIM32",
+    "event": "STARTCYCLE",
+    "silent": True,
+    "requested_by": "ops@site",
+    "storm_id": "storm-20261121-120000-abcdef",
+    "force": False,
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    command_id=st.from_regex(ID_PATTERN, fullmatch=True),
+    client_id=st.from_regex(ID_PATTERN, fullmatch=True),
+    issued_at=st.floats(min_value=0, max_value=YEAR_3000 - 7200),
+    ttl=st.floats(min_value=0, max_value=3600),
+    not_before=st.one_of(st.none(), st.floats(min_value=0, max_value=YEAR_3000)),
+    shared=st.fixed_dictionaries(
+        {"silent": st.booleans(), "force": st.booleans(), "storm_id": st.none() | st.just("s1")}
+    ),
+)
+def test_command_encoder_writes_what_encode_writes(
+    command_id: str,
+    client_id: str,
+    issued_at: float,
+    ttl: float,
+    not_before: float | None,
+    shared: dict[str, Any],
+) -> None:
+    fields = {**STORM_FIELDS, **shared}
+    encoder = CommandEncoder(**fields)
+    body = encoder.encode(command_id, client_id, issued_at, issued_at + ttl, not_before)
+    command = Command(
+        command_id=command_id,
+        client_id=client_id,
+        issued_at=issued_at,
+        expires_at=issued_at + ttl,
+        not_before=not_before,
+        **fields,
+    )
+    assert body == encode(command)
+    assert decode(body, Command) == command
+
+
+@pytest.mark.parametrize(
+    ("command_id", "client_id", "issued_at", "expires_at", "not_before", "field"),
+    [
+        ("c1", "PC042\n", 10.0, 20.0, None, "client_id"),
+        ("c1", "", 10.0, 20.0, None, "client_id"),
+        ("c 1", "PC042", 10.0, 20.0, None, "command_id"),
+        ("c1", "PC042", math.nan, 20.0, None, "issued_at"),
+        ("c1", "PC042", 10.0, YEAR_3000 * 1000, None, "expires_at"),
+        ("c1", "PC042", 10.0, 5.0, None, "expires_at"),
+        ("c1", "PC042", 10.0, 20.0, -1.0, "not_before"),
+        ("c1", "PC042", 10.0, 20.0, True, "not_before"),
+    ],
+)
+def test_command_encoder_refuses_what_command_refuses(
+    command_id: str,
+    client_id: str,
+    issued_at: float,
+    expires_at: float,
+    not_before: Any,
+    field: str,
+) -> None:
+    encoder = CommandEncoder(**STORM_FIELDS)
+    with pytest.raises(FieldError) as by_encoder:
+        encoder.encode(command_id, client_id, issued_at, expires_at, not_before)
+    with pytest.raises(FieldError) as by_command:
+        Command(
+            command_id=command_id,
+            client_id=client_id,
+            issued_at=issued_at,
+            expires_at=expires_at,
+            not_before=not_before,
+            **STORM_FIELDS,
+        )
+    assert by_encoder.value.field == by_command.value.field == field
+
+
+def test_command_encoder_refuses_bad_shared_fields() -> None:
+    with pytest.raises(ValueError, match="component"):
+        CommandEncoder(**{**STORM_FIELDS, "component": "ccim32"})
