@@ -246,8 +246,9 @@ def _accept_present(spec: Spec) -> Accept:
 def _accept_str(spec: Spec) -> Accept:
     limit, pattern = spec.max_len, spec.pattern
     if spec.choices:
-        choices = frozenset(c for c in spec.choices if len(c) <= limit)
-        return lambda value: isinstance(value, str) and value in choices and pattern is None
+        # The choices that also fit the length and (no spec has one) the pattern.
+        choices = frozenset(c for c in spec.choices if len(c) <= limit and pattern is None)
+        return lambda value: isinstance(value, str) and value in choices
     if pattern is not None:
         fullmatch = pattern.fullmatch
         return lambda value: (
