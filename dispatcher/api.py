@@ -202,17 +202,17 @@ class Dispatcher:
             close_quietly(connection)
 
 
-def outgoing(command: Command, *, persistent: bool = True) -> Outgoing:
-    """The publication of one command: default exchange, the client's queue, its TTL;
-    ``persistent=False`` for the fast lane's transient commands."""
+def outgoing(command: Command) -> Outgoing:
+    """The publication of one command: default exchange, the client's queue, its TTL."""
     ttl = command.expires_at - command.issued_at
-    return command_message(command.command_id, command.client_id, encode(command), ttl, persistent)
+    return command_message(command.command_id, command.client_id, encode(command), ttl)
 
 
 def command_message(
     command_id: str, client_id: str, body: bytes, ttl: float, persistent: bool = True
 ) -> Outgoing:
-    """:func:`outgoing` of a command already encoded (a storm's, by its CommandEncoder)."""
+    """:func:`outgoing` of a command already encoded (a storm's, by its CommandEncoder),
+    expiring ``ttl`` seconds from now; ``persistent=False`` for the fast lane."""
     return Outgoing(
         key=command_id,
         exchange="",  # the default exchange: no binding look-up per client queue

@@ -11,16 +11,16 @@ never a second run.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import keys
-from dispatcher.api import outgoing
+from dispatcher.api import command_message
 from dispatcher.ledger import CommandRecord, Ledger, StormRecord
 from dispatcher.progress import STALE_AFTER
+from schemas.codec import encode
 from schemas.messages import Command
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def resend_fast_lane(settings: BrokerSettings, ledger: Ledger) -> int:
 def _message(command: CommandRecord, storm: StormRecord, now: float) -> Outgoing:
     assert command.component and command.event and command.expires_at is not None
     issued = command.issued_at if command.issued_at is not None else now
-    message = outgoing(
+    body = encode(
         Command(
             command_id=command.command_id,
             client_id=command.client_id,
@@ -61,5 +61,5 @@ def _message(command: CommandRecord, storm: StormRecord, now: float) -> Outgoing
         )
     )
     # Transient again, and expiring when the command does, not a full TTL from now.
-    remaining = max(1, int((command.expires_at - now) * 1000))
-    return dataclasses.replace(message, persistent=False, expiration_ms=remaining)
+    remaining = command.expires_at - now
+    return command_message(command.command_id, command.client_id, body, remaining, persistent=False)
