@@ -180,6 +180,18 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         [('sum(rabbitmq_detailed_queue_messages{queue="setevnt.dead"})', "setevnt.dead")],
         12,
     ),
+    (
+        "Trigger requests from services, by outcome",
+        "timeseries",
+        "short",
+        [
+            (
+                f"sum by (outcome, reason) (increase(setevnt_requests_total[{RATE}]))",
+                "{{outcome}} {{reason}}",
+            )
+        ],
+        12,
+    ),
 ]
 
 

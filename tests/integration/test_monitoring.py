@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import Dispatcher
+from dispatcher import Client, Dispatcher, RequestRefused
 from dispatcher.waiter import AckWaiter
 from tests.integration.fleet import Fleet
 from tests.integration.helpers import Process, records, start_agent, start_hold, wait_for
@@ -44,7 +44,10 @@ def _metrics_port(service: Process) -> int:
 
 
 def _traffic(url: str) -> None:
-    """Done, failed, rejected and unroutable commands, spread over a few seconds."""
+    """Done, failed, rejected and unroutable commands, spread over a few seconds, and a
+    service's request that the policy refuses (the service runs with none: deny all)."""
+    with Client(url, accept_timeout=15) as client, pytest.raises(RequestRefused):
+        client.trigger("CCIM32_STARTCYCLE", clients=["MON-GUARD"])
     deadline = time.monotonic() + TRAFFIC_SECONDS
     with Dispatcher(url) as dispatcher:
         while time.monotonic() < deadline:
@@ -90,6 +93,7 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
         time.sleep(3)  # a few more scrapes after the last ack
         dashboard = [(t, e, prometheus.query(e)) for t, e in dashboard_expressions()]
         alerts = [(t, e, prometheus.query(e)) for t, e in alert_expressions()]
+        refused = prometheus.query('sum(setevnt_requests_total{outcome="refused"})')
     finally:
         if prometheus is not None:
             prometheus.stop()
@@ -106,3 +110,5 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
     )
     assert not empty, f"dashboard queries without data: {empty}"
     assert not invalid, f"alert expressions that failed: {invalid}"
+    refusals = [float(series["value"][1]) for series in refused["data"]["result"]]
+    assert refusals and refusals[0] >= 1, f"the refused request is not counted: {refused}"
