@@ -7,9 +7,10 @@ collector) and `setevnt-agent simulate --clients N`, whose hellos get every clie
 registered and its queue provisioned. Then, one after the other, each waiting until every
 client acked the previous phase, 2 s more, and until the broker's CPU is back near idle:
 
-  (0) warm-up (not timed): one command per queue, so that no phase pays for the broker
-      creating 10,000 queue indexes on disk (the first pass ran at a third of the speed),
-      and another untimed pass after the first naive one;
+  (0) warm-up (not timed): three raw passes of one command per queue, so that no phase
+      pays for the broker creating 10,000 queue indexes on disk and warming up (the
+      first four pipelined passes ran at ~300, ~900, ~1,200 and ~2,000/s, the later ones
+      at ~2,000/s), and another untimed pass after the first naive one;
   (a) naive: pika BlockingConnection + confirm_delivery(), one publish at a time;
   (b) raw:   pika SelectConnection, pipelined confirms: the broker's ceiling;
   (c) storm: `setevnt-dispatcher storm CCIM32_STARTCYCLE --all` end to end;
@@ -75,6 +76,7 @@ ALL_ACKED_AFTER = (
 # Seconds between one phase's last ack and the next phase, whoever publishes next: the
 # broker is still writing the last phase's consumer acks to its queue indexes meanwhile.
 SETTLE = 2.0
+WARM_UP_PASSES = 3  # raw passes before anything is timed; the one after naive-0 adds one
 STALLED = 120.0  # seconds without a confirm before a raw pass gives up
 # The broker counts as done with a pass once it used less than this share of a core more
 # than when idle, two seconds in a row; waiting at most:
@@ -378,7 +380,10 @@ def measure(
         return Pass(storm["enqueue_per_second"] or 0.0, storm["cpu_s"], broker.last, storm)
 
     broker.measure_idle()
-    raw_pass("warm-up", raw)
+    # Not timed: the first pipelined passes after the fleet came up ran at ~300, ~900,
+    # ~1,200/s here, and only the fourth and later ones at a steady ~2,000/s.
+    for warm in range(WARM_UP_PASSES):
+        raw_pass(f"warm-up-{warm}", raw)
     naive_rates = [raw_pass("naive-0", naive).rate]
     # Not timed either: the first pipelined pass after the slow naive one crawled twice here
     # (its broker's file-handle cache, not its publisher), and round 0 starts with raw.
