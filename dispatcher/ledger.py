@@ -127,6 +127,12 @@ _COMMAND_COLUMNS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    storms: int
+    commands: int
+
+
 @dataclass
 class Writes:
     """A storm's ledger updates, buffered and applied in one transaction."""
@@ -279,6 +285,52 @@ class Ledger:
             )
         ]
         return StormFigures(counts, int(published), latencies, first, last, acked)
+
+    def prune(self, before: float, now: float, *, dry_run: bool = False) -> Pruned:
+        """Forget storms that finished before ``before`` and their commands, and commands
+        of no storm that expired (or were answered) before it; ``dry_run``: only count.
+
+        Kept however old: a running storm (an interrupted one can still be resumed), one
+        with a command that has not expired (its answer may still come, a fast-lane one
+        may still be re-sent) and one that an unexpired request key names (a replay must
+        find it).
+        """
+        old_storms = (
+            "SELECT storm_id FROM storms s WHERE state != 'running' AND finished_at < :before "
+            "AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.storm_id = s.storm_id "
+            "AND c.expires_at > :now)"
+        )
+        if self._has_table("request_keys"):
+            old_storms += (
+                " AND storm_id NOT IN (SELECT storm_id FROM request_keys WHERE expires_at > :now)"
+            )
+        # Commands of no storm the ledger knows: single triggers, and acks the collector
+        # recorded for commands it had no row of.
+        loose = (
+            "coalesce(expires_at, acked_at, issued_at) < :before AND (storm_id IS NULL "
+            "OR storm_id NOT IN (SELECT storm_id FROM storms))"
+        )
+        params = {"before": before, "now": now}
+        with db.transaction(self._db):
+            storms = self._count("storms", f"storm_id IN ({old_storms})", params)
+            commands = self._count("commands", f"storm_id IN ({old_storms})", params)
+            commands += self._count("commands", loose, params)
+            if not dry_run:
+                self._db.execute(f"DELETE FROM commands WHERE {loose}", params)
+                self._db.execute(f"DELETE FROM commands WHERE storm_id IN ({old_storms})", params)
+                self._db.execute(f"DELETE FROM storms WHERE storm_id IN ({old_storms})", params)
+        return Pruned(storms=storms, commands=commands)
+
+    def _count(self, table: str, where: str, params: dict[str, float]) -> int:
+        return int(
+            self._db.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0]
+        )
+
+    def _has_table(self, name: str) -> bool:
+        found = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+        ).fetchone()
+        return found is not None
 
     # -- commands -----------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 setevnt-dispatcher serve [--metrics-port 9808] [--policy FILE]
                                                    collect acks and heartbeats, take requests
                                                    (setevnt.requests), serve /metrics
-setevnt-dispatcher clients|storm|resume|cancel|status   the fleet (see dispatcher.operator_cli)
+setevnt-dispatcher clients|storm|resume|cancel|status|report|prune
+                                                   the fleet (see dispatcher.operator_cli)
 setevnt-dispatcher site set-version V|show         the site's CopyListVersion (dispatcher.site_cli)
 setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
 setevnt-dispatcher enroll-service NAME             a requesting service's broker user

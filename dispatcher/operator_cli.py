@@ -8,6 +8,7 @@ setevnt-dispatcher resume STORM_ID
 setevnt-dispatcher cancel STORM_ID
 setevnt-dispatcher status [STORM_ID | COMMAND_ID] [--json] [--once]
 setevnt-dispatcher report STORM_ID [--out report.html]
+setevnt-dispatcher prune --older-than DURATION [--dry-run]
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 from broker.settings import BrokerSettings
 from dispatcher import progress, report, targets
@@ -34,7 +35,21 @@ from dispatcher.site import Site
 from schemas.catalog import DEFAULT_CATALOG
 from schemas.syntax import resolve_event
 
-COMMANDS = ("clients", "storm", "resume", "cancel", "status", "report")
+T = TypeVar("T")
+COMMANDS = ("clients", "storm", "resume", "cancel", "status", "report", "prune")
+
+
+def _typed(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse type that shows its own message for a bad value
+    ("'fast' is not a rate (e.g. 200/s, 600/m)"), not "invalid parse_rate value"."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def store_options() -> argparse.ArgumentParser:
@@ -43,7 +58,7 @@ def store_options() -> argparse.ArgumentParser:
     parent.add_argument("--db", help="SQLite database (default: $SETEVNT_DB or ./setevnt.db)")
     parent.add_argument(
         "--offline-after",
-        type=storms.parse_duration,
+        type=_typed(storms.parse_duration),
         default=RegistrySettings().offline_after,
         metavar="DURATION",
         help="a client is offline after this long without a heartbeat (default 180s)",
@@ -80,28 +95,45 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     report_cmd = sub.add_parser("report", parents=[store], help="a storm as an HTML page")
     report_cmd.add_argument("storm_id", metavar="STORM_ID")
     report_cmd.add_argument("--out", default="report.html", help="default: report.html")
+    prune = sub.add_parser(
+        "prune", parents=[store], help="forget old storms and commands from the ledger"
+    )
+    prune.add_argument(
+        "--older-than",
+        type=_typed(storms.parse_duration),
+        required=True,
+        metavar="DURATION",
+        help="storms that finished, and commands that expired, longer ago (e.g. 30d)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only count what would go")
 
 
 def _storm_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rate", type=storms.parse_rate, metavar="N/s", help="default: unpaced")
+    parser.add_argument(
+        "--rate", type=_typed(storms.parse_rate), metavar="N/s", help="default: unpaced"
+    )
     parser.add_argument(
         "--max-in-flight",
-        type=storms.Limit.parse,
+        type=_typed(storms.Limit.parse),
         default=storms.Limit(1000),
         metavar="N|P%",
         help="commands sent but not answered yet (default 1000)",
     )
     parser.add_argument(
         "--max-errors",
-        type=storms.Limit.parse,
+        type=_typed(storms.Limit.parse),
         metavar="N|P%",
         help="halt when errors exceed this (default: never)",
     )
-    parser.add_argument("--spread", type=storms.parse_duration, default=0.0, metavar="DURATION")
-    parser.add_argument("--ttl", type=storms.parse_duration, default=3600.0, metavar="DURATION")
+    parser.add_argument(
+        "--spread", type=_typed(storms.parse_duration), default=0.0, metavar="DURATION"
+    )
+    parser.add_argument(
+        "--ttl", type=_typed(storms.parse_duration), default=3600.0, metavar="DURATION"
+    )
     parser.add_argument(
         "--delivery-wait",
-        type=storms.parse_duration,
+        type=_typed(storms.parse_duration),
         default=30.0,
         metavar="DURATION",
         help="unanswered this long after its start: pending-offline (default 30s)",
@@ -124,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         "cancel": _cancel,
         "status": _status,
         "report": _report,
+        "prune": _prune,
     }[args.command]
     return handler(args)
 
@@ -284,6 +317,21 @@ def _report(args: argparse.Namespace) -> int:
     with open(args.out, "w", encoding="utf-8") as out:
         out.write(report.render(data))
     print(f"wrote {args.out}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    database = DbSettings.from_env(args.db)
+    now = time.time()
+    before = now - args.older_than
+    with Ledger(database, create=False) as ledger:
+        pruned = ledger.prune(before, now, dry_run=args.dry_run)
+    verb = "would forget" if args.dry_run else "forgot"
+    cutoff = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before))
+    print(
+        f"{verb} {pruned.storms} storm(s) and {pruned.commands} command(s) "
+        f"from before {cutoff} in {database.path}"
+    )
     return 0
 
 

@@ -1,0 +1,138 @@
+"""``setevnt-dispatcher prune``: what the ledger forgets and what it must keep."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from dispatcher.db import DbSettings
+from dispatcher.idempotency import IdempotencyKeys
+from dispatcher.ledger import CommandRecord, Ledger, Pruned, StormRecord
+from dispatcher.main import main
+
+NOW = time.time()
+DAY = 86400.0
+BEFORE = NOW - 30 * DAY  # --older-than 30d
+
+
+def storm(storm_id: str, state: str, finished_days_ago: float | None) -> StormRecord:
+    finished = NOW - finished_days_ago * DAY if finished_days_ago is not None else None
+    created = (finished or NOW) - 60
+    return StormRecord(
+        storm_id, "CCIM32", "STARTCYCLE", {}, 1, state, None, "ops", created, finished,
+        finished or NOW, "pid 1", False,
+    )  # fmt: skip
+
+
+def command(
+    command_id: str, storm_id: str | None, expires_days_ago: float | None, **more: float
+) -> CommandRecord:
+    expires = NOW - expires_days_ago * DAY if expires_days_ago is not None else None
+    return CommandRecord(
+        command_id, storm_id, f"PC-{command_id}", "CCIM32", "STARTCYCLE", "done",
+        expires_at=expires, **more,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> DbSettings:
+    settings = DbSettings(str(tmp_path / "setevnt.db"))
+    with Ledger(settings) as ledger:
+        ledger.create_storm(storm("old-done", "done", 40), [command("a1", "old-done", 40)])
+        ledger.create_storm(storm("old-halted", "halted", 31), [command("b1", "old-halted", 31)])
+        ledger.create_storm(storm("recent", "done", 3), [command("c1", "recent", 3)])
+        # Started long ago, its process died: `resume` may still send the rest.
+        ledger.create_storm(
+            storm("old-running", "running", None), [command("d1", "old-running", 40)]
+        )
+        # Finished long ago, but one command is valid for another day.
+        ledger.create_storm(
+            storm("old-long-ttl", "done", 40),
+            [command("e1", "old-long-ttl", 40), command("e2", "old-long-ttl", -1)],
+        )
+        ledger.create_storm(
+            storm("old-requested", "done", 40), [command("f1", "old-requested", 40)]
+        )
+        ledger.record_commands(
+            [
+                command("single-old", None, 35),
+                command("single-recent", None, 1),
+                command("single-pending", None, -1),
+                # An ack for a command the ledger had no row of: no expiry, only when it came.
+                command("stray-ack", "bench-raw-0", None, acked_at=NOW - 45 * DAY),
+            ]
+        )
+    with IdempotencyKeys(settings, window=DAY) as keys:
+        keys.remember("helpdesk", "T-4711", "old-requested", 1, NOW - 0.5 * DAY)
+    return settings
+
+
+def rows(settings: DbSettings, table: str, column: str) -> set[str]:
+    with sqlite3.connect(settings.path) as connection:
+        return {row[0] for row in connection.execute(f"SELECT {column} FROM {table}")}
+
+
+def test_prune_forgets_finished_storms_and_expired_commands_only(database: DbSettings) -> None:
+    with Ledger(database) as ledger:
+        pruned = ledger.prune(BEFORE, NOW)
+
+    assert pruned == Pruned(storms=2, commands=4)
+    assert rows(database, "storms", "storm_id") == {
+        "recent",
+        "old-running",
+        "old-long-ttl",
+        "old-requested",
+    }
+    assert rows(database, "commands", "command_id") == {
+        "c1",
+        "d1",
+        "e1",
+        "e2",
+        "f1",
+        "single-recent",
+        "single-pending",
+    }
+
+
+def test_a_request_key_keeps_its_storm_only_until_it_expires(database: DbSettings) -> None:
+    with Ledger(database) as ledger:
+        ledger.prune(BEFORE, NOW)
+        assert ledger.storm("old-requested") is not None
+        ledger.prune(BEFORE, NOW + DAY)  # the key expired half a day before this
+        assert ledger.storm("old-requested") is None
+        assert ledger.command("f1") is None
+
+
+def test_a_dry_run_counts_the_same_and_deletes_nothing(database: DbSettings) -> None:
+    storms_before = rows(database, "storms", "storm_id")
+    commands_before = rows(database, "commands", "command_id")
+    with Ledger(database) as ledger:
+        counted = ledger.prune(BEFORE, NOW, dry_run=True)
+        assert rows(database, "storms", "storm_id") == storms_before
+        assert rows(database, "commands", "command_id") == commands_before
+        assert ledger.prune(BEFORE, NOW) == counted
+
+
+def test_a_ledger_without_request_keys_prunes_too(tmp_path: Path) -> None:
+    settings = DbSettings(str(tmp_path / "plain.db"))
+    with Ledger(settings) as ledger:
+        ledger.create_storm(storm("old", "cancelled", 60), [command("x", "old", 60)])
+        assert ledger.prune(BEFORE, NOW) == Pruned(storms=1, commands=1)
+
+
+def test_the_command_says_what_it_forgot(
+    database: DbSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["prune", "--older-than", "30d", "--db", database.path]
+    assert main([*argv, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert dry.startswith("would forget 2 storm(s) and 4 command(s) from before ")
+    assert dry.rstrip().endswith(f"UTC in {database.path}")
+    assert main(argv) == 0
+    done = capsys.readouterr().out
+    assert done.startswith("forgot 2 storm(s) and 4 command(s) from before ")
+    assert main(argv) == 0
+    assert capsys.readouterr().out.startswith("forgot 0 storm(s) and 0 command(s) ")
