@@ -8,10 +8,11 @@ real agent: a memory alarm blocks publishers), every simulated client is one con
 with a prefetch of one, and all lanes share one pika I/O loop (:class:`Loop`) on one
 thread. Work is handed back to that thread with :meth:`Loop.call_threadsafe`.
 
-A client's queue is consumed only once a declare says it exists: passive by default (the
-dispatcher provisions a queue when the client's hello arrives), or a real declare when
-the lane provisions queues itself. A missing queue closes only the lane's probe
-channel, which is reopened after a pause, never the channel that consumes.
+A lane consumes only once both connections are ready, so every command it takes can be
+answered. A client's queue is consumed only once a declare says it exists: passive by
+default (the dispatcher provisions a queue when the client's hello arrives), or a real
+declare when the lane provisions queues itself. A missing queue closes only the lane's
+probe channel, which is reopened after a pause, never the channel that consumes.
 """
 
 from __future__ import annotations
@@ -175,7 +176,10 @@ class Lane:
                 self._loop.call_later(1.0, lambda: self.settle(delivery, requeue=True))
 
         if not self.publish(exchange, routing_key, body, message_type="ack", on_confirm=confirmed):
-            log.debug("lane down: %s will be redelivered", delivery.message_id)
+            # No publishing channel: if the delivery's channel lives on, hand the command
+            # back so it comes again (and the journal answers) instead of sitting unacked.
+            log.debug("lane cannot publish: %s will be redelivered", delivery.message_id)
+            self._loop.call_later(1.0, lambda: self.settle(delivery, requeue=True))
 
     def settle(
         self, delivery: LaneDelivery, *, dead_letter: bool = False, requeue: bool = False
@@ -263,6 +267,7 @@ class Lane:
         self._publish_ch = channel
         self._backoff = 0.5
         self._announce()
+        self._probe_next()
 
     def _announce(self) -> None:
         if self.ready and self._ready_generation != self.generation:
@@ -313,7 +318,9 @@ class Lane:
     # -- probing and consuming --------------------------------------------------------
 
     def _probe_next(self) -> None:
-        if self._probing is not None or self._probe_ch is None or self._consume_ch is None:
+        # Consume only once the lane can answer: a command run before the publishing
+        # channel is ready would have nowhere to send its ack.
+        if self._probing is not None or self._probe_ch is None or not self.ready:
             return
         if not self._to_probe:
             return

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +77,18 @@ class AckTap:
         return final_acks(self.acks())
 
     def wait_finals(
-        self, command_ids: set[str], timeout: float, *, alive: Iterable[Process] = ()
+        self,
+        command_ids: set[str],
+        timeout: float,
+        *,
+        alive: Iterable[Process] = (),
+        explain: Callable[[list[str]], str] | None = None,
     ) -> dict[str, str]:
-        """Wait until every command has a final ack; fail at once if a process died."""
+        """Wait until every command has a final ack; fail at once if a process died.
+
+        ``explain(missing)`` adds what the test knows about the commands still missing
+        (where they are, what ran) to the failure, for a fault that shows up rarely.
+        """
         watched = list(alive)
 
         def answered() -> dict[str, str] | None:
@@ -92,9 +102,10 @@ class AckTap:
             result: dict[str, str] = wait_for(answered, timeout, "final acks")
         except AssertionError:
             missing = sorted(command_ids - set(self.finals()[0]))
+            detail = f"\n{explain(missing)}" if explain is not None else ""
             raise AssertionError(
                 f"{len(missing)} of {len(command_ids)} commands without a final ack after "
-                f"{timeout} s, e.g. {missing[:5]}"
+                f"{timeout} s, e.g. {missing[:5]}{detail}"
             ) from None
         return result
 
@@ -225,6 +236,23 @@ def memory_alarm(low: str = "0.000001", timeout: float = 30) -> Iterator[Callabl
     finally:
         clear()
         assert memory_watermark() == original, "memory watermark not restored"
+
+
+def queue_depths(url: str, queues: Iterable[str]) -> dict[str, str]:
+    """Queue -> "ready R, unacked U, consumers C" from the management API."""
+    vhost = urllib.parse.quote(urllib.parse.unquote(urllib.parse.urlsplit(url).path[1:]), safe="")
+    depths = {}
+    for queue in queues:
+        try:
+            info = management("GET", f"/queues/{vhost}/{urllib.parse.quote(queue, safe='')}")
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            depths[queue] = f"unknown ({exc})"
+            continue
+        depths[queue] = (
+            f"ready {info.get('messages_ready')}, unacked {info.get('messages_unacknowledged')}, "
+            f"consumers {info.get('consumers')}"
+        )
+    return depths
 
 
 def finished_runs(record: Path) -> int:

@@ -22,14 +22,24 @@ from pathlib import Path
 
 import pytest
 
+from broker import topology
 from broker.errors import ConnectionLost
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher, keys
 from dispatcher.api import outgoing
-from tests.faults.harness import AckTap, finished_runs, memory_alarm, memory_alarm_on, wait_finished
+from schemas.messages import Command
+from tests.faults.harness import (
+    AckTap,
+    finished_runs,
+    memory_alarm,
+    memory_alarm_on,
+    queue_depths,
+    wait_finished,
+)
 from tests.faults.tally import run_records, tally
 from tests.integration.fleet import Fleet
+from tests.integration.helpers import Process
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -47,8 +57,11 @@ def test_a_memory_alarm_blocks_publishers_and_agents_keep_consuming(
     tap = AckTap(amqp_url)
     with Dispatcher(amqp_url) as dispatcher:
         dispatcher.provision(clients)
-        queued = dispatcher.trigger(clients, "CCIM32_STARTCYCLE")  # before the alarm
-        later = [outgoing(c) for c in dispatcher.commands(clients[:BLOCKED], ["CQMGR32_CLOSE"])]
+        first = dispatcher.commands(clients, ["CCIM32_STARTCYCLE"])
+        queued = dispatcher.send(first)  # before the alarm
+        then = dispatcher.commands(clients[:BLOCKED], ["CQMGR32_CLOSE"])
+        later = [outgoing(c) for c in then]
+    commands = {c.command_id: c for c in first + then}
     blocked = BrokerSettings(
         url=amqp_url, blocked_connection_timeout=BLOCKED_TIMEOUT, connection_name="faults-blocked"
     )
@@ -64,7 +77,7 @@ def test_a_memory_alarm_blocks_publishers_and_agents_keep_consuming(
                 publisher.publish(later)
             blocked_for = time.monotonic() - started
             unsent = list(refused.value.unsent)  # type: ignore[attr-defined]
-            fleet.simulate(CLIENTS, "--record", str(record))  # consumes despite the alarm
+            fleet_process = fleet.simulate(CLIENTS, "--record", str(record))  # consumes anyway
             wait_finished(record, CLIENTS, 20)
             ran_during = finished_runs(record)
             acks_during = len(tap.finals()[0])
@@ -74,7 +87,12 @@ def test_a_memory_alarm_blocks_publishers_and_agents_keep_consuming(
         with ConfirmingPublisher(BrokerSettings(url=amqp_url), stamp=keys.command_stamp()) as p:
             resent = p.publish(unsent)
         sent = [r.command_id for r in queued] + [m.key for m in later]
-        finals = tap.wait_finals(set(sent), timeout=60)
+        finals = tap.wait_finals(
+            set(sent),
+            timeout=60,
+            alive=[fleet_process],
+            explain=lambda missing: explain(missing, commands, record, amqp_url, fleet_process),
+        )
         completed_after = max(r.at for r in tap.received()) - alarm_off
     finally:
         fleet.stop()
@@ -110,3 +128,19 @@ def test_a_memory_alarm_blocks_publishers_and_agents_keep_consuming(
     assert (result.lost, result.duplicate_executions) == (0, 0), result.table()
     assert result.statuses == {"done": CLIENTS + BLOCKED}
     assert result.confirmed == CLIENTS + BLOCKED
+
+
+def explain(
+    missing: list[str], commands: dict[str, Command], record: Path, url: str, fleet: Process
+) -> str:
+    """Where the commands without a final ack are: their runs, their queues, the fleet."""
+    runs = run_records(record)
+    lines = []
+    for command_id in missing:
+        command = commands[command_id]
+        phases = [r["phase"] for r in runs if r.get("command_id") == command_id]
+        lines.append(f"  {command.client_id} {command.event_name} {command_id}: runs {phases}")
+    queues = sorted({topology.client_queue(commands[c].client_id) for c in missing})
+    lines += [f"  {queue}: {depth}" for queue, depth in queue_depths(url, queues).items()]
+    lines.append(f"  memory alarm on: {memory_alarm_on()}")
+    return "\n".join(lines) + "\nsimulator output (tail):\n" + "\n".join(fleet.lines[-40:])
