@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from agent.cli import build_parser as agent_parser
 from dispatcher import Dispatcher
+from dispatcher.main import build_parser as dispatcher_parser
 from tests.conftest import management
 from tests.integration.helpers import ROOT
 
@@ -82,10 +84,34 @@ def test_definitions_load_into_a_real_broker_and_agree_with_the_dispatcher(
     assert [p["name"] for p in policies] == ["setevnt-client-bytes"]
 
 
-def test_systemd_units_name_real_entry_points() -> None:
-    scripts = {"setevnt-agent", "setevnt-dispatcher"}
-    for unit in (DEPLOY / "systemd").glob("*.service"):
-        text = unit.read_text()
-        exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
-        assert Path(exec_start.split("=", 1)[1].split()[0]).name in scripts
-        assert "[Install]" in text
+def test_systemd_units_run_real_commands() -> None:
+    parsers = {"setevnt-agent": agent_parser(), "setevnt-dispatcher": dispatcher_parser()}
+    units = DEPLOY / "systemd"
+    timers = {t.stem for t in units.glob("*.timer")}
+    for unit in units.glob("*.service"):
+        settings = unit_settings(unit)
+        program, *arguments = settings["ExecStart"].split()
+        assert Path(program).name in parsers, unit.name
+        try:  # the command line in the unit is one the program accepts
+            parsers[Path(program).name].parse_args(arguments)
+        except SystemExit as exc:
+            raise AssertionError(f"{unit.name}: ExecStart refused: {arguments}") from exc
+        # Enabled by itself, or started by its timer.
+        assert "[Install]" in unit.read_text() or unit.stem in timers, unit.name
+    for stem in timers:
+        assert (units / f"{stem}.service").exists(), f"{stem}.timer starts no service"
+        assert "[Install]" in (units / f"{stem}.timer").read_text()
+
+
+def test_the_prune_timer_works_on_the_dispatchers_database() -> None:
+    dispatcher = unit_settings(DEPLOY / "systemd" / "setevnt-dispatcher.service")
+    prune = unit_settings(DEPLOY / "systemd" / "setevnt-prune.service")
+    for key in ("User", "StateDirectory", "WorkingDirectory", "EnvironmentFile"):
+        assert prune[key] == dispatcher[key], key
+
+
+def unit_settings(unit: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a systemd unit (the last one wins, as in systemd)."""
+    lines = unit.read_text().splitlines()
+    pairs = [line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")]
+    return {key.strip(): value.strip() for key, value in pairs}
