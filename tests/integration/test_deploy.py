@@ -37,6 +37,17 @@ def test_compose_parses_and_every_mounted_file_exists() -> None:
     assert {"/etc/prometheus/prometheus.yml", "/etc/prometheus/alerts.yml"} <= prometheus_files
 
 
+def test_the_compose_dispatcher_counts_what_its_fleet_sends() -> None:
+    """The simulated fleet answers for all its clients as one broker user: unless the
+    dispatcher trusts that user, every ack and heartbeat it sends is dropped."""
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    fleet_user = urllib.parse.urlsplit(services["fleet"]["environment"]["SETEVNT_AMQP_URL"])
+    trusted = services["dispatcher"]["environment"].get("SETEVNT_TRUSTED_SENDERS", "")
+    assert fleet_user.username in [u.strip() for u in trusted.split(",")]
+    definitions = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    assert fleet_user.username in {u["name"] for u in definitions["users"]}
+
+
 def test_the_compose_commands_exist_in_the_project() -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     for name in ("dispatcher", "fleet"):
