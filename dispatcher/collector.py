@@ -16,8 +16,8 @@ from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
-from schemas.codec import DecodeError, decode_any
-from schemas.messages import Ack, Message, PublishReport
+from schemas.codec import DecodeError, decode, decode_any
+from schemas.messages import Ack, Heartbeat, Message, PublishReport
 
 if TYPE_CHECKING:
     from dispatcher.recorder import Recorder
@@ -39,6 +39,8 @@ class CollectorHooks(Protocol):
     def reconnected_collector(self) -> None: ...
 
     def ack_dropped(self, reason: str) -> None: ...
+
+    def heartbeat_dropped(self, reason: str) -> None: ...
 
 
 class _Seen:
@@ -114,13 +116,42 @@ class Collector:
             self._hooks.bad_message("bad-message")
         return message
 
+    def heartbeat(self, body: bytes, sender: str | None) -> Heartbeat | None:
+        """One message from the fleet queue sent by ``sender``; None when it does not count.
+
+        A heartbeat registers its client and gets its queue provisioned, so, like an ack,
+        it counts only when the broker-validated sender is that client (or trusted).
+        """
+        try:
+            beat = decode(body, Heartbeat)
+        except DecodeError as exc:
+            log.warning("dropping undecodable heartbeat: %s", exc)
+            self._hooks.bad_message(exc.reason.value)
+            return None
+        reason = self._not_its_client(beat.client_id, sender)
+        if reason is not None:
+            log.warning(
+                "dropping %s of %s sent by %r: %s", beat.kind, beat.client_id, sender, reason
+            )
+            self._hooks.heartbeat_dropped(reason)
+            return None
+        return beat
+
     def _from_its_client(self, ack: Ack, sender: str | None) -> bool:
-        if sender is not None and (sender == ack.client_id or sender in self._trusted):
+        reason = self._not_its_client(ack.client_id, sender)
+        if reason is None:
             return True
-        reason = "missing-user-id" if sender is None else "wrong-user-id"
         log.warning("dropping ack for %s sent by %r: %s", ack.client_id, sender, reason)
         self._hooks.ack_dropped(reason)
         return False
+
+    def _not_its_client(self, client_id: str, sender: str | None) -> str | None:
+        """Why a message that speaks for ``client_id`` does not count, or None if it does."""
+        if sender is None:
+            return "missing-user-id"
+        if sender == client_id or sender in self._trusted:
+            return None
+        return "wrong-user-id"
 
     def _ack(self, ack: Ack) -> None:
         if ack.final and ack.command_id and not self._seen.add(ack.command_id):
@@ -164,7 +195,7 @@ class Collector:
                 recorder = self._recorder
                 if recorder is not None:
                     recorder.reset()
-                    channel.basic_consume(topology.FLEET_QUEUE, recorder.on_fleet)
+                    channel.basic_consume(topology.FLEET_QUEUE, self._on_fleet)
                 self.ready.set()
                 log.info("collecting acks from %s", self._settings.redacted())
                 while not self._stop.is_set():
@@ -176,6 +207,10 @@ class Collector:
         finally:
             self.ready.clear()
             close_quietly(connection)
+
+    def _on_fleet(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        assert self._recorder is not None  # the fleet queue is consumed only with one
+        self._recorder.fleet_path(self.heartbeat(body, properties.user_id), method.delivery_tag)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         message = self.handle(body, properties.user_id)

@@ -156,8 +156,16 @@ class DispatcherMetrics:
             ["reason"],
             registry=registry,
         )
+        self.dropped_heartbeats = Counter(
+            "setevnt_heartbeats_dropped_total",
+            "Hellos and heartbeats not recorded because their sender (AMQP user_id) is not "
+            "their client.",
+            ["reason"],
+            registry=registry,
+        )
         for reason in ("missing-user-id", "wrong-user-id"):
             self.dropped_acks.labels(reason)  # 0 until it happens, not an empty panel
+            self.dropped_heartbeats.labels(reason)
         self.duplicate_acks = Counter(
             "setevnt_duplicate_acks_total",
             "Final acks received again for a command already counted (redeliveries).",
@@ -211,6 +219,9 @@ class DispatcherMetrics:
 
     def ack_dropped(self, reason: str) -> None:
         self.dropped_acks.labels(reason).inc()
+
+    def heartbeat_dropped(self, reason: str) -> None:
+        self.dropped_heartbeats.labels(reason).inc()
 
     def duplicate_ack(self, ack: Ack) -> None:
         self.duplicate_acks.inc()

@@ -24,7 +24,6 @@ from broker.settings import BrokerSettings
 from dispatcher.ledger import Ledger, ack_row
 from dispatcher.registry import Registry, Sighting
 from dispatcher.resend import resend_fast_lane
-from schemas.codec import DecodeError, decode
 from schemas.messages import Ack, Heartbeat, Message
 
 log = logging.getLogger(__name__)
@@ -37,8 +36,6 @@ class RecorderHooks(Protocol):
     def clients_provisioned(self, count: int) -> None: ...
 
     def fleet_size(self, online: int, offline: int) -> None: ...
-
-    def bad_message(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -82,15 +79,11 @@ class Recorder:
             self._batch.acks.append(ack_row(message, time.time()))
         self._batch.last_tag = delivery_tag
 
-    def on_fleet(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        try:
-            beat = decode(body, Heartbeat)
-        except DecodeError as exc:
-            log.warning("dropping undecodable heartbeat: %s", exc)
-            self._hooks.bad_message(exc.reason.value)
-        else:
+    def fleet_path(self, beat: Heartbeat | None, delivery_tag: int) -> None:
+        """A message from the fleet queue: a heartbeat that counts, or None (acked all the same)."""
+        if beat is not None:
             self._batch.beats.append((beat, time.time()))
-        self._batch.last_tag = method.delivery_tag
+        self._batch.last_tag = delivery_tag
 
     def flush(self, channel: Any) -> None:
         self._gauge()

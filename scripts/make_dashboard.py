@@ -157,10 +157,16 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int]] = [
         12,
     ),
     (
-        "Acks dropped: sender is not the client",
+        "Acks and heartbeats dropped: sender is not the client",
         "timeseries",
         "short",
-        [(f"sum by (reason) (increase(setevnt_acks_dropped_total[{RATE}]))", "{{reason}}")],
+        [
+            (f"sum by (reason) (increase(setevnt_acks_dropped_total[{RATE}]))", "ack {{reason}}"),
+            (
+                f"sum by (reason) (increase(setevnt_heartbeats_dropped_total[{RATE}]))",
+                "heartbeat {{reason}}",
+            ),
+        ],
         12,
     ),
     (

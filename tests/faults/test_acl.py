@@ -6,19 +6,30 @@ in ``finally``; everything else lives in the test's own vhost.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pika
 import pika.exceptions
 import pytest
+from prometheus_client import CollectorRegistry
 
 from broker import topology
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
+from dispatcher.collector import Collector
+from dispatcher.db import DbSettings
 from dispatcher.enroll import enroll, revoke
+from dispatcher.ledger import Ledger
+from dispatcher.metrics import DispatcherMetrics
+from dispatcher.recorder import Recorder
+from dispatcher.registry import SqliteRegistry
+from schemas import Heartbeat, encode
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.broker
@@ -147,14 +158,7 @@ def test_collector_counts_only_acks_sent_by_their_own_client(
 ) -> None:
     """An enrolled agent can publish on its own routing key only; the body could still
     claim another client, or leave user_id out. The collector drops and counts both."""
-    import threading
-    import time
-
-    from prometheus_client import CollectorRegistry
-
-    from dispatcher.collector import Collector
-    from dispatcher.metrics import DispatcherMetrics
-    from schemas import Ack, encode
+    from schemas import Ack
 
     a, b, urls = two_clients
     registry = CollectorRegistry()
@@ -214,4 +218,63 @@ def _publish_ack(client: str, body: bytes, user_id: str | None) -> Callable[[Any
         topology.ack_routing_key(client),
         body,
         pika.BasicProperties(user_id=user_id, delivery_mode=2),
+    )
+
+
+def test_registry_records_only_heartbeats_sent_by_their_own_client(
+    amqp_url: str, two_clients: tuple[str, str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A heartbeat registers its client and provisions its queue: one that claims another
+    client in its body, or leaves user_id out, is dropped and counted like such an ack."""
+    a, b, urls = two_clients
+    database = DbSettings(str(tmp_path / "setevnt.db"))
+    metrics_registry = CollectorRegistry()
+    metrics = DispatcherMetrics(metrics_registry)
+    settings = BrokerSettings(url=amqp_url)
+    with SqliteRegistry(database) as fleet, Ledger(database) as ledger:
+        recorder = Recorder(settings, fleet, ledger, metrics)
+        collector = Collector(settings, metrics, recorder=recorder)
+        thread = threading.Thread(target=collector.run, daemon=True)
+        thread.start()
+        try:
+            assert collector.ready.wait(10)
+            for claims, user_id in ((a, a), (b, a), ("NEVER-SEEN", a), (a, None)):
+                publish = _publish_hello(a, _hello(claims), user_id)
+                assert _refused(urls[a], publish) == 200
+
+            def sample(reason: str) -> float:
+                labels = {"reason": reason}
+                value = metrics_registry.get_sample_value(
+                    "setevnt_heartbeats_dropped_total", labels
+                )
+                return value or 0.0
+
+            wait_for(
+                lambda: sample("wrong-user-id") == 2 and sample("missing-user-id") == 1,
+                15,
+                "two heartbeats from the wrong sender and one without a sender dropped",
+            )
+            with SqliteRegistry(database) as reader:  # the collector's thread owns `fleet`
+                wait_for(lambda: reader.get(a) is not None, 10, f"{a} registered")
+                assert reader.get(b) is None, "a heartbeat that claims B registered B"
+                assert reader.get("NEVER-SEEN") is None
+        finally:
+            collector.stop()
+            thread.join(10)
+
+
+def _hello(client: str) -> bytes:
+    return encode(
+        Heartbeat(
+            client_id=client, kind="hello", sent_at=time.time(), platform="nt", agent_version="t"
+        )
+    )
+
+
+def _publish_hello(client: str, body: bytes, user_id: str | None) -> Callable[[Any], Any]:
+    return lambda ch: ch.basic_publish(
+        topology.ACK_EXCHANGE,
+        topology.hello_routing_key(client),
+        body,
+        pika.BasicProperties(user_id=user_id, delivery_mode=1),
     )
