@@ -187,7 +187,7 @@ def test_collector_counts_only_acks_sent_by_their_own_client(
             (ack(b, "claims-b"), a),  # A's connection, A's key, B in the body
             (ack(a, "anonymous"), None),
         ):
-            assert _refused(urls[a], _publish_ack(a, body, user_id)) == 200
+            assert _refused(urls[a], _publish_as(topology.ack_routing_key(a), body, user_id)) == 200
 
         def sample(name: str, **labels: str) -> float:
             return registry.get_sample_value(name, labels) or 0.0
@@ -212,12 +212,10 @@ def test_collector_counts_only_acks_sent_by_their_own_client(
         thread.join(10)
 
 
-def _publish_ack(client: str, body: bytes, user_id: str | None) -> Callable[[Any], Any]:
+def _publish_as(routing_key: str, body: bytes, user_id: str | None) -> Callable[[Any], Any]:
+    """A publish to the ack exchange claiming ``user_id`` (None: no user_id at all)."""
     return lambda ch: ch.basic_publish(
-        topology.ACK_EXCHANGE,
-        topology.ack_routing_key(client),
-        body,
-        pika.BasicProperties(user_id=user_id, delivery_mode=2),
+        topology.ACK_EXCHANGE, routing_key, body, pika.BasicProperties(user_id=user_id)
     )
 
 
@@ -239,7 +237,7 @@ def test_registry_records_only_heartbeats_sent_by_their_own_client(
         try:
             assert collector.ready.wait(10)
             for claims, user_id in ((a, a), (b, a), ("NEVER-SEEN", a), (a, None)):
-                publish = _publish_hello(a, _hello(claims), user_id)
+                publish = _publish_as(topology.hello_routing_key(a), _hello(claims), user_id)
                 assert _refused(urls[a], publish) == 200
 
             def sample(reason: str) -> float:
@@ -268,13 +266,4 @@ def _hello(client: str) -> bytes:
         Heartbeat(
             client_id=client, kind="hello", sent_at=time.time(), platform="nt", agent_version="t"
         )
-    )
-
-
-def _publish_hello(client: str, body: bytes, user_id: str | None) -> Callable[[Any], Any]:
-    return lambda ch: ch.basic_publish(
-        topology.ACK_EXCHANGE,
-        topology.hello_routing_key(client),
-        body,
-        pika.BasicProperties(user_id=user_id, delivery_mode=1),
     )
