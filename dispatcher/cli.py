@@ -23,7 +23,6 @@ from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
 from dispatcher.db import DB_ENV, DbSettings
 from dispatcher.ledger import CommandRecord, Ledger
 from dispatcher.logs import configure
-from dispatcher.registry import SqliteRegistry
 from dispatcher.waiter import AckWaiter, Answer
 from schemas.syntax import UsageError, parse_invocation
 
@@ -56,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         invocation = parse_invocation(args.words)
         if args.wait is not None and args.wait < 0:
             raise UsageError("--wait must not be negative")
-        clients = _targets(args)
+        clients = targets.from_command_line(args, DbSettings.from_env(args.db))
         with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
             commands = dispatcher.commands(
                 clients,
@@ -82,14 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"setevnt: broker: {exc}", file=sys.stderr)
         return EXIT_BROKER
-
-
-def _targets(args: argparse.Namespace) -> list[str]:
-    spec = targets.from_args(args)
-    if not spec.needs_registry:
-        return targets.resolve(spec, None)
-    with SqliteRegistry(DbSettings.from_env(args.db), create=False) as registry:
-        return targets.resolve(spec, registry)
 
 
 def _remember(db_path: str | None, receipts: Sequence[Receipt]) -> None:

@@ -225,9 +225,8 @@ def _storm(args: argparse.Namespace) -> int:
     )
     event = resolve_event(args.event, DEFAULT_CATALOG)
     database = DbSettings.from_env(args.db)
+    ids = targets.from_command_line(args, database)  # before the ledger may create the file
     with _stores(database, args.offline_after) as (registry, ledger):
-        spec = targets.from_args(args)
-        ids = targets.resolve(spec, registry if spec.needs_registry else None)
         storm = storms.plan(ledger, event, ids, options)
         print(f"storm {storm.storm_id}: {event.name} on {len(ids)} client(s)", file=sys.stderr)
         return _drive(args, ledger, registry, storm)
@@ -235,7 +234,7 @@ def _storm(args: argparse.Namespace) -> int:
 
 def _resume(args: argparse.Namespace) -> int:
     database = DbSettings.from_env(args.db)
-    with _stores(database, args.offline_after) as (registry, ledger):
+    with _stores(database, args.offline_after, create=False) as (registry, ledger):
         storm = ledger.storm(args.storm_id)
         if storm is None:
             raise ValueError(f"no storm {args.storm_id} in {database.path}")
@@ -365,10 +364,12 @@ def _watch(ledger: Ledger, storm_id: str) -> None:
 
 
 @contextlib.contextmanager
-def _stores(database: DbSettings, offline_after: float) -> Iterator[tuple[SqliteRegistry, Ledger]]:
+def _stores(
+    database: DbSettings, offline_after: float, *, create: bool = True
+) -> Iterator[tuple[SqliteRegistry, Ledger]]:
     with (
-        SqliteRegistry(database, RegistrySettings(offline_after)) as registry,
-        Ledger(database) as ledger,
+        SqliteRegistry(database, RegistrySettings(offline_after), create=create) as registry,
+        Ledger(database, create=create) as ledger,
     ):
         yield registry, ledger
 

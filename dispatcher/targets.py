@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispatcher.registry import Registry
+from dispatcher.db import DbSettings
+from dispatcher.registry import Registry, SqliteRegistry
 from schemas.messages import ID_PATTERN
 
 
@@ -84,6 +85,16 @@ def read_clients_file(path: str) -> list[str]:
             raise TargetError(f"{path}:{number}: {client_id!r} is not a client id")
         ids.append(client_id)
     return ids
+
+
+def from_command_line(args: argparse.Namespace, database: DbSettings) -> list[str]:
+    """The command line's targets. The registry is read only when they need it, and must
+    exist then: a mistyped ``--db`` is an error, not an empty fleet and a new file."""
+    spec = from_args(args)
+    if not spec.needs_registry:
+        return resolve(spec, None)
+    with SqliteRegistry(database, create=False) as registry:
+        return resolve(spec, registry)
 
 
 def resolve(spec: TargetSpec, registry: Registry | None) -> list[str]:

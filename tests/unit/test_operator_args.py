@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from dispatcher.main import build_parser
+from dispatcher.main import build_parser, main
 
 
 @pytest.mark.parametrize(
@@ -32,3 +34,22 @@ def test_prune_needs_an_age(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["prune"])
     assert "--older-than" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["storm", "CCIM32_STARTCYCLE"], "no targets"),
+        (["storm", "CCIM32_STARTCYCLE", "--all"], "no setevnt database"),
+        (["storm", "CCIM32_STARTCYCLE", "--group", "LAB"], "no setevnt database"),
+        (["resume", "20261121-abc"], "no setevnt database"),
+    ],
+)
+def test_a_mistyped_database_or_no_targets_creates_no_database(
+    argv: list[str], reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing is planned, so nothing may leave a new, empty database behind."""
+    missing = tmp_path / "typo.db"
+    assert main([*argv, "--db", str(missing)]) == 2
+    assert reason in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
