@@ -138,6 +138,9 @@ class StormFlow:
         self._progress_every = progress_every
         self._next_flush = self._next_progress = time.monotonic()
         self.stop_requested: str | None = None  # set from a signal handler
+        # Set by a service that stops: publish nothing more, but cancel nothing either, so
+        # that the storm can be resumed where it stopped.
+        self.suspend_requested: str | None = None
 
     # -- broker.publisher.Source --------------------------------------------------------
 
@@ -167,6 +170,9 @@ class StormFlow:
         self._expire()
         if self.stop_requested and self.state == "running":
             self.halt(self.stop_requested, state="cancelled")
+        if self.suspend_requested and self.state == "running":
+            # Unsent commands stay planned; `interrupted` storms are resumable.
+            self.state, self.reason = "interrupted", self.suspend_requested
         now = time.monotonic()
         if now >= self._next_flush:
             self.flush()

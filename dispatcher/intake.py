@@ -10,8 +10,11 @@ through a queue, and the intake's thread (pika is not thread-safe) sends the com
 summary once the ledger says every target answered finally or its command expired: a
 deferred command or an offline client's still-queued one is waited for.
 
-What a dispatcher restart loses: a storm that was running is interrupted (the operator
-resumes it) and its summary is not sent; accepted replies already sent stand.
+A restart loses nothing accepted: a service that stops leaves its request storms
+``interrupted`` (unsent commands stay planned), and what it owed is in the database
+(:mod:`dispatcher.owed`), so the next service resumes those storms and sends the
+summaries owed, to requesters still connected. A storm whose service died shows as
+running until its heartbeat is stale (or its process is gone), and is resumed then.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
 from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
 from dispatcher.ledger import Ledger
+from dispatcher.owed import Owed, Recipient
 from dispatcher.policy import Policy
+from dispatcher.progress import STALE_AFTER
 from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.requests import Accepted, Desk, settled, summarize
 from schemas.codec import encode
@@ -48,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
+SUSPENDED = "the dispatcher service stopped; the next one resumes it"
 
 
 class IntakeHooks(Protocol):
@@ -63,12 +69,6 @@ class IntakeSettings:
     workers: int = 4  # storms of requests running at once; more wait their turn
 
 
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    reply_to: str
-    correlation_id: str | None
-
-
 class Intake:
     """Consumes ``setevnt.requests``; one per dispatcher service, stopped with :meth:`stop`."""
 
@@ -81,6 +81,8 @@ class Intake:
         self._ran: queue.SimpleQueue[str] = queue.SimpleQueue()  # from the workers
         self._recipients: defaultdict[str, list[Recipient]] = defaultdict(list)
         self._settling: set[str] = set()  # ran, summary owed once every target settled
+        self._stale: set[str] = set()  # to resume once their last service's heartbeat is old
+        self._owed: Owed | None = None
         self._next_settle = 0.0
         self._desk: Desk | None = None
         self._workers = ThreadPoolExecutor(settings.workers, "request-storm")
@@ -88,14 +90,14 @@ class Intake:
         self.ready = threading.Event()
 
     def stop(self) -> None:
-        """Stop taking requests; request storms still publishing end ``cancelled``.
+        """Stop taking requests; request storms still publishing end ``interrupted``.
 
-        Commands already published stay queued for their clients; the summaries of
-        storms cut short are not sent (``status STORM_ID`` shows what happened).
+        Commands already published stay queued for their clients; the next service
+        resumes the storms and sends the summaries owed.
         """
         self._stop.set()
         for flow in list(self._flows.values()):
-            flow.stop_requested = "the dispatcher service stopped"
+            flow.suspend_requested = SUSPENDED
 
     def run(self) -> None:
         database = self._settings.database
@@ -104,8 +106,11 @@ class Intake:
                 Ledger(database) as ledger,
                 SqliteRegistry(database, self._settings.registry) as registry,
                 IdempotencyKeys(database, self._settings.idempotency_window) as keys,
+                Owed(database) as owed,
             ):
                 self._desk = Desk(self._settings.policy, ledger, registry, keys)
+                self._owed = owed
+                self._recover()
                 supervise(self._session, self._stop.is_set, what="intake")
         finally:
             self.stop()
@@ -173,10 +178,11 @@ class Intake:
         if incoming.reply_to:
             recipient = Recipient(incoming.reply_to, incoming.correlation_id)
         if not accepted.replayed:
+            assert self._owed is not None
+            self._owed.add(accepted.storm_id, recipient, time.time())
             if recipient is not None:
                 self._recipients[accepted.storm_id].append(recipient)
-            future = self._workers.submit(self._run_storm, accepted.storm_id)
-            future.add_done_callback(_log_failure)
+            self._submit(accepted.storm_id)
         elif recipient is not None:
             self._replayed(session, accepted.storm_id, recipient)
 
@@ -184,6 +190,8 @@ class Intake:
         """A retry gets the summary too, when the original's is due (now if it was)."""
         owed = storm_id in self._recipients
         self._recipients[storm_id].append(recipient)
+        assert self._owed is not None
+        self._owed.add(storm_id, recipient, time.time())
         if owed:
             return
         assert self._desk is not None
@@ -214,14 +222,14 @@ class Intake:
                 storm_id = self._ran.get_nowait()
             except queue.Empty:
                 break
-            if storm_id in self._recipients:
-                self._settling.add(storm_id)
-                self._next_settle = 0.0
+            self._ran_storm(storm_id)
         now = time.time()
-        if not self._settling or now < self._next_settle:
+        if not (self._settling or self._stale) or now < self._next_settle:
             return
         self._next_settle = now + SETTLE_EVERY
-        assert self._desk is not None
+        assert self._desk is not None and self._owed is not None
+        for storm_id in sorted(self._stale):
+            self._resume_when_stale(storm_id, now)
         for storm_id in sorted(self._settling):
             counts = self._desk.ledger.counts_at(storm_id, now)
             if settled(counts):
@@ -229,6 +237,66 @@ class Intake:
                 summary = summarize(self._desk.ledger, storm_id, counts)
                 for recipient in self._recipients.pop(storm_id, []):
                     self._send(session, recipient, summary)
+                self._owed.forget(storm_id)
+
+    def _ran_storm(self, storm_id: str) -> None:
+        """A storm's run ended: its summary is due once its targets settled, unless the run
+        was interrupted (this service is stopping: the next one resumes it, and owes it)."""
+        assert self._desk is not None and self._owed is not None
+        record = self._desk.ledger.storm(storm_id)
+        if record is not None and record.state == "interrupted":
+            return
+        if storm_id in self._recipients:
+            self._settling.add(storm_id)
+            self._next_settle = 0.0
+        else:
+            self._owed.forget(storm_id)  # nobody waits for its summary
+
+    # -- what the last service owed (intake thread) -------------------------------------
+
+    def _recover(self) -> None:
+        """Resume the request storms the last service left unfinished; owe their summaries."""
+        assert self._desk is not None and self._owed is not None
+        now = time.time()
+        owed = self._owed.storms()
+        if owed:
+            log.info("finishing %d request storm(s) accepted before a restart", len(owed))
+        for storm_id, recipients in owed.items():
+            record = self._desk.ledger.storm(storm_id)
+            if record is None:  # pruned meanwhile
+                self._owed.forget(storm_id)
+                continue
+            self._recipients[storm_id].extend(recipients)
+            if record.state in ("running", "interrupted"):
+                self._resume_when_stale(storm_id, now)
+            elif recipients:
+                self._settling.add(storm_id)
+            else:
+                self._owed.forget(storm_id)
+
+    def _resume_when_stale(self, storm_id: str, now: float) -> None:
+        """Resume ``storm_id`` once no other process runs it (its last service's heartbeat
+        is stale, or its process is gone); until then, look again at the next settle."""
+        assert self._desk is not None and self._owed is not None
+        record = self._desk.ledger.storm(storm_id)
+        if record is None or record.state not in ("running", "interrupted"):
+            self._stale.discard(storm_id)  # someone else finished it (`resume`)
+            if record is not None and self._recipients.get(storm_id):
+                self._settling.add(storm_id)
+            else:
+                self._owed.forget(storm_id)
+            return
+        if record.alive(now, STALE_AFTER):
+            self._stale.add(storm_id)
+            return
+        self._stale.discard(storm_id)
+        storms.claim(self._desk.ledger, record)
+        log.info("resuming request storm %s (%s)", storm_id, record.reason or "its service died")
+        self._submit(storm_id)
+
+    def _submit(self, storm_id: str) -> None:
+        future = self._workers.submit(self._run_storm, storm_id)
+        future.add_done_callback(_log_failure)
 
     # -- storms (worker threads) --------------------------------------------------------
 
@@ -256,7 +324,7 @@ class Intake:
 
     def _started(self, flow: StormFlow) -> None:
         if self._stop.is_set():
-            flow.stop_requested = "the dispatcher service stopped"
+            flow.suspend_requested = SUSPENDED
         self._flows[flow.order.storm_id] = flow
 
 

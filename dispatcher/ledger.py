@@ -28,6 +28,7 @@ from dispatcher.ledger_rows import (
     ACK_FINAL,
     ERRORS,
     PENDING,
+    RESUMABLE,
     SETTLED,
     Answer,
     AnswerRow,
@@ -42,6 +43,7 @@ __all__ = [
     "ACK_FINAL",
     "ERRORS",
     "PENDING",
+    "RESUMABLE",
     "SETTLED",
     "Answer",
     "AnswerRow",
@@ -188,7 +190,7 @@ class Ledger:
                 "WHERE storm_id = ?",
                 (state, reason, at, at, storm_id),
             )
-            if state != "running":
+            if state != "running" and state not in RESUMABLE:  # resumable: stays planned
                 self._db.execute(
                     "UPDATE commands SET status = 'cancelled' "
                     "WHERE storm_id = ? AND status = 'planned'",
@@ -290,13 +292,14 @@ class Ledger:
         """Forget storms that finished before ``before`` and their commands, and commands
         of no storm that expired (or were answered) before it; ``dry_run``: only count.
 
-        Kept however old: a running storm (an interrupted one can still be resumed), one
+        Kept however old: a running or interrupted storm (it can still be resumed), one
         with a command that has not expired (its answer may still come, a fast-lane one
         may still be re-sent) and one that an unexpired request key names (a replay must
         find it).
         """
         old_storms = (
-            "SELECT storm_id FROM storms s WHERE state != 'running' AND finished_at < :before "
+            "SELECT storm_id FROM storms s WHERE state NOT IN ('running', 'interrupted') "
+            "AND finished_at < :before "
             "AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.storm_id = s.storm_id "
             "AND c.expires_at > :now)"
         )

@@ -37,7 +37,7 @@ from dispatcher import keys
 from dispatcher.answers import Answers
 from dispatcher.api import default_requester
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
-from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, Status, StormRecord
+from dispatcher.ledger import RESUMABLE, CommandRecord, Ledger, LedgerWriter, Status, StormRecord
 from dispatcher.progress import STALE_AFTER
 from dispatcher.registry import Registry
 from schemas.catalog import ComponentEvent
@@ -349,7 +349,7 @@ def _report(
 
 def resumable(storm: StormRecord, now: float | None = None) -> str | None:
     """None when the storm may be resumed, else why not."""
-    if storm.state == "failed":
+    if storm.state in RESUMABLE:
         return None
     if storm.state != "running":
         return f"storm {storm.storm_id} is {storm.state}: nothing to resume"

@@ -48,6 +48,10 @@ force = true
 """
 
 
+RESTART_CLIENTS = 40
+RESTART_RATE = 8.0  # commands/s: ~5 s of publishing, for the service to stop in
+
+
 @dataclass
 class Site:
     fleet: Fleet
@@ -199,6 +203,41 @@ def test_idempotent_retry_is_answered_with_the_original_and_enqueued_once(site: 
     wait_for(lambda: queue_depth(site.fleet.url, queue) == 1, 5, "the ops command queued")
     assert site.storms() == 2
     assert site.metric("replayed", "none") == 2
+
+
+def test_a_service_restart_mid_storm_loses_nothing(site: Site, tmp_path: Path) -> None:
+    """The service stops while a paced request storm publishes: the storm is left
+    interrupted with its unsent commands planned, the next service resumes it, and the
+    requester, still waiting, gets the summary the first service owed it."""
+    record = tmp_path / "runs.jsonl"
+    clients = [f"RST{n:05d}" for n in range(RESTART_CLIENTS)]
+    site.fleet.simulate(RESTART_CLIENTS, "--record", str(record), prefix="RST")
+    wait_for(lambda: len(site.fleet.clients()) == RESTART_CLIENTS, 30, "the clients registered")
+    with site.client("ops") as client:
+        handle = client.trigger("CCIM32_STARTCYCLE", clients=clients, rate=RESTART_RATE)
+        wait_runs(record, 5)  # well under way
+        assert site.serve.terminate() == 0
+        with sqlite3.connect(site.fleet.db) as db:
+            (state,) = db.execute(
+                "SELECT state FROM storms WHERE storm_id = ?", (handle.storm_id,)
+            ).fetchone()
+            statuses = dict(
+                db.execute(
+                    "SELECT status, count(*) FROM commands WHERE storm_id = ? GROUP BY status",
+                    (handle.storm_id,),
+                ).fetchall()
+            )
+        assert state == "interrupted"
+        assert statuses.get("planned", 0) > 0, f"the storm ended before the stop: {statuses}"
+        site.serve = site.fleet.serve("--policy", str(tmp_path / "policy.toml"))
+        summary = handle.wait(timeout=60)
+    assert (summary.state, summary.published) == ("done", RESTART_CLIENTS)
+    assert summary.counts == {"done": RESTART_CLIENTS}
+    ran = wait_runs(record, RESTART_CLIENTS)
+    assert sorted(ran) == clients
+    assert all(len(ids) == 1 for ids in ran.values()), "a client ran its command twice"
+    assert site.storms() == 1
+    assert "resuming request storm" in site.serve.output
 
 
 def _raw(url: str, body: bytes, *, user_id: str | None) -> TriggerReply:

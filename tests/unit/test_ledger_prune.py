@@ -48,6 +48,10 @@ def database(tmp_path: Path) -> DbSettings:
         ledger.create_storm(
             storm("old-running", "running", None), [command("d1", "old-running", 40)]
         )
+        # Stopped with its service long ago: the next service (or `resume`) sends the rest.
+        ledger.create_storm(
+            storm("old-interrupted", "interrupted", 40), [command("g1", "old-interrupted", 40)]
+        )
         # Finished long ago, but one command is valid for another day.
         ledger.create_storm(
             storm("old-long-ttl", "done", 40),
@@ -83,12 +87,14 @@ def test_prune_forgets_finished_storms_and_expired_commands_only(database: DbSet
     assert rows(database, "storms", "storm_id") == {
         "recent",
         "old-running",
+        "old-interrupted",
         "old-long-ttl",
         "old-requested",
     }
     assert rows(database, "commands", "command_id") == {
         "c1",
         "d1",
+        "g1",
         "e1",
         "e2",
         "f1",

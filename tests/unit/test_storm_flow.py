@@ -114,6 +114,21 @@ def test_errors_beyond_the_limit_halt_and_cancel_the_rest(ledger: Ledger) -> Non
     writer.close()
 
 
+def test_a_suspended_storm_stops_publishing_and_cancels_nothing(ledger: Ledger) -> None:
+    """What a stopping service does to its request storms: resumable, not cancelled."""
+    flow, _feed, writer = make_flow(ledger, 10, window=10)
+    for message in flow.take(3):
+        flow.on_outcome(message, Outcome.SENT)
+    flow.suspend_requested = "the service stopped"
+    flow.tick()
+    assert (flow.state, flow.reason) == ("interrupted", "the service stopped")
+    assert flow.finished() and flow.take(100) == []
+    assert flow.counts["planned"] == 7 and flow.counts["cancelled"] == 0
+    flow.conclude()
+    assert flow.state == "interrupted"
+    writer.close()
+
+
 def test_fast_lane_resends_what_a_broker_restart_may_have_lost(ledger: Ledger) -> None:
     flow, feed, writer = make_flow(ledger, 3, window=10, fast=True)
     messages = flow.take(10)
