@@ -229,7 +229,7 @@ class Intake:
         self._next_settle = now + SETTLE_EVERY
         assert self._desk is not None and self._owed is not None
         for storm_id in sorted(self._stale):
-            self._resume_when_stale(storm_id, now)
+            self._take_up(storm_id, now)
         for storm_id in sorted(self._settling):
             counts = self._desk.ledger.counts_at(storm_id, now)
             if settled(counts):
@@ -255,44 +255,37 @@ class Intake:
     # -- what the last service owed (intake thread) -------------------------------------
 
     def _recover(self) -> None:
-        """Resume the request storms the last service left unfinished; owe their summaries."""
-        assert self._desk is not None and self._owed is not None
-        now = time.time()
+        """Take up what the last service owed: resume its unfinished request storms, send
+        the summaries it had not sent."""
+        assert self._owed is not None
         owed = self._owed.storms()
         if owed:
             log.info("finishing %d request storm(s) accepted before a restart", len(owed))
+        now = time.time()
         for storm_id, recipients in owed.items():
-            record = self._desk.ledger.storm(storm_id)
-            if record is None:  # pruned meanwhile
-                self._owed.forget(storm_id)
-                continue
             self._recipients[storm_id].extend(recipients)
-            if record.state in ("running", "interrupted"):
-                self._resume_when_stale(storm_id, now)
-            elif recipients:
-                self._settling.add(storm_id)
-            else:
-                self._owed.forget(storm_id)
+            self._take_up(storm_id, now)
 
-    def _resume_when_stale(self, storm_id: str, now: float) -> None:
-        """Resume ``storm_id`` once no other process runs it (its last service's heartbeat
-        is stale, or its process is gone); until then, look again at the next settle."""
+    def _take_up(self, storm_id: str, now: float) -> None:
+        """Resume an owed storm once no other process runs it (its last service's heartbeat
+        is stale, or its process is gone; until then, look again at the next settle), or
+        owe its summary if it ended meanwhile."""
         assert self._desk is not None and self._owed is not None
         record = self._desk.ledger.storm(storm_id)
-        if record is None or record.state not in ("running", "interrupted"):
-            self._stale.discard(storm_id)  # someone else finished it (`resume`)
-            if record is not None and self._recipients.get(storm_id):
-                self._settling.add(storm_id)
-            else:
-                self._owed.forget(storm_id)
-            return
-        if record.alive(now, STALE_AFTER):
+        if record is not None and record.alive(now, STALE_AFTER):
             self._stale.add(storm_id)
             return
         self._stale.discard(storm_id)
-        storms.claim(self._desk.ledger, record)
-        log.info("resuming request storm %s (%s)", storm_id, record.reason or "its service died")
-        self._submit(storm_id)
+        if record is not None and record.state in ("running", "interrupted"):
+            storms.claim(self._desk.ledger, record)
+            why = record.reason or "its service died"
+            log.info("resuming request storm %s (%s)", storm_id, why)
+            self._submit(storm_id)
+        elif record is not None and self._recipients.get(storm_id):
+            self._settling.add(storm_id)  # it ended (`resume` finished it): summary due
+        else:  # pruned, or nobody waits for its summary
+            self._recipients.pop(storm_id, None)
+            self._owed.forget(storm_id)
 
     def _submit(self, storm_id: str) -> None:
         future = self._workers.submit(self._run_storm, storm_id)

@@ -6,12 +6,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import pika
 import pytest
 
 from broker.lanes import Lane, LaneDelivery, Loop
 from broker.settings import BrokerSettings
-from tests.integration.helpers import channel, wait_for
+from tests.integration.helpers import channel, queue_depth, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -78,11 +77,4 @@ def test_commands_queued_before_a_lane_can_publish_are_answered_once(
 
 def queue_counts(url: str) -> tuple[int, int]:
     """(commands ready in the queue, replies) as the broker has them now."""
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        ch = connection.channel()
-        commands = ch.queue_declare(QUEUE, passive=True).method.message_count
-        replies = ch.queue_declare(REPLIES, passive=True).method.message_count
-    finally:
-        connection.close()
-    return commands, replies
+    return queue_depth(url, QUEUE), queue_depth(url, REPLIES)
