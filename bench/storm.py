@@ -12,7 +12,8 @@ client acked the previous phase, 2 s more, and until the broker's CPU is back ne
       first four pipelined passes ran at ~300, ~900, ~1,200 and ~2,000/s, the later ones
       at ~2,000/s), and another untimed pass after the first naive one;
   (a) naive: pika BlockingConnection + confirm_delivery(), one publish at a time;
-  (b) raw:   pika SelectConnection, pipelined confirms: the broker's ceiling;
+  (b) raw:   pika SelectConnection, pipelined confirms over the storm's channels: the
+             broker's ceiling;
   (c) storm: `setevnt-dispatcher storm CCIM32_STARTCYCLE --all` end to end;
   (b) and (c) take turns (--rounds, default 5; every other round the storm goes first),
   then the same for the fast lane (transient commands) against a transient raw ceiling;
@@ -30,7 +31,8 @@ process during a raw pass, the whole storm process (start-up and planning includ
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
-flight as the storm does (dispatcher.storm.CONFIRM_WINDOW): with ~900 broker file
+flight as the storm does (dispatcher.storm.CONFIRM_WINDOW), split over as many channels
+of one connection (dispatcher.storm.CHANNELS): with ~900 broker file
 handles a deeper window over 10,000 queues makes the file-handle cache thrash (raw with
 1,000 in flight collapsed to <100/s here). Prints ONE JSON line.
 """
@@ -62,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_process
 from bench.node import own_node
 from broker import topology
-from dispatcher.storm import CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
+from dispatcher.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
 from schemas import Command, encode
 
 BIN = Path(sys.executable).parent
@@ -167,66 +169,97 @@ def raw(
     window: int = CONFIRM_WINDOW,
     persistent: bool = True,
 ) -> float:
-    """A bare pipelined publisher with confirms: the broker's ceiling on this machine."""
-    state = {"next": 0, "tag": 0, "started": 0.0, "elapsed": 0.0, "progress": 0.0}
-    outstanding: set[int] = set()
-    errors: list[BaseException] = []
+    """A bare pipelined publisher with confirms: the broker's ceiling on this machine.
 
-    def pump(channel: Any) -> None:
-        while len(outstanding) < window and state["next"] < len(messages):
-            command_id, queue, body = messages[state["next"]]
-            channel.basic_publish("", queue, body, properties(command_id, persistent))
-            state["next"] += 1
-            state["tag"] += 1
-            outstanding.add(state["tag"])
+    Over as many channels of one connection as the storm uses, each with its share of the
+    window: the same pipe the storm publishes through, with nothing of the storm's own.
+    """
+    return _Raw(messages, window // CHANNELS, persistent).run(url)
 
-    def on_confirm(frame: Any) -> None:
-        tag, multiple = frame.method.delivery_tag, frame.method.multiple
-        outstanding.difference_update([t for t in outstanding if t <= tag] if multiple else [tag])
-        state["progress"] = time.monotonic()
-        if state["next"] == len(messages) and not outstanding:
-            state["elapsed"] = time.perf_counter() - state["started"]
-            connection.close()
+
+@dataclass
+class _RawLane:
+    channel: Any
+    tag: int = 0  # the last delivery tag used (they count per channel, from 1)
+    outstanding: set[int] = field(default_factory=set)
+
+
+class _Raw:
+    def __init__(
+        self, messages: list[tuple[str, str, bytes]], share: int, persistent: bool
+    ) -> None:
+        self.messages, self.share, self.persistent = messages, share, persistent
+        self.lanes: list[_RawLane] = []
+        self.next = 0
+        self.started = self.elapsed = self.progress = 0.0
+        self.errors: list[BaseException] = []
+        self.connection: Any = None
+
+    def run(self, url: str) -> float:
+        self.connection = pika.SelectConnection(
+            pika.URLParameters(url),
+            on_open_callback=self.opened,
+            on_open_error_callback=self.failed,
+            on_close_callback=lambda c, r: c.ioloop.stop(),
+        )
+        self.progress = time.monotonic()
+        self.connection.ioloop.call_later(5, self.watchdog)
+        try:
+            self.connection.ioloop.start()
+        finally:
+            self.connection.ioloop.close()
+        if self.errors or not self.elapsed:
+            raise SystemExit(f"bench: the raw publisher failed: {self.errors or 'closed'}")
+        return self.elapsed
+
+    def opened(self, connection: Any) -> None:
+        for _ in range(CHANNELS):
+            connection.channel(on_open_callback=self.channel_open)
+
+    def channel_open(self, channel: Any) -> None:
+        lane = _RawLane(channel)
+        channel.confirm_delivery(
+            ack_nack_callback=lambda frame: self.confirmed(lane, frame),
+            callback=lambda _frame: self.confirming(lane),
+        )
+
+    def confirming(self, lane: _RawLane) -> None:
+        self.lanes.append(lane)
+        if len(self.lanes) == CHANNELS:  # every channel confirms: go
+            self.started = time.perf_counter()
+            for each in self.lanes:
+                self.pump(each)
+
+    def pump(self, lane: _RawLane) -> None:
+        while len(lane.outstanding) < self.share and self.next < len(self.messages):
+            command_id, queue, body = self.messages[self.next]
+            lane.channel.basic_publish("", queue, body, properties(command_id, self.persistent))
+            self.next += 1
+            lane.tag += 1
+            lane.outstanding.add(lane.tag)
+
+    def confirmed(self, lane: _RawLane, frame: Any) -> None:
+        tag, outstanding = frame.method.delivery_tag, lane.outstanding
+        outstanding.difference_update(
+            [t for t in outstanding if t <= tag] if frame.method.multiple else [tag]
+        )
+        self.progress = time.monotonic()
+        if self.next == len(self.messages) and not any(each.outstanding for each in self.lanes):
+            self.elapsed = time.perf_counter() - self.started
+            self.connection.close()
             return
-        pump(channel_holder[0])
+        self.pump(lane)
 
-    def watchdog() -> None:
-        if time.monotonic() - state["progress"] > STALLED:
-            errors.append(TimeoutError(f"no confirm for {STALLED:.0f} s"))
-            connection.ioloop.stop()
+    def watchdog(self) -> None:
+        if time.monotonic() - self.progress > STALLED:
+            self.errors.append(TimeoutError(f"no confirm for {STALLED:.0f} s"))
+            self.connection.ioloop.stop()
             return
-        connection.ioloop.call_later(5, watchdog)
+        self.connection.ioloop.call_later(5, self.watchdog)
 
-    channel_holder: list[Any] = []
-
-    def on_channel(channel: Any) -> None:
-        channel_holder.append(channel)
-
-        def confirming(_frame: Any) -> None:
-            state["started"] = time.perf_counter()
-            pump(channel)
-
-        channel.confirm_delivery(ack_nack_callback=on_confirm, callback=confirming)
-
-    def failed(c: Any, error: BaseException) -> None:
-        errors.append(error)
-        c.ioloop.stop()
-
-    connection = pika.SelectConnection(
-        pika.URLParameters(url),
-        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
-        on_open_error_callback=failed,
-        on_close_callback=lambda c, r: c.ioloop.stop(),
-    )
-    state["progress"] = time.monotonic()
-    connection.ioloop.call_later(5, watchdog)
-    try:
-        connection.ioloop.start()
-    finally:
-        connection.ioloop.close()
-    if errors or not state["elapsed"]:
-        raise SystemExit(f"bench: the raw publisher failed: {errors or 'connection closed'}")
-    return float(state["elapsed"])
+    def failed(self, connection: Any, error: BaseException) -> None:
+        self.errors.append(error)
+        connection.ioloop.stop()
 
 
 def run_storm(
@@ -413,6 +446,7 @@ def measure(
             **lanes["fast"].passes("fast_"),
         },
         "confirm_window": {"persistent": CONFIRM_WINDOW, "fast": FAST_CONFIRM_WINDOW},
+        "channels": CHANNELS,
         **persistent,
         "fast_lane": quick,
         "targets_met": {"persistent": persistent["targets_met"], "fast_lane": quick["targets_met"]},

@@ -2,7 +2,10 @@
 
 Waiting for each confirm before the next publish is the naive path (~5x slower than the
 broker allows here), so this publisher keeps a window of unconfirmed messages in flight
-on a pika ``SelectConnection`` driven from the caller's thread. Every message is
+on a pika ``SelectConnection`` driven from the caller's thread, over one or more
+confirming channels (the broker routes and confirms each channel's messages in a process
+of its own, so a storm of one message per queue goes faster over a few; a batch whose
+order matters keeps to one). Every message is
 published ``mandatory``: the broker returns what no queue takes before it confirms it,
 so an unknown client is reported instead of being a silent success.
 
@@ -18,6 +21,7 @@ everything a storm does runs on one thread, between confirms.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import time
@@ -104,27 +108,48 @@ class _Run:
     outcomes: dict[str, Outcome]
     on_outcome: OnOutcome | None
     source: Source | None = None
-    inflight: dict[int, tuple[Outgoing, float]] = field(default_factory=dict)
     returned: set[str] = field(default_factory=set)
     error: BrokerError | None = None
     last_progress: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Lane:
+    """One confirming channel: its delivery tags and what awaits the broker's confirm."""
+
+    channel: Any
+    window: int
+    next_tag: int = 0
+    inflight: dict[int, tuple[Outgoing, float]] = field(default_factory=dict)
+
+    @property
+    def room(self) -> int:
+        return self.window - len(self.inflight)
+
+
 class ConfirmingPublisher:
-    """Publishes batches with a window of confirms in flight; not thread-safe."""
+    """Publishes batches with a window of confirms in flight; not thread-safe.
+
+    ``channels`` > 1 splits the window over that many channels of the one connection;
+    messages then reach the broker in no particular order.
+    """
 
     def __init__(
         self,
         settings: BrokerSettings,
         *,
         window: int = 1000,
+        channels: int = 1,
         attempts: int = 5,
         confirm_timeout: float = 30.0,
         hooks: PublishHooks | None = None,
         stamp: Stamp | None = None,
     ) -> None:
-        if window < 1:
-            raise ValueError("window must be at least 1")
+        if window < 1 or channels < 1:
+            raise ValueError("window and channels must be at least 1")
+        if window < channels:
+            raise ValueError(f"a window of {window} cannot be split over {channels} channels")
+        self.channels = channels
         self._stamp = stamp
         self._settings = settings
         self._params = parameters(settings)
@@ -133,8 +158,7 @@ class ConfirmingPublisher:
         self._confirm_timeout = confirm_timeout
         self._hooks = hooks
         self._connection: pika.SelectConnection | None = None
-        self._channel: Any = None
-        self._next_tag = 0
+        self._lanes: list[_Lane] = []
         self._opening_error: BrokerError | None = None
         self._run: _Run | None = None
         self._ever_opened = False
@@ -212,7 +236,7 @@ class ConfirmingPublisher:
             self._ticker = self._connection.ioloop.call_later(self._tick, self._on_tick)
         try:
             self._pump()
-            if not _complete(run):
+            if not self._complete(run):
                 self._connection.ioloop.start()
         finally:
             self._run = None
@@ -222,24 +246,30 @@ class ConfirmingPublisher:
                     self._connection.ioloop.remove_timeout(self._ticker)
             self._ticker = None
         if run.error is not None:
-            # Unconfirmed messages go back in front, in their original order.
-            unconfirmed = [msg for msg, _ in run.inflight.values()]
-            run.inflight.clear()
+            # Unconfirmed messages go back in front, in the order they were published.
+            unconfirmed = sorted(
+                (sent for lane in self._lanes for sent in lane.inflight.values()),
+                key=lambda sent: sent[1],
+            )
+            for lane in self._lanes:
+                lane.inflight.clear()
             run.returned.clear()
-            run.pending.extendleft(reversed(unconfirmed))
+            run.pending.extendleft(reversed([message for message, _ in unconfirmed]))
             raise run.error
 
     def _pump(self) -> None:
         run = self._run
-        if run is None:
+        if run is None or not self._lanes:
             return
         app_id = self._settings.connection_name
-        while len(run.inflight) < self.window and run.error is None:
-            if not run.pending and not self._refill(run):
+        while run.error is None:
+            # The emptiest channel next: a handful of lanes, so a scan is cheap.
+            lane = max(self._lanes, key=lambda lane: lane.room)
+            if lane.room <= 0 or (not run.pending and not self._refill(run)):
                 break
             message = run.pending.popleft()
             try:
-                self._channel.basic_publish(
+                lane.channel.basic_publish(
                     message.exchange,
                     message.routing_key,
                     message.body,
@@ -250,16 +280,25 @@ class ConfirmingPublisher:
                 run.pending.appendleft(message)
                 self._fail(translate(exc, "publishing"))
                 return
-            self._next_tag += 1
-            run.inflight[self._next_tag] = (message, time.monotonic())
-        if _complete(run):
+            lane.next_tag += 1
+            lane.inflight[lane.next_tag] = (message, time.monotonic())
+        if self._complete(run):
             self._stop_loop()
 
     def _refill(self, run: _Run) -> bool:
         if run.source is None:
             return False
-        run.pending.extend(run.source.take(self.window - len(run.inflight)))
+        run.pending.extend(run.source.take(sum(lane.room for lane in self._lanes)))
         return bool(run.pending)
+
+    def _awaiting(self) -> bool:
+        return any(lane.inflight for lane in self._lanes)
+
+    def _complete(self, run: _Run) -> bool:
+        """Nothing left to publish or confirm, and the source (if any) has nothing more."""
+        if run.pending or self._awaiting():
+            return False
+        return run.source is None or run.source.finished()
 
     def _on_tick(self) -> None:
         self._ticker = None
@@ -273,7 +312,7 @@ class ConfirmingPublisher:
 
     # -- callbacks --------------------------------------------------------------------
 
-    def _on_confirm(self, frame: Any) -> None:
+    def _on_confirm(self, lane: _Lane, frame: Any) -> None:
         run = self._run
         if run is None:
             return
@@ -286,11 +325,11 @@ class ConfirmingPublisher:
         if method.multiple:
             # ``inflight`` holds tags in ascending (insertion) order: stop at the first
             # one above, instead of scanning the whole window for every confirm.
-            tags = list(itertools.takewhile(lambda t: t <= method.delivery_tag, run.inflight))
+            tags = list(itertools.takewhile(lambda t: t <= method.delivery_tag, lane.inflight))
         else:
-            tags = [method.delivery_tag] if method.delivery_tag in run.inflight else []
+            tags = [method.delivery_tag] if method.delivery_tag in lane.inflight else []
         for tag in tags:
-            message, started = run.inflight.pop(tag)
+            message, started = lane.inflight.pop(tag)
             self._settle(run, message, nacked, now - started)
         run.last_progress = now
         self._pump()
@@ -319,7 +358,7 @@ class ConfirmingPublisher:
         if run is None or self._connection is None:
             return
         stalled = time.monotonic() - run.last_progress
-        if run.inflight and stalled > self._confirm_timeout:
+        if self._awaiting() and stalled > self._confirm_timeout:
             self._fail(ConfirmTimeout(f"no confirm for {stalled:.0f} s"))
             # Drop the link rather than close() it: a close handshake over a link that
             # delivers nothing would wait for pika's much slower heartbeat check.
@@ -342,8 +381,8 @@ class ConfirmingPublisher:
         if (
             self._connection is not None
             and self._connection.is_open
-            and self._channel is not None
-            and self._channel.is_open
+            and len(self._lanes) == self.channels
+            and all(lane.channel.is_open for lane in self._lanes)
         ):
             return
         self._discard()
@@ -356,7 +395,7 @@ class ConfirmingPublisher:
                 on_open_error_callback=self._on_open_error,
                 on_close_callback=self._on_closed,
             )
-            self._connection.ioloop.start()  # stops once confirms are on, or on error
+            self._connection.ioloop.start()  # stops once every channel confirms, or on error
         finally:
             self._opening = False
         if self._opening_error is not None:
@@ -368,7 +407,7 @@ class ConfirmingPublisher:
         self._ever_opened = True
 
     def _discard(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._lanes = self._connection, None, []
         if connection is None:
             return
         try:
@@ -382,23 +421,31 @@ class ConfirmingPublisher:
             connection.ioloop.close()  # its wake-up socket pair, or it leaks
 
     def _on_open(self, connection: Any) -> None:
-        connection.channel(on_open_callback=self._on_channel_open)
+        self._lanes = []
+        for _ in range(self.channels):
+            connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Any) -> None:
-        self._channel = channel
-        self._next_tag = 0
+        # The window split as evenly as it goes: every lane's share sums to ``window``.
+        share, extra = divmod(self.window, self.channels)
+        lane = _Lane(channel, share + (1 if channel.channel_number <= extra else 0))
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
-            ack_nack_callback=self._on_confirm, callback=lambda _frame: self._stop_loop()
+            ack_nack_callback=functools.partial(self._on_confirm, lane),
+            callback=lambda _frame: self._lane_ready(lane),
         )
+
+    def _lane_ready(self, lane: _Lane) -> None:
+        self._lanes.append(lane)
+        if len(self._lanes) == self.channels:
+            self._stop_loop()
 
     def _on_open_error(self, connection: Any, exc: BaseException) -> None:
         self._opening_error = translate(exc, f"connecting to {self._settings.redacted()}")
         connection.ioloop.stop()
 
     def _on_closed(self, connection: Any, reason: BaseException) -> None:
-        self._channel = None
         error = translate(reason, "publisher connection closed")
         if self._run is not None:
             self._fail(error)
@@ -416,10 +463,3 @@ class ConfirmingPublisher:
             self._connection.close()
         else:
             self._stop_loop()
-
-
-def _complete(run: _Run) -> bool:
-    """Nothing left to publish or confirm, and the source (if any) has nothing more."""
-    if run.pending or run.inflight:
-        return False
-    return run.source is None or run.source.finished()

@@ -55,6 +55,11 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 CONFIRM_WINDOW = 256
 # Transient commands (the fast lane) touch no queue index: a deeper window pays there.
 FAST_CONFIRM_WINDOW = 1000
+# The window is split over this many channels of the publisher's connection. The broker
+# routes each channel's publishes and tracks their confirms in one process of its own:
+# over one channel that process, not the disk, set the pace here (a bare publisher ran
+# 1.5-2x faster over four channels than over one, with the same 256 in flight).
+CHANNELS = 4
 # Reconnect attempts of a storm's publisher (jittered backoff, at most 5 s apart): long
 # enough to ride out a broker restart.
 PUBLISH_ATTEMPTS = 30
@@ -299,6 +304,7 @@ def _publish(
         with ConfirmingPublisher(
             settings,
             window=window,
+            channels=CHANNELS,
             attempts=PUBLISH_ATTEMPTS,
             hooks=flow,
             stamp=keys.command_stamp(),

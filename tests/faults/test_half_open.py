@@ -80,3 +80,37 @@ def test_publisher_does_not_block_forever_on_a_half_open_link(
     assert set(outcomes.values()) == {Outcome.SENT}
     assert took < 20
     assert proxy.connections_made >= 2  # it reconnected
+
+
+def test_a_frozen_link_loses_nothing_that_any_channel_had_in_flight(
+    amqp_url: str, vhost: str, proxy: Proxy
+) -> None:
+    """Four channels, two unconfirmed messages each, when the link goes half-open: all
+    eight go out again on the next connection, and each reaches the queue once."""
+    connection, ch = channel(amqp_url)
+    ch.queue_declare("q", durable=True)
+    connection.close()
+    settings = BrokerSettings(
+        url=proxy.url(urllib.parse.quote(vhost, safe="")), heartbeat=HEARTBEAT
+    )
+    messages = [Outgoing(f"m{i}", "", "q", b"x", "command") for i in range(48)]
+    with ConfirmingPublisher(settings, window=8, channels=4, confirm_timeout=3.0) as publisher:
+        publisher.publish(messages[:8])  # every channel open and confirming
+        proxy.freeze()
+        outcomes = publisher.publish(messages[8:])
+    assert outcomes == {m.key: Outcome.SENT for m in messages[8:]}
+    assert proxy.connections_made >= 2  # it reconnected
+    assert sorted(_message_ids(amqp_url, "q")) == sorted(m.key for m in messages)
+
+
+def _message_ids(url: str, queue: str) -> list[str]:
+    connection, ch = channel(url)
+    ids = []
+    try:
+        while True:
+            method, properties, _body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return ids
+            ids.append(properties.message_id)
+    finally:
+        connection.close()

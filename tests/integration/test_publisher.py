@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,43 @@ def test_outcomes_sent_unroutable_in_one_batch(amqp_url: str) -> None:
     assert sum(o is Outcome.SENT for o in outcomes.values()) == 300
     assert all(outcomes[f"gone{i}"] is Outcome.UNROUTABLE for i in range(50))
     assert queue_depth(amqp_url, "bench.q") == 300
+
+
+def test_a_window_split_over_channels_publishes_everything_once(amqp_url: str, vhost: str) -> None:
+    queues = [f"split.{n}" for n in range(20)]
+    connection, ch = channel(amqp_url)
+    for queue in queues:
+        ch.queue_declare(queue, durable=True)
+    connection.close()
+    messages = [
+        Outgoing(f"m{i}", "", queues[i % len(queues)], b"x" * 200, "command") for i in range(2000)
+    ] + _messages("gone", "no.such.queue", 40)
+    settings = BrokerSettings(url=amqp_url, connection_name="split-publisher")
+    with ConfirmingPublisher(settings, window=64, channels=4) as publisher:
+        outcomes = publisher.publish(messages)
+        ours = wait_for(
+            lambda: [c for c in _connections(vhost) if c.get("channels")],
+            20,
+            "the publisher's connection in the management API",
+        )
+    assert [c["channels"] for c in ours] == [4]  # one connection, four channels
+    # Returns arrive on whichever channel published the message: each is matched.
+    assert outcomes == {
+        m.key: Outcome.UNROUTABLE if m.key.startswith("gone") else Outcome.SENT for m in messages
+    }
+    assert [queue_depth(amqp_url, q) for q in queues] == [100] * len(queues)
+
+
+def test_a_window_smaller_than_its_channels_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot be split over 4 channels"):
+        ConfirmingPublisher(BrokerSettings(url="amqp://127.0.0.1/"), window=3, channels=4)
+
+
+def _connections(vhost: str, name: str = "split-publisher") -> list[dict[str, Any]]:
+    listed = management("GET", f"/vhosts/{urllib.parse.quote(vhost, safe='')}/connections")
+    return [
+        c for c in listed or [] if (c.get("client_properties") or {}).get("connection_name") == name
+    ]
 
 
 def test_full_queue_nacks_instead_of_dropping(amqp_url: str) -> None:
