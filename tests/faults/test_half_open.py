@@ -19,7 +19,7 @@ from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
 from dispatcher.waiter import AckWaiter
 from tests.faults.proxy import Proxy
-from tests.integration.helpers import channel, start_agent
+from tests.integration.helpers import channel, drain, start_agent
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 HEARTBEAT = 2  # seconds; short so the test is quick
@@ -63,12 +63,7 @@ def test_agent_notices_a_half_open_link_and_reconnects(
 def test_publisher_does_not_block_forever_on_a_half_open_link(
     amqp_url: str, vhost: str, proxy: Proxy
 ) -> None:
-    connection, ch = channel(amqp_url)
-    ch.queue_declare("q", durable=True)
-    connection.close()
-    settings = BrokerSettings(
-        url=proxy.url(urllib.parse.quote(vhost, safe="")), heartbeat=HEARTBEAT
-    )
+    settings = _queue_behind(proxy, amqp_url, vhost)
     messages = [Outgoing(f"m{i}", "", "q", b"x", "command") for i in range(20)]
     with ConfirmingPublisher(settings, confirm_timeout=3.0) as publisher:
         publisher.publish(messages[:10])
@@ -87,12 +82,7 @@ def test_a_frozen_link_loses_nothing_that_any_channel_had_in_flight(
 ) -> None:
     """Four channels, two unconfirmed messages each, when the link goes half-open: all
     eight go out again on the next connection, and each reaches the queue once."""
-    connection, ch = channel(amqp_url)
-    ch.queue_declare("q", durable=True)
-    connection.close()
-    settings = BrokerSettings(
-        url=proxy.url(urllib.parse.quote(vhost, safe="")), heartbeat=HEARTBEAT
-    )
+    settings = _queue_behind(proxy, amqp_url, vhost)
     messages = [Outgoing(f"m{i}", "", "q", b"x", "command") for i in range(48)]
     with ConfirmingPublisher(settings, window=8, channels=4, confirm_timeout=3.0) as publisher:
         publisher.publish(messages[:8])  # every channel open and confirming
@@ -100,17 +90,13 @@ def test_a_frozen_link_loses_nothing_that_any_channel_had_in_flight(
         outcomes = publisher.publish(messages[8:])
     assert outcomes == {m.key: Outcome.SENT for m in messages[8:]}
     assert proxy.connections_made >= 2  # it reconnected
-    assert sorted(_message_ids(amqp_url, "q")) == sorted(m.key for m in messages)
+    in_queue = [properties.message_id for properties, _body in drain(amqp_url, "q")]
+    assert sorted(in_queue) == sorted(m.key for m in messages)
 
 
-def _message_ids(url: str, queue: str) -> list[str]:
-    connection, ch = channel(url)
-    ids = []
-    try:
-        while True:
-            method, properties, _body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return ids
-            ids.append(properties.message_id)
-    finally:
-        connection.close()
+def _queue_behind(proxy: Proxy, amqp_url: str, vhost: str) -> BrokerSettings:
+    """Declare queue ``q``; settings for a publisher that reaches it through the proxy."""
+    connection, ch = channel(amqp_url)
+    ch.queue_declare("q", durable=True)
+    connection.close()
+    return BrokerSettings(url=proxy.url(urllib.parse.quote(vhost, safe="")), heartbeat=HEARTBEAT)

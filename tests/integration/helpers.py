@@ -161,20 +161,24 @@ def channel(url: str) -> tuple[pika.BlockingConnection, Any]:
     return connection, connection.channel()
 
 
-def drain_acks(url: str, queue: str = topology.ACK_QUEUE) -> list[Ack]:
-    """Take every message from the durable ack queue and return the acks."""
+def drain(url: str, queue: str) -> list[tuple[Any, bytes]]:
+    """Take every message from ``queue``: (properties, body) each."""
     connection, ch = channel(url)
-    acks = []
+    taken = []
     try:
         while True:
-            method, _props, body = ch.basic_get(queue, auto_ack=True)
+            method, properties, body = ch.basic_get(queue, auto_ack=True)
             if method is None:
-                return acks
-            message = decode_any(body)
-            if isinstance(message, Ack):
-                acks.append(message)
+                return taken
+            taken.append((properties, body))
     finally:
         connection.close()
+
+
+def drain_acks(url: str, queue: str = topology.ACK_QUEUE) -> list[Ack]:
+    """Take every message from the durable ack queue and return the acks."""
+    messages = (decode_any(body) for _properties, body in drain(url, queue))
+    return [message for message in messages if isinstance(message, Ack)]
 
 
 def queue_depth(url: str, queue: str) -> int:
