@@ -421,8 +421,7 @@ class ConfirmingPublisher:
             connection.ioloop.close()  # its wake-up socket pair, or it leaks
 
     def _on_open(self, connection: Any) -> None:
-        self._lanes = []
-        for _ in range(self.channels):
+        for _ in range(self.channels):  # _discard() emptied the lanes before connecting
             connection.channel(on_open_callback=self._on_channel_open)
 
     def _on_channel_open(self, channel: Any) -> None:
