@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import pika
 import pika.exceptions as pe
@@ -42,6 +42,10 @@ from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
+# A channel's share of the window is refilled once this fraction of it is free (1/16 of
+# a storm's 128 per channel: 8 messages).
+REFILL_FRACTION = 16
+
 
 class Outcome(StrEnum):
     SENT = "sent"
@@ -49,8 +53,10 @@ class Outcome(StrEnum):
     NACKED = "nacked"
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """One message to publish. A named tuple, not a frozen dataclass: a storm builds one
+    per command on its publishing thread, and a tuple is built in under half the time."""
+
     key: str  # unique within a batch; sent as the AMQP message id
     exchange: str
     routing_key: str
@@ -154,6 +160,7 @@ class ConfirmingPublisher:
         self._settings = settings
         self._params = parameters(settings)
         self.window = window
+        self._refill_at = max(1, window // channels // REFILL_FRACTION)
         self._attempts = attempts
         self._confirm_timeout = confirm_timeout
         self._hooks = hooks
@@ -261,34 +268,44 @@ class ConfirmingPublisher:
         run = self._run
         if run is None or not self._lanes:
             return
-        app_id = self._settings.connection_name
+        # This runs after every confirm. Refilling only once a few slots are free lets
+        # one ask of the source and one pass over the channels serve several messages;
+        # the window stays nearly full all the same.
         while run.error is None:
-            # The emptiest channel next: a handful of lanes, so a scan is cheap.
-            lane = max(self._lanes, key=lambda lane: lane.room)
-            if lane.room <= 0 or (not run.pending and not self._refill(run)):
+            room = sum(lane.room for lane in self._lanes)
+            if room < self._refill_at or (not run.pending and not self._refill(run, room)):
                 break
+            for lane in self._lanes:
+                if not self._fill(run, lane):
+                    return
+        if self._complete(run):
+            self._stop_loop()
+
+    def _fill(self, run: _Run, lane: _Lane) -> bool:
+        """Publish on ``lane`` while it has room; False once publishing failed."""
+        app_id, stamp, channel = self._settings.connection_name, self._stamp, lane.channel
+        while run.pending and len(lane.inflight) < lane.window:
             message = run.pending.popleft()
             try:
-                lane.channel.basic_publish(
+                channel.basic_publish(
                     message.exchange,
                     message.routing_key,
                     message.body,
-                    message.properties(app_id, self._stamp(message) if self._stamp else None),
+                    message.properties(app_id, stamp(message) if stamp else None),
                     mandatory=True,
                 )
             except (pe.AMQPError, OSError) as exc:
                 run.pending.appendleft(message)
                 self._fail(translate(exc, "publishing"))
-                return
+                return False
             lane.next_tag += 1
             lane.inflight[lane.next_tag] = (message, time.monotonic())
-        if self._complete(run):
-            self._stop_loop()
+        return True
 
-    def _refill(self, run: _Run) -> bool:
+    def _refill(self, run: _Run, room: int) -> bool:
         if run.source is None:
             return False
-        run.pending.extend(run.source.take(sum(lane.room for lane in self._lanes)))
+        run.pending.extend(run.source.take(room))
         return bool(run.pending)
 
     def _awaiting(self) -> bool:
@@ -332,7 +349,8 @@ class ConfirmingPublisher:
             message, started = lane.inflight.pop(tag)
             self._settle(run, message, nacked, now - started)
         run.last_progress = now
-        self._pump()
+        if lane.room >= self._refill_at:
+            self._pump()
 
     def _settle(self, run: _Run, message: Outgoing, nacked: bool, seconds: float) -> None:
         if nacked:

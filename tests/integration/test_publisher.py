@@ -71,6 +71,49 @@ def test_a_window_split_over_channels_publishes_everything_once(amqp_url: str, v
     assert [queue_depth(amqp_url, q) for q in queues] == [100] * len(queues)
 
 
+class ListSource:
+    """A stream source that hands out a list, noting the room it was offered each time
+    it had something to give."""
+
+    def __init__(self, messages: list[Outgoing]) -> None:
+        self.left = list(messages)
+        self.offered: list[int] = []
+
+    def take(self, room: int) -> list[Outgoing]:
+        if self.left:
+            self.offered.append(room)
+        batch, self.left = self.left[:room], self.left[room:]
+        return batch
+
+    def tick(self) -> None:
+        pass
+
+    def finished(self) -> bool:
+        return not self.left
+
+
+def test_a_stream_is_refilled_a_few_slots_at_a_time(amqp_url: str) -> None:
+    queues = [f"refill.{n}" for n in range(10)]
+    connection, ch = channel(amqp_url)
+    for queue in queues:
+        ch.queue_declare(queue, durable=True)
+    connection.close()
+    messages = [
+        Outgoing(f"m{i}", "", queues[i % len(queues)], b"x" * 200, "command") for i in range(3000)
+    ]
+    source = ListSource(messages)
+    settings = BrokerSettings(url=amqp_url)
+    with ConfirmingPublisher(settings, window=512, channels=4) as publisher:
+        outcomes = publisher.stream(source)
+    assert outcomes == {m.key: Outcome.SENT for m in messages}
+    assert [queue_depth(amqp_url, q) for q in queues] == [300] * len(queues)
+    # 1/16 of each channel's 128: the source is never asked for fewer than 8 at a time,
+    # so it hands out messages at most once per 8 confirms (the first fills the window).
+    assert source.offered[0] == 512
+    assert min(source.offered) >= 8
+    assert len(source.offered) <= 1 + (3000 - 512) // 8
+
+
 def test_a_window_smaller_than_its_channels_is_refused() -> None:
     with pytest.raises(ValueError, match="cannot be split over 4 channels"):
         ConfirmingPublisher(BrokerSettings(url="amqp://127.0.0.1/"), window=3, channels=4)
