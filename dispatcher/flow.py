@@ -187,17 +187,18 @@ class StormFlow:
 
     def on_outcome(self, message: Outgoing, outcome: Outcome) -> None:
         target = self._targets[message.key]
-        now = time.time()
         if outcome is not Outcome.SENT:
             self._leave(target)
             self._settle(target, outcome.value)
             self._writes.statuses.append((outcome.value, target.command_id))
             self._failed(target, outcome.value, None)
             return
+        now = time.time()
         if not target.published:
             target.published = True
             self.published += 1
-        self.first_sent_at = self.first_sent_at or now
+        if self.first_sent_at is None:
+            self.first_sent_at = now
         self.last_sent_at = now
         status = Status.PENDING_OFFLINE if target.offline else Status.SENT
         issued = target.issued_at
@@ -207,8 +208,12 @@ class StormFlow:
         if target.status == Status.PLANNED:
             self._settle(target, status)
         if target.in_window:
-            start = max(0.0, (target.not_before or now) - now)
-            target.deadline = time.monotonic() + start + self.limits.delivery_wait
+            # Counted from the client's start time: with --spread, a late start is no
+            # sign of an offline client.
+            wait = self.limits.delivery_wait
+            if target.not_before is not None and target.not_before > now:
+                wait += target.not_before - now
+            target.deadline = time.monotonic() + wait
             heapq.heappush(self._deadlines, (target.deadline, target.command_id))
 
     # -- broker.publisher.PublishHooks -------------------------------------------------
