@@ -9,13 +9,13 @@ middle of its publishing on the same two cores (bench/storm.py: ~0.3 s more CPU 
 connection.
 
 Answers arrive one collector flush (0.1 s) plus one poll later, well inside a delivery
-wait. Each poll reads only the final answers received since the newest one it saw, less
-:data:`OVERLAP`; one that the collector could write down only later than that (its
-database blocked longer) is not seen by the storm, which then counts that command
-``pending-offline``, while the ledger keeps its real outcome. Without a running
-collector a storm sees no answers at all: its commands count ``pending-offline`` after
-the delivery wait, and their outcome reaches the ledger once ``setevnt-dispatcher
-serve`` runs (``setevnt-dispatcher storm`` warns up front).
+wait. The collector numbers each batch of answers it writes, in the order the batches
+commit (:meth:`dispatcher.ledger.Ledger.record_acks`), so each poll reads only the
+answers numbered above the last one it saw: every answer once, however late the
+collector could write it down. Without a running collector a storm sees no answers at
+all: its commands count ``pending-offline`` after the delivery wait, and their outcome
+reaches the ledger once ``setevnt-dispatcher serve`` runs (``setevnt-dispatcher storm``
+warns up front).
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ from dispatcher.ledger import Answer, Ledger, Status
 log = logging.getLogger(__name__)
 
 POLL_EVERY = 0.25
-# A poll reads again the final answers received within this many seconds before the
-# newest one it has seen: the collector writes a batch a flush (0.1 s) after receiving
-# it, later when it has to wait for the database, and each ack carries when it arrived.
-OVERLAP = 1.0
 
 
 class Answers:
@@ -44,8 +40,7 @@ class Answers:
         self._storm_id = storm_id
         self._every = every
         self._answers: deque[Answer] = deque()
-        self._seen: dict[str, str] = {}  # command id -> the status last handed out
-        self._newest = 0.0  # the latest final answer's received time seen so far
+        self._last = 0  # the number of the last batch of answers read
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -95,18 +90,13 @@ class Answers:
             ledger.close()
 
     def _read(self, ledger: Ledger) -> None:
-        # Most rows were seen by an earlier poll (the overlap): skip them before building
-        # anything, as this runs next to the publishing thread under the same GIL.
-        seen = self._seen
-        for command_id, status, received_at, latency, reason, detail in ledger.answers(
-            self._storm_id, since=self._newest - OVERLAP
+        last = self._last
+        for seq, command_id, status, received_at, latency, reason, detail in ledger.answers(
+            self._storm_id, after=self._last
         ):
-            if seen.get(command_id) == status:
-                continue
-            seen[command_id] = status
+            last = max(last, seq)
             final = status != Status.DEFERRED
             self._answers.append(
                 Answer(command_id, status, final, received_at, latency, reason, detail)
             )
-            if received_at is not None and received_at > self._newest:
-                self._newest = received_at
+        self._last = last

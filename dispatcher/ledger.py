@@ -90,27 +90,37 @@ CREATE TABLE IF NOT EXISTS commands (
     latency REAL,
     reason TEXT,
     detail TEXT,
-    coalesced_into TEXT
+    coalesced_into TEXT,
+    answer_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS commands_by_storm ON commands (storm_id, status);
 CREATE INDEX IF NOT EXISTS commands_pending ON commands (component, event, status);
-CREATE INDEX IF NOT EXISTS commands_answered ON commands (storm_id, acked_at)
+CREATE TABLE IF NOT EXISTS answer_clock (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    n INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO answer_clock VALUES (1, 0)
+"""
+# Columns a database of an earlier release lacks, then what needs them.
+_ADDED = {"answer_seq": "INTEGER"}
+_AFTER_ADDED = """
+DROP INDEX IF EXISTS commands_answered;
+CREATE INDEX IF NOT EXISTS commands_by_answer ON commands (storm_id, answer_seq)
 """
 
 _FINAL_LIST = ", ".join(f"'{s}'" for s in sorted(ACK_FINAL))
 _RECORD_ACK = f"""
 INSERT INTO commands (command_id, storm_id, client_id, component, event, status,
-                      issued_at, acked_at, latency, reason, detail)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                      issued_at, acked_at, latency, reason, detail, answer_seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (command_id) DO UPDATE SET
     status = excluded.status, acked_at = excluded.acked_at, latency = excluded.latency,
-    reason = excluded.reason, detail = excluded.detail
+    reason = excluded.reason, detail = excluded.detail, answer_seq = excluded.answer_seq
 WHERE commands.status NOT IN ({_FINAL_LIST})
 """
 # A client's final answers (``coalesced`` is the dispatcher's own verdict, written when a
 # storm is planned); ``deferred`` is the interim one.
-_FINAL_ANSWERS = ", ".join(f"'{s}'" for s in sorted(ACK_FINAL - {"coalesced"}))
-_ANSWER_COLUMNS = "command_id, status, acked_at, latency, reason, detail"
+_ANSWER_COLUMNS = "answer_seq, command_id, status, acked_at, latency, reason, detail"
 _MARK_SENT = """
 UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
@@ -151,6 +161,12 @@ class Ledger:
     def __init__(self, database: db.DbSettings, *, create: bool = True) -> None:
         self.settings = database
         self._db = db.open_store(database, SCHEMA, create=create)
+        try:
+            db.add_columns(self._db, "commands", _ADDED)
+            db.ensure_schema(self._db, _AFTER_ADDED)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -244,16 +260,12 @@ class Ledger:
         )
         return dict(rows.fetchall())
 
-    def answers(self, storm_id: str, since: float = 0.0) -> Iterator[AnswerRow]:
-        """Commands of the storm their client answered: every ``deferred`` one, and those
-        whose final ack was received at or after ``since``; rows as they are read."""
-        # Two look-ups, each on its own index: a running storm polls this several times a
-        # second, and one query with OR read every command of the storm each time.
+    def answers(self, storm_id: str, after: int = 0) -> Iterator[AnswerRow]:
+        """The storm's commands whose client answered in a batch numbered above ``after``
+        (each row's first field is that number); rows as they are read."""
         return self._db.execute(
-            f"SELECT {_ANSWER_COLUMNS} FROM commands WHERE storm_id = ? AND acked_at >= ? "
-            f"AND status IN ({_FINAL_ANSWERS}) UNION ALL SELECT {_ANSWER_COLUMNS} "
-            "FROM commands WHERE storm_id = ? AND status = 'deferred'",
-            (storm_id, since, storm_id),
+            f"SELECT {_ANSWER_COLUMNS} FROM commands WHERE storm_id = ? AND answer_seq > ?",
+            (storm_id, after),
         )
 
     def storm_commands(self, storm_id: str) -> list[CommandRecord]:
@@ -346,9 +358,17 @@ class Ledger:
             self._insert(commands, ignore_existing=True)
 
     def record_acks(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows from :func:`ack_row`; idempotent, so redelivered acks change nothing."""
+        """Rows from :func:`ack_row`; idempotent, so redelivered acks change nothing.
+
+        Each batch takes the next number of the answer clock, under the write lock: so
+        batches are numbered in the order they commit, and a reader that asks for the
+        numbers above the last one it saw gets every answer once (:meth:`answers`).
+        """
         with db.transaction(self._db):
-            self._db.executemany(_RECORD_ACK, rows)
+            (seq,) = self._db.execute(
+                "UPDATE answer_clock SET n = n + 1 WHERE id = 1 RETURNING n"
+            ).fetchone()
+            self._db.executemany(_RECORD_ACK, [(*row, seq) for row in rows])
 
     def apply(self, writes: Writes, storm_id: str, at: float) -> bool:
         """Apply a storm's buffered updates; returns whether a cancel was requested."""

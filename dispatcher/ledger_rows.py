@@ -117,8 +117,9 @@ def ack_row(ack: Ack, received_at: float) -> tuple[Any, ...]:
     )
 
 
-# (command id, status, received at, latency, reason, detail), as Ledger.answers reads it.
-AnswerRow = tuple[str, str, float | None, float | None, str | None, str | None]
+# (answer batch number, command id, status, received at, latency, reason, detail), as
+# Ledger.answers reads it.
+AnswerRow = tuple[int, str, str, float | None, float | None, str | None, str | None]
 
 
 class Answer(NamedTuple):
