@@ -34,6 +34,21 @@ def _messages(prefix: str, queue: str, count: int) -> list[Outgoing]:
     return [Outgoing(f"{prefix}{i}", "", queue, b"x" * 200, "command") for i in range(count)]
 
 
+def _spread(
+    amqp_url: str, prefix: str, queues: int, count: int
+) -> tuple[list[str], list[Outgoing]]:
+    """``queues`` durable queues, and ``count`` messages spread over them in turn."""
+    names = [f"{prefix}.{n}" for n in range(queues)]
+    connection, ch = channel(amqp_url)
+    for name in names:
+        ch.queue_declare(name, durable=True)
+    connection.close()
+    messages = [
+        Outgoing(f"m{i}", "", names[i % queues], b"x" * 200, "command") for i in range(count)
+    ]
+    return names, messages
+
+
 def test_outcomes_sent_unroutable_in_one_batch(amqp_url: str) -> None:
     connection, ch = channel(amqp_url)
     ch.queue_declare("bench.q", durable=True)
@@ -47,14 +62,8 @@ def test_outcomes_sent_unroutable_in_one_batch(amqp_url: str) -> None:
 
 
 def test_a_window_split_over_channels_publishes_everything_once(amqp_url: str, vhost: str) -> None:
-    queues = [f"split.{n}" for n in range(20)]
-    connection, ch = channel(amqp_url)
-    for queue in queues:
-        ch.queue_declare(queue, durable=True)
-    connection.close()
-    messages = [
-        Outgoing(f"m{i}", "", queues[i % len(queues)], b"x" * 200, "command") for i in range(2000)
-    ] + _messages("gone", "no.such.queue", 40)
+    queues, spread = _spread(amqp_url, "split", 20, 2000)
+    messages = spread + _messages("gone", "no.such.queue", 40)
     settings = BrokerSettings(url=amqp_url, connection_name="split-publisher")
     with ConfirmingPublisher(settings, window=64, channels=4) as publisher:
         outcomes = publisher.publish(messages)
@@ -93,14 +102,7 @@ class ListSource:
 
 
 def test_a_stream_is_refilled_a_few_slots_at_a_time(amqp_url: str) -> None:
-    queues = [f"refill.{n}" for n in range(10)]
-    connection, ch = channel(amqp_url)
-    for queue in queues:
-        ch.queue_declare(queue, durable=True)
-    connection.close()
-    messages = [
-        Outgoing(f"m{i}", "", queues[i % len(queues)], b"x" * 200, "command") for i in range(3000)
-    ]
+    queues, messages = _spread(amqp_url, "refill", 10, 3000)
     source = ListSource(messages)
     settings = BrokerSettings(url=amqp_url)
     with ConfirmingPublisher(settings, window=512, channels=4) as publisher:
