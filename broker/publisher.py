@@ -268,9 +268,9 @@ class ConfirmingPublisher:
         run = self._run
         if run is None or not self._lanes:
             return
-        # This runs after every confirm. Refilling only once a few slots are free lets
-        # one ask of the source and one pass over the channels serve several messages;
-        # the window stays nearly full all the same.
+        # A confirm pumps only once its channel has a few slots free (_refill_at), so
+        # that one ask of the source and one pass over the channels serve several
+        # messages; the window stays nearly full all the same.
         while run.error is None:
             room = sum(lane.room for lane in self._lanes)
             if room < self._refill_at or (not run.pending and not self._refill(run, room)):

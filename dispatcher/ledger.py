@@ -118,8 +118,8 @@ ON CONFLICT (command_id) DO UPDATE SET
     reason = excluded.reason, detail = excluded.detail, answer_seq = excluded.answer_seq
 WHERE commands.status NOT IN ({_FINAL_LIST})
 """
-# A client's final answers (``coalesced`` is the dispatcher's own verdict, written when a
-# storm is planned); ``deferred`` is the interim one.
+# What a storm reads of its clients' answers (``coalesced`` rows, the dispatcher's own
+# verdict written when a storm is planned, carry no answer number).
 _ANSWER_COLUMNS = "answer_seq, command_id, status, acked_at, latency, reason, detail"
 _MARK_SENT = """
 UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
