@@ -472,6 +472,12 @@ class Lane:
         return {
             f"raw_{prefix}per_s": [p.rate for p in self.raws],
             f"storm_{prefix}per_s": [p.rate for p in self.storms],
+            # Each storm against the raw pass of its own round (run right before or after
+            # it): the spread of these says how far one run's medians can be trusted.
+            f"storm_{prefix}vs_raw_by_round": [
+                round(s.rate / r.rate, 2) if r.rate else None
+                for r, s in zip(self.raws, self.storms, strict=True)
+            ],
             f"raw_{prefix}cpu_s": [p.cpu_s for p in self.raws],
             f"storm_{prefix}process_cpu_s": [p.cpu_s for p in self.storms],
             f"raw_{prefix}broker_cpu_s": [p.broker_cpu_s for p in self.raws],
