@@ -19,15 +19,16 @@ client acked the previous phase, 2 s more, and until the broker's CPU is back ne
   then the same for the fast lane (transient commands) against a transient raw ceiling;
   the naive way runs twice (first and last) and the faster counts.
 
-The medians of (b) and (c) are the figures, the best passes are printed too. This
-broker's persistent rate depends on the state a pass finds its file-handle cache in
-(~900 handles for 10,000 queue indexes): with the handles of the last pass still open it
-must evict one for nearly every queue it writes, and the same publisher runs ~2x slower
-than when it finds them closed; now and then a whole pass crawls at <100/s with the
-broker's file_handle_cache process busy. So a single pass, or the best of a few, says
-more about luck than about the publisher. The broker's CPU seconds per pass are printed
-(read from /proc when the broker runs here), and so are the publishers': the bench
-process during a raw pass, the whole storm process (start-up and planning included).
+The medians of (b) and (c) are the figures; the best passes and each round's ratio of
+(c) to (b) are printed too. This broker's persistent rate depends on the state a pass
+finds its file-handle cache in (~900 handles for 10,000 queue indexes): with the handles
+of the last pass still open it must evict one for nearly every queue it writes, and the
+same publisher runs ~2x slower than when it finds them closed; now and then a whole pass
+crawls at <100/s with the broker's file_handle_cache process busy. So a single pass, or
+the best of a few, says more about luck than about the publisher. The broker's CPU
+seconds per pass are printed (read from /proc when the broker runs here), and so are the
+publishers': the bench process during a raw pass, the whole storm process (start-up and
+planning included).
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
