@@ -1,4 +1,4 @@
-"""What a storm's clients answered, read back from the ledger on a thread of its own.
+"""What a storm's clients answered, read back from the ledger on the storm's ledger thread.
 
 The dispatcher service's collector consumes every ack, checks who sent it and records it
 in the ledger; a storm reads its own commands' answers from there. It used to bind a
@@ -8,55 +8,42 @@ middle of its publishing on the same two cores (bench/storm.py: ~0.3 s more CPU 
 10,000 commands in the storm's process). Nor does the ledger lose answers to a dropped
 connection.
 
-Answers arrive one collector flush (0.1 s) plus one poll later, well inside a delivery
-wait. The collector numbers each batch of answers it writes, in the order the batches
-commit (:meth:`dispatcher.ledger.Ledger.record_acks`), so each poll reads only the
-answers numbered above the last one it saw: every answer once, however late the
-collector could write it down. Without a running collector a storm sees no answers at
-all: its commands count ``pending-offline`` after the delivery wait, and their outcome
-reaches the ledger once ``setevnt-dispatcher serve`` runs (``setevnt-dispatcher storm``
-warns up front).
+The storm's ledger thread (:class:`dispatcher.ledger.LedgerWriter`) reads them after
+each batch of the storm's own writes, every 0.25 s, on its connection: answers arrive
+one collector flush (0.1 s) plus one storm flush later, well inside a delivery wait.
+They were polled on a thread and connection of their own before; one thread does both
+now, with no hand-shake to open a second connection, and the rate did not change (0.98x,
+8 alternating own-node rounds of bench/storm.py). The collector numbers each batch of
+answers it writes, in the order the batches commit
+(:meth:`dispatcher.ledger.Ledger.record_acks`), so each read takes only the answers
+numbered above the last one it saw: every answer once, however late the collector could
+write it down. Without a running collector a storm sees no answers at all: its commands
+count ``pending-offline`` after the delivery wait, and their outcome reaches the ledger
+once ``setevnt-dispatcher serve`` runs (``setevnt-dispatcher storm`` warns up front).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 
-from dispatcher.db import DbSettings
 from dispatcher.ledger import Answer, Ledger, Status
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 0.25
-
 
 class Answers:
-    """A storm's answers as the collector records them; :meth:`drain` between confirms."""
+    """A storm's answers as the collector records them.
 
-    def __init__(self, database: DbSettings, storm_id: str, *, every: float = POLL_EVERY):
-        self._database = database
+    :meth:`read` on the storm's ledger thread, :meth:`drain` on its publishing thread,
+    between confirms: a deque hands them over without a lock.
+    """
+
+    def __init__(self, storm_id: str) -> None:
         self._storm_id = storm_id
-        self._every = every
         self._answers: deque[Answer] = deque()
         self._last = 0  # the number of the last batch of answers read
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="storm-answers", daemon=True)
-
-    def begin(self) -> None:
-        """Open the ledger on the reading thread; see :meth:`wait_ready`."""
-        self._thread.start()
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        if not self._ready.wait(timeout):
-            self.close()
-            raise TimeoutError("timed out opening the ledger for the storm's answers")
-        if self._error is not None:
-            self.close()
-            raise self._error
+        self._stopped = False
 
     def drain(self) -> list[Answer]:
         """The answers read since the last call; each status change of a command once."""
@@ -65,38 +52,21 @@ class Answers:
             answers.append(self._answers.popleft())
         return answers
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            ledger = Ledger(self._database, create=False)
-        except BaseException as exc:  # reported by wait_ready
-            self._error = exc
-            self._ready.set()
+    def read(self, ledger: Ledger) -> None:
+        """Take the answers numbered above the last one read."""
+        if self._stopped:
             return
-        self._ready.set()
         try:
-            while not self._stop.wait(self._every):
-                self._read(ledger)
-            self._read(ledger)  # what came in since the last poll
+            rows = list(ledger.answers(self._storm_id, after=self._last))
         except Exception:
             # The storm goes on without answers: its commands count pending-offline
             # after the delivery wait, and the ledger still gets their real outcome.
+            self._stopped = True
             log.exception("reading the storm's answers from the ledger stopped")
-        finally:
-            ledger.close()
-
-    def _read(self, ledger: Ledger) -> None:
-        last = self._last
-        for seq, command_id, status, received_at, latency, reason, detail in ledger.answers(
-            self._storm_id, after=self._last
-        ):
-            last = max(last, seq)
+            return
+        for seq, command_id, status, received_at, latency, reason, detail in rows:
+            self._last = max(self._last, seq)
             final = status != Status.DEFERRED
             self._answers.append(
                 Answer(command_id, status, final, received_at, latency, reason, detail)
             )
-        self._last = last

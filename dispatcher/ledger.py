@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -477,11 +477,19 @@ class LedgerWriter:
 
     SQLite releases the GIL while it works, so the publishing thread keeps publishing
     during a write instead of stalling its confirm window for tens of milliseconds.
+    ``after_write`` runs on that thread after each batch: a storm reads its answers there
+    (dispatcher.answers), on the same connection and at the same pace.
     """
 
-    def __init__(self, database: db.DbSettings, storm_id: str) -> None:
+    def __init__(
+        self,
+        database: db.DbSettings,
+        storm_id: str,
+        after_write: Callable[[Ledger], None] | None = None,
+    ) -> None:
         self._database = database
         self._storm_id = storm_id
+        self._after_write = after_write
         self._queue: queue.SimpleQueue[Writes | None] = queue.SimpleQueue()
         self.cancel_requested = False
         self.error: BaseException | None = None
@@ -512,6 +520,8 @@ class LedgerWriter:
             while (writes := self._queue.get()) is not None:
                 if ledger.apply(writes, self._storm_id, time.time()):
                     self.cancel_requested = True
+                if self._after_write is not None:
+                    self._after_write(ledger)
         except BaseException as exc:
             self.error = exc
         finally:

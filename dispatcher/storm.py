@@ -233,9 +233,8 @@ def run(
     """Publish the storm's planned commands until done, halted or cancelled."""
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
-    answers = Answers(ledger.settings, storm.storm_id)
-    answers.begin()
-    writer = LedgerWriter(ledger.settings, storm.storm_id)
+    answers = Answers(storm.storm_id)
+    writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=answers.read)
     try:
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
@@ -252,11 +251,9 @@ def run(
         )
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
-        answers.wait_ready()
         _publish(settings, ledger, storm, options, flow, writer)
     finally:
         writer.close()
-        answers.close()
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
 

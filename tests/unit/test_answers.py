@@ -1,10 +1,13 @@
-"""A storm's answers, read back from a real (temporary) ledger as the collector writes it."""
+"""A storm's answers, read back from a real (temporary) ledger as the collector writes it.
+
+The storm's ledger thread reads them after each batch of its writes; here a test reads
+them when it likes, and through a real :class:`LedgerWriter` where the thread counts.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from dispatcher import ledger as ledger_module
 from dispatcher.answers import Answers
 from dispatcher.db import DbSettings
-from dispatcher.ledger import Answer, CommandRecord, Ledger, ack_row
+from dispatcher.ledger import Answer, CommandRecord, Ledger, LedgerWriter, Writes, ack_row
 from schemas.messages import Ack
 
 
@@ -28,15 +31,8 @@ def storm(ledger: Ledger) -> Ledger:
 
 
 @pytest.fixture
-def answers(storm: Ledger) -> Iterator[Answers]:
-    """The storm's answers, read every 10 ms."""
-    reader = Answers(storm.settings, "storm-t", every=0.01)
-    reader.begin()
-    reader.wait_ready()
-    try:
-        yield reader
-    finally:
-        reader.close()
+def answers() -> Answers:
+    return Answers("storm-t")
 
 
 def record(ledger: Ledger, command_id: str, status: str, received: float) -> None:
@@ -55,55 +51,75 @@ def record(ledger: Ledger, command_id: str, status: str, received: float) -> Non
     ledger.record_acks([ack_row(ack, received)])
 
 
-def drained(answers: Answers, count: int) -> list[tuple[str, str]]:
+def drained(answers: Answers, ledger: Ledger, reads: int = 3) -> list[tuple[str, str]]:
+    """What ``reads`` reads of the ledger hand over."""
     got: list[tuple[str, str]] = []
-    deadline = time.monotonic() + 5
-    while len(got) < count and time.monotonic() < deadline:
+    for _ in range(reads):
+        answers.read(ledger)
         got += [(a.command_id, a.status) for a in answers.drain()]
-        time.sleep(0.01)
-    time.sleep(0.05)  # and nothing more after a few more polls
-    return got + [(a.command_id, a.status) for a in answers.drain()]
+    return got
 
 
 def test_each_answer_once_deferred_then_final(storm: Ledger, answers: Answers) -> None:
     now = time.time()
     record(storm, "c0", "deferred", now)
     record(storm, "c1", "done", now)
-    assert sorted(drained(answers, 2)) == [("c0", "deferred"), ("c1", "done")]
+    assert sorted(drained(answers, storm)) == [("c0", "deferred"), ("c1", "done")]
     record(storm, "c0", "done", now + 1)
-    got = drained(answers, 1)
-    assert got == [("c0", "done")], "the final answer follows the interim one, once"
+    assert drained(answers, storm) == [("c0", "done")], "the final answer follows, once"
 
 
 def test_an_answer_written_down_late_is_seen_once(storm: Ledger, answers: Answers) -> None:
     now = time.time()
     record(storm, "c1", "done", now)
-    assert drained(answers, 1) == [("c1", "done")]
+    assert drained(answers, storm) == [("c1", "done")]
     # Received a minute before c1 but written down after it (the collector's database
     # was busy, or it was restarted): what counts is the order the answers were written.
     record(storm, "c2", "failed", now - 60)
-    [answer] = _wait_drain(answers)
+    answers.read(storm)
+    [answer] = answers.drain()
     assert (answer.command_id, answer.status, answer.final) == ("c2", "failed", True)
     assert answer.latency == pytest.approx(0.5)
     # The same ack again (the broker redelivered it) changes nothing, so reads nothing.
     record(storm, "c2", "failed", now)
     record(storm, "c1", "done", now)
-    assert drained(answers, 0) == []
+    assert drained(answers, storm) == []
 
 
-def test_answers_are_read_once_however_many_polls(storm: Ledger, answers: Answers) -> None:
+def test_answers_are_read_once_however_many_reads(storm: Ledger, answers: Answers) -> None:
     now = time.time()
     for n in range(3):
         record(storm, f"c{n}", "deferred", now)
-    time.sleep(0.2)  # twenty polls
-    assert sorted(drained(answers, 3)) == [
+    assert sorted(drained(answers, storm, reads=20)) == [
         ("c0", "deferred"),
         ("c1", "deferred"),
         ("c2", "deferred"),
     ]
     record(storm, "c1", "done", now + 1)
-    time.sleep(0.2)
-    assert drained(answers, 1) == [("c1", "done")], "a deferred answer is not read again"
+    assert drained(answers, storm, reads=20) == [("c1", "done")], "deferred is not read again"
+
+
+def test_the_ledger_thread_reads_answers_after_each_batch(storm: Ledger, answers: Answers) -> None:
+    writer = LedgerWriter(storm.settings, "storm-t", after_write=answers.read)
+    try:
+        record(storm, "c0", "done", time.time())
+        assert answers.drain() == [], "nothing is read before the storm writes"
+        writer.submit(Writes())
+        got = _wait_drain(answers)
+        assert [(a.command_id, a.status) for a in got] == [("c0", "done")]
+    finally:
+        writer.close()
+
+
+def test_a_failed_read_stops_the_answers_not_the_storm(
+    storm: Ledger, answers: Answers, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = Ledger(storm.settings)
+    broken.close()  # every read on it fails
+    answers.read(broken)
+    assert "reading the storm's answers from the ledger stopped" in caplog.text
+    record(storm, "c0", "done", time.time())
+    assert drained(answers, storm) == [], "no more reads: the delivery wait takes over"
 
 
 def _wait_drain(answers: Answers) -> list[Answer]:
