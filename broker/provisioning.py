@@ -4,7 +4,8 @@ Declaring a durable queue costs the broker a metadata write; one declare at a ti
 one channel managed ~430 queues/s here, 10,000 queues took 23 s. The broker handles
 channels in parallel, so the declares are spread over ``parallel`` channels of one
 connection without waiting for each reply (~1,800/s here). Still: provision when
-clients enroll or first appear, never inside a storm.
+clients enroll, first appear or say hello (an agent's session start), never inside a
+storm.
 """
 
 from __future__ import annotations

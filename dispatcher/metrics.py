@@ -179,7 +179,7 @@ class DispatcherMetrics:
         )
         self.provisioned = Counter(
             "setevnt_clients_provisioned_total",
-            "Client command queues provisioned when the client first appeared.",
+            "Client command queues declared: new clients, and hellos of known ones.",
             registry=registry,
         )
         self.requests = Counter(

@@ -114,7 +114,7 @@ class Recorder:
             return
         self.registry.mark_provisioned(client_ids, time.time())
         self._hooks.clients_provisioned(len(client_ids))
-        log.info("provisioned %d new client queue(s)", len(client_ids))
+        log.info("provisioned %d client queue(s) (new clients, hellos)", len(client_ids))
 
     def _resend(self) -> None:
         if self._resend_at is None or time.monotonic() < self._resend_at:

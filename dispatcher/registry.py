@@ -160,7 +160,8 @@ class Registry(Protocol):
     settings: RegistrySettings
 
     def record(self, sightings: Sequence[Sighting]) -> list[str]:
-        """Store heartbeats; return the ids whose queue still has to be provisioned."""
+        """Store heartbeats; return the ids whose queue has to be declared: clients never
+        provisioned, and clients saying hello (see :meth:`SqliteRegistry.record`)."""
         ...
 
     def mark_provisioned(self, client_ids: Iterable[str], at: float) -> None: ...
@@ -219,6 +220,11 @@ class SqliteRegistry:
             if beat.client_id not in latest or at >= latest[beat.client_id][1]:
                 latest[beat.client_id] = (beat, at)
         ids = sorted(latest)
+        # A hello opens an agent's session. Its queue is declared again then (a declare of
+        # an existing queue changes nothing): a broker rebuilt or restored from its
+        # definitions has lost the client queues, and their agents would wait for them
+        # forever, since every agent consumes its queue only once it exists.
+        hellos = {beat.client_id for beat, _at in sightings if beat.kind == Kind.HELLO}
         with db.transaction(self._db):
             known = self._known(ids)
             self._db.executemany(_UPSERT, [_row(beat, at) for beat, at in latest.values()])
@@ -228,7 +234,11 @@ class SqliteRegistry:
                     at >= previous.last_seen and previous.groups != json.dumps(list(beat.groups))
                 ):
                     self._set_groups(client_id, beat.groups)
-        return [cid for cid in ids if cid not in known or known[cid].provisioned_at is None]
+        return [
+            cid
+            for cid in ids
+            if cid in hellos or cid not in known or known[cid].provisioned_at is None
+        ]
 
     def mark_provisioned(self, client_ids: Iterable[str], at: float) -> None:
         with db.transaction(self._db):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
+import urllib.parse
 from pathlib import Path
 
 import pytest
 
 from broker import topology
+from tests.conftest import management
 from tests.integration.fleet import Fleet, runs, wait_runs
-from tests.integration.helpers import queue_depth, wait_for
+from tests.integration.helpers import agent_connections, queue_depth, start_agent, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -30,6 +33,34 @@ def test_clients_appear_get_their_queue_and_heartbeats_refresh_them(fleet: Fleet
     assert all(later[c] > first[c] for c in first), "heartbeats refresh last_seen"
     assert {c["client"] for c in fleet.clients("--group", "floor-2")} == set(first)
     assert fleet.clients("--group", "lab-9") == []
+
+
+def test_a_queue_the_broker_lost_comes_back_when_its_agent_reconnects(
+    fleet: Fleet, vhost: str, tmp_path: Path
+) -> None:
+    fleet.serve()
+    agent = start_agent(fleet.url, "PC001", tmp_path)  # consumes once its hello provisioned it
+    try:
+        queue = topology.client_queue("PC001")
+        names = wait_for(lambda: agent_connections(vhost, "PC001"), 20, "agent connections")
+        before = len(agent.lines)
+        # What a broker rebuilt from its definitions does to a client: no queue, and the
+        # agent's connections are gone.
+        quoted = urllib.parse.quote(vhost, safe="")
+        management("DELETE", f"/queues/{quoted}/{urllib.parse.quote(queue, safe='')}")
+        for name in names:
+            try:
+                management("DELETE", f"/connections/{urllib.parse.quote(name, safe='')}")
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:  # the listing lags: a connection already gone
+                    raise
+        agent.wait_line(f"agent PC001 consuming {queue}", timeout=45, after=before)
+        assert queue_depth(fleet.url, queue) == 0
+        done = fleet.setevnt("--client", "PC001", "cq", "--wait", "20", "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert json.loads(done.stdout)["status"] == "done"
+    finally:
+        agent.terminate()
 
 
 def test_clients_go_offline_after_missed_heartbeats_or_goodbye(fleet: Fleet) -> None:

@@ -44,6 +44,17 @@ def test_new_clients_are_returned_for_provisioning_until_marked(registry: Sqlite
     assert record.components == {"CCIM32": "2.0"}
 
 
+def test_a_hello_gets_a_known_clients_queue_declared_again(registry: SqliteRegistry) -> None:
+    now = time.time()
+    registry.record([(beat("PC1", "hello"), now)])
+    registry.mark_provisioned(["PC1"], now)
+    assert registry.record([(beat("PC1"), now + 1)]) == [], "a heartbeat declares nothing"
+    # The agent reconnected (its broker may have lost the queue): hello, then a heartbeat
+    # in the same batch; the hello still counts.
+    assert registry.record([(beat("PC1", "hello"), now + 2), (beat("PC1"), now + 3)]) == ["PC1"]
+    assert registry.record([(beat("PC1", "goodbye"), now + 4)]) == []
+
+
 def test_offline_after_missed_heartbeats_or_goodbye(registry: SqliteRegistry) -> None:
     now = time.time()
     registry.record([(beat("OLD"), now - 61), (beat("NEW"), now), (beat("BYE", "goodbye"), now)])
