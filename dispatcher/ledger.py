@@ -93,7 +93,6 @@ CREATE TABLE IF NOT EXISTS commands (
     coalesced_into TEXT,
     answer_seq INTEGER
 );
-CREATE INDEX IF NOT EXISTS commands_by_storm ON commands (storm_id, status);
 CREATE INDEX IF NOT EXISTS commands_pending ON commands (component, event, status);
 CREATE TABLE IF NOT EXISTS answer_clock (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -101,10 +100,14 @@ CREATE TABLE IF NOT EXISTS answer_clock (
 );
 INSERT OR IGNORE INTO answer_clock VALUES (1, 0)
 """
-# Columns a database of an earlier release lacks, then what needs them.
+# Columns a database of an earlier release lacks, then what needs them. A storm's rows
+# are found through commands_by_answer (its first column is the storm); the index on
+# (storm_id, status) that earlier releases kept moved with every status change, each
+# "sent" mark and each ack (~1.7 us of the ~7 us a mark costs, against 200,000 rows).
 _ADDED = {"answer_seq": "INTEGER"}
 _AFTER_ADDED = """
 DROP INDEX IF EXISTS commands_answered;
+DROP INDEX IF EXISTS commands_by_storm;
 CREATE INDEX IF NOT EXISTS commands_by_answer ON commands (storm_id, answer_seq)
 """
 

@@ -134,13 +134,14 @@ def _wait_drain(answers: Answers) -> list[Answer]:
 
 def test_a_ledger_of_an_earlier_release_gains_the_answer_numbers(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    # The commands table as an earlier release created it: no answer_seq, and the index
-    # its storms read their answers by.
+    # The commands table as an earlier release created it: no answer_seq, the index its
+    # storms read their answers by, and one by storm and status that every mark moved.
     old_table = ledger_module.SCHEMA.split("CREATE TABLE IF NOT EXISTS commands")[1]
     old_table = old_table.split(");")[0].replace(",\n    answer_seq INTEGER", "")
     with sqlite3.connect(path) as connection:
         connection.execute(f"CREATE TABLE commands {old_table})")
         connection.execute("CREATE INDEX commands_answered ON commands (storm_id, acked_at)")
+        connection.execute("CREATE INDEX commands_by_storm ON commands (storm_id, status)")
         connection.execute(
             "INSERT INTO commands (command_id, storm_id, client_id, status) "
             "VALUES ('c0', 'storm-t', 'PC0', 'sent')"
@@ -152,4 +153,5 @@ def test_a_ledger_of_an_earlier_release_gains_the_answer_numbers(tmp_path: Path)
     with sqlite3.connect(path) as connection:
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(commands)")}
     connection.close()
-    assert "commands_by_answer" in indexes and "commands_answered" not in indexes
+    assert "commands_by_answer" in indexes
+    assert not indexes & {"commands_answered", "commands_by_storm"}
