@@ -1,4 +1,5 @@
-"""The AMQP 0-9-1 frames of a ``basic.publish``, marshalled straight into bytes.
+"""The AMQP 0-9-1 frames a publisher writes and the confirms it reads, without pika's
+generic frame objects.
 
 pika builds a publish as three frame objects (method, content header, body), marshals
 each through generic encoders and hands each to its transport as a buffer of its own,
@@ -7,6 +8,10 @@ segments per message. A storm publishes thousands of small messages in bursts, o
 machine whose CPU the broker needs, so :class:`broker.publisher.ConfirmingPublisher`
 marshals a whole burst here and writes it at once. The bytes are exactly pika's
 (tests/unit/test_frames.py compares them for every kind of message this project sends).
+
+The broker answers about one ``basic.ack`` per persistent message, a fixed 21-byte
+frame that pika decodes into objects and routes through its callback machinery;
+:func:`confirm_at` reads one in place.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ _PUBLISH = struct.pack(">HHH", 60, 40, 0)
 # The content header's class (60), weight (0) and body size, then the property flags.
 _HEADER = struct.Struct(">HHQH")
 _TIMESTAMP = struct.Struct(">Q")
+# A basic.ack (method 80) or basic.nack (120): frame type 1, channel, payload size 13,
+# class 60, method, delivery tag, flags (multiple is bit 0), frame end.
+_CONFIRM = struct.Struct(">BHIHHQBB")
+CONFIRM_SIZE = _CONFIRM.size  # 21
+_ACK, _NACK = 80, 120
 
 # Property flags, in the order the properties are encoded (AMQP 0-9-1, 4.2.6.1).
 _CONTENT_TYPE = 1 << 15
@@ -128,3 +138,15 @@ def _properties(
         pieces.append(short_string(user_id))
     pieces.append(short_string(app_id))
     return b"".join(pieces), flags
+
+
+def confirm_at(buffer: bytes, offset: int) -> tuple[int, int, bool, bool] | None:
+    """The ``basic.ack`` or ``basic.nack`` frame at ``offset``, as (channel, delivery
+    tag, multiple, nacked); None when another frame starts there, or too little of one
+    has arrived."""
+    if len(buffer) - offset < CONFIRM_SIZE or buffer[offset] != 1:
+        return None
+    _type, channel, size, cls, method, tag, flags, end = _CONFIRM.unpack_from(buffer, offset)
+    if size != 13 or cls != 60 or end != 0xCE or method not in (_ACK, _NACK):
+        return None
+    return channel, tag, bool(flags & 1), method == _NACK

@@ -115,3 +115,40 @@ def test_a_string_too_long_for_amqp_is_refused(field: str) -> None:
             persistent=True,
             body_max=4088,
         )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    channel=st.integers(0, 65535),
+    tag=st.integers(0, 2**64 - 1),
+    multiple=st.booleans(),
+    nack=st.booleans(),
+    requeue=st.booleans(),
+    before=st.binary(max_size=40),
+)
+def test_a_confirm_is_read_as_pika_writes_it(
+    channel: int, tag: int, multiple: bool, nack: bool, requeue: bool, before: bytes
+) -> None:
+    method = (
+        spec.Basic.Nack(delivery_tag=tag, multiple=multiple, requeue=requeue)
+        if nack
+        else spec.Basic.Ack(delivery_tag=tag, multiple=multiple)
+    )
+    data = before + frame.Method(channel, method).marshal()
+    assert frames.confirm_at(data, len(before)) == (channel, tag, multiple, nack)
+    assert frames.confirm_at(data[:-1], len(before)) is None  # not all of it arrived yet
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        frame.Method(1, spec.Basic.Return(312, "NO_ROUTE", "", "q")).marshal(),
+        frame.Method(1, spec.Basic.Reject(5)).marshal(),
+        frame.Method(1, spec.Channel.Close(406, "x", 0, 0)).marshal(),
+        frame.Heartbeat().marshal() + b"\x00" * 20,
+        frame.Body(1, b"\x00\x3c\x00\x50" + b"\x00" * 9).marshal(),  # a body that looks like one
+        frame.Header(1, 13, pika.BasicProperties()).marshal() + b"\x00" * 20,
+    ],
+)
+def test_no_other_frame_is_taken_for_a_confirm(other: bytes) -> None:
+    assert frames.confirm_at(other, 0) is None
