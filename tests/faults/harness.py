@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -27,6 +28,7 @@ from typing import Any
 
 import pika
 import pika.exceptions
+import pytest
 
 from broker import topology
 from schemas.codec import DecodeError, decode_any
@@ -37,6 +39,8 @@ from tests.integration.fleet import Fleet
 from tests.integration.helpers import Process, channel, wait_for
 
 TAP_QUEUE = "faults.tap"
+# How long a restore keeps trying to bring the broker's app back.
+RESTORE_TIMEOUT = 240.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +190,72 @@ def wait_broker_ready(timeout: float = 90) -> None:
 
 
 @contextlib.contextmanager
-def restores_broker() -> Iterator[None]:
-    """Whatever happens inside, the broker's app runs again afterwards."""
+def uninterrupted() -> Iterator[None]:
+    """Hold off pytest-timeout's alarm (``timeout_method = signal``) while inside.
+
+    A restore the test's timer cut short left the machine's broker stopped, and every
+    test after it failed on a refused connection. The restores have deadlines of their
+    own; a timer that fired meanwhile fails the test as soon as they are done.
+    """
+    remaining, interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    started = time.monotonic()
     try:
         yield
     finally:
-        if not app_running():
-            rabbitmqctl("start_app")
-        wait_broker_ready()
+        if remaining:
+            left = remaining - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001), interval)
+
+
+def start_app_again(timeout: float = RESTORE_TIMEOUT) -> None:
+    """Start the broker's app if it is not running, until it is fully back or time is up.
+
+    ``rabbitmqctl`` fails now and then while the node is still stopping (the app's
+    state is not yet known, or a command times out), so each step is tried again.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if not app_running():
+                rabbitmqctl("start_app")
+            wait_broker_ready()
+            return
+        except (RuntimeError, AssertionError, subprocess.TimeoutExpired) as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the broker is not back after {timeout} s: {exc}") from exc
+            time.sleep(2)
+
+
+def refuse_a_restart_it_may_not_survive() -> None:
+    """Fail before the broker is touched if it holds more queues than it has descriptors.
+
+    A classic queue recovers its index through a file handle: the machine's broker (1,024
+    descriptors) holding 10,000 queues left by a killed benchmark hung in ``start_app``
+    (and in a cold start) with no CPU in use, until it was started with 20,000. Every
+    test after this one would then fail on a refused connection.
+    """
+    queues = management("GET", "/overview")["object_totals"]["queues"]
+    nodes = management("GET", "/nodes?columns=fd_total")
+    descriptors = min(node["fd_total"] for node in nodes)
+    if queues > descriptors:
+        vhosts = [v["name"] for v in management("GET", "/vhosts?columns=name")]
+        pytest.fail(
+            f"the broker holds {queues} queues and has {descriptors} file descriptors: "
+            f"a restart may never finish. Vhosts: {', '.join(vhosts)}; delete what a "
+            "killed run left (setevnt-bench-*, setevnt-test-*) and run again.",
+            pytrace=False,
+        )
+
+
+@contextlib.contextmanager
+def restores_broker() -> Iterator[None]:
+    """Whatever happens inside, the broker's app runs again afterwards."""
+    refuse_a_restart_it_may_not_survive()
+    try:
+        yield
+    finally:
+        with uninterrupted():
+            start_app_again()
 
 
 def memory_watermark() -> list[str]:
@@ -234,7 +296,8 @@ def memory_alarm(low: str = "0.000001", timeout: float = 30) -> Iterator[Callabl
         wait_for(memory_alarm_on, timeout, "the memory alarm")
         yield clear
     finally:
-        clear()
+        with uninterrupted():
+            clear()
         assert memory_watermark() == original, "memory watermark not restored"
 
 
