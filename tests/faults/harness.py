@@ -230,9 +230,9 @@ def refuse_a_restart_it_may_not_survive() -> None:
     """Fail before the broker is touched if it holds more queues than it has descriptors.
 
     A classic queue recovers its index through a file handle: the machine's broker (1,024
-    descriptors) holding 10,000 queues left by a killed benchmark hung in ``start_app``
-    (and in a cold start) with no CPU in use, until it was started with 20,000. Every
-    test after this one would then fail on a refused connection.
+    descriptors) holding 10,000 queues of one message each, as a killed benchmark leaves
+    them, hung in ``start_app`` (and in a cold start) with no CPU in use, until it was
+    started with 20,000. Every test after this one would then fail on a refused connection.
     """
     queues = management("GET", "/overview")["object_totals"]["queues"]
     nodes = management("GET", "/nodes?columns=fd_total")
