@@ -132,6 +132,17 @@ def decode(data: bytes, expected: type[M]) -> M:
 
 
 def decode_any(data: bytes) -> Message:
+    """Decode any message; every failure, whatever the bytes, is a :class:`DecodeError`."""
+    try:
+        return _decode(data)
+    except DecodeError:
+        raise
+    except Exception as exc:  # a case the rules below missed: still not the caller's crash
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        raise DecodeError(Reason.BAD_MESSAGE, detail, getattr(exc, "field", None)) from None
+
+
+def _decode(data: bytes) -> Message:
     body = _unpack(data)
     cls = _message_type(body)
     minor = _check_version(body)
@@ -158,6 +169,9 @@ def _unpack(data: bytes) -> dict[str, Any]:
         raise DecodeError(Reason.BAD_MSGPACK, f"{type(exc).__name__}: {exc}"[:200]) from None
     if not isinstance(body, dict):
         raise DecodeError(Reason.BAD_MESSAGE, f"expected a map, got {type(body).__name__}")
+    # strict_map_key admits bytes keys beside str ones; field names are text only.
+    if not all(isinstance(key, str) for key in body):
+        raise DecodeError(Reason.BAD_MESSAGE, "field names must be strings")
     return body
 
 
@@ -190,7 +204,8 @@ def _check_version(body: dict[str, Any]) -> int:
 def _fields(cls: type[Message], body: dict[str, Any], newer_minor: bool) -> dict[str, Any]:
     unknown = set(body) - set(cls.SPEC) - {"t", "v"}
     if unknown and not newer_minor:
-        raise DecodeError(Reason.BAD_MESSAGE, f"unknown fields: {', '.join(sorted(unknown))}")
+        names = ", ".join(sorted(unknown))
+        raise DecodeError(Reason.BAD_MESSAGE, f"unknown fields: {names}"[:200])
     fields: dict[str, Any] = {}
     for name, spec in cls.SPEC.items():
         if name not in body:

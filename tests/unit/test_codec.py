@@ -543,3 +543,49 @@ def test_command_encoder_refuses_what_command_refuses(
 def test_command_encoder_refuses_bad_shared_fields() -> None:
     with pytest.raises(ValueError, match="component"):
         CommandEncoder(**{**STORM_FIELDS, "component": "ccim32"})
+
+
+# Anything msgpack can carry: str and bytes keys side by side, ext types, huge and
+# negative ints, NaN and infinities, nesting.
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=8))
+)
+_KEYS = st.text(max_size=12) | st.binary(max_size=12)
+_ANY = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=20,
+)
+_FIELD_NAMES = st.sampled_from(
+    sorted({name for cls in MESSAGE_TYPES.values() for name in cls.SPEC} | {"t", "v"})
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    wire_type=st.sampled_from(sorted(MESSAGE_TYPES)),
+    fields=st.dictionaries(_FIELD_NAMES | _KEYS, _ANY, max_size=12),
+    minor=st.sampled_from([0, 1, 2**32]),
+)
+def test_any_msgpack_map_decodes_or_raises_decode_error(
+    wire_type: str, fields: dict[Any, Any], minor: int
+) -> None:
+    """Whatever a compromised peer packs, decoding ends in a message or a DecodeError."""
+    body = msgpack.packb({"t": wire_type, "v": [1, minor], **fields}, use_bin_type=True)
+    try:
+        decode_any(body)
+    except DecodeError as exc:
+        assert exc.reason in set(Reason)
+        assert len(exc.detail) <= 1024
+
+
+def test_a_bytes_field_name_is_a_decode_error_not_a_crash() -> None:
+    body = msgpack.packb({b"x": 1, "t": "ack", "v": [1, 0]}, use_bin_type=True)
+    with pytest.raises(DecodeError, match="field names must be strings"):
+        decode_any(body)
