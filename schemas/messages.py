@@ -94,12 +94,12 @@ class Kind(StrEnum):
 class Spec:
     """How one field looks on the wire."""
 
-    kind: str  # str | bool | time | seconds | int | strs | strmap | counts | tally
+    kind: str  # str | bool | time | seconds | int | strs | strmap | idmap | counts | tally
     required: bool = True
     max_len: int = 64
     pattern: re.Pattern[str] | None = None
     choices: tuple[str, ...] = ()
-    max_items: int = 32  # strs only
+    max_items: int = 32  # strs and idmap only
 
 
 class FieldError(ValueError):
@@ -183,6 +183,14 @@ def _check_strmap(spec: Spec, name: str, value: Any) -> None:
         _check_str(Spec("str", max_len=64), f"{name}[{key}]", item)
 
 
+def _check_idmap(spec: Spec, name: str, value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > spec.max_items:
+        raise ValueError(f"{name}: expected a map of at most {spec.max_items} ids")
+    for key, item in value.items():
+        _check_str(Spec("str", pattern=ID_PATTERN), f"{name} key", key)
+        _check_str(Spec("str", pattern=ID_PATTERN), f"{name}[{key}]", item)
+
+
 def _check_counts(spec: Spec, name: str, value: Any) -> None:
     if not isinstance(value, tuple) or len(value) > 256:
         raise ValueError(f"{name}: expected a list of at most 256 counts")
@@ -209,6 +217,7 @@ _CHECKERS = {
     "int": _check_int,
     "strs": _check_strs,
     "strmap": _check_strmap,
+    "idmap": _check_idmap,
     "counts": _check_counts,
     "tally": _check_tally,
 }
@@ -455,6 +464,50 @@ class PublishReport(Message):
     counts: tuple[PublishCount, ...]
 
 
+class IssueStatus(StrEnum):
+    PLANNED = "planned"  # about to be published
+    SENT = "sent"
+    UNROUTABLE = "unroutable"
+    NACKED = "nacked"
+
+
+MAX_ISSUED = 500  # commands per Issued message: well inside the 64 KiB body limit
+
+
+@dataclass(frozen=True, slots=True)
+class Issued(Message):
+    """Commands a dispatcher publishes outside storms, as the ledger must know them.
+
+    Sent to the collector before the commands (``planned``), so that their acks find a
+    ledger row, and again once the broker answered (``sent``, ``unroutable``, ``nacked``).
+    ``commands`` maps each command id to its client. The collector records it only from
+    a dispatcher's broker user: an ack never creates a row.
+    """
+
+    WIRE_TYPE: ClassVar[str] = "issued"
+    SPEC: ClassVar[dict[str, Spec]] = {
+        "publisher": Spec("str", max_len=128),
+        "status": Spec("str", choices=tuple(s.value for s in IssueStatus)),
+        "component": _NAME,
+        "event": _NAME,
+        "issued_at": _TIME,
+        "expires_at": _TIME,
+        "commands": Spec("idmap", max_items=MAX_ISSUED),
+    }
+
+    publisher: str
+    status: str
+    component: str
+    event: str
+    issued_at: float
+    expires_at: float
+    commands: dict[str, str]
+
+    def __post_init__(self) -> None:
+        Message.__post_init__(self)
+        check_expiry(self.issued_at, self.expires_at)
+
+
 # What a trigger request may ask for, at most (its body is also at most 64 KiB).
 MAX_REQUEST_CLIENTS = 1000
 DEFAULT_REQUEST_TTL = 3600.0
@@ -589,6 +642,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Ack,
         Heartbeat,
         PublishReport,
+        Issued,
         TriggerRequest,
         TriggerReply,
         TriggerSummary,

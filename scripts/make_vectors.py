@@ -31,6 +31,7 @@ from schemas.messages import (  # noqa: E402
     Ack,
     Command,
     Heartbeat,
+    Issued,
     Message,
     PublishCount,
     PublishReport,
@@ -668,6 +669,64 @@ def report_vectors() -> Vector:
     }
 
 
+ISSUED = Issued(
+    publisher="setevnt-cli",
+    status="planned",
+    component="CCIM32",
+    event="STARTCYCLE",
+    issued_at=1700000000.5,
+    expires_at=1700003600.5,
+    commands={"5f0e3a9c2b7d4e1fa6c8b0d9e2f41357": "PC042"},
+)
+
+
+def issued_vectors() -> Vector:
+    body = wire(ISSUED)
+    most = replace(ISSUED, commands={f"c{n}": "PC042" for n in range(500)})
+    sent = replace(ISSUED, status="sent", commands={"c1": "PC042", "c2": "pc-043.lab_7"})
+    return {
+        "valid": [
+            valid("planned", encode(ISSUED), ISSUED),
+            valid("sent, two clients", encode(sent), sent),
+            valid("most commands", encode(most), most, "500 entries"),
+            valid("none", encode(replace(ISSUED, commands={})), replace(ISSUED, commands={})),
+            valid(
+                "newer minor with unknown fields",
+                pack(changed(body, v=NEWER, batch=3)),
+                ISSUED,
+                "fields added by a newer 1.x are ignored",
+            ),
+        ],
+        "invalid": [
+            *common_invalid(ISSUED, REPORT),
+            invalid("missing commands", changed(body, commands=...), BAD, "required"),
+            invalid("commands a list", changed(body, commands=["c1"]), BAD, "a map"),
+            invalid("bad status", changed(body, status="done"), BAD, "a broker outcome"),
+            invalid(
+                "bad command id",
+                changed(body, commands={"-c1": "PC042"}),
+                BAD,
+                "ids start with a letter or digit",
+            ),
+            invalid("bad client id", changed(body, commands={"c1": "PC 42"}), BAD, "pattern"),
+            invalid("client id not a string", changed(body, commands={"c1": 42}), BAD, "type"),
+            invalid(
+                "too many commands",
+                changed(body, commands={f"c{n}": "P" for n in range(501)}),
+                BAD,
+                "> 500",
+            ),
+            invalid(
+                "expires before issued",
+                changed(body, expires_at=1700000000.0),
+                BAD,
+                "a rule JSON Schema cannot express",
+                schema_checkable=False,
+            ),
+        ],
+    }
+
+
 REQUEST = TriggerRequest(event="CCIM32_STARTCYCLE", clients=("PC042",))
 REQUEST_FULL = TriggerRequest(
     event="CQMGR32_STARTCYCLE",
@@ -842,6 +901,7 @@ def build() -> dict[str, Vector]:
         Ack.WIRE_TYPE: ack_vectors(),
         Heartbeat.WIRE_TYPE: heartbeat_vectors(),
         PublishReport.WIRE_TYPE: report_vectors(),
+        Issued.WIRE_TYPE: issued_vectors(),
         TriggerRequest.WIRE_TYPE: request_vectors(),
         TriggerReply.WIRE_TYPE: reply_vectors(),
         TriggerSummary.WIRE_TYPE: summary_vectors(),

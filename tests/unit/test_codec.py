@@ -198,6 +198,7 @@ WIRE_TYPE = {
     "int": "integer",
     "strs": "array",
     "strmap": "object",
+    "idmap": "object",
     "counts": "array",
     "tally": "object",
 }
