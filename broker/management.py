@@ -82,11 +82,20 @@ class Management:
         self.call("DELETE", f"/users/{q(name)}")
 
     def user_exists(self, name: str) -> bool:
+        return self.user(name) is not None
+
+    def user(self, name: str) -> dict[str, Any] | None:
+        """The user's record (name, tags, limits), or None when there is no such user."""
         try:
-            self.call("GET", f"/users/{q(name)}")
+            found = self.call("GET", f"/users/{q(name)}")
         except NotFound:
-            return False
-        return True
+            return None
+        return found if isinstance(found, dict) else None
+
+    def set_user_limits(self, name: str, limits: dict[str, int]) -> None:
+        """Per-user limits such as ``max-connections`` and ``max-channels``."""
+        for limit, value in limits.items():
+            self.call("PUT", f"/user-limits/{q(name)}/{q(limit)}", {"value": value})
 
     def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None:
         self.call(

@@ -18,6 +18,37 @@ from broker.management import Management
 from broker.settings import BrokerSettings
 
 NOTHING = "^$"
+# An agent holds two connections of one channel each; room for a reconnect overlapping
+# the old connections' close, not for a compromised client to exhaust the broker.
+AGENT_LIMITS = {"max-connections": 4, "max-channels": 8}
+
+
+class AlreadyEnrolled(ValueError):
+    """The broker user exists: replacing it must be asked for, and never one of a human."""
+
+
+def claim_user(management: Management, name: str, *, rotate: bool, what: str) -> None:
+    """Refuse to replace an existing broker user unless ``rotate``; never one with tags.
+
+    Replacing a user resets its password and clears its tags: an administrator named like
+    a client would lose its rights, and a running agent its connection.
+    """
+    existing = management.user(name)
+    if existing is None:
+        return
+    tags = existing.get("tags") or []
+    if isinstance(tags, str):
+        tags = [t for t in tags.split(",") if t]
+    if tags:
+        raise AlreadyEnrolled(
+            f"broker user {name!r} exists with tags {', '.join(map(str, tags))}: it is not "
+            f"a setevnt {what}'s; choose another name or remove that user first"
+        )
+    if not rotate:
+        raise AlreadyEnrolled(
+            f"{what} {name!r} is already enrolled: --rotate gives it a new password "
+            "(the old one stops working)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +95,18 @@ def enroll(
     client_id: str,
     *,
     public_key: str | None = None,
+    rotate: bool = False,
 ) -> Enrollment:
-    """Create (or reset) the client's user and permissions; provision its queue first."""
+    """Create the client's user, permissions and limits (``rotate``: replace an enrolled
+    client's password); provision its queue first."""
     topology.client_queue(client_id)  # validates the id
+    claim_user(management, client_id, rotate=rotate, what="client")
     password = secrets.token_urlsafe(24)
     vhost = settings.vhost
     management.put_user(client_id, password)
     management.set_permissions(vhost, client_id, **permissions_for(client_id))
     management.set_topic_permissions(vhost, client_id, **topic_permissions_for(client_id))
+    management.set_user_limits(client_id, AGENT_LIMITS)
     return Enrollment(client_id, password, agent_url(settings, client_id, password), public_key)
 
 

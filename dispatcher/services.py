@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from broker import topology
 from broker.management import Management
 from broker.settings import BrokerSettings
-from dispatcher.enroll import NOTHING, agent_url
+from dispatcher.enroll import NOTHING, agent_url, claim_user
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# A service publishes requests over a connection or two per process.
+SERVICE_LIMITS = {"max-connections": 16, "max-channels": 32}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +38,16 @@ def permissions_for_service() -> dict[str, str]:
     }
 
 
-def enroll_service(settings: BrokerSettings, management: Management, name: str) -> ServiceUser:
-    """Create (or reset the password of) a service's broker user in this vhost."""
+def enroll_service(
+    settings: BrokerSettings, management: Management, name: str, *, rotate: bool = False
+) -> ServiceUser:
+    """Create a service's broker user in this vhost (``rotate``: a new password for an
+    enrolled one)."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"invalid service name {name!r}: 1-64 of letters, digits, _ . @ -")
+    claim_user(management, name, rotate=rotate, what="service")
     password = secrets.token_urlsafe(24)
     management.put_user(name, password)
     management.set_permissions(settings.vhost, name, **permissions_for_service())
+    management.set_user_limits(name, SERVICE_LIMITS)
     return ServiceUser(name, password, agent_url(settings, name, password))
