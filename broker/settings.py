@@ -65,14 +65,29 @@ class BrokerSettings:
 
     def redacted(self) -> str:
         """The URL without its password, for logs and error messages."""
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-        user = f"{parts.username}@" if parts.username else ""
-        return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+        return redact(self.url)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: whatever the URL's shape,
+    even one too broken to parse, a password never reaches a log or an error message."""
+    scheme, _, rest = url.partition("://")
+    if not rest:
+        return "***" if "@" in url else url
+    credentials, at, location = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{location}" if ":" in credentials else url
 
 
 def validate_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise ValueError(f"not an AMQP URL: {url!r} (expected amqp://user:pass@host:port/vhost)")
+    try:
+        parts = urlsplit(url)
+        hostname, _port = parts.hostname, parts.port  # a bad port raises here
+    except ValueError as exc:
+        raise ValueError(f"not an AMQP URL: {redact(url)!r} ({exc})") from None
+    if parts.scheme not in ("amqp", "amqps") or not hostname:
+        raise ValueError(
+            f"not an AMQP URL: {redact(url)!r} (expected amqp://user:pass@host:port/vhost)"
+        )

@@ -36,6 +36,9 @@ _REPLY_ADDRESS = re.compile(
     r"^(amq\.rabbitmq\.reply-to\.[A-Za-z0-9+/=._-]{1,400}|amq\.gen-[A-Za-z0-9_-]{1,64})$"
 )
 REQUEST_QUEUE_MAX = 10_000
+# A flood from a compromised client is refused at publish (the sender's confirm is a
+# nack) instead of growing the queue until the broker's memory alarm stops everyone.
+ACK_QUEUE_MAX = 100_000
 
 ACK_KEY = "ack"
 HELLO_KEY = "hello"
@@ -101,6 +104,14 @@ def request_queue_arguments() -> dict[str, Any]:
     }
 
 
+def ack_queue_arguments() -> dict[str, Any]:
+    return {
+        "x-queue-type": "classic",
+        "x-max-length": ACK_QUEUE_MAX,
+        "x-overflow": "reject-publish",
+    }
+
+
 def client_queue_arguments(limits: QueueLimits) -> dict[str, Any]:
     return {
         "x-queue-type": "classic",
@@ -121,7 +132,7 @@ def declare_core(channel: Channel) -> None:
     )
     channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key="")
     channel.exchange_declare(ACK_EXCHANGE, exchange_type="topic", durable=True)
-    channel.queue_declare(ACK_QUEUE, durable=True, arguments={"x-queue-type": "classic"})
+    channel.queue_declare(ACK_QUEUE, durable=True, arguments=ack_queue_arguments())
     channel.queue_bind(ACK_QUEUE, ACK_EXCHANGE, routing_key=f"{ACK_KEY}.#")
     channel.queue_bind(ACK_QUEUE, ACK_EXCHANGE, routing_key=f"{REPORT_KEY}.#")
     # Heartbeats are only worth their latest value: bound the backlog when nobody reads.

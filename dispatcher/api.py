@@ -10,9 +10,10 @@ import getpass
 import socket
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
@@ -21,7 +22,14 @@ from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHook
 from broker.settings import BrokerSettings
 from dispatcher import keys
 from schemas import DEFAULT_CATALOG, Catalog, Command, ComponentEvent, encode
-from schemas.messages import PublishCount, PublishReport
+from schemas.messages import (
+    MAX_ISSUED,
+    Issued,
+    IssueStatus,
+    Message,
+    PublishCount,
+    PublishReport,
+)
 from schemas.signing import Signer
 from schemas.syntax import resolve_event
 
@@ -70,9 +78,13 @@ class Dispatcher:
         name: str = "setevnt-dispatcher",
         signer: Signer | None = None,
         settings: BrokerSettings | None = None,
+        record: bool = True,
     ) -> None:
+        """``record=False``: the caller keeps the ledger rows of what it sends itself (a
+        storm's remediation); otherwise the service's collector is told (:class:`Issued`)."""
         self.settings = (settings or BrokerSettings.from_env(url)).named(name)
         self.catalog = catalog
+        self._record = record
         self._publisher = ConfirmingPublisher(
             self.settings, window=window, hooks=hooks, stamp=keys.command_stamp(signer)
         )
@@ -140,9 +152,17 @@ class Dispatcher:
         ]
 
     def send(self, commands: Sequence[Command]) -> list[Receipt]:
-        """Publish commands; each receipt says whether the broker confirmed it."""
+        """Publish commands; each receipt says whether the broker confirmed it.
+
+        The service's collector hears of them first, so that their acks find ledger rows
+        however fast they come, and then of what the broker did with each.
+        """
         messages = [outgoing(command) for command in commands]
+        if self._record:
+            self._publish_issued(commands, lambda _command: IssueStatus.PLANNED)
         outcomes = self._publisher.publish(messages)
+        if self._record:
+            self._publish_issued(commands, lambda c: IssueStatus(outcomes[c.command_id].value))
         receipts = [
             Receipt(
                 command_id=c.command_id,
@@ -181,17 +201,23 @@ class Dispatcher:
             published_at=time.time(),
             counts=tuple(PublishCount(c, e, s, n) for (c, e, s), n in sorted(counts.items())),
         )
-        self._publisher.publish(
-            [
-                Outgoing(
-                    key=uuid.uuid4().hex,
-                    exchange=topology.ACK_EXCHANGE,
-                    routing_key=topology.report_routing_key(report.publisher),
-                    body=encode(report),
-                    message_type=report.WIRE_TYPE,
-                )
-            ]
-        )
+        self._publisher.publish([report_message(report, self.settings)])
+
+    def _publish_issued(
+        self, commands: Sequence[Command], status_of: Callable[[Command], IssueStatus]
+    ) -> None:
+        groups: defaultdict[_Group, dict[str, str]] = defaultdict(dict)
+        for c in commands:
+            group = _Group(status_of(c), c.component, c.event, c.issued_at, c.expires_at)
+            groups[group][c.command_id] = c.client_id
+        messages = [
+            report_message(
+                Issued(self.settings.connection_name, *group, commands=chunk), self.settings
+            )
+            for group, ids in groups.items()
+            for chunk in _chunks(ids, MAX_ISSUED)
+        ]
+        self._publisher.publish(messages)
 
     def _with_channel(self, work: object) -> None:
         connection = open_blocking(self.settings)
@@ -200,6 +226,35 @@ class Dispatcher:
                 work(connection.channel())  # type: ignore[operator]
         finally:
             close_quietly(connection)
+
+
+class _Group(NamedTuple):
+    """Commands one Issued message can list together."""
+
+    status: str
+    component: str
+    event: str
+    issued_at: float
+    expires_at: float
+
+
+def _chunks(ids: Mapping[str, str], size: int) -> Iterable[dict[str, str]]:
+    items = list(ids.items())
+    for start in range(0, len(items), size):
+        yield dict(items[start : start + size])
+
+
+def report_message(message: Message, settings: BrokerSettings) -> Outgoing:
+    """A message for the collector: the ack exchange, a report key, our broker user (the
+    collector counts reports only from dispatchers' users)."""
+    return Outgoing(
+        key=uuid.uuid4().hex,
+        exchange=topology.ACK_EXCHANGE,
+        routing_key=topology.report_routing_key(settings.connection_name),
+        body=encode(message),
+        message_type=message.WIRE_TYPE,
+        user_id=settings.username,
+    )
 
 
 def outgoing(command: Command) -> Outgoing:

@@ -4,24 +4,21 @@ setevnt [--url URL] (--client ID ... | --group G ... | --all | --clients-file FI
         [/q] [cq | COMPONENT_EVENT] [--wait SECONDS] [--json] [--db PATH]
 
 Groups and --all are resolved through the fleet registry in the dispatcher's database.
-Sent commands are recorded in its ledger when there is one (--db, $SETEVNT_DB, or an
-existing ./setevnt.db), so `setevnt-dispatcher status COMMAND_ID` can find them.
+Sent commands reach the ledger through the service's collector (from any host), so
+`setevnt-dispatcher status COMMAND_ID` finds them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import time
 from collections.abc import Sequence
 
 from broker.errors import BrokerError
 from dispatcher import targets
 from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
-from dispatcher.db import DB_ENV, DbSettings
-from dispatcher.ledger import CommandRecord, Ledger
+from dispatcher.db import DbSettings
 from dispatcher.logs import configure
 from dispatcher.waiter import AckWaiter, Answer
 from schemas.syntax import UsageError, parse_invocation
@@ -66,13 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if args.wait is None:
                 receipts = dispatcher.send(commands)
-                _remember(args.db, receipts)
                 return _report(receipts, {}, args.json, waited=False)
             with AckWaiter(dispatcher.settings, clients) as waiter:
                 receipts = dispatcher.send(commands)
-                _remember(args.db, receipts)
-                sent = [r.command_id for r in receipts if r.sent]
-                answers = waiter.wait(sent, args.wait)
+                sent = [r for r in receipts if r.sent]
+                answers = waiter.wait(
+                    {r.command_id: r.client_id for r in sent},
+                    args.wait,
+                    issued_at={r.command_id: r.issued_at for r in sent},
+                )
                 answers = {**waiter.latest, **answers}
             return _report(receipts, answers, args.json, waited=True)
     except (UsageError, ValueError) as exc:
@@ -81,31 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"setevnt: broker: {exc}", file=sys.stderr)
         return EXIT_BROKER
-
-
-def _remember(db_path: str | None, receipts: Sequence[Receipt]) -> None:
-    """Record the commands in the ledger, if this machine has the dispatcher's database."""
-    database = DbSettings.from_env(db_path)
-    if not (db_path or os.environ.get(DB_ENV) or database.exists):
-        return  # a workstation without the database: the collector records the acks
-    now = time.time()
-    with Ledger(database) as ledger:
-        ledger.record_commands(
-            [
-                CommandRecord(
-                    command_id=r.command_id,
-                    storm_id=None,
-                    client_id=r.client_id,
-                    component=r.component,
-                    event=r.event,
-                    status=r.status,
-                    issued_at=r.issued_at,
-                    expires_at=r.expires_at,
-                    sent_at=now if r.sent else None,
-                )
-                for r in receipts
-            ]
-        )
 
 
 def _report(

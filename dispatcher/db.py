@@ -3,9 +3,9 @@
 WAL mode lets ``status`` and ``clients`` read while the service and a storm write; every
 write is a short ``BEGIN IMMEDIATE`` transaction, so two writers queue on the busy
 timeout instead of failing when a read would have to be upgraded to a write.
-``synchronous=NORMAL``: in WAL mode a power cut may lose the last transactions but never
-corrupts the file, and everything written here can be rebuilt from later heartbeats and
-acks (the broker keeps unacknowledged messages until they are recorded).
+``synchronous=FULL``: a commit is on disk before it returns, because the collector acks
+the broker right after committing; with NORMAL a power cut could drop batches the broker
+had already been told were safe.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def connect(settings: DbSettings, *, create: bool = True) -> sqlite3.Connection:
     )
     try:
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA synchronous=FULL")
     except BaseException:
         connection.close()
         raise

@@ -127,16 +127,12 @@ class Remediator:
         self._owned: str | None = None  # the storm this process runs
         self._unsent = True  # look for planned rows (left by a failure, or a crash) next round
         self._owner = f"pid {os.getpid()} on {socket.gethostname()}"  # as storms say it
-        self._thread = threading.Thread(target=self._run, name="remediation", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Reconcile every round until :meth:`stop` (blocking: the service's thread)."""
         stores = _Stores(
             Site(self._database),
             SqliteRegistry(self._database, self._registry),
@@ -316,6 +312,7 @@ class Remediator:
             name="setevnt-remediation",
             window=CONFIRM_WINDOW,
             hooks=self._hooks,
+            record=False,  # its rows are in the ledger already
         ) as dispatcher:
             return dispatcher.send(commands)
 

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from schemas.messages import Ack
-
 
 class Status(StrEnum):
     PLANNED = "planned"  # in a storm, not confirmed by the broker (yet)
@@ -94,27 +92,6 @@ class CommandRecord:
     reason: str | None = None
     detail: str | None = None
     coalesced_into: str | None = None
-
-
-def ack_row(ack: Ack, received_at: float) -> tuple[Any, ...]:
-    """The ledger row of one ack: final ones carry when they came and the latency."""
-    final = ack.final
-    latency = None
-    if final and ack.issued_at is not None:
-        latency = max(0.0, received_at - ack.issued_at)
-    return (
-        ack.command_id,
-        ack.storm_id,
-        ack.client_id,
-        ack.component,
-        ack.event,
-        ack.status,
-        ack.issued_at,
-        received_at if final else None,
-        latency,
-        ack.reason,
-        ack.detail,
-    )
 
 
 # (answer batch number, command id, status, received at, latency, reason, detail), as

@@ -1,8 +1,9 @@
-"""Logging set-up shared by the command-line entry points."""
+"""Logging set-up shared by the command-line entry points, and throttled warnings."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 
 def configure(level: str = "INFO") -> None:
@@ -13,3 +14,27 @@ def configure(level: str = "INFO") -> None:
     # traceback; setevnt reports those failures itself, in one line. Debug shows all.
     quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
     logging.getLogger("pika").setLevel(quiet)
+
+
+class Throttled:
+    """Warnings about what peers send, at most one line per kind every ``every`` seconds.
+
+    A compromised client can send a million bad messages; each is counted in the metrics,
+    but the log gets a line per kind now and then, saying how many were not logged.
+    """
+
+    def __init__(self, logger: logging.Logger, every: float = 10.0) -> None:
+        self._log = logger
+        self._every = every
+        self._next: dict[str, float] = {}
+        self._quiet: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next.get(kind, 0.0):
+            self._quiet[kind] = self._quiet.get(kind, 0) + 1
+            return
+        quiet = self._quiet.pop(kind, 0)
+        suffix = f" ({quiet} more like it not logged)" if quiet else ""
+        self._log.warning(message + suffix, *args)
+        self._next[kind] = now + self._every

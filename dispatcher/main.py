@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
-import threading
 from collections.abc import Sequence
 from types import FrameType
 
@@ -30,6 +28,7 @@ from broker.settings import BrokerSettings
 from dispatcher import keys, operator_cli, site_cli
 from dispatcher.api import Dispatcher
 from dispatcher.collector import Collector
+from dispatcher.crew import Crew, Member
 from dispatcher.db import DbSettings
 from dispatcher.drift import RemediationSettings, Remediator
 from dispatcher.drift_metrics import DriftMetrics
@@ -38,10 +37,11 @@ from dispatcher.intake import Intake, IntakeSettings
 from dispatcher.ledger import Ledger
 from dispatcher.ledger_metrics import LedgerMetrics
 from dispatcher.logs import configure
-from dispatcher.metrics import DispatcherMetrics
+from dispatcher.metrics import DispatcherMetrics, known_events
 from dispatcher.policy import Policy
 from dispatcher.recorder import Recorder
 from dispatcher.registry import RegistrySettings, SqliteRegistry
+from dispatcher.senders import Senders
 from dispatcher.services import enroll_service
 from dispatcher.site import Site
 
@@ -74,11 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     enroll_cmd = sub.add_parser("enroll", help="create a client's broker user, print its config")
     enroll_cmd.add_argument("client", metavar="CLIENT_ID")
     enroll_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    enroll_cmd.add_argument(
+        "--rotate", action="store_true", help="replace an enrolled client's password"
+    )
     service_cmd = sub.add_parser(
         "enroll-service", help="create a requesting service's broker user, print its URL"
     )
     service_cmd.add_argument("service", metavar="NAME", help="the name its policy rule uses")
     service_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    service_cmd.add_argument(
+        "--rotate", action="store_true", help="replace an enrolled service's password"
+    )
     revoke_cmd = sub.add_parser("revoke", help="delete a client's broker user")
     revoke_cmd.add_argument("client", metavar="CLIENT_ID")
     revoke_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
@@ -153,7 +159,8 @@ def enrollment(args: argparse.Namespace) -> int:
         dispatcher.provision([args.client])  # the agent may not declare its own queue
     signer = keys.load()  # $SETEVNT_SIGNING_KEY_FILE: the agent must trust its public key
     public_key = signer.public_text() if signer else None
-    print(enroll(settings, management, args.client, public_key=public_key).agent_toml(), end="")
+    enrolled = enroll(settings, management, args.client, public_key=public_key, rotate=args.rotate)
+    print(enrolled.agent_toml(), end="")
     return 0
 
 
@@ -162,20 +169,14 @@ def service_enrollment(args: argparse.Namespace) -> int:
     with Dispatcher(args.url) as dispatcher:
         dispatcher.declare_topology()  # its requests need setevnt.requests to exist
     user = enroll_service(
-        settings, Management.for_broker(settings, args.management_url), args.service
+        settings,
+        Management.for_broker(settings, args.management_url),
+        args.service,
+        rotate=args.rotate,
     )
     print(f"broker user {user.name}: may only publish to setevnt.requests", file=sys.stderr)
     print(user.url)
     return 0
-
-
-TRUSTED_ENV = "SETEVNT_TRUSTED_SENDERS"
-
-
-def trusted() -> frozenset[str]:
-    """Broker users whose acks count for any client ($SETEVNT_TRUSTED_SENDERS, comma-separated):
-    a simulated fleet's user, a development broker's guest. Enrolled agents need none."""
-    return frozenset(u.strip() for u in os.environ.get(TRUSTED_ENV, "").split(",") if u.strip())
 
 
 def serve(
@@ -188,9 +189,9 @@ def serve(
     drift: site_cli.DriftOptions | None = None,
 ) -> int:
     registry = CollectorRegistry()
-    metrics = DispatcherMetrics(registry)
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
     drift = drift or site_cli.DriftOptions(None, RemediationSettings())
+    metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
     registry.register(LedgerMetrics(database.path))
     registry.register(DriftMetrics(database.path, offline_after, drift.remediation.event))
     with (
@@ -200,19 +201,25 @@ def serve(
         _seed_site(database, drift.seed_version)
         recorder = Recorder(settings, fleet, ledger, metrics)
         log.info("fleet registry and ledger in %s", database.path)
-        collector = Collector(settings, metrics, recorder=recorder, trusted_senders=trusted())
+        senders = Senders.from_env(settings.username)
+        collector = Collector(settings, metrics, recorder, senders=senders)
         intake_settings = IntakeSettings(
             database,
             policy or Policy.load(),
             RegistrySettings(offline_after),
         )
-        intake = Intake(settings, intake_settings, metrics)
+        crew = [
+            Member("collector", collector.run, collector.stop),
+            _intake(Intake(settings, intake_settings, metrics)),
+        ]
         remediator = _remediator(settings, database, fleet.settings, drift, metrics)
-        try:
-            return _serve(collector, intake, registry, addr, port)
-        finally:
-            if remediator is not None:
-                remediator.stop()
+        if remediator is not None:
+            crew.append(Member("remediation", remediator.run, remediator.stop))
+        return _serve(crew, registry, addr, port)
+
+
+def _intake(intake: Intake) -> Member:
+    return Member("intake", intake.run, intake.stop)
 
 
 def _seed_site(database: DbSettings, version: str | None) -> None:
@@ -236,40 +243,28 @@ def _remediator(
     if not drift.remediation.enabled:
         return None
     remediator = Remediator(settings, database, fleet, drift.remediation, hooks=metrics)
-    remediator.start()
     log.info("remediating CopyListVersion drift with %s", drift.remediation.event.name)
     return remediator
 
 
-def _serve(
-    collector: Collector, intake: Intake, registry: CollectorRegistry, addr: str, port: int
-) -> int:
+def _serve(members: list[Member], registry: CollectorRegistry, addr: str, port: int) -> int:
+    """Run the service's threads until a signal, or until one of them ends."""
+    crew = Crew()
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
-        collector.stop()
-        intake.stop()
+        crew.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
-    requests = threading.Thread(target=_take_requests, args=(intake,), name="intake")
-    requests.start()
     try:
-        collector.run()
+        for member in members:
+            crew.start(member)
+        return crew.wait()
     finally:
-        intake.stop()
-        requests.join()
         server.shutdown()
-    return 0
-
-
-def _take_requests(intake: Intake) -> None:
-    """The intake's thread: a refusal by the broker stops requests, not the collector."""
-    try:
-        intake.run()
-    except BrokerError as exc:
-        log.error("request intake stopped: %s", exc)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
 """Prometheus metrics as hooks: the collector and publisher call these, nothing else does.
 
-Label values are bounded: component, event, status, reason and publish result come from
-small closed sets (the catalog and the schema's enums); client and command ids are never
-labels.
+Label values are bounded by construction: component and event come from the ledger row
+of the command (never from what a client sends) and are checked against the events this
+dispatcher knows (its catalog and its upgrade event), anything else is ``other``;
+status, reason and publish result come from the schema's enums. Client and command ids
+are never labels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.publisher import Outcome
-from schemas.messages import Ack, PublishReport
+from dispatcher.ledger_answers import Answered
+from schemas.catalog import DEFAULT_CATALOG, ComponentEvent
+from schemas.messages import PublishReport
+
+OTHER = "other"  # the label of any component or event this dispatcher does not know
 
 # Publish -> ack: tens of milliseconds on a quiet broker, minutes for a busy client.
 TRIGGER_BUCKETS = (
@@ -65,11 +73,20 @@ def probe_class(detail: str | None) -> str:
     return next((w for w in words if w in PROBE_CLASSES), "other")
 
 
+def known_events(extra: Iterable[ComponentEvent] = ()) -> frozenset[tuple[str, str]]:
+    """(component, event) pairs that may be labels: the catalog's and ``extra``."""
+    pairs = {(c.name, e) for c in DEFAULT_CATALOG for e in c.events}
+    return frozenset(pairs | {(e.component, e.event) for e in extra})
+
+
 class DispatcherMetrics:
     """All dispatcher-side metrics, registered in the registry it is given."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, events: frozenset[tuple[str, str]] | None = None
+    ) -> None:
         self.registry = registry
+        self._events = events if events is not None else known_events()
         self.trigger_latency = Histogram(
             "setevnt_trigger_latency_seconds",
             "Command publish to its final ack received, on the dispatcher's clock.",
@@ -163,10 +180,19 @@ class DispatcherMetrics:
             ["reason"],
             registry=registry,
         )
-        for reason in ("missing-user-id", "wrong-user-id"):
+        self.dropped_reports = Counter(
+            "setevnt_reports_dropped_total",
+            "Publish reports and issued-command records not counted because their sender "
+            "(AMQP user_id) is not a dispatcher.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("missing-user-id", "wrong-user-id", "unknown-command"):
             self.dropped_acks.labels(reason)  # 0 until it happens, not an empty panel
+        for reason in ("missing-user-id", "wrong-user-id"):
             self.dropped_heartbeats.labels(reason)
-        self.duplicate_acks = Counter(
+        self.dropped_reports.labels("not-a-dispatcher")
+        self.duplicates = Counter(
             "setevnt_duplicate_acks_total",
             "Final acks received again for a command already counted (redeliveries).",
             registry=registry,
@@ -191,44 +217,56 @@ class DispatcherMetrics:
         for outcome in ("accepted", "replayed"):
             self.requests.labels(outcome, "none")  # 0 before the first request
 
+    def labels(self, component: str | None, event: str | None) -> tuple[str, str]:
+        if (component, event) in self._events:
+            return component or OTHER, event or OTHER
+        return OTHER, OTHER
+
     # -- collector hooks ----------------------------------------------------------------
 
-    def ack_received(self, ack: Ack, latency: float | None) -> None:
-        component, event = ack.component or "unknown", ack.event or "unknown"
+    def answered(self, answer: Answered) -> None:
+        """An ack the ledger took; its labels are its command's, from the ledger."""
+        ack = answer.ack
+        component, event = self.labels(answer.component, answer.event)
         if not ack.final:
             self.deferrals.labels(component, event, probe_class(ack.detail)).inc()
             return
         self.outcomes.labels(component, event, ack.status).inc()
-        if latency is not None:
-            self.trigger_latency.labels(component, event, ack.status).observe(latency)
-        if ack.issued_at is not None:
-            delivered = max(0.0, ack.received_at - ack.issued_at)
+        if answer.latency is not None:
+            self.trigger_latency.labels(component, event, ack.status).observe(answer.latency)
+        self._agent_timings(answer, component, event)
+        if ack.reason is not None and ack.status != "done":
+            self.rejects.labels(ack.reason).inc()
+        if answer.previous == "deferred" and ack.wait_seconds is not None:
+            self.deferral_time.labels(component, event, ack.status).observe(ack.wait_seconds)
+
+    def _agent_timings(self, answer: Answered, component: str, event: str) -> None:
+        ack, issued_at = answer.ack, answer.issued_at
+        if issued_at is not None:
+            delivered = max(0.0, ack.received_at - issued_at)
             self.delivery_latency.labels(component, event).observe(delivered)
             if ack.started_at is not None:
-                signalled = max(0.0, ack.started_at - ack.issued_at)
+                signalled = max(0.0, ack.started_at - issued_at)
                 self.signal_latency.labels(component, event).observe(signalled)
         if ack.run_seconds is not None:
             self.component_run.labels(component, event).observe(ack.run_seconds)
-        if ack.reason is not None and ack.status != "done":
-            self.rejects.labels(ack.reason).inc()
 
-    def deferred_command_finished(self, ack: Ack, waited: float) -> None:
-        """A command that had been deferred got its final ack after ``waited`` seconds."""
-        component, event = ack.component or "unknown", ack.event or "unknown"
-        self.deferral_time.labels(component, event, ack.status).observe(waited)
-
-    def ack_dropped(self, reason: str) -> None:
-        self.dropped_acks.labels(reason).inc()
+    def ack_dropped(self, reason: str, count: int = 1) -> None:
+        self.dropped_acks.labels(reason).inc(count)
 
     def heartbeat_dropped(self, reason: str) -> None:
         self.dropped_heartbeats.labels(reason).inc()
 
-    def duplicate_ack(self, ack: Ack) -> None:
-        self.duplicate_acks.inc()
+    def report_dropped(self, reason: str) -> None:
+        self.dropped_reports.labels(reason).inc()
+
+    def duplicate_acks(self, count: int) -> None:
+        self.duplicates.inc(count)
 
     def publish_report(self, report: PublishReport) -> None:
         for count in report.counts:
-            self.published.labels(count.component, count.event, count.result).inc(count.count)
+            component, event = self.labels(count.component, count.event)
+            self.published.labels(component, event, count.result).inc(count.count)
 
     def bad_message(self, reason: str) -> None:
         self.bad_messages.labels(reason).inc()

@@ -1,13 +1,17 @@
-"""Make what the collector receives durable: acks into the ledger, heartbeats into the registry.
+"""Make what the collector accepted durable, then count it.
 
-Messages are acknowledged to the broker only after the database committed them, in
-batches (one transaction and one ``basic.ack multiple`` per ``flush_every``), so a
-crash or a locked database costs redeliveries, never records. A client heard from for
-the first time gets its command queue provisioned before its heartbeat is acked: if that
-fails, the heartbeat comes back and provisioning is tried again.
+Acks go into the ledger (only onto the row of their own command), issued-command records
+add and settle rows, heartbeats go into the registry. Messages are acknowledged to the
+broker only after the database committed them, in batches (one transaction and one
+``basic.ack multiple`` per ``flush_every``), so a crash or a locked database costs
+redeliveries, never records; a redelivered ack finds its answer already there and is
+counted once. The metrics hooks run after the commit, with what the ledger says.
 
-Every reconnect after the first may follow a broker restart, which empties the queues of
-fast-lane (transient) commands: they are re-sent from the ledger (dispatcher.resend).
+A client heard from for the first time gets its command queue provisioned before its
+heartbeat is acked: if that fails, the heartbeat comes back and provisioning is tried
+again. Every reconnect after the first may follow a broker restart, which empties the
+queues of fast-lane (transient) commands: they are re-sent from the ledger
+(dispatcher.resend).
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ from typing import Any, Protocol
 from broker.errors import BrokerError, BrokerRefused
 from broker.provisioning import provision_clients
 from broker.settings import BrokerSettings
-from dispatcher.ledger import Ledger, ack_row
+from dispatcher.ledger import Answered, Ledger
 from dispatcher.registry import Registry, Sighting
 from dispatcher.resend import resend_fast_lane
-from schemas.messages import Ack, Heartbeat, Message
+from schemas.messages import Ack, Heartbeat, Issued, PublishReport
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,14 @@ RESEND_RETRY = 5.0
 
 
 class RecorderHooks(Protocol):
+    def answered(self, answer: Answered) -> None: ...
+
+    def ack_dropped(self, reason: str, count: int = 1) -> None: ...
+
+    def duplicate_acks(self, count: int) -> None: ...
+
+    def publish_report(self, report: PublishReport) -> None: ...
+
     def clients_provisioned(self, count: int) -> None: ...
 
     def fleet_size(self, online: int, offline: int) -> None: ...
@@ -40,7 +52,9 @@ class RecorderHooks(Protocol):
 
 @dataclass
 class _Batch:
-    acks: list[tuple[Any, ...]] = field(default_factory=list)
+    acks: list[tuple[Ack, float]] = field(default_factory=list)
+    issued: list[tuple[Issued, float]] = field(default_factory=list)
+    reports: list[PublishReport] = field(default_factory=list)
     beats: list[Sighting] = field(default_factory=list)
     last_tag: int | None = None
 
@@ -74,16 +88,28 @@ class Recorder:
         if self._sessions > 1:
             self._resend_at = time.monotonic()
 
-    def ack_path(self, message: Message | None, delivery_tag: int) -> None:
-        if isinstance(message, Ack) and message.command_id:
-            self._batch.acks.append(ack_row(message, time.time()))
+    # -- what the collector accepted ------------------------------------------------------
+
+    def ack(self, ack: Ack, received_at: float) -> None:
+        if ack.command_id:  # an agent's answer to a body it could not decode names none
+            self._batch.acks.append((ack, received_at))
+        else:
+            self._hooks.ack_dropped("unknown-command")
+
+    def report(self, report: PublishReport | Issued, received_at: float) -> None:
+        if isinstance(report, Issued):
+            self._batch.issued.append((report, received_at))
+        else:
+            self._batch.reports.append(report)
+
+    def heartbeat(self, beat: Heartbeat, received_at: float) -> None:
+        self._batch.beats.append((beat, received_at))
+
+    def delivered(self, delivery_tag: int) -> None:
+        """Every delivery, counted or not, is acknowledged with the batch it came in."""
         self._batch.last_tag = delivery_tag
 
-    def fleet_path(self, beat: Heartbeat | None, delivery_tag: int) -> None:
-        """A message from the fleet queue: a heartbeat that counts, or None (acked all the same)."""
-        if beat is not None:
-            self._batch.beats.append((beat, time.time()))
-        self._batch.last_tag = delivery_tag
+    # -- the batch ------------------------------------------------------------------------
 
     def flush(self, channel: Any) -> None:
         self._gauge()
@@ -92,15 +118,35 @@ class Recorder:
         if batch.last_tag is None:
             return
         try:
-            if batch.acks:
-                self.ledger.record_acks(batch.acks)
-            if batch.beats:
-                self._provision(self.registry.record(batch.beats))
+            self._write(batch)
         except sqlite3.OperationalError as exc:  # locked or full: the broker keeps them
             log.warning("database: %s; %d message(s) wait unacked", exc, len(batch.acks))
             return
+        for report in batch.reports:
+            self._hooks.publish_report(report)
         channel.basic_ack(batch.last_tag, multiple=True)
         self._batch = _Batch()
+
+    def _write(self, batch: _Batch) -> None:
+        # Issued records first: a batch may hold a command's record and its ack.
+        if batch.issued:
+            self.ledger.record_issued(batch.issued)
+            batch.issued = []  # idempotent anyway; not again if a later step fails
+        if batch.acks:
+            self._answers(batch.acks)
+            batch.acks = []
+        if batch.beats:
+            self._provision(self.registry.record(batch.beats))
+
+    def _answers(self, acks: list[tuple[Ack, float]]) -> None:
+        """Record and count at once: once committed, a redelivery would be a repeat."""
+        recorded = self.ledger.record_answers(acks)
+        for answer in recorded.answered:
+            self._hooks.answered(answer)
+        if recorded.unknown:
+            self._hooks.ack_dropped("unknown-command", recorded.unknown)
+        if recorded.repeated:
+            self._hooks.duplicate_acks(recorded.repeated)
 
     def _provision(self, client_ids: list[str]) -> None:
         if not client_ids:

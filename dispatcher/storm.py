@@ -345,6 +345,7 @@ def _report(
         routing_key=topology.report_routing_key(report.publisher),
         body=encode(report),
         message_type=report.WIRE_TYPE,
+        user_id=settings.username,  # the collector counts reports only from dispatchers
     )
     try:
         publisher.publish([message])

@@ -2,19 +2,23 @@
 
 A private, exclusive queue is bound to the ack exchange for the target clients before
 anything is published, so the waiter gets its own copy of each ack while the durable ack
-queue still feeds the collector.
+queue still feeds the collector. An ack counts only when it answers one of the commands
+waited for, names that command's client, and was sent by that client's broker user (or a
+trusted one, as the collector decides): anything else in the queue is ignored, and
+nothing but the awaited commands' answers is kept.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.settings import BrokerSettings
+from dispatcher.senders import Senders
 from schemas.codec import DecodeError, decode
 from schemas.messages import Ack
 
@@ -29,9 +33,18 @@ class Answer:
 
 
 class AckWaiter:
-    def __init__(self, settings: BrokerSettings, client_ids: Iterable[str]) -> None:
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        client_ids: Iterable[str],
+        *,
+        senders: Senders | None = None,
+    ) -> None:
         clients = sorted(set(client_ids))
+        self._senders = senders or Senders.from_env(settings.username)
         self._connection = open_blocking(settings.named("setevnt-cli"))
+        self._wanted: dict[str, str] = {}  # command id -> its client
+        self._issued: dict[str, float] = {}
         self._answers: dict[str, Answer] = {}
         self._latest: dict[str, Answer] = {}
         with translate_errors("preparing to wait for acks"):
@@ -56,9 +69,18 @@ class AckWaiter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def wait(self, command_ids: Iterable[str], timeout: float) -> dict[str, Answer]:
-        """Final answers by command id; interim ones (deferred) are in :attr:`latest`."""
-        wanted = set(command_ids)
+    def wait(
+        self,
+        commands: Mapping[str, str],
+        timeout: float,
+        issued_at: Mapping[str, float] | None = None,
+    ) -> dict[str, Answer]:
+        """Final answers by command id, for ``commands`` (command id -> client id); interim
+        ones (deferred) are in :attr:`latest`. ``issued_at`` (by command id) measures the
+        latency on this side's clock instead of the ack's echo of it."""
+        self._wanted.update(commands)
+        self._issued.update(issued_at or {})
+        wanted = set(commands)
         deadline = time.monotonic() + timeout
         with translate_errors("waiting for acks"):
             self._channel.basic_consume(self._queue, self._on_message, auto_ack=True)
@@ -78,8 +100,13 @@ class AckWaiter:
             ack = decode(body, Ack)
         except DecodeError:
             return  # the collector counts bad messages; a waiter only wants its acks
-        latency = time.time() - ack.issued_at if ack.issued_at is not None else None
-        answer = Answer(ack, max(0.0, latency) if latency is not None else None)
+        if self._wanted.get(ack.command_id) != ack.client_id:
+            return  # not a command waited for, or it claims another client's command
+        if self._senders.not_for(ack.client_id, getattr(properties, "user_id", None)):
+            return  # the collector drops and counts it; here it is simply not believed
+        issued = self._issued.get(ack.command_id, ack.issued_at)
+        latency = max(0.0, time.time() - issued) if issued is not None else None
+        answer = Answer(ack, latency)
         self._latest[ack.command_id] = answer
         if ack.final:
             self._answers.setdefault(ack.command_id, answer)

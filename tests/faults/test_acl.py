@@ -6,7 +6,6 @@ in ``finally``; everything else lives in the test's own vhost.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,20 +15,17 @@ from typing import Any
 import pika
 import pika.exceptions
 import pytest
-from prometheus_client import CollectorRegistry
 
 from broker import topology
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
-from dispatcher.collector import Collector
-from dispatcher.db import DbSettings
 from dispatcher.enroll import enroll, revoke
 from dispatcher.ledger import Ledger
-from dispatcher.metrics import DispatcherMetrics
-from dispatcher.recorder import Recorder
 from dispatcher.registry import SqliteRegistry
+from dispatcher.senders import Senders
 from schemas import Heartbeat, encode
+from tests.integration.collecting import collecting
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.broker
@@ -153,63 +149,90 @@ def _closed(connection: pika.BlockingConnection) -> bool:
     return connection.is_closed
 
 
-def test_collector_counts_only_acks_sent_by_their_own_client(
-    amqp_url: str, two_clients: tuple[str, str, dict[str, str]]
+def test_collector_counts_only_acks_sent_by_their_own_client_for_their_own_command(
+    amqp_url: str, two_clients: tuple[str, str, dict[str, str]], tmp_path: Path
 ) -> None:
     """An enrolled agent can publish on its own routing key only; the body could still
-    claim another client, or leave user_id out. The collector drops and counts both."""
+    claim another client, leave user_id out, or answer a command that is not its own or
+    does not exist. The collector counts only the genuine answer, drops and counts the
+    rest, and no ack adds a row to the ledger."""
     from schemas import Ack
+    from schemas.messages import Issued
 
     a, b, urls = two_clients
-    registry = CollectorRegistry()
-    collector = Collector(BrokerSettings(url=amqp_url), DispatcherMetrics(registry))
-    thread = threading.Thread(target=collector.run, daemon=True)
-    thread.start()
-    assert collector.ready.wait(10)
-    try:
+    with collecting(amqp_url, tmp_path, Senders(dispatchers=frozenset({"guest"}))) as running:
+        now = time.time()
+        commands = {"genuine": a, "for-b": b}
+        with Ledger(running.database) as ledger:
+            for status in ("planned", "sent"):  # as a dispatcher reports a send
+                issued = Issued("t", status, "CCIM32", "STARTCYCLE", now, now + 60, commands)
+                ledger.record_issued([(issued, now)])
+            rows_before = _rows(ledger)
 
         def ack(client: str, command_id: str) -> bytes:
-            return encode(
-                Ack(
-                    command_id,
-                    client,
-                    "done",
-                    time.time(),
-                    "test",
-                    "CCIM32",
-                    "STARTCYCLE",
-                    time.time(),
-                )
-            )
+            return encode(Ack(command_id, client, "done", time.time(), "test", "CLISVCL", "CLOSE"))
 
         for body, user_id in (
             (ack(a, "genuine"), a),
-            (ack(b, "claims-b"), a),  # A's connection, A's key, B in the body
+            (ack(b, "genuine"), a),  # A's connection, A's key, B in the body
             (ack(a, "anonymous"), None),
+            (ack(a, "for-b"), a),  # its own name, another client's command
+            (ack(a, "never-sent"), a),  # a command that does not exist
         ):
             assert _refused(urls[a], _publish_as(topology.ack_routing_key(a), body, user_id)) == 200
 
-        def sample(name: str, **labels: str) -> float:
-            return registry.get_sample_value(name, labels) or 0.0
-
+        sample = running.sample
         wait_for(
             lambda: (
                 sample("setevnt_acks_dropped_total", reason="wrong-user-id") == 1
                 and sample("setevnt_acks_dropped_total", reason="missing-user-id") == 1
-                and sample(
-                    "setevnt_command_outcomes_total",
-                    component="CCIM32",
-                    event="STARTCYCLE",
-                    status="done",
-                )
-                == 1
+                and sample("setevnt_acks_dropped_total", reason="unknown-command") == 2
             ),
             15,
-            "one counted and two dropped acks",
+            "one counted and four dropped acks",
         )
-    finally:
-        collector.stop()
-        thread.join(10)
+        # The genuine ack counts under its command's own labels, not what it claimed.
+        labels = {"component": "CCIM32", "event": "STARTCYCLE", "status": "done"}
+        assert sample("setevnt_command_outcomes_total", **labels) == 1
+        claimed = {"component": "CLISVCL", "event": "CLOSE", "status": "done"}
+        assert sample("setevnt_command_outcomes_total", **claimed) == 0
+        with Ledger(running.database) as ledger:
+            assert _rows(ledger) == rows_before
+            assert ledger.command("genuine").status == "done"  # type: ignore[union-attr]
+            assert ledger.command("for-b").status == "sent"  # type: ignore[union-attr]
+
+
+def test_collector_takes_reports_only_from_dispatchers(
+    amqp_url: str, two_clients: tuple[str, str, dict[str, str]], tmp_path: Path
+) -> None:
+    """A client may publish on its own ack key, but a publish report or an issued-command
+    record from it is dropped and counted: neither the published counters nor the ledger
+    move."""
+    from schemas.messages import Issued, PublishCount, PublishReport
+
+    a, _b, urls = two_clients
+    with collecting(amqp_url, tmp_path, Senders(dispatchers=frozenset({"guest"}))) as running:
+        now = time.time()
+        forged = PublishReport(
+            "x", now, (PublishCount("CCIM32", "STARTCYCLE", "unroutable", 2**31 - 1),)
+        )
+        issued = Issued("x", "planned", "CCIM32", "STARTCYCLE", now, now + 60, {"forged": a})
+        for body in (encode(forged), encode(issued)):
+            publish = _publish_as(topology.ack_routing_key(a), body, a)
+            assert _refused(urls[a], publish) == 200
+        wait_for(
+            lambda: running.sample("setevnt_reports_dropped_total", reason="not-a-dispatcher") == 2,
+            15,
+            "two reports dropped",
+        )
+        labels = {"component": "CCIM32", "event": "STARTCYCLE", "result": "unroutable"}
+        assert running.sample("setevnt_commands_published_total", **labels) == 0
+        with Ledger(running.database) as ledger:
+            assert ledger.command("forged") is None
+
+
+def _rows(ledger: Ledger) -> int:
+    return sum(1 for c in ("genuine", "for-b", "anonymous", "never-sent") if ledger.command(c))
 
 
 def _publish_as(routing_key: str, body: bytes, user_id: str | None) -> Callable[[Any], Any]:
@@ -225,40 +248,23 @@ def test_registry_records_only_heartbeats_sent_by_their_own_client(
     """A heartbeat registers its client and provisions its queue: one that claims another
     client in its body, or leaves user_id out, is dropped and counted like such an ack."""
     a, b, urls = two_clients
-    database = DbSettings(str(tmp_path / "setevnt.db"))
-    metrics_registry = CollectorRegistry()
-    metrics = DispatcherMetrics(metrics_registry)
-    settings = BrokerSettings(url=amqp_url)
-    with SqliteRegistry(database) as fleet, Ledger(database) as ledger:
-        recorder = Recorder(settings, fleet, ledger, metrics)
-        collector = Collector(settings, metrics, recorder=recorder)
-        thread = threading.Thread(target=collector.run, daemon=True)
-        thread.start()
-        try:
-            assert collector.ready.wait(10)
-            for claims, user_id in ((a, a), (b, a), ("NEVER-SEEN", a), (a, None)):
-                publish = _publish_as(topology.hello_routing_key(a), _hello(claims), user_id)
-                assert _refused(urls[a], publish) == 200
+    with collecting(amqp_url, tmp_path, Senders(dispatchers=frozenset({"guest"}))) as running:
+        for claims, user_id in ((a, a), (b, a), ("NEVER-SEEN", a), (a, None)):
+            publish = _publish_as(topology.hello_routing_key(a), _hello(claims), user_id)
+            assert _refused(urls[a], publish) == 200
 
-            def sample(reason: str) -> float:
-                labels = {"reason": reason}
-                value = metrics_registry.get_sample_value(
-                    "setevnt_heartbeats_dropped_total", labels
-                )
-                return value or 0.0
+        def sample(reason: str) -> float:
+            return running.sample("setevnt_heartbeats_dropped_total", reason=reason)
 
-            wait_for(
-                lambda: sample("wrong-user-id") == 2 and sample("missing-user-id") == 1,
-                15,
-                "two heartbeats from the wrong sender and one without a sender dropped",
-            )
-            with SqliteRegistry(database) as reader:  # the collector's thread owns `fleet`
-                wait_for(lambda: reader.get(a) is not None, 10, f"{a} registered")
-                assert reader.get(b) is None, "a heartbeat that claims B registered B"
-                assert reader.get("NEVER-SEEN") is None
-        finally:
-            collector.stop()
-            thread.join(10)
+        wait_for(
+            lambda: sample("wrong-user-id") == 2 and sample("missing-user-id") == 1,
+            15,
+            "two heartbeats from the wrong sender and one without a sender dropped",
+        )
+        with SqliteRegistry(running.database) as reader:  # the collector's thread owns its own
+            wait_for(lambda: reader.get(a) is not None, 10, f"{a} registered")
+            assert reader.get(b) is None, "a heartbeat that claims B registered B"
+            assert reader.get("NEVER-SEEN") is None
 
 
 def _hello(client: str) -> bytes:

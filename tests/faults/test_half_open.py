@@ -54,7 +54,7 @@ def test_agent_notices_a_half_open_link_and_reconnects(
         assert noticed <= 2 * HEARTBEAT + 3
         with Dispatcher(amqp_url) as dispatcher, AckWaiter(dispatcher.settings, ["PC001"]) as w:
             receipt = dispatcher.trigger(["PC001"], "CQMGR32_STARTCYCLE")[0]
-            answers = w.wait([receipt.command_id], 20)
+            answers = w.wait({receipt.command_id: receipt.client_id}, 20)
         assert answers[receipt.command_id].ack.status == "done"
     finally:
         agent.terminate()

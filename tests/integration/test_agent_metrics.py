@@ -29,7 +29,10 @@ def test_agent_metrics_when_turned_on(amqp_url: str, tmp_path: Path) -> None:
         url = line.split("agent metrics on ", 1)[1].strip()
         with Dispatcher(amqp_url) as dispatcher, AckWaiter(dispatcher.settings, ["PC001"]) as w:
             receipt = dispatcher.trigger(["PC001"], "CQMGR32_STARTCYCLE")[0]
-            assert w.wait([receipt.command_id], 20)[receipt.command_id].ack.status == "done"
+            assert (
+                w.wait({receipt.command_id: receipt.client_id}, 20)[receipt.command_id].ack.status
+                == "done"
+            )
         wanted = (
             'setevnt_agent_answers_total{component="CQMGR32",event="STARTCYCLE",status="done"} 1.0'
         )

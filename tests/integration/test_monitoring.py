@@ -88,7 +88,10 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
         agents.append(start_hold(tmp_path / "distribution.lock", "sleep", "2"))
         with Dispatcher(amqp_url) as dispatcher, AckWaiter(dispatcher.settings, ["MON-GUARD"]) as w:
             receipt = dispatcher.trigger(["MON-GUARD"], "CCIM32_STARTCYCLE")[0]
-            assert w.wait([receipt.command_id], 20)[receipt.command_id].ack.status == "done"
+            assert (
+                w.wait({receipt.command_id: receipt.client_id}, 20)[receipt.command_id].ack.status
+                == "done"
+            )
         _traffic(amqp_url)
         time.sleep(3)  # a few more scrapes after the last ack
         dashboard = [(t, e, prometheus.query(e)) for t, e in dashboard_expressions()]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.error
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,6 +89,7 @@ def test_clients_go_offline_after_missed_heartbeats_or_goodbye(fleet: Fleet) -> 
 
 def test_setevnt_targets_clients_groups_all_and_files(fleet: Fleet, tmp_path: Path) -> None:
     record = tmp_path / "runs.jsonl"
+    fleet.serve()  # its collector records what `setevnt` sends
     fleet.simulate(6, "--provision", "--record", str(record))
     fleet.register(["SIM00000", "SIM00001"], groups=("lab-1",))
     fleet.register(["SIM00002", "SIM00003", "SIM00004", "SIM00005"], groups=("lab-2",))
@@ -107,10 +110,20 @@ def test_setevnt_targets_clients_groups_all_and_files(fleet: Fleet, tmp_path: Pa
         assert {r["client"] for r in rows} == expected, args
         assert all(r["status"] == "done" for r in rows)
         total += len(expected)
-        # Recorded in the ledger, so status finds them by id.
-        assert fleet.status(rows[0]["command_id"])["client_id"] in expected
+        # Recorded in the ledger by the service's collector, so status finds them by id.
+        first = rows[0]["command_id"]
+        shown = wait_for(functools.partial(_shown, fleet, first), 15, "the command in the ledger")
+        assert shown["client_id"] in expected and shown["status"] == "done"
     assert sum(len(v) for v in wait_runs(record, total).values()) == total
     assert runs(record).keys() == {f"SIM0000{n}" for n in range(6)}
+
+
+def _shown(fleet: Fleet, command_id: str) -> dict[str, Any] | None:
+    done = fleet.dispatcher("status", command_id, "--json")
+    if done.returncode != 0:
+        return None
+    shown: dict[str, Any] = json.loads(done.stdout)
+    return shown if shown["status"] == "done" else None
 
 
 def test_targeting_errors_are_usage_errors(fleet: Fleet, tmp_path: Path) -> None:

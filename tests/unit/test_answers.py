@@ -15,7 +15,7 @@ import pytest
 from dispatcher import ledger as ledger_module
 from dispatcher.answers import Answers
 from dispatcher.db import DbSettings
-from dispatcher.ledger import Answer, CommandRecord, Ledger, LedgerWriter, Writes, ack_row
+from dispatcher.ledger import Answer, CommandRecord, Ledger, LedgerWriter, Writes
 from schemas.messages import Ack
 
 
@@ -39,7 +39,7 @@ def record(ledger: Ledger, command_id: str, status: str, received: float) -> Non
     """What the collector does with one ack."""
     ack = Ack(
         command_id=command_id,
-        client_id="PC",
+        client_id=f"PC{command_id[1:]}",  # the client the storm sent it to
         status=status,
         received_at=received,
         agent_version="0.1.0",
@@ -48,7 +48,7 @@ def record(ledger: Ledger, command_id: str, status: str, received: float) -> Non
         component="CCIM32",
         event="STARTCYCLE",
     )
-    ledger.record_acks([ack_row(ack, received)])
+    ledger.record_answers([(ack, received)])
 
 
 def drained(answers: Answers, ledger: Ledger, reads: int = 3) -> list[tuple[str, str]]:

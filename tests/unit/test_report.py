@@ -21,6 +21,7 @@ from dispatcher.report_charts import (
     nice_step,
     timeline_svg,
 )
+from schemas.messages import Ack
 
 T0 = 1_700_000_000.0
 HOSTILE = "<script>alert('x')</script> & \"quoted\""
@@ -195,9 +196,9 @@ def test_collect_reads_the_ledger(tmp_path: Path) -> None:
     planned = [command(0, "planned"), command(1, "planned")]
     with Ledger(DbSettings(str(tmp_path / "db"))) as ledger:
         ledger.create_storm(storm, planned)
-        # An ack row as the collector writes it (ledger.ack_row): done after 0.5 s.
-        row = ("cmd0", storm.storm_id, "PC000", "CCIM32", "STARTCYCLE", "done", T0, T0 + 0.5)
-        ledger.record_acks([(*row, 0.5, None, None)])
+        # An ack as the collector records it: done 0.5 s after the command was issued.
+        ack = Ack("cmd0", "PC000", "done", T0 + 0.5, "t", issued_at=T0)
+        ledger.record_answers([(ack, T0 + 0.5)])
         data = report.collect(ledger, storm.storm_id, now=time.time())
         with pytest.raises(ValueError, match="no storm nope"):
             report.collect(ledger, "nope")

@@ -1,0 +1,92 @@
+"""What an ack may do to the ledger: update its own command's row, nothing else."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from dispatcher.db import DbSettings
+from dispatcher.ledger import Ledger
+from schemas.messages import Ack, Issued
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    opened = Ledger(DbSettings(str(tmp_path / "db")))
+    now = time.time()
+    for status in ("planned", "sent"):
+        commands = {"c1": "PC1", "c2": "PC2"}
+        opened.record_issued(
+            [(Issued("t", status, "CCIM32", "STARTCYCLE", now, now + 60, commands), now)]
+        )
+    return opened
+
+
+def rows(ledger: Ledger, tmp_path: Path) -> int:
+    with sqlite3.connect(tmp_path / "db") as db:
+        return int(db.execute("SELECT count(*) FROM commands").fetchone()[0])
+
+
+def ack(command_id: str, client: str, status: str = "done", **fields: object) -> Ack:
+    return Ack(command_id, client, status, time.time(), "t", **fields)  # type: ignore[arg-type]
+
+
+def test_an_ack_never_creates_a_row(ledger: Ledger, tmp_path: Path) -> None:
+    before = rows(ledger, tmp_path)
+    recorded = ledger.record_answers(
+        [
+            (ack(f"forged-{n}", "PC1", "deferred", storm_id="storm-x"), time.time())
+            for n in range(50)
+        ]
+    )
+    assert (recorded.unknown, recorded.answered) == (50, [])
+    assert rows(ledger, tmp_path) == before
+
+
+def test_an_ack_for_another_clients_command_changes_nothing(ledger: Ledger) -> None:
+    recorded = ledger.record_answers([(ack("c2", "PC1", "failed"), time.time())])
+    assert recorded.unknown == 1
+    assert ledger.command("c2").status == "sent"  # type: ignore[union-attr]
+
+
+def test_the_row_not_the_ack_names_the_command(ledger: Ledger) -> None:
+    forged = ack("c1", "PC1", component="CLISVCL", event="CLOSE", storm_id="storm-x", issued_at=1.0)
+    [answered] = ledger.record_answers([(forged, time.time())]).answered
+    assert (answered.component, answered.event, answered.storm_id) == ("CCIM32", "STARTCYCLE", None)
+    assert answered.latency is not None and answered.latency < 60  # the row's issue time
+    command = ledger.command("c1")
+    assert command is not None and (command.status, command.storm_id) == ("done", None)
+
+
+def test_a_final_answer_stays_and_repeats_are_counted(ledger: Ledger) -> None:
+    first = ledger.record_answers([(ack("c1", "PC1", "deferred"), time.time())])
+    again = ledger.record_answers([(ack("c1", "PC1", "deferred"), time.time())])
+    done = ledger.record_answers([(ack("c1", "PC1", "done", exit_code=-1073741819), time.time())])
+    late = ledger.record_answers([(ack("c1", "PC1", "failed"), time.time())])
+    assert [len(r.answered) for r in (first, again, done, late)] == [1, 0, 1, 0]
+    assert (again.repeated, late.repeated) == (1, 1)
+    assert done.answered[0].previous == "deferred"
+    command = ledger.command("c1")
+    assert command is not None and command.status == "done"
+
+
+def test_one_batch_applies_acks_in_order(ledger: Ledger) -> None:
+    now = time.time()
+    batch = [(ack("c1", "PC1", "deferred"), now), (ack("c1", "PC1", "done"), now + 1)]
+    recorded = ledger.record_answers(batch)
+    assert [a.ack.status for a in recorded.answered] == ["deferred", "done"]
+    assert recorded.answered[1].previous == "deferred"
+
+
+def test_issued_outcomes_settle_only_planned_rows(ledger: Ledger) -> None:
+    now = time.time()
+    ledger.record_answers([(ack("c1", "PC1", "done"), now)])
+    late = Issued(
+        "t", "unroutable", "CCIM32", "STARTCYCLE", now, now + 60, {"c1": "PC1", "c2": "PC2"}
+    )
+    ledger.record_issued([(late, now)])
+    assert ledger.command("c1").status == "done"  # type: ignore[union-attr]
+    assert ledger.command("c2").status == "sent"  # type: ignore[union-attr]
