@@ -18,6 +18,8 @@ from broker.management import Management
 from broker.settings import BrokerSettings
 
 NOTHING = "^$"
+# Where the packaged agent keeps its journal (the systemd unit's StateDirectory).
+DEFAULT_JOURNAL = "/var/lib/setevnt/journal"
 # An agent holds two connections of one channel each; room for a reconnect overlapping
 # the old connections' close, not for a compromised client to exhaust the broker.
 AGENT_LIMITS = {"max-connections": 4, "max-channels": 8}
@@ -65,6 +67,10 @@ class Enrollment:
             "",
             "[broker]",
             f'url = "{self.agent_url}"',
+            "",
+            "[agent]",
+            "# Commands already run, kept until they expire: a redelivery is never run twice.",
+            f'journal = "{DEFAULT_JOURNAL}"',
         ]
         if self.public_key:
             lines += ["", "[security]", f'dispatcher_public_key = "{self.public_key}"']
