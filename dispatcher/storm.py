@@ -46,8 +46,15 @@ from schemas.messages import PublishCount, PublishReport
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_BARE_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*$")
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|d|h|m|s)\s*")
+_UNIT_ORDER = ("d", "h", "m", "s", "ms")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+# RabbitMQ refuses a per-message expiration above 2^32-1 ms ("invalid expiration").
+MAX_EXPIRATION = (2**32 - 1) / 1000
+# The client queues drop a command older than their own message TTL, whatever it says.
+QUEUE_TTL = topology.QueueLimits().message_ttl_ms / 1000
+MAX_TTL = min(QUEUE_TTL, MAX_EXPIRATION)
 # Publishes awaiting the broker's confirm. Each one dirties a queue index on the broker;
 # with ~900 file handles (this broker's limit) a window of 1,000 over 10,000 queues made
 # the file-handle cache thrash and a storm crawl at <100/s, while 64..512 ran at
@@ -70,11 +77,43 @@ _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?\s*$")
 
 
 def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``250ms``, ``5m``, ``2h``, ``1d`` -> seconds."""
-    match = _DURATION.fullmatch(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 2h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    """``90``, ``90s``, ``250ms``, ``5m``, ``2h``, ``1d``, ``1h30m`` -> seconds."""
+    bare = _BARE_NUMBER.fullmatch(text)
+    seconds = float(bare.group(1)) if bare else _compound_duration(text.rstrip())
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"{text[:40]!r} is not a duration (e.g. 30s, 5m, 1h30m)")
+    return seconds
+
+
+def _compound_duration(text: str) -> float | None:
+    """Parts of a number and a unit, each unit once and the largest first (``1d2h30m``)."""
+    total, at, last = 0.0, 0, -1
+    while at < len(text):
+        part = _DURATION_PART.match(text, at)
+        if part is None:
+            return None
+        rank = _UNIT_ORDER.index(part.group(2))
+        if rank <= last:
+            return None
+        total += float(part.group(1)) * _UNITS[part.group(2)]
+        at, last = part.end(), rank
+    return total if last >= 0 else None
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as :func:`parse_duration` reads them back: 5400 -> ``1h30m``."""
+    if 0 < seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts: list[str] = []
+    rest = seconds
+    for unit in ("d", "h", "m"):
+        count = int(rest // _UNITS[unit])
+        if count:
+            parts.append(f"{count}{unit}")
+            rest -= count * _UNITS[unit]
+    if round(rest, 3) or not parts:
+        parts.append(f"{round(rest, 3):g}s")
+    return "".join(parts)
 
 
 def parse_rate(text: str) -> float:
@@ -123,12 +162,14 @@ class StormOptions:
     fast: bool = False  # transient commands, re-sent from the ledger after a broker restart
 
     def __post_init__(self) -> None:
-        if self.rate is not None and self.rate <= 0:
+        if self.rate is not None and not 0 < self.rate < math.inf:
             raise ValueError("--rate must be positive")
-        if self.spread < 0 or self.delivery_wait <= 0 or self.ttl <= 0:
+        durations = (self.spread, self.delivery_wait, self.ttl)
+        if not all(map(math.isfinite, durations)) or self.spread < 0 or min(durations[1:]) <= 0:
             raise ValueError("--spread must be >= 0, --ttl and --delivery-wait positive")
         if self.ttl <= self.spread:
             raise ValueError("--ttl must be longer than --spread, or late clients expire")
+        _check_ttl(self.ttl)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -155,6 +196,20 @@ class StormOptions:
             delivery_wait=self.delivery_wait,
             ttl=self.ttl,
             max_errors_text=str(self.max_errors) if self.max_errors is not None else "",
+        )
+
+
+def _check_ttl(ttl: float) -> None:
+    """Refused up front: the broker would refuse the publish, or drop the command early."""
+    if ttl > MAX_EXPIRATION:
+        raise ValueError(
+            f"--ttl {format_duration(ttl)} is above RabbitMQ's per-message expiration limit "
+            f"({format_duration(MAX_EXPIRATION)})"
+        )
+    if ttl > QUEUE_TTL:
+        raise ValueError(
+            f"--ttl {format_duration(ttl)} is longer than the client queues' message TTL "
+            f"({format_duration(QUEUE_TTL)}): the broker drops a command by then"
         )
 
 
