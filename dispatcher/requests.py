@@ -86,7 +86,7 @@ class Desk:
         self.policy.authorize_count(user_id, len(client_ids))
         limits.check_count(len(client_ids), request.rate)
         self.quotas.check_targets(user_id, len(client_ids), limits, now)
-        storm = self._plan(user_id, event, client_ids, options(request, limits), key, now)
+        storm = self._plan(user_id, event, client_ids, _options(request, limits), key, now)
         self.quotas.spend(user_id, storm.targets, now)
         log.info(
             "request from %s: storm %s, %s on %d client(s)",
@@ -141,6 +141,13 @@ class Desk:
         except sqlite3.Error as exc:  # locked or full: the requester may retry (same key)
             raise _unavailable(exc) from None
         return storm
+
+
+def _options(request: TriggerRequest, limits: Limits) -> storms.StormOptions:
+    try:
+        return options(request, limits)
+    except ValueError as exc:  # a storm's own rule that no cap of the policy caught
+        raise RequestRefused(RefusalReason.BAD_REQUEST, str(exc)) from None
 
 
 def _unavailable(exc: sqlite3.Error) -> RequestRefused:

@@ -65,8 +65,9 @@ def test_storm_options_refuse_a_ttl_the_broker_cannot_keep(ttl: float, says: str
 
 
 def test_storm_refuses_a_long_ttl_before_anything_is_planned(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("SETEVNT_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2F")  # no broker
     database = tmp_path / "setevnt.db"
     argv = ["storm", "CCIM32_STARTCYCLE", "--client", "PC1", "--db", str(database)]
     assert main([*argv, "--ttl", "30d"]) == 2
