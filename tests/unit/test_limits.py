@@ -133,3 +133,10 @@ def test_limits_from_a_file(tmp_path: Path) -> None:
     policy = Policy.load(path)
     assert (policy.limits.max_ttl, policy.limits.max_spread) == (21600, 0)
     assert policy.limits_for("ops").window == 5400
+
+
+def test_the_example_policy_loads_and_states_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "policy.example.toml"
+    policy = Policy.load(example)
+    assert policy.limits == Limits(), "its [limits] table says it holds the defaults"
+    assert policy.limits_for("helpdesk").max_requests == 10
