@@ -353,6 +353,12 @@ def storm_rows(site: Site, requester: str) -> dict[str, dict[str, int]]:
     return rows
 
 
+def storm_states(site: Site, storm_ids: list[str]) -> list[str]:
+    with sqlite3.connect(site.fleet.db) as db:
+        states = dict(db.execute("SELECT storm_id, state FROM storms").fetchall())
+    return [states.get(storm_id, "") for storm_id in storm_ids]
+
+
 def test_caps_and_quotas_are_refused_with_their_reason(site: Site) -> None:
     ids = ["PC001", "PC002", "PC003"]
     quiet_clients(site, ids)
@@ -420,26 +426,32 @@ def test_a_request_for_offline_clients_does_not_hold_a_worker(site: Site, tmp_pa
         ]
         summary = client.trigger("CCIM32_STARTCYCLE", clients=["LIVE00000"]).wait(timeout=60)
     assert (summary.state, summary.counts) == ("done", {"done": 1})
-    for handle in offline:
-        assert site.fleet.status(handle.storm_id)["state"] == "done"
+    ids = [handle.storm_id for handle in offline]
+    wait_for(  # ten minutes before their delivery wait is over
+        lambda: storm_states(site, ids) == ["done"] * len(ids), 30, "the six storms done"
+    )
     rows = storm_rows(site, site.names["burst"])
-    assert [rows[h.storm_id] for h in offline] == [{"sent": 1}] * len(quiet), "unanswered"
+    assert [rows[storm_id] for storm_id in ids] == [{"sent": 1}] * len(ids), "unanswered"
 
 
-def _publish(url: str, body: bytes, properties: pika.BasicProperties) -> list[bytes]:
-    """Publish a request with hand-made properties; the replies that came to this
-    connection's direct reply-to within a short while."""
+def _publish(url: str, body: bytes, properties: pika.BasicProperties) -> TriggerReply | None:
+    """Publish a request with hand-made properties; its reply, when it goes to this
+    connection's direct reply-to."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
-        replies: list[bytes] = []
+        replies: list[tuple[Any, bytes]] = []
         channel.basic_consume(
-            topology.DIRECT_REPLY_TO, lambda *a: replies.append(a[3]), auto_ack=True
+            topology.DIRECT_REPLY_TO, lambda *a: replies.append((a[2], a[3])), auto_ack=True
         )
         channel.confirm_delivery()
         channel.basic_publish(topology.REQUEST_EXCHANGE, "", body, properties)
-        connection.process_data_events(time_limit=1.0)
-        return replies
+        if properties.reply_to != topology.DIRECT_REPLY_TO:
+            return None
+        wait_for(lambda: connection.process_data_events(0.1) or replies, 10, "a reply")
+        reply_properties, reply = replies[0]
+        assert reply_properties.correlation_id is None  # it could not be echoed as text
+        return decode(reply, TriggerReply)
     finally:
         connection.close()
 
@@ -454,7 +466,9 @@ def test_properties_that_are_not_text_do_not_stop_the_intake(site: Site) -> None
     odd = pika.BasicProperties(
         user_id=user, reply_to=topology.DIRECT_REPLY_TO, correlation_id=b"\xc3\x28"
     )
-    _publish(site.ops, body, odd)
+    reply = _publish(site.ops, body, odd)
+    assert reply is not None and (reply.status, reply.reason) == ("refused", "bad-request")
+    assert reply.detail == "correlation_id: not UTF-8 text"
     wait_for(lambda: site.metric("refused", "bad-request") == 1, 10, "the odd correlation_id")
     with site.client("ops") as client:  # the intake still takes requests
         accepted = client.trigger("CCIM32_STARTCYCLE", clients=["PC002"], delivery_wait=0.5)
