@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from dispatcher.storm import MAX_TTL, format_duration, parse_duration, parse_rate
+from dispatcher.durations import format_duration, parse_duration
+from dispatcher.storm import MAX_TTL, parse_rate
 from schemas.messages import RefusalReason, TriggerRequest
 from schemas.refusals import RequestRefused
 
