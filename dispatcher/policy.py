@@ -86,10 +86,11 @@ class Limits:
                 f"{count} targets are more than max_targets_per_window "
                 f"{self.max_targets_per_window} (per {format_duration(self.window)})"
             )
-        # A slow rate spreads the commands as a spread does, and holds a worker meanwhile.
+        # A rate below max_rate spreads the commands as a spread does, and holds a worker
+        # meanwhile: max_spread bounds both.
         pace = rate or self.max_rate
         publishing = (count - 1) / pace
-        if publishing > self.max_spread:
+        if publishing > max(self.max_spread, (count - 1) / self.max_rate):
             _over(
                 f"rate {pace:g}/s publishes {count} commands over {format_duration(publishing)}, "
                 f"above max_spread {format_duration(self.max_spread)}: raise the rate or ask "

@@ -262,3 +262,20 @@ def test_a_database_failure_is_unavailable_not_a_crash(desk: Desk, tmp_path: Pat
     keyed = request(clients=("PC1",), idempotency_key="k")
     assert refused(desk.decide, keyed, "ops") is RefusalReason.UNAVAILABLE
     assert refused(desk.decide, request(groups=("lab",)), "ops") is RefusalReason.UNAVAILABLE
+
+
+def test_no_spread_allowed_still_allows_requests_at_the_policys_pace(desk: Desk) -> None:
+    desk.policy = Policy.from_data(
+        {
+            "limits": {"max_spread": 0, "max_rate": "2/s"},
+            "users": {"ops": {"events": ["*"], "targets": ["client"], "max_targets": 9}},
+        }
+    )
+    five = tuple(f"PC{n}" for n in range(5))
+    assert desk.decide(request(clients=five), "ops").targets == 5  # 2 s at max_rate
+    with pytest.raises(RequestRefused) as refused:
+        desk.decide(request(clients=five, rate=1.0), "ops")
+    assert refused.value.reason is RefusalReason.OVER_LIMIT
+    assert "rate 1/s publishes 5 commands over 4s, above max_spread 0s" in refused.value.detail
+    with pytest.raises(RequestRefused, match="spread 1s is above max_spread 0s"):
+        desk.decide(request(clients=five, spread=1.0), "ops")
