@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
 SUSPENDED = "the dispatcher service stopped; the next one resumes it"
+# A summary goes to at most this many askers (a request and its replays): replays spend no
+# quota, so without a bound they could grow memory and the owed table without end.
+MAX_RECIPIENTS = 16
 
 
 class IntakeHooks(Protocol):
@@ -242,7 +245,11 @@ class Intake:
     def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
         """A retry gets the summary too, when the original's is due (now if it was)."""
         owed = storm_id in self._recipients
-        self._recipients[storm_id].append(recipient)
+        waiting = self._recipients[storm_id]
+        if recipient in waiting or len(waiting) >= MAX_RECIPIENTS:
+            log.info("storm %s: replay's reply_to not kept for the summary", storm_id)
+            return
+        waiting.append(recipient)
         self._owe(storm_id, recipient)
         if owed:
             return

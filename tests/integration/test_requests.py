@@ -26,6 +26,7 @@ from broker.errors import BrokerRefused
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Client, Dispatcher, RequestRefused
+from dispatcher.intake import MAX_RECIPIENTS
 from dispatcher.services import enroll_service
 from schemas.codec import MAX_BODY, decode, encode
 from schemas.messages import TriggerReply, TriggerRequest
@@ -476,3 +477,20 @@ def test_properties_that_are_not_text_do_not_stop_the_intake(site: Site) -> None
     wait_for(lambda: queue_depth(site.fleet.url, topology.DEAD_QUEUE) == 2, 5, "both dead-lettered")
     assert queue_depth(site.fleet.url, topology.client_queue("PC001")) == 0
     assert "Traceback" not in site.serve.output
+
+
+def test_replays_cannot_grow_what_the_service_owes(site: Site) -> None:
+    """Replays spend no quota; the askers a summary is owed to stay bounded anyway."""
+    quiet_clients(site, ["PC001"])
+    ask = {"clients": ["PC001"], "idempotency_key": "T-1", "delivery_wait": 0.5}
+    with site.client("ops") as client:
+        first = client.trigger("CCIM32_STARTCYCLE", **ask)
+        for _ in range(MAX_RECIPIENTS + 9):
+            again = client.trigger("CCIM32_STARTCYCLE", **ask)
+            assert again.replayed and again.storm_id == first.storm_id
+    with sqlite3.connect(site.fleet.db) as db:
+        (owed,) = db.execute(
+            "SELECT count(*) FROM request_storms WHERE storm_id = ?", (first.storm_id,)
+        ).fetchone()
+    assert owed == MAX_RECIPIENTS
+    assert site.metric("replayed", "none") == MAX_RECIPIENTS + 9
