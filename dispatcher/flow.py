@@ -14,6 +14,9 @@ runs on the publisher's thread, between confirms and on its ticks: no locks.
   limit halt the storm: nothing more is published, and the reason says why.
 - The ledger gets every change in batches, with a heartbeat; a cancel request is read
   back from it in the same transaction.
+- A service that settles its storms' answers from the ledger (the request intake) ends a
+  run once its last command is confirmed (``await_answers``): the window paces
+  publishing, and nobody waits on the publisher's thread for the last answers.
 - In the fast lane (transient commands) a broker restart loses what sat in the queues:
   when the publisher reconnects, every command confirmed but not answered yet is sent
   again, with its id (an agent that already ran it answers from its journal).
@@ -141,6 +144,9 @@ class StormFlow:
         # Set by a service that stops: publish nothing more, but cancel nothing either, so
         # that the storm can be resumed where it stopped.
         self.suspend_requested: str | None = None
+        # False for a service that learns the answers from the ledger itself: the run then
+        # ends once every command is confirmed, and no offline client keeps it waiting.
+        self.await_answers = True
 
     # -- broker.publisher.Source --------------------------------------------------------
 
@@ -181,7 +187,10 @@ class StormFlow:
             self._on_progress(self)
 
     def finished(self) -> bool:
-        return self.state != "running" or (not self._queue and self.window == 0)
+        """The publisher asks once nothing awaits a confirm: then only answers are awaited."""
+        if self.state != "running":
+            return True
+        return not self._queue and (self.window == 0 or not self.await_answers)
 
     # -- outcomes -----------------------------------------------------------------------
 

@@ -3,12 +3,15 @@
 Runs inside ``setevnt-dispatcher serve`` on a thread of its own, supervised like the
 collector. For each request, on the intake's thread: decide (:class:`dispatcher.requests.
 Desk`), reply ``accepted`` or ``refused`` to the request's ``reply_to`` at once, then ack
-it, or reject it without requeue so the queue dead-letters it to ``setevnt.dead``. An
-accepted request's storm runs on a worker thread (a large one may take minutes; the
-intake keeps consuming meanwhile); when its run ends, the worker hands the storm back
-through a queue, and the intake's thread (pika is not thread-safe) sends the completion
-summary once the ledger says every target answered finally or its command expired: a
-deferred command or an offline client's still-queued one is waited for.
+it, or reject it without requeue so the queue dead-letters it to ``setevnt.dead``;
+whatever a delivery holds, the consumer goes on. An accepted request's storm waits for a
+worker thread (:class:`dispatcher.fair_queue.FairQueue`: round-robin across requesters,
+at most ``max_running`` of one requester's at once), which publishes it and is free
+again once its last command is confirmed: nothing holds a worker for its clients'
+answers. The worker hands the storm back through a queue, and the intake's thread (pika
+is not thread-safe) sends the completion summary once the ledger says every target
+answered finally or its command expired: a deferred command or an offline client's
+still-queued one is waited for there, not on a worker.
 
 A restart loses nothing accepted: a service that stops leaves its request storms
 ``interrupted`` (unsent commands stay planned), and what it owed is in the database
@@ -25,7 +28,6 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,6 +39,7 @@ from broker.settings import BrokerSettings
 from broker.supervisor import supervise
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
+from dispatcher.fair_queue import FairQueue
 from dispatcher.flow import StormFlow
 from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
 from dispatcher.ledger import Ledger
@@ -54,6 +57,9 @@ log = logging.getLogger(__name__)
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
 SUSPENDED = "the dispatcher service stopped; the next one resumes it"
+# A summary goes to at most this many askers (a request and its replays): replays spend no
+# quota, so without a bound they could grow memory and the owed table without end.
+MAX_RECIPIENTS = 16
 
 
 class IntakeHooks(Protocol):
@@ -66,7 +72,7 @@ class IntakeSettings:
     policy: Policy
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     idempotency_window: float = DEFAULT_WINDOW
-    workers: int = 4  # storms of requests running at once; more wait their turn
+    workers: int = 4  # request storms publishing at once; more wait their turn
 
 
 class Intake:
@@ -85,7 +91,11 @@ class Intake:
         self._owed: Owed | None = None
         self._next_settle = 0.0
         self._desk: Desk | None = None
-        self._workers = ThreadPoolExecutor(settings.workers, "request-storm")
+        self._turns = FairQueue(lambda requester: settings.policy.limits_for(requester).max_running)
+        self._workers = [
+            threading.Thread(target=self._work, name=f"request-storm-{n}")
+            for n in range(settings.workers)
+        ]
         self._flows: dict[str, StormFlow] = {}  # running request storms, to stop them
         self.ready = threading.Event()
 
@@ -110,11 +120,16 @@ class Intake:
             ):
                 self._desk = Desk(self._settings.policy, ledger, registry, keys)
                 self._owed = owed
+                for worker in self._workers:
+                    worker.start()
                 self._recover()
                 supervise(self._session, self._stop.is_set, what="intake")
         finally:
             self.stop()
-            self._workers.shutdown(wait=True, cancel_futures=True)
+            self._turns.close()  # storms not started stay owed: the next service runs them
+            for worker in self._workers:
+                if worker.is_alive():
+                    worker.join()
 
     # -- the broker session (intake thread) ---------------------------------------------
 
@@ -140,30 +155,67 @@ class Intake:
             close_quietly(connection)
 
     def _on_request(self, session: Session, incoming: Incoming) -> None:
-        if incoming.reply_to is not None and not topology.reply_address_ok(incoming.reply_to):
-            log.warning("request from %s: reply_to %r refused", incoming.user_id, incoming.reply_to)
-            self._hooks.request_handled("refused", RefusalReason.BAD_REPLY_TO.value)
-            session.settle(incoming.delivery_tag, dead_letter=True)
-            return
-        assert self._desk is not None
+        """Decide, reply, settle: nothing a delivery holds stops the consumer."""
         try:
-            accepted = self._desk.decide(incoming.body, incoming.user_id)
+            dead_letter = self._handle(session, incoming)
+        except BrokerError:
+            raise  # the session's own trouble: the supervisor reconnects, the broker redelivers
+        except Exception:
+            log.exception("request from %r: unexpected error; dead-lettered", incoming.user_id)
+            self._hooks.request_handled("refused", RefusalReason.UNAVAILABLE.value)
+            dead_letter = True
+        session.settle(incoming.delivery_tag, dead_letter=dead_letter)
+
+    def _handle(self, session: Session, incoming: Incoming) -> bool:
+        """Reply to the request; True when it was refused (to be dead-lettered)."""
+        reply_to = incoming.reply_to
+        # pika hands over a property that is not UTF-8 as bytes.
+        if reply_to is not None and not (
+            isinstance(reply_to, str) and topology.reply_address_ok(reply_to)
+        ):
+            log.warning("request from %r: reply_to %r refused", incoming.user_id, reply_to)
+            self._hooks.request_handled("refused", RefusalReason.BAD_REPLY_TO.value)
+            return True
+        correlation_id = incoming.correlation_id
+        recipient = None
+        if reply_to:
+            recipient = Recipient(
+                reply_to, correlation_id if isinstance(correlation_id, str) else None
+            )
+        try:
+            accepted = self._decide(incoming)
         except RequestRefused as refused:
-            log.info("request from %s refused: %s", incoming.user_id, refused)
+            log.info("request from %r refused: %s", incoming.user_id, refused)
             reply = TriggerReply(
                 status=ReplyStatus.REFUSED,
                 replied_at=time.time(),
                 reason=refused.reason.value,
                 detail=refused.detail[:1024],
             )
-            self._reply(session, incoming, reply)
+            self._reply(session, recipient, reply)
             self._hooks.request_handled("refused", refused.reason.value)
-            session.settle(incoming.delivery_tag, dead_letter=True)
-            return
-        self._accepted(session, incoming, accepted)
-        session.settle(incoming.delivery_tag)
+            return True
+        assert incoming.user_id is not None  # the desk accepts only requests that have one
+        self._accepted(session, recipient, accepted, incoming.user_id)
+        return False
 
-    def _accepted(self, session: Session, incoming: Incoming, accepted: Accepted) -> None:
+    def _decide(self, incoming: Incoming) -> Accepted:
+        assert self._desk is not None
+        if incoming.correlation_id is not None and not isinstance(incoming.correlation_id, str):
+            raise RequestRefused(RefusalReason.BAD_REQUEST, "correlation_id: not UTF-8 text")
+        user_id = incoming.user_id if isinstance(incoming.user_id, str) else None
+        try:
+            return self._desk.decide(incoming.body, user_id)
+        except RequestRefused:
+            raise
+        except Exception as exc:  # a bug must not take the intake down: log it, answer
+            log.exception("request from %r: deciding failed", user_id)
+            detail = f"the dispatcher failed to decide on it ({type(exc).__name__}), see its log"
+            raise RequestRefused(RefusalReason.UNAVAILABLE, detail) from None
+
+    def _accepted(
+        self, session: Session, recipient: Recipient | None, accepted: Accepted, requester: str
+    ) -> None:
         reply = TriggerReply(
             status=ReplyStatus.ACCEPTED,
             replied_at=time.time(),
@@ -172,26 +224,33 @@ class Intake:
             idempotency_key=accepted.idempotency_key,
             replayed=accepted.replayed,
         )
-        self._reply(session, incoming, reply)
+        self._reply(session, recipient, reply)
         self._hooks.request_handled("replayed" if accepted.replayed else "accepted", "none")
-        recipient = None
-        if incoming.reply_to:
-            recipient = Recipient(incoming.reply_to, incoming.correlation_id)
         if not accepted.replayed:
-            assert self._owed is not None
-            self._owed.add(accepted.storm_id, recipient, time.time())
+            self._owe(accepted.storm_id, recipient)
             if recipient is not None:
                 self._recipients[accepted.storm_id].append(recipient)
-            self._submit(accepted.storm_id)
+            self._turns.put(requester, accepted.storm_id)
         elif recipient is not None:
             self._replayed(session, accepted.storm_id, recipient)
+
+    def _owe(self, storm_id: str, recipient: Recipient | None) -> None:
+        """Kept for the next service; if the database refuses, this one still owes it."""
+        assert self._owed is not None
+        try:
+            self._owed.add(storm_id, recipient, time.time())
+        except sqlite3.Error as exc:
+            log.error("request storm %s: not kept for a restart: %s", storm_id, exc)
 
     def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
         """A retry gets the summary too, when the original's is due (now if it was)."""
         owed = storm_id in self._recipients
-        self._recipients[storm_id].append(recipient)
-        assert self._owed is not None
-        self._owed.add(storm_id, recipient, time.time())
+        waiting = self._recipients[storm_id]
+        if recipient in waiting or len(waiting) >= MAX_RECIPIENTS:
+            log.info("storm %s: replay's reply_to not kept for the summary", storm_id)
+            return
+        waiting.append(recipient)
+        self._owe(storm_id, recipient)
         if owed:
             return
         assert self._desk is not None
@@ -200,9 +259,9 @@ class Intake:
             self._settling.add(storm_id)
             self._next_settle = 0.0  # look now: it has likely settled long ago
 
-    def _reply(self, session: Session, incoming: Incoming, reply: TriggerReply) -> None:
-        if incoming.reply_to:
-            self._send(session, Recipient(incoming.reply_to, incoming.correlation_id), reply)
+    def _reply(self, session: Session, recipient: Recipient | None, reply: TriggerReply) -> None:
+        if recipient is not None:
+            self._send(session, recipient, reply)
 
     def _send(self, session: Session, recipient: Recipient, message: Message) -> None:
         # Not mandatory: a requester that left has no reply queue, and that is its choice.
@@ -246,11 +305,12 @@ class Intake:
         record = self._desk.ledger.storm(storm_id)
         if record is not None and record.state == "interrupted":
             return
-        if storm_id in self._recipients:
+        if record is not None and storm_id in self._recipients:
             self._settling.add(storm_id)
             self._next_settle = 0.0
-        else:
-            self._owed.forget(storm_id)  # nobody waits for its summary
+        else:  # nobody waits for its summary, or it was pruned meanwhile
+            self._recipients.pop(storm_id, None)
+            self._owed.forget(storm_id)
 
     # -- what the last service owed (intake thread) -------------------------------------
 
@@ -280,18 +340,23 @@ class Intake:
             storms.claim(self._desk.ledger, record)
             why = record.reason or "its service died"
             log.info("resuming request storm %s (%s)", storm_id, why)
-            self._submit(storm_id)
+            self._turns.put(record.requested_by, storm_id)
         elif record is not None and self._recipients.get(storm_id):
             self._settling.add(storm_id)  # it ended (`resume` finished it): summary due
         else:  # pruned, or nobody waits for its summary
             self._recipients.pop(storm_id, None)
             self._owed.forget(storm_id)
 
-    def _submit(self, storm_id: str) -> None:
-        future = self._workers.submit(self._run_storm, storm_id)
-        future.add_done_callback(_log_failure)
-
     # -- storms (worker threads) --------------------------------------------------------
+
+    def _work(self) -> None:
+        while (turn := self._turns.take()) is not None:
+            try:
+                self._run_storm(turn.storm_id)
+            except Exception:  # one storm's failure must not cost the intake a worker
+                log.exception("request storm %s failed", turn.storm_id)
+            finally:
+                self._turns.done(turn)
 
     def _run_storm(self, storm_id: str) -> None:
         database = self._settings.database
@@ -301,28 +366,19 @@ class Intake:
         ):
             try:
                 record = ledger.storm(storm_id)
-                assert record is not None, storm_id
-                storms.run(
-                    self._storms,
-                    ledger,
-                    registry,
-                    record,
-                    on_flow=self._started,
-                )
+                if record is not None:  # else pruned meanwhile: nothing to run or summarize
+                    storms.run(self._storms, ledger, registry, record, on_flow=self._started)
             except (BrokerError, sqlite3.Error) as exc:  # the ledger says it failed
                 log.error("request storm %s: %s", storm_id, exc)
+            except ValueError as exc:  # its stored options, which today's rules refuse
+                log.error("request storm %s: %s", storm_id, exc)
+                ledger.finish_storm(storm_id, "failed", str(exc)[:1024], time.time())
             finally:
                 self._flows.pop(storm_id, None)
             self._ran.put(storm_id)
 
     def _started(self, flow: StormFlow) -> None:
+        flow.await_answers = False  # the intake's thread settles them from the ledger
         if self._stop.is_set():
             flow.suspend_requested = SUSPENDED
         self._flows[flow.order.storm_id] = flow
-
-
-def _log_failure(future: Future[None]) -> None:
-    """A worker's unexpected error would otherwise vanish inside its future."""
-    error = future.exception() if not future.cancelled() else None
-    if error is not None:
-        log.error("request storm failed", exc_info=error)

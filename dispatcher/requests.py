@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 from dispatcher import progress, targets
 from dispatcher import storm as storms
-from dispatcher.idempotency import IdempotencyKeys
-from dispatcher.ledger import PENDING, Ledger
-from dispatcher.policy import Policy
+from dispatcher.idempotency import IdempotencyKeys, Remembered
+from dispatcher.ledger import PENDING, Ledger, StormRecord
+from dispatcher.policy import Limits, Policy
+from dispatcher.quotas import Quotas
 from dispatcher.registry import Registry
 from schemas.catalog import DEFAULT_CATALOG, Catalog, ComponentEvent
 from schemas.messages import (
@@ -54,12 +55,14 @@ class Desk:
         registry: Registry,
         keys: IdempotencyKeys,
         catalog: Catalog = DEFAULT_CATALOG,
+        quotas: Quotas | None = None,
     ) -> None:
         self.policy = policy
         self.ledger = ledger
         self.registry = registry
         self.keys = keys
         self.catalog = catalog
+        self.quotas = quotas or Quotas()
 
     def decide(self, body: bytes, user_id: str | None) -> Accepted:
         """Accept the request (planning its storm) or raise :class:`RequestRefused`."""
@@ -70,22 +73,21 @@ class Desk:
             )
         request = read_request(body)
         self.policy.authorize(user_id, request)
+        limits = self.policy.limits_for(user_id)
+        limits.check(request)
         event = self._event(request.event)
         key = request.idempotency_key
         now = time.time()
-        remembered = self.keys.find(user_id, key, now) if key else None
+        remembered = self._remembered(user_id, key, now)
         if remembered is not None:
             return Accepted(remembered.storm_id, remembered.targets, key, replayed=True)
+        self.quotas.check_requests(user_id, limits, now)
         client_ids = self._targets(request)
         self.policy.authorize_count(user_id, len(client_ids))
-        try:
-            storm = storms.plan(
-                self.ledger, event, client_ids, options(request), requested_by=user_id
-            )
-            if key:
-                self.keys.remember(user_id, key, storm.storm_id, storm.targets, now)
-        except sqlite3.Error as exc:  # locked or full: the requester may retry (same key)
-            raise RequestRefused(RefusalReason.UNAVAILABLE, f"ledger: {exc}") from None
+        limits.check_count(len(client_ids), request.rate)
+        self.quotas.check_targets(user_id, len(client_ids), limits, now)
+        storm = self._plan(user_id, event, client_ids, _options(request, limits), key, now)
+        self.quotas.spend(user_id, storm.targets, now)
         log.info(
             "request from %s: storm %s, %s on %d client(s)",
             user_id,
@@ -104,6 +106,14 @@ class Desk:
             )
         return found
 
+    def _remembered(self, user_id: str, key: str | None, now: float) -> Remembered | None:
+        if not key:
+            return None
+        try:
+            return self.keys.find(user_id, key, now)
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
+
     def _targets(self, request: TriggerRequest) -> list[str]:
         spec = targets.TargetSpec(
             clients=request.clients, groups=request.groups, everyone=request.all
@@ -112,17 +122,49 @@ class Desk:
             return targets.resolve(spec, self.registry)
         except targets.TargetError as exc:
             raise RequestRefused(RefusalReason.UNKNOWN_TARGET, str(exc)) from None
+        except sqlite3.Error as exc:
+            raise _unavailable(exc) from None
+
+    def _plan(
+        self,
+        user_id: str,
+        event: ComponentEvent,
+        client_ids: list[str],
+        chosen: storms.StormOptions,
+        key: str | None,
+        now: float,
+    ) -> StormRecord:
+        try:
+            storm = storms.plan(self.ledger, event, client_ids, chosen, requested_by=user_id)
+            if key:
+                self.keys.remember(user_id, key, storm.storm_id, storm.targets, now)
+        except sqlite3.Error as exc:  # locked or full: the requester may retry (same key)
+            raise _unavailable(exc) from None
+        return storm
 
 
-def options(request: TriggerRequest) -> storms.StormOptions:
-    """The storm options a request asks for; what it leaves out takes the defaults."""
+def _options(request: TriggerRequest, limits: Limits) -> storms.StormOptions:
+    try:
+        return options(request, limits)
+    except ValueError as exc:  # a storm's own rule that no cap of the policy caught
+        raise RequestRefused(RefusalReason.BAD_REQUEST, str(exc)) from None
+
+
+def _unavailable(exc: sqlite3.Error) -> RequestRefused:
+    return RequestRefused(RefusalReason.UNAVAILABLE, f"ledger: {exc}")
+
+
+def options(request: TriggerRequest, limits: Limits | None = None) -> storms.StormOptions:
+    """The storm options a request asks for; what it leaves out takes the defaults, within
+    the requester's caps (a request without a rate is paced at ``max_rate``)."""
+    limits = limits or Limits()
     max_errors = request.max_errors
     return storms.StormOptions(
-        rate=request.rate,
+        rate=request.rate or limits.max_rate,
         max_errors=storms.Limit(max_errors) if max_errors is not None else None,
         spread=request.spread or 0.0,
-        ttl=request.ttl or DEFAULT_REQUEST_TTL,
-        delivery_wait=request.delivery_wait or DEFAULT_DELIVERY_WAIT,
+        ttl=request.ttl or min(DEFAULT_REQUEST_TTL, limits.max_ttl),
+        delivery_wait=request.delivery_wait or min(DEFAULT_DELIVERY_WAIT, limits.max_delivery_wait),
         silent=request.silent,
         force=request.force,
     )

@@ -36,6 +36,8 @@ from broker.settings import BrokerSettings
 from dispatcher import keys
 from dispatcher.answers import Answers
 from dispatcher.api import default_requester
+from dispatcher.durations import format_duration
+from dispatcher.durations import parse_duration as parse_duration  # where the CLI found it
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
 from dispatcher.ledger import RESUMABLE, CommandRecord, Ledger, LedgerWriter, Status, StormRecord
 from dispatcher.progress import STALE_AFTER
@@ -46,8 +48,12 @@ from schemas.messages import PublishCount, PublishReport
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_PER = {"s": 1, "m": 60, "h": 3600, None: 1}
+# RabbitMQ refuses a per-message expiration above 2^32-1 ms ("invalid expiration").
+MAX_EXPIRATION = (2**32 - 1) / 1000
+# The client queues drop a command older than their own message TTL, whatever it says.
+QUEUE_TTL = topology.QueueLimits().message_ttl_ms / 1000
+MAX_TTL = min(QUEUE_TTL, MAX_EXPIRATION)
 # Publishes awaiting the broker's confirm. Each one dirties a queue index on the broker;
 # with ~900 file handles (this broker's limit) a window of 1,000 over 10,000 queues made
 # the file-handle cache thrash and a storm crawl at <100/s, while 64..512 ran at
@@ -69,20 +75,12 @@ PUBLISH_ATTEMPTS = 30
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?\s*$")
 
 
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``250ms``, ``5m``, ``2h``, ``1d`` -> seconds."""
-    match = _DURATION.fullmatch(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration (e.g. 30s, 5m, 2h)")
-    return float(match.group(1)) * _UNITS[match.group(2)]
-
-
 def parse_rate(text: str) -> float:
     """``200``, ``200/s``, ``600/m``, ``3600/h`` -> commands per second."""
     match = _RATE.fullmatch(text)
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"{text!r} is not a rate (e.g. 200/s, 600/m)")
-    return float(match.group(1)) / _UNITS[match.group(2)]
+    return float(match.group(1)) / _PER[match.group(2)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +121,14 @@ class StormOptions:
     fast: bool = False  # transient commands, re-sent from the ledger after a broker restart
 
     def __post_init__(self) -> None:
-        if self.rate is not None and self.rate <= 0:
+        if self.rate is not None and not 0 < self.rate < math.inf:
             raise ValueError("--rate must be positive")
-        if self.spread < 0 or self.delivery_wait <= 0 or self.ttl <= 0:
+        durations = (self.spread, self.delivery_wait, self.ttl)
+        if not all(map(math.isfinite, durations)) or self.spread < 0 or min(durations[1:]) <= 0:
             raise ValueError("--spread must be >= 0, --ttl and --delivery-wait positive")
         if self.ttl <= self.spread:
             raise ValueError("--ttl must be longer than --spread, or late clients expire")
+        _check_ttl(self.ttl)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -155,6 +155,20 @@ class StormOptions:
             delivery_wait=self.delivery_wait,
             ttl=self.ttl,
             max_errors_text=str(self.max_errors) if self.max_errors is not None else "",
+        )
+
+
+def _check_ttl(ttl: float) -> None:
+    """Refused up front: the broker would refuse the publish, or drop the command early."""
+    if ttl > MAX_EXPIRATION:
+        raise ValueError(
+            f"--ttl {format_duration(ttl)} is above RabbitMQ's per-message expiration limit "
+            f"({format_duration(MAX_EXPIRATION)})"
+        )
+    if ttl > QUEUE_TTL:
+        raise ValueError(
+            f"--ttl {format_duration(ttl)} is longer than the client queues' message TTL "
+            f"({format_duration(QUEUE_TTL)}): the broker drops a command by then"
         )
 
 

@@ -77,6 +77,8 @@ class RefusalReason(StrEnum):
     UNKNOWN_TARGET = "unknown-target"
     BAD_REPLY_TO = "bad-reply-to"
     UNAVAILABLE = "unavailable"
+    OVER_LIMIT = "over-limit"  # a value above one of the policy's caps: fix the request
+    RATE_LIMITED = "rate-limited"  # beyond the requester's quota for now: retry later
 
 
 class ReplyStatus(StrEnum):

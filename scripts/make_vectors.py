@@ -752,6 +752,16 @@ REFUSED = TriggerReply(
     detail="helpdesk may not trigger CLISVCL_CLOSE",
     idempotency_key="ticket-4711",
 )
+# The policy's two refusals that a requester acts on differently: fix the request, or wait.
+OVER_LIMIT = replace(
+    REFUSED, reason="over-limit", detail="ttl 30d is above max_ttl 1d", idempotency_key=None
+)
+RATE_LIMITED = replace(
+    REFUSED,
+    reason="rate-limited",
+    detail="helpdesk may make max_requests 30 per 1m: retry in 12s",
+    idempotency_key=None,
+)
 SUMMARY = TriggerSummary(
     storm_id=ACCEPTED.storm_id or "",
     event="CCIM32_STARTCYCLE",
@@ -844,6 +854,8 @@ def reply_vectors() -> Vector:
         "valid": [
             valid("accepted", encode(ACCEPTED), ACCEPTED),
             valid("refused", encode(REFUSED), REFUSED),
+            valid("refused over a cap", encode(OVER_LIMIT), OVER_LIMIT, "fix the request"),
+            valid("refused by a quota", encode(RATE_LIMITED), RATE_LIMITED, "retry later"),
             valid(
                 "replayed",
                 encode(replace(ACCEPTED, replayed=True, idempotency_key="ticket-4711")),

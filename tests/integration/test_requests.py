@@ -26,6 +26,7 @@ from broker.errors import BrokerRefused
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Client, Dispatcher, RequestRefused
+from dispatcher.intake import MAX_RECIPIENTS
 from dispatcher.services import enroll_service
 from schemas.codec import MAX_BODY, decode, encode
 from schemas.messages import TriggerReply, TriggerRequest
@@ -35,16 +36,27 @@ from tests.integration.helpers import queue_depth, wait_for
 pytestmark = pytest.mark.broker
 
 POLICY = """
+[limits]
+max_delivery_wait = "15m"
+
 [users.{helpdesk}]
 events = ["*_STARTCYCLE"]
 targets = ["client"]
 max_targets = 1
+max_requests = 2
+window = "1h"
 
 [users.{ops}]
 events = ["*"]
 targets = ["client", "group", "all"]
 max_targets = 1000
 force = true
+
+[users.{burst}]
+events = ["*_STARTCYCLE"]
+targets = ["client"]
+max_targets = 2
+max_requests = 1000
 """
 
 
@@ -55,9 +67,10 @@ RESTART_RATE = 8.0  # commands/s: ~5 s of publishing, for the service to stop in
 @dataclass
 class Site:
     fleet: Fleet
-    helpdesk: str  # broker URLs of the two requesting services
+    helpdesk: str  # broker URLs of the requesting services
     ops: str
     outsider: str  # a service with broker rights but no rule in the policy
+    burst: str  # a service that sends many requests at once
     names: dict[str, str]
     serve: Any
 
@@ -83,7 +96,7 @@ def site(amqp_url: str, tmp_path: Path) -> Iterator[Site]:
     settings = BrokerSettings(url=amqp_url)
     management = Management.for_broker(settings)
     tag = uuid.uuid4().hex[:8]
-    names = {who: f"{who}-{tag}" for who in ("helpdesk", "ops", "outsider")}
+    names = {who: f"{who}-{tag}" for who in ("helpdesk", "ops", "outsider", "burst")}
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.format(**names))
     fleet = Fleet(amqp_url, tmp_path)
@@ -91,7 +104,9 @@ def site(amqp_url: str, tmp_path: Path) -> Iterator[Site]:
         urls = {who: enroll_service(settings, management, name).url for who, name in names.items()}
         serve = fleet.serve("--policy", str(policy))
         serve.wait_line("taking requests from setevnt.requests")
-        yield Site(fleet, urls["helpdesk"], urls["ops"], urls["outsider"], names, serve)
+        yield Site(
+            fleet, urls["helpdesk"], urls["ops"], urls["outsider"], urls["burst"], names, serve
+        )
     finally:
         fleet.stop()
         for name in names.values():
@@ -318,3 +333,164 @@ def test_reply_to_elsewhere_than_a_reply_queue_is_not_followed(site: Site) -> No
     wait_for(lambda: site.metric("refused", "bad-reply-to") == 1, 10, "the refusal")
     assert queue_depth(site.fleet.url, topology.client_queue("PC001")) == 0
     assert queue_depth(site.fleet.url, topology.DEAD_QUEUE) == 1
+
+
+# -- caps, quotas, fair turns, hostile properties ----------------------------------------
+
+BURST = 100  # requests from one service, each for two clients that run no agent
+BURST_RATE = 0.5  # commands/s: each burst storm publishes its second command 2 s later
+
+
+def storm_rows(site: Site, requester: str) -> dict[str, dict[str, int]]:
+    """Storm id -> its commands per status, for one requester's storms."""
+    rows: dict[str, dict[str, int]] = {}
+    with sqlite3.connect(site.fleet.db) as db:
+        for storm_id, status, count in db.execute(
+            "SELECT s.storm_id, c.status, count(*) FROM storms s JOIN commands c "
+            "ON c.storm_id = s.storm_id WHERE s.requested_by = ? GROUP BY 1, 2",
+            (requester,),
+        ):
+            rows.setdefault(storm_id, {})[status] = count
+    return rows
+
+
+def storm_states(site: Site, storm_ids: list[str]) -> list[str]:
+    with sqlite3.connect(site.fleet.db) as db:
+        states = dict(db.execute("SELECT storm_id, state FROM storms").fetchall())
+    return [states.get(storm_id, "") for storm_id in storm_ids]
+
+
+def test_caps_and_quotas_are_refused_with_their_reason(site: Site) -> None:
+    ids = ["PC001", "PC002", "PC003"]
+    quiet_clients(site, ids)
+    with site.client("helpdesk") as client:
+        with pytest.raises(RequestRefused) as over:
+            client.trigger("CCIM32_STARTCYCLE", clients=["PC001"], ttl=1e8)  # 1,157 days
+        assert over.value.reason == "over-limit"
+        assert "ttl 1157d9h46m40s is above max_ttl 1d" in over.value.detail
+        for client_id in ids[:2]:  # its quota: two requests an hour
+            client.trigger("CCIM32_STARTCYCLE", clients=[client_id], delivery_wait=0.5)
+        with pytest.raises(RequestRefused) as limited:
+            client.trigger("CCIM32_STARTCYCLE", clients=["PC003"])
+        assert limited.value.reason == "rate-limited"
+        assert "max_requests 2 per 1h: retry in " in limited.value.detail
+    with site.client("ops") as client:  # another requester's quota is its own
+        client.trigger("CQMGR32_STARTCYCLE", clients=["PC003"], delivery_wait=0.5)
+
+    def depths() -> list[int]:
+        return [queue_depth(site.fleet.url, topology.client_queue(c)) for c in ids]
+
+    wait_for(lambda: depths() == [1, 1, 1], 10, "one command per accepted request")
+    wait_for(
+        lambda: queue_depth(site.fleet.url, topology.DEAD_QUEUE) == 2, 5, "refusals dead-lettered"
+    )
+    assert site.storms() == 3
+    assert (site.metric("refused", "over-limit"), site.metric("refused", "rate-limited")) == (1, 1)
+
+
+def test_a_burst_from_one_service_does_not_delay_anothers_summary(
+    site: Site, tmp_path: Path
+) -> None:
+    """A service sends 100 requests for clients that run no agent, each paced to publish
+    for 2 s; then the help desk asks for one client whose agent runs. Its summary arrives
+    while the burst is still being worked through, never more than two of whose storms
+    publish at once (max_running)."""
+    quiet = [f"Q{n:05d}" for n in range(2 * BURST)]
+    quiet_clients(site, quiet)
+    site.fleet.simulate(1, "--record", str(tmp_path / "runs.jsonl"), prefix="LIVE")
+    wait_for(lambda: len(site.fleet.clients()) == len(quiet) + 1, 30, "the live client")
+    with site.client("burst") as burst:
+        for pair in zip(quiet[::2], quiet[1::2], strict=True):
+            burst.trigger("CCIM32_STARTCYCLE", clients=list(pair), rate=BURST_RATE)
+    with site.client("helpdesk") as client:
+        summary = client.trigger("CCIM32_STARTCYCLE", clients=["LIVE00000"]).wait(timeout=60)
+    burst_storms = storm_rows(site, site.names["burst"])
+    assert (summary.state, summary.counts) == ("done", {"done": 1})
+    assert len(burst_storms) == BURST
+    publishing = [s for s, counts in burst_storms.items() if counts.get("planned") == 1]
+    untouched = [s for s, counts in burst_storms.items() if counts.get("planned") == 2]
+    assert untouched, f"the burst was over before the help desk's summary: {burst_storms}"
+    assert len(publishing) <= 2, "more than max_running of one requester's storms at once"
+
+
+def test_a_request_for_offline_clients_does_not_hold_a_worker(site: Site, tmp_path: Path) -> None:
+    """Six requests whose clients never answer, each with a 10-minute delivery wait, more
+    than there are workers: the same service's next request still runs and gets its
+    summary, and the six storms ended at their commands' confirms."""
+    quiet = [f"OFF{n:03d}" for n in range(6)]
+    quiet_clients(site, quiet)
+    site.fleet.simulate(1, "--record", str(tmp_path / "runs.jsonl"), prefix="LIVE")
+    wait_for(lambda: len(site.fleet.clients()) == len(quiet) + 1, 30, "the live client")
+    with site.client("burst") as client:
+        offline = [
+            client.trigger("CCIM32_STARTCYCLE", clients=[c], delivery_wait=600) for c in quiet
+        ]
+        summary = client.trigger("CCIM32_STARTCYCLE", clients=["LIVE00000"]).wait(timeout=60)
+    assert (summary.state, summary.counts) == ("done", {"done": 1})
+    ids = [handle.storm_id for handle in offline]
+    wait_for(  # ten minutes before their delivery wait is over
+        lambda: storm_states(site, ids) == ["done"] * len(ids), 30, "the six storms done"
+    )
+    rows = storm_rows(site, site.names["burst"])
+    assert [rows[storm_id] for storm_id in ids] == [{"sent": 1}] * len(ids), "unanswered"
+
+
+def _publish(url: str, body: bytes, properties: pika.BasicProperties) -> TriggerReply | None:
+    """Publish a request with hand-made properties; its reply, when it goes to this
+    connection's direct reply-to."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        replies: list[tuple[Any, bytes]] = []
+        channel.basic_consume(
+            topology.DIRECT_REPLY_TO, lambda *a: replies.append((a[2], a[3])), auto_ack=True
+        )
+        channel.confirm_delivery()
+        channel.basic_publish(topology.REQUEST_EXCHANGE, "", body, properties)
+        if properties.reply_to != topology.DIRECT_REPLY_TO:
+            return None
+        wait_for(lambda: connection.process_data_events(0.1) or replies, 10, "a reply")
+        reply_properties, reply = replies[0]
+        assert reply_properties.correlation_id is None  # it could not be echoed as text
+        return decode(reply, TriggerReply)
+    finally:
+        connection.close()
+
+
+def test_properties_that_are_not_text_do_not_stop_the_intake(site: Site) -> None:
+    """pika hands a reply_to or correlation_id that is not UTF-8 over as bytes."""
+    quiet_clients(site, ["PC001", "PC002"])
+    user = site.names["ops"]
+    body = encode(TriggerRequest(event="CCIM32_STARTCYCLE", clients=("PC001",)))
+    _publish(site.ops, body, pika.BasicProperties(user_id=user, reply_to=b"amq.gen-\xff\xfe"))
+    wait_for(lambda: site.metric("refused", "bad-reply-to") == 1, 10, "the bad reply_to refused")
+    odd = pika.BasicProperties(
+        user_id=user, reply_to=topology.DIRECT_REPLY_TO, correlation_id=b"\xc3\x28"
+    )
+    reply = _publish(site.ops, body, odd)
+    assert reply is not None and (reply.status, reply.reason) == ("refused", "bad-request")
+    assert reply.detail == "correlation_id: not UTF-8 text"
+    wait_for(lambda: site.metric("refused", "bad-request") == 1, 10, "the odd correlation_id")
+    with site.client("ops") as client:  # the intake still takes requests
+        accepted = client.trigger("CCIM32_STARTCYCLE", clients=["PC002"], delivery_wait=0.5)
+    assert accepted.targets == 1
+    wait_for(lambda: queue_depth(site.fleet.url, topology.DEAD_QUEUE) == 2, 5, "both dead-lettered")
+    assert queue_depth(site.fleet.url, topology.client_queue("PC001")) == 0
+    assert "Traceback" not in site.serve.output
+
+
+def test_replays_cannot_grow_what_the_service_owes(site: Site) -> None:
+    """Replays spend no quota; the askers a summary is owed to stay bounded anyway."""
+    quiet_clients(site, ["PC001"])
+    ask = {"clients": ["PC001"], "idempotency_key": "T-1", "delivery_wait": 0.5}
+    with site.client("ops") as client:
+        first = client.trigger("CCIM32_STARTCYCLE", **ask)
+        for _ in range(MAX_RECIPIENTS + 9):
+            again = client.trigger("CCIM32_STARTCYCLE", **ask)
+            assert again.replayed and again.storm_id == first.storm_id
+    with sqlite3.connect(site.fleet.db) as db:
+        (owed,) = db.execute(
+            "SELECT count(*) FROM request_storms WHERE storm_id = ?", (first.storm_id,)
+        ).fetchone()
+    assert owed == MAX_RECIPIENTS
+    assert site.metric("replayed", "none") == MAX_RECIPIENTS + 9
