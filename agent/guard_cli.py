@@ -144,10 +144,10 @@ def _print_spool(directory: str | None) -> None:
         count = sum(1 for p in Path(directory).iterdir() if p.name.endswith(SUFFIX))
     except FileNotFoundError:
         count = 0
-    except OSError as exc:
+    except OSError as exc:  # a spool only the agent's user may read
         print(f"spool: {directory}: {exc.strerror}")
         return
-    print(f"spool: {directory}: {count} deferred command(s) waiting")
+    print(f"spool: {directory}: {count} command(s) waiting (deferred or scheduled)")
 
 
 def _say(text: str) -> None:
