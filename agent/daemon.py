@@ -238,7 +238,7 @@ class Agent:
         self._worker.submit(self._release, session, generation)
 
     def _release(self, session: Session, generation: int) -> None:
-        """Worker thread: run the pass, handing each final ack to the I/O thread."""
+        """Worker thread: run the pass, handing each ack to the I/O thread."""
 
         def hand_over(answer: Answer) -> bool:
             if generation != self._generation:

@@ -304,23 +304,25 @@ class Simulation:
         lane.answer(incoming, (topology.ACK_EXCHANGE, key, ack), dead_letter)
 
     def _publish_late(self, lane: Lane, handler: Handler, ack: bytes) -> None:
-        """The ack of a scheduled command: no delivery to settle, so retried until confirmed."""
+        """The ack of a scheduled command: no delivery to settle, so retried until confirmed
+        (or until the simulator stops)."""
         self.handled += 1
+        key = topology.ack_routing_key(handler.config.client_id)
 
-        def again() -> None:
-            if not self._stop.is_set():
-                self.handled -= 1
-                self._publish_late(lane, handler, ack)
+        def attempt(retry: bool) -> None:
+            if retry and self._stop.is_set():
+                return
+            published = lane.publish(
+                topology.ACK_EXCHANGE, key, ack, message_type="ack", on_confirm=confirmed
+            )
+            if not published:  # the lane is reconnecting
+                self._loop.call_later(1.0, lambda: attempt(True))
 
         def confirmed(acked: bool) -> None:
             if not acked:
-                self._loop.call_later(1.0, again)
+                self._loop.call_later(1.0, lambda: attempt(True))
 
-        key = topology.ack_routing_key(handler.config.client_id)
-        if not lane.publish(
-            topology.ACK_EXCHANGE, key, ack, message_type="ack", on_confirm=confirmed
-        ):
-            self._loop.call_later(1.0, again)
+        attempt(False)
 
     # -- periodic -----------------------------------------------------------------------
 
