@@ -201,7 +201,7 @@ def test_a_backend_that_raises_is_answered_failed_and_the_agent_keeps_serving(
         assert (failed.status, failed.reason) == ("failed", "signal-failed")
         assert failed.detail is not None and "ValueError" in failed.detail
         assert final(acks, fine.command_id)[0].status == "done"
-        wait_for(lambda: unacked(vhost) == 0, 10, "every delivery settled")
+        wait_for(lambda: unacked(vhost) == 0, 30, "every delivery settled")
         assert queue_depth(amqp_url, QUEUE) == 0
     finally:
         agent.terminate()
@@ -213,11 +213,11 @@ def test_an_agent_takes_a_command_with_a_later_start_without_holding_it(
     provision(amqp_url)
     agent = start_agent(amqp_url, CLIENT, tmp_path)
     try:
-        start = time.time() + 4
+        start = time.time() + 6
         with Dispatcher(amqp_url) as dispatcher:
             later = dispatcher.trigger([CLIENT], "CCIM32_STARTCYCLE", not_before=start)[0]
             wait_for(lambda: queue_depth(amqp_url, QUEUE) == 0, 10, "the first taken")
-            wait_for(lambda: unacked(vhost) == 0, 10, "the first acked, not held")
+            # Held, the first would keep the second (prefetch 1) until its start.
             now = dispatcher.trigger([CLIENT], "CQMGR32_STARTCYCLE")[0]
         ids = {later.command_id, now.command_id}
         acks = collect_acks(amqp_url, lambda a: all(final(a, c) for c in ids), 30)
@@ -229,6 +229,7 @@ def test_an_agent_takes_a_command_with_a_later_start_without_holding_it(
         assert done.started_at is not None and done.started_at >= start
         runs = [r["command_id"] for r in records(tmp_path / f"{CLIENT}.record")]
         assert runs.count(later.command_id) == 2  # started and finished, once
+        wait_for(lambda: unacked(vhost) == 0, 30, "no delivery left unacked")
     finally:
         agent.terminate()
 
@@ -309,12 +310,12 @@ def test_the_simulator_takes_a_command_with_a_later_start_without_holding_it(
     record = tmp_path / "sim.record"
     fleet.simulate(1, "--provision", "--record", str(record), prefix="SIM")
     client = "SIM00000"
-    start = time.time() + 4
+    start = time.time() + 6
+    queue = topology.client_queue(client)
     with Dispatcher(amqp_url) as dispatcher:
         later = dispatcher.trigger([client], "CCIM32_STARTCYCLE", not_before=start)[0]
-        queue = topology.client_queue(client)
         wait_for(lambda: queue_depth(amqp_url, queue) == 0, 10, "the first taken")
-        wait_for(lambda: unacked(vhost, queue) == 0, 10, "the first acked, not held")
+        # Held, the first would keep the second (prefetch 1) until its start.
         now = dispatcher.trigger([client], "CQMGR32_STARTCYCLE")[0]
     ids = {later.command_id, now.command_id}
     acks: list[Ack] = collect_acks(amqp_url, lambda a: all(final(a, c) for c in ids), 30)
@@ -323,3 +324,4 @@ def test_the_simulator_takes_a_command_with_a_later_start_without_holding_it(
     (done,) = final(acks, later.command_id)
     assert done.status == "done"
     assert done.started_at is not None and done.started_at >= start
+    wait_for(lambda: unacked(vhost, queue) == 0, 30, "no delivery left unacked")
