@@ -316,9 +316,8 @@ class Deferrals:
     def _delivery(self, entry: Entry) -> Delivery:
         """A delivery whose monotonic receipt time puts the whole wait in wait_seconds."""
         age = max(0.0, self._clock() - entry.received_at)
-        return Delivery(
-            entry.body, entry.command_id, entry.received_at, time.monotonic() - age, entry.headers
-        )
+        body = encode(entry.command)
+        return Delivery(body, entry.command_id, entry.received_at, time.monotonic() - age)
 
     def _ack(
         self, entry: Entry, status: AckStatus, reason: Reason | None = None, detail: str = ""

@@ -11,10 +11,12 @@ into place and the directory fsynced: after :meth:`Spool.add` returns the comman
 a crash or power loss. A file is removed only after the command's final ack has been
 published (and confirmed).
 
-An entry keeps the command's body exactly as delivered and its signature headers, and is
+A file keeps the command's body exactly as delivered and its signature headers, and is
 checked again when the spool is loaded: an entry that no longer verifies (written by
 someone else, or signed by a key this agent stopped trusting) is moved aside to
-``.bad`` and listed in :attr:`Spool.quarantined`, to be answered ``bad-signature``.
+``.bad`` and listed in :attr:`Spool.quarantined`, to be answered ``bad-signature``. In
+memory an entry holds only the decoded command: a body may carry up to 64 KiB of fields
+from a newer schema, which the agent has no use for.
 
 Without a directory the spool lives in memory (as the journal does without a path): a
 restart then loses what waits, so `setevnt-agent run` always has one.
@@ -57,8 +59,6 @@ class Entry:
     received_at: float  # wall clock of the first delivery (a wait can span restarts)
     deferred_at: float  # when it was spooled
     reason: str  # the probe that said busy, for the interim ack; "" when scheduled
-    body: bytes  # the command as delivered: the bytes its signature covers
-    headers: Mapping[str, str] | None = None  # its signature headers
     hold: Hold = Hold.DEFERRED
 
     @property
@@ -68,6 +68,15 @@ class Entry:
     @property
     def filename(self) -> str:
         return f"{self.sequence:012d}-{self.command.command_id}{SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """An entry as read from its file, with what its signature covers."""
+
+    entry: Entry
+    body: bytes  # the command as delivered
+    headers: Mapping[str, str] | None  # its signature headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +130,8 @@ class Spool:
             known = self._entries.get(command.command_id)
             if known is not None:
                 return known
-            data = encode(command) if body is None else body
-            entry = Entry(
-                self._next, command, received_at, deferred_at, reason, data, headers, hold
-            )
-            self._write(entry)
+            entry = Entry(self._next, command, received_at, deferred_at, reason, hold)
+            self._write(entry, encode(command) if body is None else body, headers)
             self._next += 1
             self._entries[command.command_id] = entry
             return entry
@@ -139,12 +145,12 @@ class Spool:
             (self.directory / entry.filename).unlink(missing_ok=True)
             fsync_directory(self.directory)
 
-    def _write(self, entry: Entry) -> None:
+    def _write(self, entry: Entry, body: bytes, headers: Mapping[str, str] | None) -> None:
         if self.directory is None:
             return
         record = {
-            "body": entry.body,
-            "headers": dict(entry.headers) if entry.headers else None,
+            "body": body,
+            "headers": dict(headers) if headers else None,
             "hold": entry.hold.value,
             "received_at": entry.received_at,
             "deferred_at": entry.deferred_at,
@@ -171,11 +177,12 @@ class Spool:
             if not path.name.endswith(SUFFIX):
                 continue
             check_private(path)
-            entry = self._read(path)
-            if entry is None:
+            stored = self._read(path)
+            if stored is None:
                 self._set_aside(path, "unreadable")
                 continue
-            problem = self._check(entry.body, entry.headers) if self._check else None
+            entry = stored.entry
+            problem = self._check(stored.body, stored.headers) if self._check else None
             if problem is not None:
                 self._set_aside(path, f"{entry.command_id} fails its signature check: {problem}")
                 self.quarantined.append(Refused(entry, problem))
@@ -194,7 +201,7 @@ class Spool:
         os.replace(path, quarantined)
 
     @staticmethod
-    def _read(path: Path) -> Entry | None:
+    def _read(path: Path) -> Stored | None:
         try:
             with os.fdopen(os.open(path, os.O_RDONLY | NOFOLLOW | CLOEXEC), "rb") as source:
                 raw = source.read(FILE_MAX + 1)
@@ -205,16 +212,15 @@ class Spool:
             body = data["body"] if "body" in data else data["command"]
             if not isinstance(body, bytes):
                 return None
-            return Entry(
+            entry = Entry(
                 sequence=_sequence(path),
                 command=decode(body, Command),
                 received_at=float(data["received_at"]),
                 deferred_at=float(data["deferred_at"]),
                 reason=str(data["reason"]),
-                body=body,
-                headers=_headers(data.get("headers")),
                 hold=Hold(data.get("hold", Hold.DEFERRED.value)),
             )
+            return Stored(entry, body, _headers(data.get("headers")))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # DecodeError and msgpack's errors are ValueErrors
 

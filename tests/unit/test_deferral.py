@@ -280,7 +280,6 @@ def test_a_later_start_is_spooled_unanswered_and_runs_when_due(client: Client) -
     assert client.deliver(later) is None  # no interim ack: the delivery is simply taken
     entry = client.deferrals.spool.get("cmd-1")
     assert entry is not None and entry.hold is Hold.SCHEDULED
-    assert entry.body == encode(later)  # the bytes as delivered, to be checked again
     assert client.deliver(later) is None  # a redelivery: not spooled twice, still silent
     assert len(client.deferrals.spool) == 1
     assert not client.deferrals.due()

@@ -7,6 +7,7 @@ import stat
 import time
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from agent.files import UnsafeFile
@@ -84,11 +85,14 @@ def test_without_a_directory_the_spool_is_in_memory() -> None:
 
 def test_an_entry_keeps_the_body_and_signature_headers_as_delivered(tmp_path: Path) -> None:
     cmd = command(1)
-    body = encode(cmd) + b""  # the bytes the signature covers
+    body = msgpack.packb({**msgpack.unpackb(encode(cmd)), "v": [1, 9], "newer": "x" * 1000})
     headers = {"setevnt-signature": "c2ln", "setevnt-key-id": "0123456789abcdef"}
     Spool(tmp_path).add(cmd, 1.0, 2.0, "", body=body, headers=headers, hold=Hold.SCHEDULED)
-    (again,) = Spool(tmp_path).pending()
-    assert (again.body, again.headers, again.hold) == (body, headers, Hold.SCHEDULED)
+    checked: list[tuple[bytes, object]] = []
+    again = Spool(tmp_path, check=lambda b, h: checked.append((b, h)))  # type: ignore[func-returns-value]
+    assert checked == [(body, headers)]  # what the signature covers, byte for byte
+    (entry,) = again.pending()
+    assert (entry.command, entry.hold) == (cmd, Hold.SCHEDULED)
 
 
 def test_the_check_on_load_sets_refused_entries_aside(tmp_path: Path) -> None:
