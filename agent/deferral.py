@@ -38,7 +38,7 @@ from agent.handler import Delivery
 from agent.journal import Journal
 from agent.signatures import Signatures, kept
 from agent.spool import Entry, Hold, Spool
-from schemas.codec import decode, encode
+from schemas.codec import DecodeError, decode, encode
 from schemas.messages import Ack, AckStatus, Command, Reason
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class Deferrals:
         """The final ack of an entry that needs no signal: journalled or expired."""
         done = self.journal.get(entry.command_id)
         if done is not None:
-            if decode(done, Ack).status in (AckStatus.DONE, AckStatus.FAILED):
+            if _ran(done):
                 ran.setdefault(entry.command.event_name, entry.command_id)
             return done
         why = self._expiry(entry, now)
@@ -339,6 +339,14 @@ class Deferrals:
             reason=(reason or Reason.BUSY).value,
             detail=(detail or entry.reason)[:1024],
         )
+
+
+def _ran(ack: bytes) -> bool:
+    """Does this journalled ack say the command ran? (A damaged entry says nothing.)"""
+    try:
+        return decode(ack, Ack).status in (AckStatus.DONE, AckStatus.FAILED)
+    except DecodeError:
+        return False
 
 
 def _started(entry: Entry, now: float) -> bool:

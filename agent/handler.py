@@ -103,7 +103,9 @@ class Handler:
 
     def execute(self, command: Command, delivery: Delivery) -> bytes | None:
         """The ack to publish before the delivery is acked: final (journalled), deferred,
-        or None when the command was spooled to start later (nothing to say yet).
+        or None when the command was spooled to start later (nothing to say yet). Without
+        deferrals (the fleet simulator) a command runs at once: the caller waits for its
+        start time.
 
         Never raises: whatever goes wrong here (a backend raising, an ack that cannot be
         built, a spool that cannot be written) is answered ``failed`` and journalled, so
@@ -121,7 +123,7 @@ class Handler:
         if self.deferrals is None:
             return
         with self._running:
-            self.deferrals.release(self._signal, on_ack)
+            self.deferrals.release(self._run, on_ack)
 
     def _execute(self, command: Command, delivery: Delivery) -> bytes | None:
         done = self.journal.get(command.command_id)
@@ -136,13 +138,22 @@ class Handler:
                 deferrals.schedule(command, delivery)
                 return None
             if deferrals.guards(command):
-                return deferrals.execute(command, delivery, self._signal)
+                return deferrals.execute(command, delivery, self._run)
         if command.force:
             log.warning("forced %s %s: guard bypassed", command.event_name, command.command_id)
-        return self._signal(command, delivery)
+        return self._run(command, delivery)
 
     def _later(self, command: Command) -> bool:
         return command.not_before is not None and command.not_before > self._clock()
+
+    def _run(self, command: Command, delivery: Delivery) -> bytes:
+        """Signal and journal; whatever fails is this command's ``failed`` answer, so a
+        release pass hands it over too instead of signalling the command again."""
+        try:
+            return self._signal(command, delivery)
+        except Exception as exc:
+            log.exception("answering %s failed", command.command_id)
+            return self._failed(command, delivery, exc)
 
     def _signal(self, command: Command, delivery: Delivery) -> bytes:
         started_at, started = self._clock(), time.monotonic()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent import deferral
+from agent.backends import SignalResult
 from agent.backends.simulated import SimulatedBackend
 from agent.config import DEFAULT_DISRUPTIVE, AgentConfig, SecurityConfig
 from agent.deferral import Answer, Deferrals
@@ -21,6 +22,7 @@ from agent.journal import Journal
 from agent.signatures import Signatures
 from agent.spool import Hold, Spool
 from schemas import Ack, Command, decode, encode
+from schemas.messages import OUTPUT_MAX
 from schemas.signing import Signer
 
 CLIENT = "PC042"
@@ -428,3 +430,39 @@ def test_entries_spooled_without_their_signature_are_refused_where_keys_are_set(
     assert len(reloaded) == 0
     assert [r.problem for r in reloaded.quarantined] == ["unsigned command"]
     assert len(Spool(tmp_path)) == 0  # set aside, not loaded again
+
+
+def test_a_release_whose_answer_fails_is_answered_failed_once(client: Client) -> None:
+    client.hold()
+    client.send(command(1))
+    client.end_hold()
+    runs: list[str] = []
+
+    class Overlong:
+        """Ran, but returns what no ack may carry."""
+
+        name = "overlong"
+
+        def signal(self, cmd: Command) -> SignalResult:
+            runs.append(cmd.command_id)
+            return SignalResult(True, detail="ran", output="x" * (OUTPUT_MAX + 1))
+
+    client.handler.backend = Overlong()
+    (failed,) = client.release()
+    assert (failed.command_id, failed.status, failed.reason) == ("cmd-1", "failed", "signal-failed")
+    assert client.release() == []
+    assert runs == ["cmd-1"]  # not signalled again pass after pass
+
+
+def test_a_damaged_journal_entry_does_not_stop_the_release(client: Client) -> None:
+    client.hold()
+    client.send(command(1))
+    client.send(command(2, "SMSAPM32_CLOSE"))
+    client.handler.journal.record("cmd-1", b"\xc1 damaged", time.time() + 300)
+    client.end_hold()
+    handed: list[Answer] = []
+    client.handler.release(lambda answer: handed.append(answer) is None)
+    first, second = handed
+    assert (first.entry.command_id, first.ack) == ("cmd-1", b"\xc1 damaged")
+    assert (second.entry.command_id, decode(second.ack, Ack).status) == ("cmd-2", "done")
+    assert client.starts() == ["cmd-2"]
