@@ -13,11 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent import guard_cli, simulate
+from agent import guard_cli, simulate_cli
 from agent.backends import BackendConfigError, make_backend
-from agent.config import NO_SECURITY_DECISION, ConfigError, load
+from agent.config import NO_JOURNAL, NO_SECURITY_DECISION, AgentConfig, ConfigError, load
 from agent.daemon import Agent
 from agent.deferral import Deferrals
+from agent.files import UnsafeFile
 from agent.guard import GuardConfigError
 from agent.handler import Handler
 from agent.journal import Journal
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", help="AMQP URL (overrides $SETEVNT_AMQP_URL and the file)")
     run.add_argument("--backend", help="signal backend: exec, signal, file, win32-event, simulated")
     run.add_argument("--journal", help="path of the completed-commands journal")
-    simulate.add_parser(sub)
+    simulate_cli.add_parser(sub)
     guard_cli.add_commands(sub)
     return parser
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = logging.DEBUG if args.log_level.upper() == "DEBUG" else logging.CRITICAL
     logging.getLogger("pika").setLevel(quiet)  # failures are reported by setevnt, in one line
     if args.command == "simulate":
-        return simulate.main(args)
+        return simulate_cli.main(args)
     if args.command in guard_cli.COMMANDS:
         return guard_cli.main(args)
     overrides = {
@@ -62,14 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         config = load(args.config, overrides=overrides)
-        if config.security is None:
-            raise ConfigError(NO_SECURITY_DECISION)
-        backend = make_backend(config.backend, config.backend_options)
-        journal = Journal(config.journal)
-        deferrals = Deferrals.from_config(config, journal)
-        handler = Handler(config, backend, journal, deferrals=deferrals)
-    except (ConfigError, BackendConfigError, GuardConfigError) as exc:
+        handler = build_handler(config)
+    except (ConfigError, BackendConfigError, GuardConfigError, UnsafeFile) as exc:
         print(f"setevnt-agent: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a journal or spool the agent cannot create or read
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"setevnt-agent: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     agent = Agent(config, handler)
     agent.install_signal_handlers()
@@ -79,6 +79,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"setevnt-agent: broker: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def build_handler(config: AgentConfig) -> Handler:
+    """What `run` needs before it connects; raises what main reports in one line."""
+    if config.security is None:
+        raise ConfigError(NO_SECURITY_DECISION)
+    if not config.journal:
+        raise ConfigError(NO_JOURNAL)
+    backend = make_backend(config.backend, config.backend_options)
+    journal = Journal(config.journal, max_lifetime=config.max_command_lifetime)
+    deferrals = Deferrals.from_config(config, journal)
+    return Handler(config, backend, journal, deferrals=deferrals)
 
 
 if __name__ == "__main__":

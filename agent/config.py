@@ -6,6 +6,7 @@ file, then defaults. See ``deploy/agent.example.toml`` for every key.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -20,10 +21,18 @@ from schemas.signing import Verifier
 
 CLIENT_ENV = "SETEVNT_CLIENT_ID"
 PUBLIC_KEY_ENV = "SETEVNT_DISPATCHER_PUBLIC_KEY"
+# What deploy/agent.example.toml ships in place of a key: it stands for no key at all.
+PUBLIC_KEY_PLACEHOLDER = "PASTE-THE-DISPATCHER-PUBLIC-KEY-HERE"
 NO_SECURITY_DECISION = (
-    "[security]: set dispatcher_public_key (printed by `setevnt-dispatcher keygen` and "
-    f"`enroll`, or ${PUBLIC_KEY_ENV}), or allow_unsigned = true for development"
+    "[security]: set dispatcher_public_key to the key printed by `setevnt-dispatcher "
+    f"keygen` and `enroll` (or ${PUBLIC_KEY_ENV}), or allow_unsigned = true for development"
 )
+NO_JOURNAL = (
+    "[agent] journal is not set: without a journal on disk a restarted agent would run "
+    "again the commands it already ran (set it, or pass --journal PATH)"
+)
+# The client queue's message TTL: no command older than this is still delivered.
+DEFAULT_MAX_LIFETIME = 86400.0
 
 
 class ConfigError(ValueError):
@@ -117,6 +126,9 @@ class AgentConfig:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     journal: str | None = None
     hello_interval: float = 60.0
+    # Commands living longer than this, or starting later than this from now, are refused:
+    # it bounds what the journal and the spool hold, whatever is sent.
+    max_command_lifetime: float = DEFAULT_MAX_LIFETIME
     allow_force: bool = False
     catalog: Catalog = DEFAULT_CATALOG
     component_versions: Mapping[str, str] = field(default_factory=dict)
@@ -145,6 +157,8 @@ class AgentConfig:
                 raise ConfigError(f"group {group!r}: 1-64 of letters, digits, '_', '.', '-'")
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
+        if not 0 < self.max_command_lifetime < math.inf:
+            raise ConfigError("agent.max_command_lifetime must be a positive number of seconds")
         if self.copylist_version is not None and not valid_copylist(self.copylist_version):
             raise ConfigError(
                 f"copylist_version {self.copylist_version!r}: 1-{COPYLIST_MAX} printable "
@@ -201,6 +215,9 @@ def load(
             backend_options=_table(backend_table, str(kind)),
             journal=journal,
             hello_interval=float(agent_table.get("hello_interval", 60.0)),
+            max_command_lifetime=float(
+                agent_table.get("max_command_lifetime", DEFAULT_MAX_LIFETIME)
+            ),
             allow_force=bool(agent_table.get("allow_force", False)),
             catalog=DEFAULT_CATALOG.extended(
                 Catalog.components_from_config(data.get("components", []))
@@ -260,9 +277,12 @@ def _security(table: Mapping[str, Any], env: Mapping[str, str]) -> SecurityConfi
         keys.insert(0, str(table["dispatcher_public_key"]))
     if env.get(PUBLIC_KEY_ENV):
         keys.insert(0, env[PUBLIC_KEY_ENV])
+    keys = [key for key in keys if key.strip() != PUBLIC_KEY_PLACEHOLDER]
     allow = table.get("allow_unsigned", False)
     if not isinstance(allow, bool):
         raise ConfigError("security.allow_unsigned must be true or false")
+    if not keys and not allow:
+        return None  # the example's placeholder alone: `run` refuses, `hold` and `check` work
     return SecurityConfig(
         public_keys=tuple(keys),
         allow_unsigned=allow,

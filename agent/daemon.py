@@ -5,9 +5,14 @@ so pika's I/O loop keeps answering heartbeats) -> journal the result (fsync) -> 
 the ack and wait for its confirm -> ack the delivery. A crash anywhere before the last
 step gets the command redelivered; the journal then answers it without signalling again.
 
-Deferred commands (agent.deferral) take another path: the delivery is acked once the
-command is spooled, and a release pass on the worker later hands each final ack back here
-to publish, after which its spool entry is removed.
+Commands that wait (agent.deferral: for a distribution to end, or for their start time)
+take another path: the delivery is acked once the command is spooled, and a release pass
+on the worker later hands each ack back here to publish; once a final one is out the
+spool entry is removed. No delivery is ever held while something waits.
+
+Nothing a message holds stops the agent: whatever escapes the handling of a delivery is
+logged, the delivery dead-lettered and counted, and consuming goes on; whatever goes
+wrong on the worker is answered ``failed`` by the handler.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from types import FrameType
 from agent import __version__
 from agent.config import AgentConfig
 from agent.copylist import CopyListVersion
-from agent.deferral import Releaser
+from agent.deferral import Answer, Releaser
 from agent.handler import Delivery, Handler, Reply, Run
 from agent.metrics import AgentMetrics
-from agent.spool import Entry
 from broker import topology
+from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.supervisor import supervise
 from schemas.codec import encode
@@ -59,7 +64,9 @@ class Agent:
 
     def run(self) -> None:
         if self.config.metrics_port is not None:
-            self._metrics = AgentMetrics(self.config.metrics_port, self.config.metrics_addr)
+            self._metrics = AgentMetrics(
+                self.config.metrics_port, self.config.metrics_addr, self.config.catalog
+            )
         if self._releaser is not None:
             self._releaser.start()
         try:
@@ -140,6 +147,18 @@ class Agent:
     # -- deliveries -----------------------------------------------------------------------
 
     def _on_message(self, incoming: Incoming) -> None:
+        try:
+            self._admit(incoming)
+        except BrokerError:
+            raise  # the session's trouble: it is rebuilt and the delivery comes again
+        except Exception:
+            log.exception(
+                "delivery %d could not be handled: dead-lettering it", incoming.delivery_tag
+            )
+            self._inflight.discard(incoming.delivery_tag)
+            self._poisoned(incoming.delivery_tag)
+
+    def _admit(self, incoming: Incoming) -> None:
         delivery = Delivery(
             body=incoming.body,
             message_id=incoming.message_id,
@@ -158,27 +177,41 @@ class Agent:
         )
 
     def _execute(self, generation: int, tag: int, run: Run, delivery: Delivery) -> None:
-        """Worker thread: signal, then hand the ack back to the I/O thread."""
+        """Worker thread: signal (or spool), then hand the answer back to the I/O thread."""
         try:
             ack = self.handler.execute(run.command, delivery)
-        except Exception:  # a backend bug must not kill the worker; the command redelivers
-            log.exception("signalling %s failed unexpectedly", run.command.command_id)
-            return
+            settle = functools.partial(self._finish, generation, tag, ack)
+        except Exception:  # execute answers its own failures; this is a bug in that
+            log.exception("handling %s failed unexpectedly", run.command.command_id)
+            settle = functools.partial(self._drop, generation, tag)
         session = self._session
         if session is None or generation != self._generation:
             return  # that session is gone: the redelivery is answered from the journal
-        session.call_threadsafe(functools.partial(self._finish, generation, tag, ack))
+        session.call_threadsafe(settle)
 
-    def _finish(self, generation: int, tag: int, ack: bytes) -> None:
+    def _finish(self, generation: int, tag: int, ack: bytes | None) -> None:
         if generation != self._generation:
             return
         self._inflight.discard(tag)
         self._answer(tag, ack, dead_letter=False)
 
-    def _answer(self, tag: int, ack: bytes, dead_letter: bool) -> None:
+    def _drop(self, generation: int, tag: int) -> None:
+        if generation != self._generation:
+            return
+        self._inflight.discard(tag)
+        self._poisoned(tag)
+
+    def _poisoned(self, tag: int) -> None:
+        if self._metrics is not None:
+            self._metrics.poisoned()
+        assert self._session is not None
+        self._session.settle(tag, dead_letter=True)
+
+    def _answer(self, tag: int, ack: bytes | None, dead_letter: bool) -> None:
         session = self._session
         assert session is not None
-        self._publish_ack(session, ack)
+        if ack is not None:  # None: spooled to start later, nothing to say yet
+            self._publish_ack(session, ack)
         session.settle(tag, dead_letter=dead_letter)
 
     def _publish_ack(self, session: Session, ack: bytes) -> None:
@@ -205,14 +238,12 @@ class Agent:
         self._worker.submit(self._release, session, generation)
 
     def _release(self, session: Session, generation: int) -> None:
-        """Worker thread: run the pass, handing each final ack to the I/O thread."""
+        """Worker thread: run the pass, handing each ack to the I/O thread."""
 
-        def hand_over(entry: Entry, ack: bytes) -> bool:
+        def hand_over(answer: Answer) -> bool:
             if generation != self._generation:
                 return False  # the next session's pass answers it from the journal
-            return session.call_threadsafe(
-                functools.partial(self._released, generation, entry, ack)
-            )
+            return session.call_threadsafe(functools.partial(self._released, generation, answer))
 
         try:
             self.handler.release(hand_over)
@@ -221,12 +252,13 @@ class Agent:
         finally:
             session.call_threadsafe(functools.partial(self._release_done, generation))
 
-    def _released(self, generation: int, entry: Entry, ack: bytes) -> None:
+    def _released(self, generation: int, answer: Answer) -> None:
         if generation != self._generation or self._session is None:
             return
-        self._publish_ack(self._session, ack)
-        assert self.handler.deferrals is not None
-        self.handler.deferrals.spool.remove(entry)  # only now: its final ack is out
+        self._publish_ack(self._session, answer.ack)
+        if answer.final:
+            assert self.handler.deferrals is not None
+            self.handler.deferrals.spool.remove(answer.entry)  # only now: its final ack is out
 
     def _release_done(self, generation: int) -> None:
         if self._releasing == generation:

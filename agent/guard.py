@@ -21,6 +21,7 @@ import glob
 import logging
 import os
 import re
+import stat
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,6 +39,7 @@ except ImportError:  # Windows: no flock, so no lock probe (see DistributionLock
 log = logging.getLogger(__name__)
 
 PROC = Path("/proc")
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class GuardConfigError(ValueError):
@@ -82,10 +84,15 @@ class DistributionLock:
         return str(self.path)
 
     def prepare(self) -> None:
-        """Create the lock file, so that a lock taken before a signal means something."""
+        """Create the lock file, so that a lock taken before a signal means something.
+
+        Only the agent's user (and root) may open it: a user who could take it shared
+        could hold every disruptive event back for ever. So it is created 0600 in a
+        directory created 0700, and an existing file of ours with a looser mode is fixed.
+        """
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644))
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | NOFOLLOW, 0o600)
         except OSError as exc:
             log.warning(
                 "lock %s cannot be created (%s): until a distribution creates it, signals "
@@ -93,6 +100,11 @@ class DistributionLock:
                 self.path,
                 exc.strerror,
             )
+            return
+        try:
+            _private(fd, self.path)
+        finally:
+            os.close(fd)
 
     def check(self) -> str | None:
         with self.exclusive() as held:
@@ -104,7 +116,7 @@ class DistributionLock:
         with self._mutex:
             try:
                 fd = self._open()
-            except PermissionError as exc:  # cannot tell: so do not interrupt
+            except OSError as exc:  # cannot tell (no access, a link in its place): do not interrupt
                 log.warning("lock %s: %s; counted as held", self.path, exc.strerror)
                 yield False
                 return
@@ -123,8 +135,8 @@ class DistributionLock:
 
     def hold_shared(self, on_wait: Callable[[], None] | None = None) -> int:
         """Take the lock shared, waiting while the agent signals; return the descriptor."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | NOFOLLOW, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -145,11 +157,11 @@ class DistributionLock:
 
     def _open(self) -> int | None:
         try:
-            return os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o644)
+            return os.open(self.path, os.O_RDONLY | os.O_CREAT | NOFOLLOW, 0o600)
         except (FileNotFoundError, PermissionError):
             pass  # we may not create it here, but a distribution may have
         try:
-            return os.open(self.path, os.O_RDONLY)
+            return os.open(self.path, os.O_RDONLY | NOFOLLOW)
         except FileNotFoundError:
             return None
 
@@ -331,6 +343,19 @@ class Guard:
                 yield Busy(self.lock.name, self.lock.holders())
             else:
                 yield self.others_busy()
+
+
+def _private(fd: int, path: Path) -> None:
+    """Make a lock file of ours 0600 (one an earlier release left 0644, say)."""
+    info = os.fstat(fd)
+    loose = stat.S_IMODE(info.st_mode) & 0o077
+    if not loose or not hasattr(os, "getuid") or info.st_uid != os.getuid():
+        return
+    try:
+        os.fchmod(fd, 0o600)
+        log.info("lock %s: mode set to 0600, so that only this agent's user can take it", path)
+    except OSError as exc:
+        log.warning("lock %s: cannot make it 0600 (%s)", path, exc.strerror)
 
 
 def lock_holders(path: Path) -> list[int]:

@@ -3,7 +3,8 @@
 hold [--lock PATH | --config FILE] -- CMD ARGS...
     Run CMD holding the distribution lock shared and exit with CMD's status, so an
     existing installer is protected without changing it. CMD inherits the lock, so it
-    stays held while CMD runs even if ``hold`` itself is killed. Exit 125: the lock could
+    stays held while CMD runs even if ``hold`` itself is killed. Only the agent's user
+    and root may take the lock (it is 0600 in a 0700 directory). Exit 125: the lock could
     not be taken; 126: CMD cannot be run; 127: CMD not found (as ``env`` and ``timeout``).
 check [--config FILE]
     Show what each probe sees now and which events would be deferred. Exit 0 when nothing
@@ -65,6 +66,12 @@ def hold(lock_path: str | None, config_path: str | None, argv: Sequence[str]) ->
         fd = lock.hold_shared(on_wait=lambda: _say(f"waiting for {path}: the agent is signalling"))
     except GuardConfigError as exc:
         return _fail(f"hold: {exc}", 125)
+    except PermissionError as exc:
+        return _fail(
+            f"hold: cannot lock {path}: {exc.strerror} (only the agent's user or root may "
+            "take the distribution lock: run hold as one of them)",
+            125,
+        )
     except OSError as exc:
         return _fail(f"hold: cannot lock {path}: {exc.strerror}", 125)
     try:
@@ -137,10 +144,10 @@ def _print_spool(directory: str | None) -> None:
         count = sum(1 for p in Path(directory).iterdir() if p.name.endswith(SUFFIX))
     except FileNotFoundError:
         count = 0
-    except OSError as exc:
+    except OSError as exc:  # a spool only the agent's user may read
         print(f"spool: {directory}: {exc.strerror}")
         return
-    print(f"spool: {directory}: {count} deferred command(s) waiting")
+    print(f"spool: {directory}: {count} command(s) waiting (deferred or scheduled)")
 
 
 def _say(text: str) -> None:

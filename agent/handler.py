@@ -2,8 +2,9 @@
 
 ``admit`` runs on the I/O thread and must be quick: it decodes, validates and answers
 what can be answered at once. ``execute`` runs on a worker thread and may block for as
-long as the component takes. The simulator (many clients in one process) uses this
-same path, so what is load-tested is what runs on clients.
+long as the component takes, but never waits for a start time: a command that starts
+later is spooled (agent.deferral) and its delivery acked. The simulator (many clients in
+one process) uses this same path, so what is load-tested is what runs on clients.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.backends import Backend, SignalResult
+from agent.backends.base import int32_exit_code
 from agent.config import AgentConfig
 from agent.journal import Journal
+from agent.signatures import Signatures
 from schemas.codec import DecodeError, decode, encode
-from schemas.messages import Ack, AckStatus, Command, Reason
-from schemas.signing import KEY_ID_HEADER, SIGNATURE_HEADER, SignatureError, Verifier
+from schemas.messages import ID_PATTERN, Ack, AckStatus, Command, Reason
 
 if TYPE_CHECKING:  # deferral builds Deliveries, so it imports this module at run time
     from agent.deferral import Deferrals, OnAck
@@ -40,9 +42,9 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Answer now: publish ``ack`` then settle the delivery (dead-letter it or not)."""
+    """Answer now: publish ``ack`` (None: nothing to say yet), then settle the delivery."""
 
-    ack: bytes
+    ack: bytes | None
     dead_letter: bool
 
 
@@ -66,14 +68,10 @@ class Handler:
         self.backend = backend
         self.journal = journal
         self._clock = clock
-        # None: nothing waits for distributions (the fleet simulator, tests).
+        # None: nothing waits for distributions or start times (the fleet simulator, tests).
         self.deferrals = deferrals
-        security = config.security
-        self._verifier = (
-            Verifier(security.public_keys) if security and security.public_keys else None
-        )
-        self._allow_unsigned = security is None or security.allow_unsigned
-        self._max_skew = security.max_clock_skew if security else 300.0
+        self._signatures = Signatures(config.security)
+        self._max_skew = config.security.max_clock_skew if config.security else 300.0
         # One command at a time: a redelivery racing its own first run waits here and
         # then finds the journal entry instead of signalling twice.
         self._running = threading.Lock()
@@ -91,10 +89,11 @@ class Handler:
         if done is not None:
             log.info("command %s already done: re-sending its ack", command.command_id)
             return Reply(done, dead_letter=False)
-        interim = self.deferrals.interim(command.command_id) if self.deferrals else None
-        if interim is not None:
-            log.info("command %s is already deferred: re-sending that ack", command.command_id)
-            return Reply(interim, dead_letter=False)
+        entry = self.deferrals.spool.get(command.command_id) if self.deferrals else None
+        if entry is not None:
+            assert self.deferrals is not None
+            log.info("command %s is already spooled: not again", command.command_id)
+            return Reply(self.deferrals.interim(entry), dead_letter=False)
         problem = self._problem(command)
         if problem is not None:
             reason, detail = problem
@@ -102,70 +101,146 @@ class Handler:
             return self._reject(delivery, command, reason, detail)
         return Run(command)
 
-    def execute(self, command: Command, delivery: Delivery) -> bytes:
-        """Signal the component (blocking) and return the final ack, journalled."""
-        with self._running:
-            done = self.journal.get(command.command_id)
-            if done is not None:
-                return done
-            deferrals = self.deferrals
-            interim = deferrals.interim(command.command_id) if deferrals else None
-            if interim is not None:
-                return interim
-            wait = self._wait_until_not_before(command)
-            if deferrals is not None and deferrals.guards(command):
-                return deferrals.execute(command, delivery, self._signal)
-            if command.force:
-                log.warning("forced %s %s: guard bypassed", command.event_name, command.command_id)
-            return self._signal(command, delivery, wait)
+    def execute(self, command: Command, delivery: Delivery) -> bytes | None:
+        """The ack to publish before the delivery is acked: final (journalled), deferred,
+        or None when the command was spooled to start later (nothing to say yet). Without
+        deferrals (the fleet simulator) a command runs at once: the caller waits for its
+        start time.
+
+        Never raises: whatever goes wrong here (a backend raising, an ack that cannot be
+        built, a spool that cannot be written) is answered ``failed`` and journalled, so
+        the delivery is settled and a redelivery does not run the program again.
+        """
+        try:
+            with self._running:
+                return self._execute(command, delivery)
+        except Exception as exc:
+            log.exception("handling %s failed", command.command_id)
+            return self._failed(command, delivery, exc)
 
     def release(self, on_ack: OnAck) -> None:
         """Worker thread: run what the deferrals can release now (see agent.deferral)."""
         if self.deferrals is None:
             return
         with self._running:
-            self.deferrals.release(self._signal, on_ack)
+            self.deferrals.release(self._run, on_ack)
 
-    def _signal(self, command: Command, delivery: Delivery, wait: float = 0.0) -> bytes:
+    def _execute(self, command: Command, delivery: Delivery) -> bytes | None:
+        done = self.journal.get(command.command_id)
+        if done is not None:
+            return done
+        deferrals = self.deferrals
+        if deferrals is not None:
+            entry = deferrals.spool.get(command.command_id)
+            if entry is not None:
+                return deferrals.interim(entry)
+            if self._later(command):
+                deferrals.schedule(command, delivery)
+                return None
+            if deferrals.guards(command):
+                return deferrals.execute(command, delivery, self._run)
+        if command.force:
+            log.warning("forced %s %s: guard bypassed", command.event_name, command.command_id)
+        return self._run(command, delivery)
+
+    def _later(self, command: Command) -> bool:
+        return command.not_before is not None and command.not_before > self._clock()
+
+    def _run(self, command: Command, delivery: Delivery) -> bytes:
+        """Signal and journal; whatever fails is this command's ``failed`` answer, so a
+        release pass hands it over too instead of signalling the command again."""
+        try:
+            return self._signal(command, delivery)
+        except Exception as exc:
+            log.exception("answering %s failed", command.command_id)
+            return self._failed(command, delivery, exc)
+
+    def _signal(self, command: Command, delivery: Delivery) -> bytes:
         started_at, started = self._clock(), time.monotonic()
-        result = self.backend.signal(command)
+        try:
+            result = self.backend.signal(command)
+        except Exception as exc:  # a backend bug is this command's failure, not the agent's
+            log.exception("backend %s raised on %s", self.backend.name, command.command_id)
+            result = SignalResult(False, detail=f"{self.backend.name}: {_describe(exc)}")
         finished = time.monotonic()
-        ack = self._final_ack(command, delivery, result, started_at, started, finished, wait)
+        ack = self._final_ack(command, delivery, result, started_at, started, finished)
         body = encode(ack)
-        self.journal.record(command.command_id, body)
+        self.journal.record(command.command_id, body, command.expires_at)
+        return body
+
+    def _failed(self, command: Command, delivery: Delivery, exc: Exception) -> bytes:
+        """The ``failed`` answer to a command the agent could not handle, journalled if it can."""
+        ack = Ack(
+            command_id=command.command_id,
+            client_id=self.config.client_id,
+            status=AckStatus.FAILED.value,
+            received_at=delivery.received_at,
+            agent_version=__version__,
+            component=command.component,
+            event=command.event,
+            issued_at=command.issued_at,
+            storm_id=command.storm_id,
+            total_seconds=time.monotonic() - delivery.received_mono,
+            reason=Reason.SIGNAL_FAILED.value,
+            detail=f"the agent failed handling it: {_describe(exc)}"[:1024],
+        )
+        body = encode(ack)
+        try:
+            self.journal.record(command.command_id, body, command.expires_at)
+        except OSError as error:
+            log.error("cannot journal the failure of %s: %s", command.command_id, error)
         return body
 
     def _check_signature(self, delivery: Delivery) -> Reply | None:
         """Refuse forged, tampered and (unless allowed) unsigned commands, before decoding."""
-        signed = bool(delivery.headers and SIGNATURE_HEADER in delivery.headers)
-        if not signed and self._allow_unsigned:
+        problem = self._signatures.problem(delivery.body, delivery.headers)
+        if problem is None:
             return None
-        try:
-            if self._verifier is None:
-                raise SignatureError("signed, but this agent has no dispatcher public key")
-            self._verifier.verify(delivery.body, _signature_headers(delivery.headers))
-        except SignatureError as exc:
-            log.warning("rejecting command %s: %s", delivery.message_id, exc)
-            try:  # named in the ack when it decodes; it is not trusted for anything else
-                claimed: Command | None = decode(delivery.body, Command)
-            except DecodeError:
-                claimed = None
-            return self._reject(delivery, claimed, Reason.BAD_SIGNATURE, str(exc))
-        return None
+        log.warning("rejecting command %s: %s", delivery.message_id, problem)
+        try:  # named in the ack when it decodes; it is not trusted for anything else
+            claimed: Command | None = decode(delivery.body, Command)
+        except DecodeError:
+            claimed = None
+        return self._reject(delivery, claimed, Reason.BAD_SIGNATURE, problem)
 
     def _problem(self, command: Command) -> tuple[Reason, str] | None:
-        if command.issued_at > self._clock() + self._max_skew:
+        now = self._clock()
+        if command.issued_at > now + self._max_skew:
             # Not a replay that the journal or expiry could catch: a clock far apart.
             return Reason.CLOCK_SKEW, (
-                f"issued {command.issued_at - self._clock():.0f} s in this agent's future "
+                f"issued {command.issued_at - now:.0f} s in this agent's future "
                 f"(more than the {self._max_skew:.0f} s allowed): check both clocks"
             )
         if command.client_id != self.config.client_id:
             return Reason.WRONG_CLIENT, (
                 f"command for {command.client_id} delivered to {self.config.client_id}"
             )
-        if self._clock() >= command.expires_at:
-            return Reason.EXPIRED, f"expired {self._clock() - command.expires_at:.1f} s ago"
+        return self._timing(command, now) or self._target(command) or self._capacity(command)
+
+    def _timing(self, command: Command, now: float) -> tuple[Reason, str] | None:
+        if now >= command.expires_at:
+            return Reason.EXPIRED, f"expired {now - command.expires_at:.1f} s ago"
+        limit = self.config.max_command_lifetime
+        lifetime = command.expires_at - command.issued_at
+        if lifetime > limit:
+            return Reason.NOT_PERMITTED, (
+                f"lives {lifetime:.0f} s, longer than this agent's "
+                f"[agent] max_command_lifetime of {limit:g} s"
+            )
+        if command.not_before is None:
+            return None
+        if command.not_before >= command.expires_at:
+            return Reason.EXPIRED, (
+                f"starts {command.not_before - command.expires_at:.1f} s after it expires"
+            )
+        if command.not_before - now > limit:
+            return Reason.NOT_PERMITTED, (
+                f"starts in {command.not_before - now:.0f} s, later than this agent's "
+                f"[agent] max_command_lifetime of {limit:g} s"
+            )
+        return None
+
+    def _target(self, command: Command) -> tuple[Reason, str] | None:
         component = self.config.catalog.component(command.component)
         if component is None or command.event not in component.events:
             known = ", ".join(self.config.catalog.event_names())
@@ -178,13 +253,15 @@ class Handler:
             return Reason.NOT_PERMITTED, "forced commands are not allowed here (agent.allow_force)"
         return None
 
-    def _wait_until_not_before(self, command: Command) -> float:
-        if command.not_before is None:
-            return 0.0
-        delay = min(command.not_before, command.expires_at) - self._clock()
-        if delay > 0:
-            time.sleep(delay)
-        return max(0.0, delay)
+    def _capacity(self, command: Command) -> tuple[Reason, str] | None:
+        deferrals = self.deferrals
+        if deferrals is None or not deferrals.full():
+            return None
+        if not (self._later(command) or deferrals.guards(command)):
+            return None  # it runs now: nothing more to hold
+        return Reason.BUSY, (
+            f"{len(deferrals.spool)} commands already wait on this client, the most it holds"
+        )
 
     def _reject(
         self, delivery: Delivery, command: Command | None, reason: Reason, detail: str
@@ -214,11 +291,14 @@ class Handler:
         started_at: float,
         started: float,
         finished: float,
-        waited: float,
     ) -> Ack:
         reason = None
         if not result.ok:
             reason = Reason.SIGNAL_TIMEOUT if result.timed_out else Reason.SIGNAL_FAILED
+        detail = result.detail or ""
+        exit_code = int32_exit_code(result.exit_code)
+        if exit_code is None and result.exit_code is not None:
+            detail = f"{detail} (exit code {result.exit_code!r} does not fit in 32 bits)".strip()
         return Ack(
             command_id=command.command_id,
             client_id=self.config.client_id,
@@ -231,35 +311,22 @@ class Handler:
             storm_id=command.storm_id,
             started_at=started_at,
             finished_at=self._clock(),
-            wait_seconds=max(waited, started - delivery.received_mono),
+            wait_seconds=max(0.0, started - delivery.received_mono),
             run_seconds=finished - started,
             total_seconds=time.monotonic() - delivery.received_mono,
             reason=reason.value if reason else None,
-            detail=(result.detail or "")[:1024] or None,
-            exit_code=result.exit_code,
+            detail=detail[:1024] or None,
+            exit_code=exit_code,
             output=result.output,
         )
 
 
-def _signature_headers(headers: Mapping[str, object] | None) -> dict[str, object]:
-    """The signature headers as text, whatever AMQP type the sender gave them.
-
-    An array or a table there is no signature; passed on as it is, an unhashable key id
-    raised TypeError in the verifier, which killed the agent, and the redelivered message
-    killed every restart too. As text it is refused like any other bad signature.
-    """
-    found = dict(headers or {})
-    for name in (SIGNATURE_HEADER, KEY_ID_HEADER):
-        value = found.get(name)
-        if value is not None and not isinstance(value, (str, bytes)):
-            found[name] = repr(value)
-    return found
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _safe_id(message_id: str | None) -> str:
     """Use the AMQP message id for an undecodable command's ack, when it is a valid id."""
-    from schemas.messages import ID_PATTERN
-
     if message_id and ID_PATTERN.fullmatch(message_id):
         return message_id
     return ""

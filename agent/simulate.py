@@ -7,30 +7,27 @@ prefetch of one. What differs from N agent processes is only the transport: clie
 share the connections of a few :class:`broker.lanes.Lane` s and one I/O thread, and
 signal on a shared worker pool.
 
-A command's ``not_before`` (a storm's spread) is waited for with a timer on the I/O loop,
-not by sleeping on a worker as an agent does: thousands of spread commands would
-otherwise hold the whole pool.
+A command with a later start (``not_before``, a storm's spread) is acked at once and run
+by a timer on the I/O loop, its ack published when it ran, as an agent spools it: no
+delivery is held while a start time comes, and no worker either. Unlike an agent's spool
+these timers live in memory: a stopped simulator forgets the commands it scheduled.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import os
-import signal
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import FrameType
+from functools import partial
 
 from agent import __version__
 from agent.backends.simulated import SimulatedBackend
-from agent.config import PUBLIC_KEY_ENV, AgentConfig, SecurityConfig
+from agent.config import AgentConfig, SecurityConfig
 from agent.handler import Delivery, Handler, Reply, Run
 from agent.journal import Journal
 from agent.simsetup import UPGRADE_EVENT, CopyLists
@@ -122,7 +119,7 @@ class Simulation:
             self._handlers[queue] = Handler(config, backend, Journal(None))
             self._lane_of[queue] = self._lanes[index % len(self._lanes)]
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="simulated")
-        self._finished: deque[tuple[Lane, LaneDelivery, bytes | None]] = deque()
+        self._finished: deque[Callable[[], None]] = deque()  # run on the loop, in order
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._executing = 0
@@ -231,11 +228,12 @@ class Simulation:
         command, delay = verdict.command, 0.0
         if command.not_before is not None:
             delay = min(command.not_before, command.expires_at) - time.time()
-        start = _bind(self._submit, lane, incoming, handler, verdict, delivery)
-        if delay > 0:
-            self._loop.call_later(delay, start)
-        else:
-            start()
+        if delay <= 0:
+            self._submit(lane, incoming, handler, verdict, delivery)
+            return
+        lane.settle(incoming)  # taken: the delivery is not held while the start time comes
+        run = _bind(self._run_scheduled, lane, incoming, handler, verdict, delivery)
+        self._loop.call_later(delay, run)
 
     def _submit(
         self, lane: Lane, incoming: LaneDelivery, handler: Handler, run: Run, delivery: Delivery
@@ -244,18 +242,38 @@ class Simulation:
             lane.settle(incoming, requeue=True)  # stopping: leave it for the next run
             return
         self._executing += 1
-        self._pool.submit(self._execute, lane, incoming, handler, run, delivery)
+        self._pool.submit(self._execute, lane, incoming, handler, run, delivery, False)
 
-    def _execute(
+    def _run_scheduled(
         self, lane: Lane, incoming: LaneDelivery, handler: Handler, run: Run, delivery: Delivery
     ) -> None:
+        if self._stopping_since is not None:
+            log.info("stopping: %s is not run (scheduled)", run.command.command_id)
+            return
+        self._executing += 1
+        self._pool.submit(self._execute, lane, incoming, handler, run, delivery, True)
+
+    def _execute(
+        self,
+        lane: Lane,
+        incoming: LaneDelivery,
+        handler: Handler,
+        run: Run,
+        delivery: Delivery,
+        scheduled: bool,
+    ) -> None:
         """Worker thread: signal through the handler, then wake the loop to answer."""
-        ack: bytes | None = None
+        done: Callable[[], None]
         try:
             ack = handler.execute(run.command, delivery)
-        except Exception:  # a backend bug must not kill the worker; the command redelivers
-            log.exception("signalling %s failed unexpectedly", run.command.command_id)
-        self._finished.append((lane, incoming, ack))
+            if scheduled:  # its delivery was acked when it was scheduled
+                done = partial(self._publish_late, lane, handler, ack) if ack else _nothing
+            else:
+                done = partial(self._answer, lane, incoming, handler, ack, False)
+        except Exception:  # execute answers its own failures: this is a bug in that
+            log.exception("handling %s failed unexpectedly", run.command.command_id)
+            done = _nothing if scheduled else partial(lane.settle, incoming, dead_letter=True)
+        self._finished.append(done)
         with self._wake_lock:
             if self._wake_pending:
                 return
@@ -266,18 +284,45 @@ class Simulation:
         with self._wake_lock:
             self._wake_pending = False
         while self._finished:
-            lane, incoming, ack = self._finished.popleft()
+            done = self._finished.popleft()
             self._executing -= 1
-            if ack is not None:
-                handler = self._handlers[incoming.queue]
-                self._answer(lane, incoming, handler, ack, dead_letter=False)
+            done()
 
     def _answer(
-        self, lane: Lane, incoming: LaneDelivery, handler: Handler, ack: bytes, dead_letter: bool
+        self,
+        lane: Lane,
+        incoming: LaneDelivery,
+        handler: Handler,
+        ack: bytes | None,
+        dead_letter: bool,
     ) -> None:
         self.handled += 1
+        if ack is None:
+            lane.settle(incoming, dead_letter=dead_letter)
+            return
         key = topology.ack_routing_key(handler.config.client_id)
         lane.answer(incoming, (topology.ACK_EXCHANGE, key, ack), dead_letter)
+
+    def _publish_late(self, lane: Lane, handler: Handler, ack: bytes) -> None:
+        """The ack of a scheduled command: no delivery to settle, so retried until confirmed
+        (or until the simulator stops)."""
+        self.handled += 1
+        key = topology.ack_routing_key(handler.config.client_id)
+
+        def attempt(retry: bool) -> None:
+            if retry and self._stop.is_set():
+                return
+            published = lane.publish(
+                topology.ACK_EXCHANGE, key, ack, message_type="ack", on_confirm=confirmed
+            )
+            if not published:  # the lane is reconnecting
+                self._loop.call_later(1.0, lambda: attempt(True))
+
+        def confirmed(acked: bool) -> None:
+            if not acked:
+                self._loop.call_later(1.0, lambda: attempt(True))
+
+        attempt(False)
 
     # -- periodic -----------------------------------------------------------------------
 
@@ -342,89 +387,5 @@ def _bind(function: Callable[..., None], *args: object) -> Callable[[], None]:
     return lambda: function(*args)
 
 
-def default_connections(clients: int) -> int:
-    """One lane per ~1,000 clients, at most 16: enough parallelism for one I/O thread."""
-    return max(1, min(16, math.ceil(clients / 1000)))
-
-
-def parse_groups(text: str | None) -> tuple[str, ...]:
-    return tuple(g for g in (text or "").split(",") if g)
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``setevnt-agent simulate`` subcommand."""
-    simulate = sub.add_parser(
-        "simulate", help="run N simulated clients over K connections (demos, load tests)"
-    )
-    simulate.add_argument("--clients", type=int, required=True, metavar="N")
-    simulate.add_argument(
-        "--connections", type=int, metavar="K", help="default: one per 1,000 clients, <= 16"
-    )
-    simulate.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
-    simulate.add_argument("--prefix", default="SIM", help="client ids are PREFIX00000, ...")
-    simulate.add_argument("--first", type=int, default=0, help="number of the first client")
-    simulate.add_argument("--groups", help="comma-separated groups every client belongs to")
-    simulate.add_argument("--platform", default="nt", choices=("nt", "win9x"))
-    simulate.add_argument("--duration", type=float, default=0.02, help="seconds per run")
-    simulate.add_argument("--failure-rate", type=float, default=0.0, help="0.0 .. 1.0")
-    simulate.add_argument("--record", help="append a JSON line per run start/finish here")
-    simulate.add_argument("--seed", type=int, help="seed for the failure draws")
-    simulate.add_argument("--hello-interval", type=float, default=60.0, metavar="SECONDS")
-    simulate.add_argument("--workers", type=int, default=64, help="signalling threads")
-    simulate.add_argument(
-        "--dispatcher-public-key",
-        help=f"verify command signatures with this key (default: ${PUBLIC_KEY_ENV})",
-    )
-    simulate.add_argument("--copylist-version", metavar="V", help="reported in heartbeats")
-    simulate.add_argument(
-        "--upgrade-to",
-        metavar="V",
-        help="the CopyListVersion a client reports once it ran the upgrade event",
-    )
-    simulate.add_argument(
-        "--upgrade-event", default=UPGRADE_EVENT, help=f"default: {UPGRADE_EVENT}"
-    )
-    simulate.add_argument(
-        "--provision",
-        action="store_true",
-        help="declare the clients' queues here instead of waiting for the dispatcher",
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    try:
-        settings = SimulationSettings(
-            clients=args.clients,
-            connections=args.connections or default_connections(args.clients),
-            prefix=args.prefix,
-            first=args.first,
-            groups=parse_groups(args.groups),
-            platform=args.platform,
-            duration=args.duration,
-            failure_rate=args.failure_rate,
-            record=args.record,
-            seed=args.seed,
-            hello_interval=args.hello_interval,
-            workers=args.workers,
-            provision=args.provision,
-            broker=BrokerSettings.from_env(args.url),
-            public_key=args.dispatcher_public_key or os.environ.get(PUBLIC_KEY_ENV),
-            copylist_version=args.copylist_version,
-            upgrade_to=args.upgrade_to,
-            upgrade_event=args.upgrade_event,
-        )
-        simulation = Simulation(settings)
-    except ValueError as exc:  # includes bad ids, groups and backend options
-        print(f"setevnt-agent simulate: {exc}", file=sys.stderr)
-        return 2
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        simulation.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    simulation.run()
-    if simulation.error is not None:
-        print(f"setevnt-agent simulate: broker: {simulation.error}", file=sys.stderr)
-        return 3
-    return 0
+def _nothing() -> None:
+    pass

@@ -5,6 +5,12 @@ connections because a memory alarm blocks publishing connections: acks may stall
 deliveries keep flowing and heartbeats on the consuming side keep being answered.
 Everything runs on the thread that calls :meth:`pump`; workers hand results back with
 :meth:`call_threadsafe`, the only pika call that is safe from another thread.
+
+A session that can no longer consume says so: :meth:`pump` raises ConnectionLost when the
+broker closed a channel (a delivery held past its ``consumer_timeout``, a settle it
+refused) or cancelled the consumer (its queue was deleted), so the supervisor builds a
+new session instead of idling without a consumer. A consumer callback that raises gets
+its delivery dead-lettered and counted (:attr:`Session.poisoned`); consuming goes on.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from broker.connection import (
     translate,
     translate_errors,
 )
-from broker.errors import ConnectionLost
+from broker.errors import BrokerError, ConnectionLost
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,8 @@ class Session:
         self._last_received = -1
         self._dead = False  # a half-open link: drop it, do not wait for a close handshake
         self._last_received_at = time.monotonic()
+        self._cancelled: str | None = None  # a consumer the broker cancelled, by queue
+        self.poisoned = 0  # deliveries whose callback raised, dead-lettered
 
     def open(self) -> None:
         self._consume_conn = open_blocking(self._settings)
@@ -86,23 +94,28 @@ class Session:
 
     def consume(self, queue: str, on_message: Callable[[Incoming], None]) -> str:
         def deliver(channel: Any, method: Any, properties: Any, body: bytes) -> None:
-            on_message(
-                Incoming(
-                    delivery_tag=method.delivery_tag,
-                    body=body,
-                    message_id=properties.message_id,
-                    redelivered=bool(method.redelivered),
-                    queue=queue,
-                    headers=properties.headers,
-                    user_id=properties.user_id,
-                    reply_to=properties.reply_to,
-                    correlation_id=properties.correlation_id,
-                )
-            )
+            try:
+                on_message(_incoming(queue, method, properties, body))
+            except BrokerError:
+                raise  # the connection's trouble, not the message's: rebuild, redeliver
+            except Exception:
+                self._poisoned(queue, method.delivery_tag)
+
+        def cancelled(frame: Any) -> None:
+            self._cancelled = queue
 
         with translate_errors(f"consuming {queue}"):
+            self._channel.add_on_cancel_callback(cancelled)
             tag: str = self._channel.basic_consume(queue, deliver)
             return tag
+
+    def _poisoned(self, queue: str, delivery_tag: int) -> None:
+        """A callback raised on this delivery: dead-letter it, or it would come back."""
+        self.poisoned += 1
+        log.exception(
+            "consumer of %s failed on delivery %d: dead-lettering it", queue, delivery_tag
+        )
+        self.settle(delivery_tag, dead_letter=True)
 
     def cancel(self, consumer_tag: str) -> None:
         with translate_errors("cancelling consumer"):
@@ -151,7 +164,22 @@ class Session:
         with translate_errors("receiving"):
             self._consume_conn.process_data_events(time_limit=seconds)
             self._publish_conn.process_data_events(time_limit=0)
+        self._check_channels()
         self._check_alive()
+
+    def _check_channels(self) -> None:
+        """Raise ConnectionLost when the broker took the consumer or a channel away."""
+        if self._cancelled is not None:
+            raise ConnectionLost(
+                f"the broker cancelled the consumer of {self._cancelled} (was the queue deleted?)"
+            )
+        if self._channel is not None and self._channel.is_closed:
+            raise ConnectionLost(
+                "the broker closed the consuming channel (a delivery held past its "
+                "consumer_timeout, or a settle it refused)"
+            )
+        if self._publish_channel is not None and self._publish_channel.is_closed:
+            raise ConnectionLost("the broker closed the publishing channel")
 
     def _check_alive(self) -> None:
         """Notice a half-open connection within two heartbeat intervals.
@@ -182,3 +210,17 @@ class Session:
             log.debug("session gone, dropping callback: %s", translate(exc))
             return False
         return True
+
+
+def _incoming(queue: str, method: Any, properties: Any, body: bytes) -> Incoming:
+    return Incoming(
+        delivery_tag=method.delivery_tag,
+        body=body,
+        message_id=properties.message_id,
+        redelivered=bool(method.redelivered),
+        queue=queue,
+        headers=properties.headers,
+        user_id=properties.user_id,
+        reply_to=properties.reply_to,
+        correlation_id=properties.correlation_id,
+    )

@@ -131,6 +131,38 @@ def test_exec_passes_the_command_in_the_environment(silent: bool) -> None:
     assert result.output == f"cmd-env-7 {int(silent)} CCIM32 STARTCYCLE\n"
 
 
+def test_exec_programs_get_a_minimal_environment_never_the_agent_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SETEVNT_AMQP_URL", "amqp://PC042:broker-password@broker/%2F")
+    monkeypatch.setenv("SETEVNT_CLIENT_ID", "PC042")
+    monkeypatch.setenv("HOME", "/root")
+    monkeypatch.setenv("SITE_PROXY", "http://proxy:3128")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.setenv("LC_MESSAGES", "C.UTF-8")
+    monkeypatch.setenv("TZ", "UTC")
+    printing = python("import json, os; print(json.dumps(dict(os.environ)))")
+    backend = ExecBackend.from_options({"commands": {EVENT: printing}, "env": ["SITE_PROXY"]})
+    result = backend.signal(command(command_id="cmd-env-1"))
+    assert result.ok and result.output is not None
+    env = json.loads(result.output)
+    assert "broker-password" not in result.output
+    assert not {"SETEVNT_AMQP_URL", "SETEVNT_CLIENT_ID", "HOME"} & set(env)
+    assert env["SITE_PROXY"] == "http://proxy:3128"  # listed in [backend.exec] env
+    assert (env["LANG"], env["LC_MESSAGES"], env["TZ"]) == ("C.UTF-8", "C.UTF-8", "UTC")
+    assert env["PATH"] == os.environ["PATH"]
+    assert env["SETEVNT_COMMAND_ID"] == "cmd-env-1"
+    allowed = {"PATH", "LANG", "TZ", "SITE_PROXY", "SETEVNT_COMMAND_ID", "SETEVNT_COMPONENT"}
+    allowed |= {"SETEVNT_EVENT", "SETEVNT_SILENT"}
+    assert {name for name in env if not name.startswith("LC_")} <= allowed
+
+
+@pytest.mark.parametrize("name", ["SETEVNT_AMQP_URL", "setevnt_client_id"])
+def test_exec_refuses_to_pass_the_agent_settings(name: str) -> None:
+    with pytest.raises(BackendConfigError, match="may not pass"):
+        ExecBackend.from_options({"commands": {EVENT: python("pass")}, "env": [name]})
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -279,6 +311,52 @@ def test_file_fifo_reader_receives_the_event_name(tmp_path: Path) -> None:
         assert os.read(reader, 256) == b"CCIM32_STARTCYCLE\n"
     finally:
         os.close(reader)
+
+
+def test_file_never_follows_a_link_planted_at_the_trigger(tmp_path: Path) -> None:
+    victim = tmp_path / "shadow"
+    victim.write_text("root:*:19000:0:99999:7:::\n")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / f"{EVENT}.trigger").symlink_to(victim)
+    result = FileBackend(directory=str(spool)).signal(command())
+    assert not result.ok
+    assert result.detail is not None and "symbolic link" in result.detail
+    assert victim.read_text() == "root:*:19000:0:99999:7:::\n"
+
+
+def test_file_refuses_a_directory_any_user_can_write(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # /tmp-like
+    with pytest.raises(BackendConfigError, match="writable by any user"):
+        FileBackend(directory=str(shared))
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    backend = FileBackend(directory=str(spool))
+    spool.chmod(0o777)  # opened up after the agent started
+    result = backend.signal(command())
+    assert not result.ok
+    assert result.detail is not None and "writable by any user" in result.detail
+    assert list(spool.iterdir()) == []
+
+
+def test_file_writes_a_trigger_only_as_a_regular_file_and_an_event_only_into_a_fifo(
+    tmp_path: Path,
+) -> None:
+    planted = tmp_path / f"{EVENT}.trigger"
+    os.mkfifo(planted)
+    reader = os.open(planted, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = FileBackend(directory=str(tmp_path)).signal(command())
+        assert not result.ok and result.detail is not None and "regular file" in result.detail
+    finally:
+        os.close(reader)
+    regular = tmp_path / "events"
+    regular.write_text("kept\n")
+    result = FileBackend(fifo=str(regular)).signal(command())
+    assert not result.ok and result.detail is not None and "not a FIFO" in result.detail
+    assert regular.read_text() == "kept\n"
 
 
 @pytest.mark.parametrize(

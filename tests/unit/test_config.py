@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -11,10 +13,19 @@ import pytest
 
 from agent.backends import BackendConfigError, make_backend
 from agent.backends.simulated import SimulatedBackend
-from agent.config import AgentConfig, ConfigError, load
+from agent.config import (
+    PUBLIC_KEY_ENV,
+    PUBLIC_KEY_PLACEHOLDER,
+    AgentConfig,
+    ConfigError,
+    SecurityConfig,
+    load,
+)
 from broker.settings import DEFAULT_URL
+from schemas.signing import Signer
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "agent.example.toml"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "agent.example.toml"
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -33,7 +44,9 @@ def test_example_loads_and_selects_the_simulated_backend() -> None:
     assert config.broker.connection_name == "setevnt-agent PC042"
     assert config.hello_interval == 60.0
     assert config.allow_force is False
-    assert config.journal is None
+    assert config.journal == "/var/lib/setevnt/journal"
+    assert config.guard.spool == "/var/lib/setevnt/journal.spool"
+    assert config.max_command_lifetime == 86400.0
     assert config.component_versions == {"CCIM32": "2.0.1493.4", "SMSAPM32": "2.0.1493.4"}
     assert config.backend == "simulated"
     assert "exec" not in config.backend_options  # only the selected backend's table
@@ -42,6 +55,57 @@ def test_example_loads_and_selects_the_simulated_backend() -> None:
     assert site is not None
     assert site.events == ("STARTCYCLE",)
     assert site.platforms == frozenset({"nt"})
+
+
+def run_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    """`setevnt-agent run` expected to refuse to start (a broker it would reach: none)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SETEVNT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "run", *args],
+        cwd=ROOT,
+        env={**clean, "SETEVNT_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/%2F"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_the_example_ships_a_key_to_fill_in_and_never_unsigned_commands() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    security = tomllib.loads(text)["security"]
+    assert security == {"dispatcher_public_key": PUBLIC_KEY_PLACEHOLDER, "max_clock_skew": 300}
+    assert "\n# allow_unsigned = true\n" in text  # documented, commented out
+    assert "dispatcher_public_key" in text[: text.index("client_id =")]  # said at the top
+    assert load(EXAMPLE, environ={}).security is None  # the placeholder is no key
+    refused = run_agent("--config", str(EXAMPLE))
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert "dispatcher_public_key" in line and "Traceback" not in refused.stderr
+
+    key = Signer.generate().public_text()
+    assert load(EXAMPLE, environ={PUBLIC_KEY_ENV: key}).security == SecurityConfig((key,))
+
+
+def test_run_refuses_to_start_without_a_journal(tmp_path: Path) -> None:
+    key = Signer.generate().public_text()
+    config = write(tmp_path, f'client_id = "PC042"\n[security]\ndispatcher_public_key = "{key}"\n')
+    refused = run_agent("--config", str(config))
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("setevnt-agent: [agent] journal is not set")
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes")
+def test_run_refuses_a_journal_others_could_write(tmp_path: Path) -> None:
+    key = Signer.generate().public_text()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    config = write(tmp_path, f'client_id = "PC042"\n[security]\ndispatcher_public_key = "{key}"\n')
+    refused = run_agent("--config", str(config), "--journal", str(shared / "journal"))
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert "writable by group or others" in line and str(shared) in line
 
 
 def commented_backend_tables() -> list[str]:
@@ -120,6 +184,8 @@ def test_missing_client_id_names_the_variable(tmp_path: Path) -> None:
         ('client_id = "PC042"\ngroups = ["lab-1", "floor 2"]\n', "group 'floor 2'"),
         ('client_id = "PC042"\ngroups = "lab1"\n', "groups must be a list"),
         ('client_id = "PC042"\n[agent]\nhello_interval = 0\n', "hello_interval"),
+        ('client_id = "PC042"\n[agent]\nmax_command_lifetime = 0\n', "max_command_lifetime"),
+        ('client_id = "PC042"\n[agent]\nmax_command_lifetime = inf\n', "max_command_lifetime"),
         ('client_id = "PC042"\n[broker]\nheartbeat = "soon"\n', "broker"),
         ('client_id = "PC042"\nbroker = "amqp://host/"\n', r"\[broker\] must be a table"),
         ('client_id = "PC042"\n[[components]]\nname = "clisetup"\n', "clisetup"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -265,7 +266,8 @@ def test_the_default_policy_tolerates_a_redefined_component(tmp_path: Path) -> N
 
 
 def test_example_guard_section_loads_with_its_comments_uncommented(tmp_path: Path) -> None:
-    assert load(EXAMPLE, environ={}).guard == GuardConfig()  # it shows the defaults
+    # It shows the defaults (the spool beside the example's journal).
+    assert load(EXAMPLE, environ={}).guard == GuardConfig(spool="/var/lib/setevnt/journal.spool")
     text = EXAMPLE.read_text()
     section = text[text.index("\n[guard]") : text.index("\n[versions]")]
     uncommented = "\n".join(
@@ -276,6 +278,42 @@ def test_example_guard_section_loads_with_its_comments_uncommented(tmp_path: Pat
     path.write_text(text.replace(section, uncommented))
     guard = load(path, environ={}).guard
     assert guard.markers and guard.command and guard.spool
+
+
+def test_the_lock_is_only_for_the_agent_user_and_root(tmp_path: Path) -> None:
+    lock = DistributionLock(tmp_path / "run" / "setevnt" / "distribution.lock")
+    lock.prepare()
+    assert stat.S_IMODE(lock.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(lock.path.stat().st_mode) == 0o600
+    older = tmp_path / "older.lock"  # as an earlier release created it
+    older.write_text("")
+    older.chmod(0o644)
+    DistributionLock(older).prepare()
+    assert stat.S_IMODE(older.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv, to run hold without root's right to open any file",
+)
+def test_hold_that_cannot_open_the_lock_says_who_can(tmp_path: Path) -> None:
+    """The lock belongs to another user here, and hold runs without root's override."""
+    lock = tmp_path / "run" / "setevnt" / "distribution.lock"
+    DistributionLock(lock).prepare()
+    for path in (lock, lock.parent):
+        os.chown(path, 65534, 65534)
+    unprivileged = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    shown = subprocess.run(
+        [*unprivileged, sys.executable, "-m", "agent", "hold", "--lock", str(lock), "--", "true"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert shown.returncode == 125, shown.stderr
+    (line,) = shown.stderr.splitlines()
+    assert "Permission denied" in line
+    assert "only the agent's user or root may take the distribution lock" in line
 
 
 # -- the CLI ------------------------------------------------------------------------------

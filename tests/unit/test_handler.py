@@ -11,6 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from agent.backends import SignalResult
 from agent.backends.exec import ExecBackend
 from agent.backends.simulated import SimulatedBackend
 from agent.config import AgentConfig
@@ -18,6 +19,7 @@ from agent.handler import Delivery, Handler, Reply, Run
 from agent.journal import Journal
 from schemas import Ack, Command, decode, encode
 from schemas.catalog import DEFAULT_CATALOG, Catalog
+from schemas.messages import OUTPUT_MAX
 
 CLIENT = "PC042"
 DURATION = 0.05
@@ -76,13 +78,16 @@ def run(handler: Handler, cmd: Command) -> tuple[Delivery, bytes]:
     incoming = delivery(encode(cmd))
     verdict = handler.admit(incoming)
     assert isinstance(verdict, Run)
-    return incoming, handler.execute(verdict.command, incoming)
+    body = handler.execute(verdict.command, incoming)
+    assert body is not None
+    return incoming, body
 
 
 def rejected(handler: Handler, body: bytes, message_id: str | None = "msg-1") -> Ack:
     verdict = handler.admit(delivery(body, message_id))
     assert isinstance(verdict, Reply)
     assert verdict.dead_letter is True
+    assert verdict.ack is not None
     return decode(verdict.ack, Ack)
 
 
@@ -95,7 +100,9 @@ def test_a_valid_command_runs_and_is_acked_done(tmp_path: Path) -> None:
     assert verdict.command == cmd
     assert starts(record) == []  # admit only decides; nothing is signalled yet
 
-    ack = decode(handler.execute(verdict.command, incoming), Ack)
+    body = handler.execute(verdict.command, incoming)
+    assert body is not None
+    ack = decode(body, Ack)
     assert ack.status == "done"
     assert ack.reason is None
     assert (ack.command_id, ack.client_id) == ("cmd-1", CLIENT)
@@ -125,7 +132,9 @@ def test_a_redelivery_racing_its_first_run_signals_once(tmp_path: Path) -> None:
     results: list[bytes] = []
 
     def execute() -> None:
-        results.append(handler.execute(cmd, delivery(encode(cmd))))
+        body = handler.execute(cmd, delivery(encode(cmd)))
+        assert body is not None
+        results.append(body)
 
     threads = [threading.Thread(target=execute) for _ in range(2)]
     for thread in threads:
@@ -248,11 +257,123 @@ def test_a_backend_timeout_is_acked_signal_timeout(tmp_path: Path) -> None:
     assert ack.reason == "signal-timeout"
 
 
-def test_not_before_delays_the_signal(tmp_path: Path) -> None:
-    handler, _ = make_handler(tmp_path)
-    not_before = time.time() + 0.2
-    _, body = run(handler, command(not_before=not_before))
+class Raising:
+    """A backend with a bug: it raises instead of returning a result."""
+
+    name = "raising"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def signal(self, command: Command) -> SignalResult:
+        self.calls += 1
+        raise RuntimeError("the component's pipe broke")
+
+
+class Returning:
+    """A backend returning a fixed result, whatever it holds."""
+
+    name = "returning"
+
+    def __init__(self, result: SignalResult) -> None:
+        self.result = result
+
+    def signal(self, command: Command) -> SignalResult:
+        return self.result
+
+
+def test_a_backend_that_raises_is_answered_failed_once_and_journalled() -> None:
+    backend = Raising()
+    handler = Handler(AgentConfig(client_id=CLIENT), backend, Journal(None))
+    incoming, body = run(handler, command())
     ack = decode(body, Ack)
-    assert ack.status == "done"
-    assert ack.started_at is not None and ack.started_at >= not_before - 0.01
-    assert ack.wait_seconds is not None and ack.wait_seconds >= 0.15
+    assert (ack.status, ack.reason) == ("failed", "signal-failed")
+    assert ack.detail is not None and "RuntimeError: the component's pipe broke" in ack.detail
+    assert handler.journal.get("cmd-1") == body
+    assert handler.execute(command(), incoming) == body  # a redelivery does not run it again
+    assert backend.calls == 1
+
+
+def test_an_ack_that_cannot_be_built_is_answered_failed_saying_why() -> None:
+    result = SignalResult(True, detail="ran", exit_code=0, output="x" * (OUTPUT_MAX + 1))
+    handler = Handler(AgentConfig(client_id=CLIENT), Returning(result), Journal(None))
+    _, body = run(handler, command())
+    ack = decode(body, Ack)
+    assert (ack.status, ack.reason) == ("failed", "signal-failed")
+    assert ack.detail is not None and "output" in ack.detail
+    assert handler.journal.get("cmd-1") == body
+
+
+def test_anything_failing_in_execute_is_answered_failed(tmp_path: Path) -> None:
+    handler, _ = make_handler(tmp_path)
+
+    class Broken(Journal):
+        def record(self, command_id: str, ack: bytes, expires_at: float) -> None:
+            raise OSError(28, "No space left on device")
+
+    handler.journal = Broken(None)
+    _, body = run(handler, command())
+    ack = decode(body, Ack)
+    assert (ack.status, ack.reason) == ("failed", "signal-failed")
+    assert ack.detail is not None and "No space left on device" in ack.detail
+
+
+@pytest.mark.parametrize(
+    ("code", "carried", "noted"),
+    [
+        (3221225477, -1073741819, False),  # 0xC0000005, an access violation on Windows
+        (0xFFFFFFFF, -1, False),
+        (-9, -9, False),  # killed by SIGKILL on POSIX
+        (2**40, None, True),
+        (-(2**31) - 1, None, True),
+    ],
+)
+def test_exit_codes_are_carried_as_windows_reports_them_and_never_break_the_ack(
+    code: int, carried: int | None, noted: bool
+) -> None:
+    result = SignalResult(False, detail="crashed", exit_code=code)
+    handler = Handler(AgentConfig(client_id=CLIENT), Returning(result), Journal(None))
+    _, body = run(handler, command())
+    ack = decode(body, Ack)
+    assert (ack.status, ack.reason, ack.exit_code) == ("failed", "signal-failed", carried)
+    assert ack.detail is not None and (str(code) in ack.detail) == noted
+
+
+LIFETIME = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("times", "status", "reason", "named"),
+    [
+        ({"issued_at": 0.0, "expires_at": LIFETIME + 60}, "rejected", "not-permitted", "lives"),
+        ({"not_before": 400.0, "expires_at": 300.0}, "expired", "expired", "after it expires"),
+        (
+            {"issued_at": 200.0, "expires_at": 200.0 + LIFETIME, "not_before": LIFETIME + 100},
+            "rejected",
+            "not-permitted",
+            "starts in",
+        ),
+    ],
+)
+def test_commands_beyond_the_agent_lifetime_are_refused_naming_the_limit(
+    tmp_path: Path, times: dict[str, float], status: str, reason: str, named: str
+) -> None:
+    handler, record = make_handler(tmp_path)
+    now = time.time()
+    fields = {"issued_at": 0.0, "expires_at": 300.0, **times}
+    relative = {k: now + v for k, v in fields.items()}
+    ack = rejected(handler, encode(command(**relative)))
+    assert (ack.status, ack.reason) == (status, reason)
+    assert ack.detail is not None and named in ack.detail
+    if reason == "not-permitted":
+        assert "max_command_lifetime" in ack.detail
+    assert starts(record) == []
+
+
+def test_the_lifetime_limit_is_the_agent_setting(tmp_path: Path) -> None:
+    config = AgentConfig(client_id=CLIENT, max_command_lifetime=60.0)
+    handler = Handler(config, SimulatedBackend(duration=0), Journal(None))
+    now = time.time()
+    ack = rejected(handler, encode(command(issued_at=now, expires_at=now + 120)))
+    assert ack.reason == "not-permitted" and ack.detail is not None and "60 s" in ack.detail
+    assert isinstance(handler.admit(delivery(encode(command(expires_at=now + 60)))), Run)

@@ -1,12 +1,18 @@
-"""The spool of deferred commands: durable, ordered, never holding a command twice."""
+"""The spool of waiting commands: durable, ordered, private, never holding one twice."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from pathlib import Path
 
-from agent.spool import Spool
-from schemas import Command
+import msgpack
+import pytest
+
+from agent.files import UnsafeFile
+from agent.spool import Hold, Spool
+from schemas import Command, encode
 
 
 def command(number: int, event: str = "STARTCYCLE") -> Command:
@@ -75,3 +81,54 @@ def test_without_a_directory_the_spool_is_in_memory() -> None:
     assert spool.get("cmd-1") == entry
     spool.remove(entry)
     assert len(spool) == 0
+
+
+def test_an_entry_keeps_the_body_and_signature_headers_as_delivered(tmp_path: Path) -> None:
+    cmd = command(1)
+    body = msgpack.packb({**msgpack.unpackb(encode(cmd)), "v": [1, 9], "newer": "x" * 1000})
+    headers = {"setevnt-signature": "c2ln", "setevnt-key-id": "0123456789abcdef"}
+    Spool(tmp_path).add(cmd, 1.0, 2.0, "", body=body, headers=headers, hold=Hold.SCHEDULED)
+    checked: list[tuple[bytes, object]] = []
+    again = Spool(tmp_path, check=lambda b, h: checked.append((b, h)))  # type: ignore[func-returns-value]
+    assert checked == [(body, headers)]  # what the signature covers, byte for byte
+    (entry,) = again.pending()
+    assert (entry.command, entry.hold) == (cmd, Hold.SCHEDULED)
+
+
+def test_the_check_on_load_sets_refused_entries_aside(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.add(command(1), 1.0, 1.0, "r")
+    spool.add(command(2), 1.0, 1.0, "r")
+    refuse_two = lambda body, headers: "forged" if b"cmd-2" in body else None  # noqa: E731
+    again = Spool(tmp_path, check=refuse_two)
+    assert [e.command_id for e in again.pending()] == ["cmd-1"]
+    assert [(r.entry.command_id, r.problem) for r in again.quarantined] == [("cmd-2", "forged")]
+    assert (tmp_path / "000000000002-cmd-2.cmd.bad").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX modes and owners")
+def test_the_spool_is_private_and_refused_when_others_could_write_it(tmp_path: Path) -> None:
+    directory = tmp_path / "state" / "spool"
+    spool = Spool(directory)
+    spool.add(command(1), 1.0, 1.0, "r")
+    (path,) = directory.iterdir()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    path.chmod(0o666)
+    with pytest.raises(UnsafeFile, match="writable by group or others"):
+        Spool(directory)
+    path.chmod(0o600)
+    directory.chmod(0o770)
+    with pytest.raises(UnsafeFile, match="writable by group or others"):
+        Spool(directory)
+    directory.chmod(0o700)
+    if os.geteuid() == 0:  # root can hand a file to another user
+        os.chown(path, 65534, 65534)
+        with pytest.raises(UnsafeFile, match="belongs to uid 65534"):
+            Spool(directory)
+        os.chown(path, 0, 0)
+    planted = directory / "000000000009-cmd-9.cmd"
+    planted.symlink_to(path)
+    with pytest.raises(UnsafeFile, match="symbolic link"):
+        Spool(directory)
