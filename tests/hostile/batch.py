@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tests.hostile.observe import Allowance, Snapshot, foreign_values, problems
+from tests.hostile.observe import NEW_NAMES, Allowance, Snapshot, foreign_values, problems
 from tests.hostile.site import REQUEST_DONE, Genuine, Sent, Site
 
 NOTHING = Allowance()
@@ -63,10 +63,15 @@ def judge(
     if not genuine.worked:
         found += site.why_stuck()
     told = tuple(notes()) if notes is not None else ()
-    foreign = foreign_values(before.series, after.series)
-    if foreign:  # within NEW_NAMES per label, or already among the problems
-        shown = "; ".join(f"{k}: {', '.join(sorted(v)[:3])}" for k, v in sorted(foreign.items()))
-        told += (f"new label values outside the closed sets: {shown[:600]}",)
+    # Allowed, but worth a look: a fixed name a fix added, or a value a peer chose.
+    allowed_names = {
+        key: values
+        for key, values in foreign_values(before.series, after.series).items()
+        if len(values) <= NEW_NAMES
+    }
+    if allowed_names:
+        shown = "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(allowed_names.items()))
+        told += (f"new label values outside the closed sets: {shown}",)
     return Batch(name, tuple(sent), before, after, genuine, allowed, tuple(found), told)
 
 
