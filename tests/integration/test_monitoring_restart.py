@@ -35,7 +35,7 @@ from tests.integration.monitoring import (
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 CLIENTS = 60
 RUN_SECONDS = "0.5"  # every latency just above half a second: one old bucket held them all
-RATE = "20/s"  # three seconds of publishing: reports while the storm runs
+RATE = "15/s"  # four seconds of publishing: reports while the storm runs
 STORM = {"component": "CCIM32", "event": "STARTCYCLE"}
 
 
