@@ -17,6 +17,8 @@ runs on the publisher's thread, between confirms and on its ticks: no locks.
 - A service that settles its storms' answers from the ledger (the request intake) ends a
   run once its last command is confirmed (``await_answers``): the window paces
   publishing, and nobody waits on the publisher's thread for the last answers.
+- What it published is reported to the service's collector as it goes
+  (:mod:`dispatcher.publish_reports`), through the same publisher, between commands.
 - In the fast lane (transient commands) a broker restart loses what sat in the queues:
   when the publisher reconnects, every command confirmed but not answered yet is sent
   again, with its id (an agent that already ran it answers from its journal).
@@ -34,6 +36,7 @@ from broker.publisher import Outcome, Outgoing
 from dispatcher.answers import Answers
 from dispatcher.api import command_message
 from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
+from dispatcher.publish_reports import PublishReports
 from schemas.codec import CommandEncoder
 
 
@@ -104,6 +107,7 @@ class StormFlow:
         feed: Answers,
         *,
         on_progress: Callable[[StormFlow], None] | None = None,
+        reports: PublishReports | None = None,
         flush_every: float = 0.25,
         progress_every: float = 0.5,
     ) -> None:
@@ -137,6 +141,7 @@ class StormFlow:
         self._deadlines: list[tuple[float, str]] = []
         self._writes = Writes()
         self._on_progress = on_progress
+        self._reports = reports
         self._flush_every = flush_every
         self._progress_every = progress_every
         self._next_flush = self._next_progress = time.monotonic()
@@ -152,9 +157,10 @@ class StormFlow:
 
     def take(self, room: int) -> list[Outgoing]:
         self._absorb()
-        batch: list[Outgoing] = []
+        batch = self._report()
         if self.state != "running":
             return batch
+        commands = len(batch)
         while self._queue and len(batch) < room:
             target = self._queue[0]
             if target.status != Status.PLANNED:
@@ -167,7 +173,7 @@ class StormFlow:
                 break
             self._queue.popleft()
             batch.append(self._issue(target))
-        if batch and self.publishing_at is None:
+        if len(batch) > commands and self.publishing_at is None:
             self.publishing_at = self._writes.publishing_at = time.time()
         return batch
 
@@ -187,7 +193,10 @@ class StormFlow:
             self._on_progress(self)
 
     def finished(self) -> bool:
-        """The publisher asks once nothing awaits a confirm: then only answers are awaited."""
+        """The publisher asks once nothing awaits a confirm: then only answers, and the
+        report of the last publishes, are awaited."""
+        if self._reports is not None and self._reports.owed():
+            return False
         if self.state != "running":
             return True
         return not self._queue and (self.window == 0 or not self.await_answers)
@@ -195,7 +204,13 @@ class StormFlow:
     # -- outcomes -----------------------------------------------------------------------
 
     def on_outcome(self, message: Outgoing, outcome: Outcome) -> None:
+        reports = self._reports
+        if reports is not None and reports.owns(message.key):
+            reports.settled(outcome)
+            return
         target = self._targets[message.key]
+        if outcome is not Outcome.SENT or not target.published:
+            self._count(outcome)  # a re-sent command counts once, as its first publish
         if outcome is not Outcome.SENT:
             self._leave(target)
             self._settle(target, outcome.value)
@@ -268,6 +283,18 @@ class StormFlow:
             self.halt("cancelled by an operator (setevnt-dispatcher cancel)", state="cancelled")
 
     # -- internals ----------------------------------------------------------------------
+
+    def _report(self) -> list[Outgoing]:
+        """The publish report that is due, if any: at once when nothing more will go."""
+        if self._reports is None:
+            return []
+        last = self.state != "running" or not self._queue
+        report = self._reports.take(last=last)
+        return [report] if report is not None else []
+
+    def _count(self, outcome: Outcome) -> None:
+        if self._reports is not None:
+            self._reports.count(outcome)
 
     def _issue(self, target: Target) -> Outgoing:
         if not target.offline:

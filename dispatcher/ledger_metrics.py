@@ -3,6 +3,8 @@
 Storms run in their own processes (``setevnt-dispatcher storm``) and write the shared
 ledger; the service reads it at scrape time, so the gauges are right whoever published.
 Each scrape opens its own read-only connection: SQLite connections are per thread.
+A storm ``running`` in the ledger whose process stopped heartbeating counts as
+``interrupted``, as ``status`` shows it: it waits for ``resume``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,24 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dispatcher.progress import STALE_AFTER
+
 STORM_STATES = ("running", "done", "halted", "cancelled", "failed", "interrupted")
 IN_FLIGHT = ("sent", "deferred", "pending-offline")
 RECENT = 15 * 60  # a finished storm's progress stays on the dashboard this long
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    by_state: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    last_started: float = 0.0  # when the newest storm was created; 0: none yet
 
 
 class LedgerMetrics(Collector):
@@ -36,30 +49,43 @@ class LedgerMetrics(Collector):
         in_flight = GaugeMetricFamily(
             "setevnt_commands_in_flight", "Commands sent and neither answered nor expired."
         )
-        by_state, by_status, flying = self._read(time.time())
-        for state in sorted(set(STORM_STATES) | set(by_state)):
-            storms.add_metric([state], by_state.get(state, 0))
-        for status, count in sorted(by_status.items()):
+        started = GaugeMetricFamily(
+            "setevnt_storm_last_started_timestamp_seconds",
+            "When the newest storm in the ledger was created (0: none yet); it changes "
+            "when a storm starts.",
+        )
+        reading = self._read(time.time())
+        for state in sorted(set(STORM_STATES) | set(reading.by_state)):
+            storms.add_metric([state], reading.by_state.get(state, 0))
+        for status, count in sorted(reading.by_status.items()):
             commands.add_metric([status], count)
-        in_flight.add_metric([], flying)
+        in_flight.add_metric([], reading.in_flight)
+        started.add_metric([], reading.last_started)
         yield storms
         yield commands
         yield in_flight
+        yield started
 
-    def _read(self, now: float) -> tuple[dict[str, int], dict[str, int], int]:
+    def _read(self, now: float) -> _Reading:
         try:
             db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=2)
         except sqlite3.Error:
-            return {}, {}, 0  # no ledger yet: nothing has been stormed
+            return _Reading()  # no ledger yet: nothing has been stormed
         with contextlib.closing(db):
             try:
                 return self._query(db, now)
             except sqlite3.Error:  # tables not created yet, or busy past the timeout
-                return {}, {}, 0
+                return _Reading()
 
     @staticmethod
-    def _query(db: sqlite3.Connection, now: float) -> tuple[dict[str, int], dict[str, int], int]:
-        by_state = dict(db.execute("SELECT state, count(*) FROM storms GROUP BY state"))
+    def _query(db: sqlite3.Connection, now: float) -> _Reading:
+        by_state = dict(
+            db.execute(
+                "SELECT CASE WHEN state = 'running' AND heartbeat_at < ? THEN 'interrupted' "
+                "ELSE state END, count(*) FROM storms GROUP BY 1",
+                (now - STALE_AFTER,),
+            )
+        )
         by_status = dict(
             db.execute(
                 "SELECT c.status, count(*) FROM commands c JOIN storms s USING (storm_id) "
@@ -72,4 +98,5 @@ class LedgerMetrics(Collector):
             f"SELECT count(*) FROM commands WHERE status IN ({placeholders}) AND expires_at > ?",
             (*IN_FLIGHT, now),
         ).fetchone()
-        return by_state, by_status, int(flying)
+        (last_started,) = db.execute("SELECT max(created_at) FROM storms").fetchone()
+        return _Reading(by_state, by_status, int(flying), float(last_started or 0.0))

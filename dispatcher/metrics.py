@@ -9,6 +9,7 @@ are never labels.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -16,28 +17,31 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from broker.publisher import Outcome
 from dispatcher.ledger_answers import Answered
 from schemas.catalog import DEFAULT_CATALOG, ComponentEvent
-from schemas.messages import PublishReport
+from schemas.messages import AckStatus, PublishReport, Reason, RefusalReason
 
 OTHER = "other"  # the label of any component or event this dispatcher does not know
 
 # Publish -> ack: tens of milliseconds on a quiet broker, minutes for a busy client.
+# Between 10 ms and 62 s neighbouring bounds differ by at most 20%, so a quantile that
+# Prometheus interpolates in a bucket is within 20% of the exact one wherever storms land.
+_FINE_STEPS = (1.0, 1.2, 1.4, 1.6, 1.9, 2.2, 2.6, 3.1, 3.7, 4.4, 5.2, 6.2, 7.4, 8.8)
 TRIGGER_BUCKETS = (
     0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
+    *(
+        round(step * decade, 4)
+        for decade in (0.01, 0.1, 1.0, 10.0)
+        for step in _FINE_STEPS
+        if step * decade <= 62
+    ),
+    120,
     300,
     900,
     3600,
+)
+# A signal may wait for a deferral: up to a day, where coarse buckets are enough.
+SIGNAL_BUCKETS = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+    *(7200, 14400, 28800, 86400),
 )
 RUN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 # Publish -> agent received: milliseconds when the client is online.
@@ -65,6 +69,18 @@ CONFIRM_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1
 
 
 PROBE_CLASSES = ("lock", "process", "marker", "command")
+FINAL_STATUSES = tuple(s.value for s in AckStatus if s.final)
+# Why the collector dropped a message: the codec's reasons and the collector's own.
+BAD_MESSAGE_REASONS = (
+    Reason.BAD_MSGPACK.value,
+    Reason.BAD_MESSAGE.value,
+    Reason.UNSUPPORTED_VERSION.value,
+    "unexpected-type",
+    "unhandled",
+)
+# Publish reports remembered to count each once: far more than arrive between two
+# redeliveries, and bounded whatever a publisher sends.
+REPORTS_REMEMBERED = 4096
 
 
 def probe_class(detail: str | None) -> str:
@@ -105,7 +121,7 @@ class DispatcherMetrics:
             "setevnt_signal_latency_seconds",
             "Command publish to the component being signalled, deferrals included.",
             ["component", "event"],
-            buckets=(*TRIGGER_BUCKETS, 7200, 14400, 28800, 86400),
+            buckets=SIGNAL_BUCKETS,
             registry=registry,
         )
         self.deferrals = Counter(
@@ -159,8 +175,6 @@ class DispatcherMetrics:
             ["role"],
             registry=registry,
         )
-        for role in ("collector", "publisher"):
-            self.reconnects.labels(role)  # export 0 before the first reconnect, not nothing
         self.bad_messages = Counter(
             "setevnt_collector_bad_messages_total",
             "Messages on the ack path that could not be decoded.",
@@ -187,11 +201,6 @@ class DispatcherMetrics:
             ["reason"],
             registry=registry,
         )
-        for reason in ("missing-user-id", "wrong-user-id", "unknown-command"):
-            self.dropped_acks.labels(reason)  # 0 until it happens, not an empty panel
-        for reason in ("missing-user-id", "wrong-user-id"):
-            self.dropped_heartbeats.labels(reason)
-        self.dropped_reports.labels("not-a-dispatcher")
         self.duplicates = Counter(
             "setevnt_duplicate_acks_total",
             "Final acks received again for a command already counted (redeliveries).",
@@ -214,8 +223,40 @@ class DispatcherMetrics:
             ["outcome", "reason"],
             registry=registry,
         )
+        self._reports_seen: OrderedDict[PublishReport, None] = OrderedDict()
+        self._zeroes()
+
+    def _zeroes(self) -> None:
+        """Every bounded counter series, at 0 from the start.
+
+        Prometheus counts no increase from a series' first sample: a series that appeared
+        with its first storm, at that storm's count, would hide the storm from every
+        ``increase`` and ``rate`` (and an alert on them) after each restart.
+        """
+        for component, event in sorted(self._events | {(OTHER, OTHER)}):
+            for result in Outcome:
+                self.published.labels(component, event, result.value)
+            for status in FINAL_STATUSES:
+                self.outcomes.labels(component, event, status)
+            for probe in (*PROBE_CLASSES, OTHER):
+                self.deferrals.labels(component, event, probe)
+            # The series the dashboard's quantiles and the latency alert read.
+            self.trigger_latency.labels(component, event, AckStatus.DONE.value)
+        for reason in Reason:
+            self.rejects.labels(reason.value)
+        for name in BAD_MESSAGE_REASONS:
+            self.bad_messages.labels(name)
+        for name in ("missing-user-id", "wrong-user-id", "unknown-command"):
+            self.dropped_acks.labels(name)
+        for name in ("missing-user-id", "wrong-user-id"):
+            self.dropped_heartbeats.labels(name)
+        self.dropped_reports.labels("not-a-dispatcher")
+        for role in ("collector", "publisher"):
+            self.reconnects.labels(role)
         for outcome in ("accepted", "replayed"):
-            self.requests.labels(outcome, "none")  # 0 before the first request
+            self.requests.labels(outcome, "none")
+        for refusal in RefusalReason:
+            self.requests.labels("refused", refusal.value)
 
     def labels(self, component: str | None, event: str | None) -> tuple[str, str]:
         if (component, event) in self._events:
@@ -264,6 +305,13 @@ class DispatcherMetrics:
         self.duplicates.inc(count)
 
     def publish_report(self, report: PublishReport) -> None:
+        """Counted once: the same report again (a redelivery, or a publisher's re-send
+        after a lost confirm) is the same publisher, time and counts."""
+        if report in self._reports_seen:
+            return
+        self._reports_seen[report] = None
+        if len(self._reports_seen) > REPORTS_REMEMBERED:
+            self._reports_seen.popitem(last=False)
         for count in report.counts:
             component, event = self.labels(count.component, count.event)
             self.published.labels(component, event, count.result).inc(count.count)

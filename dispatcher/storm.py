@@ -31,20 +31,19 @@ from typing import Any
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
-from broker.publisher import ConfirmingPublisher, Outgoing
+from broker.publisher import ConfirmingPublisher
 from broker.settings import BrokerSettings
 from dispatcher import keys
 from dispatcher.answers import Answers
-from dispatcher.api import default_requester
+from dispatcher.api import default_requester, report_message
 from dispatcher.durations import format_duration
 from dispatcher.durations import parse_duration as parse_duration  # where the CLI found it
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
 from dispatcher.ledger import RESUMABLE, CommandRecord, Ledger, LedgerWriter, Status, StormRecord
 from dispatcher.progress import STALE_AFTER
+from dispatcher.publish_reports import PublishReports
 from dispatcher.registry import Registry
 from schemas.catalog import ComponentEvent
-from schemas.codec import encode
-from schemas.messages import PublishCount, PublishReport
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +261,7 @@ def run(
             writer,
             answers,
             on_progress=on_progress,
+            reports=_reports(settings, storm),
         )
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
@@ -290,6 +290,16 @@ def warn_without_collector(settings: BrokerSettings) -> None:
             "after the delivery wait; their outcome reaches the ledger once it runs",
             topology.ACK_QUEUE,
         )
+
+
+def _reports(settings: BrokerSettings, storm: StormRecord) -> PublishReports:
+    """The storm's publishes, told to the service's collector as they go, for its metrics."""
+    return PublishReports(
+        settings.connection_name,
+        storm.component,
+        storm.event,
+        lambda report: report_message(report, settings),
+    )
 
 
 def _order(storm: StormRecord, options: StormOptions) -> Order:
@@ -323,7 +333,6 @@ def _publish(
             stamp=keys.command_stamp(),
         ) as publisher:
             publisher.stream(flow, flow.on_outcome)
-            _report(publisher, settings, storm, flow)
     except BrokerError as exc:
         # Unconfirmed commands stay planned: `resume` sends them (same ids).
         flow.flush()
@@ -331,40 +340,6 @@ def _publish(
         ledger.finish_storm(storm.storm_id, "failed", f"broker: {exc}", time.time())
         raise
     flow.conclude()
-
-
-def _report(
-    publisher: ConfirmingPublisher, settings: BrokerSettings, storm: StormRecord, flow: StormFlow
-) -> None:
-    """Tell the collector what was published, so its metrics count storms too."""
-    counts = {
-        "sent": flow.published,
-        "unroutable": flow.counts["unroutable"],
-        "nacked": flow.counts["nacked"],
-    }
-    report = PublishReport(
-        publisher=settings.connection_name,
-        published_at=time.time(),
-        counts=tuple(
-            PublishCount(storm.component, storm.event, result, n)
-            for result, n in counts.items()
-            if n
-        ),
-    )
-    if not report.counts:
-        return
-    message = Outgoing(
-        key=uuid.uuid4().hex,
-        exchange=topology.ACK_EXCHANGE,
-        routing_key=topology.report_routing_key(report.publisher),
-        body=encode(report),
-        message_type=report.WIRE_TYPE,
-        user_id=settings.username,  # the collector counts reports only from dispatchers
-    )
-    try:
-        publisher.publish([message])
-    except BrokerError as exc:  # the storm itself is done: only a metric would be missing
-        log.warning("storm %s: publish report not sent: %s", storm.storm_id, exc)
 
 
 def resumable(storm: StormRecord, now: float | None = None) -> str | None:

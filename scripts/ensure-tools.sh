@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Tools the test suite drives for real: Debian's prometheus (and promtool) for the
-# monitoring proof, chromium to render the HTML storm report. Installed when missing.
+# Tools the test suite drives for real: Debian's prometheus (and promtool) and
+# alertmanager (and amtool) for the monitoring proof, chromium to render the HTML storm
+# report. Installed when missing.
 set -euo pipefail
 
 say() { printf 'ensure-tools: %s\n' "$*" >&2; }
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v amtool >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -2,7 +2,9 @@
 
 Debian's prometheus scrapes a live `setevnt-dispatcher serve` and the broker's own
 rabbitmq_prometheus endpoint while real agents answer real commands; then each PromQL
-expression from deploy/ is evaluated through Prometheus' HTTP API.
+expression from deploy/ is evaluated through Prometheus' HTTP API. The dashboard is read
+as a Grafana would import it whose Prometheus has another name than the one deploy/
+provisions: every panel, annotation and variable must still find its datasource.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from tests.integration.fleet import Fleet
 from tests.integration.helpers import Process, records, start_agent, start_hold, wait_for
 from tests.integration.monitoring import (
     DEPLOY,
+    Imported,
     Prometheus,
     alert_expressions,
-    dashboard_expressions,
+    amtool,
+    dashboard,
     has_numbers,
+    label_values,
     promtool,
     write_config,
 )
@@ -36,6 +41,8 @@ def test_promtool_accepts_the_deployed_config_and_rules() -> None:
     rules = promtool("check", "rules", str(DEPLOY / "prometheus/alerts.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert "SUCCESS" in rules.stdout
+    routing = amtool("check-config", str(DEPLOY / "alertmanager/alertmanager.yml"))
+    assert routing.returncode == 0, routing.stdout + routing.stderr
 
 
 def _metrics_port(service: Process) -> int:
@@ -62,6 +69,7 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
     """A storm over a simulated fleet (some clients failing), a real agent whose
     distribution is running (its command is deferred, then released), a win9x agent
     refusing an NT-only event, an unknown client: every panel has something to show."""
+    imported = Imported(dashboard(), {"prometheus-of-another-site": "prometheus"})
     fleet = Fleet(amqp_url, tmp_path)
     agents: list[Process] = []
     prometheus: Prometheus | None = None
@@ -94,7 +102,9 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
             )
         _traffic(amqp_url)
         time.sleep(3)  # a few more scrapes after the last ack
-        dashboard = [(t, e, prometheus.query(e)) for t, e in dashboard_expressions()]
+        panels = [(t, e, prometheus.query(e)) for t, e in imported.panels]
+        marks = [(t, e, prometheus.query(e)) for t, e in imported.annotations]
+        choices = {name: label_values(prometheus, q) for name, q in imported.variable_queries}
         alerts = [(t, e, prometheus.query(e)) for t, e in alert_expressions()]
         refused = prometheus.query('sum(setevnt_requests_total{outcome="refused"})')
     finally:
@@ -104,14 +114,19 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
             agent.terminate()
         fleet.stop()
 
-    empty = [(t, e) for t, e, r in dashboard if r.get("status") != "success" or not has_numbers(r)]
+    empty = [(t, e) for t, e, r in panels if r.get("status") != "success" or not has_numbers(r)]
     invalid = [(t, e, r.get("error")) for t, e, r in alerts if r.get("status") != "success"]
-    with_data = len(dashboard) - len(empty)
+    bad_marks = [(t, e, r.get("error")) for t, e, r in marks if r.get("status") != "success"]
+    with_data = len(panels) - len(empty)
     print(
-        f"\nmonitoring proof: {len(dashboard)} dashboard expressions, {with_data} returned data; "
-        f"{len(alerts)} alert expressions, {len(alerts) - len(invalid)} valid and evaluated"
+        f"\nmonitoring proof: {len(panels)} dashboard expressions, {with_data} returned data; "
+        f"{len(marks)} annotations; {len(alerts)} alert expressions, "
+        f"{len(alerts) - len(invalid)} valid and evaluated"
     )
     assert not empty, f"dashboard queries without data: {empty}"
+    assert not bad_marks, f"annotation queries that failed: {bad_marks}"
     assert not invalid, f"alert expressions that failed: {invalid}"
+    assert {"CCIM32", "CQMGR32", "other"} <= set(choices["component"]), choices
+    assert {"STARTCYCLE", "CLOSE"} <= set(choices["event"]), choices
     refusals = [float(series["value"][1]) for series in refused["data"]["result"]]
     assert refusals and refusals[0] >= 1, f"the refused request is not counted: {refused}"
