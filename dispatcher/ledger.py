@@ -19,12 +19,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher import db, ledger_answers
+from dispatcher import db, ledger_answers, ledger_results
 from dispatcher.ledger_answers import Answered, Recorded
+from dispatcher.ledger_results import ClientResult, ReasonCount
 from dispatcher.ledger_rows import (
     ACK_FINAL,
     ERRORS,
@@ -49,9 +50,11 @@ __all__ = [
     "Answer",
     "AnswerRow",
     "Answered",
+    "ClientResult",
     "CommandRecord",
     "Ledger",
     "LedgerWriter",
+    "ReasonCount",
     "Recorded",
     "Status",
     "StormFigures",
@@ -285,6 +288,22 @@ class Ledger:
             (storm_id,),
         )
         return [CommandRecord(*row) for row in rows]
+
+    def results(
+        self,
+        storm_id: str,
+        now: float,
+        statuses: Collection[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[ClientResult]:
+        """What each client answered: see :mod:`dispatcher.ledger_results`."""
+        return ledger_results.of_storm(self._db, storm_id, now, statuses, limit)
+
+    def result(self, command_id: str, now: float) -> ClientResult | None:
+        return ledger_results.of_command(self._db, command_id, now)
+
+    def reasons(self, storm_id: str, now: float, statuses: Collection[str]) -> list[ReasonCount]:
+        return ledger_results.reasons(self._db, storm_id, now, statuses)
 
     def figures(self, storm_id: str) -> StormFigures:
         counts = dict(
