@@ -32,6 +32,7 @@ from dispatcher.ledger_rows import (
     PENDING,
     RESUMABLE,
     SETTLED,
+    STALE_AFTER,
     Answer,
     AnswerRow,
     CommandRecord,
@@ -331,17 +332,19 @@ class Ledger:
         return StormFigures(counts, int(published), latencies, first, last, acked)
 
     def prune(self, before: float, now: float, *, dry_run: bool = False) -> Pruned:
-        """Forget storms that finished before ``before`` and their commands, and commands
+        """Forget storms that ended before ``before`` and their commands, and commands
         of no storm that expired (or were answered) before it; ``dry_run``: only count.
 
-        Kept however old: a running or interrupted storm (it can still be resumed), one
-        with a command that has not expired (its answer may still come, a fast-lane one
-        may still be re-sent) and one that an unexpired request key names (a replay must
-        find it).
+        A storm whose process died without ending it (``interrupted`` in ``status``) ended
+        with its last heartbeat. Kept however old: a storm still running (its heartbeat is
+        fresh), one with a command that has not expired (its answer may still come, a
+        fast-lane one may still be re-sent) and one that an unexpired request key names (a
+        replay must find it).
         """
         old_storms = (
-            "SELECT storm_id FROM storms s WHERE state NOT IN ('running', 'interrupted') "
-            "AND finished_at < :before "
+            "SELECT storm_id FROM storms s WHERE CASE WHEN state = 'running' "
+            "THEN heartbeat_at < min(:before, :stale) "
+            "ELSE coalesce(finished_at, heartbeat_at) < :before END "
             "AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.storm_id = s.storm_id "
             "AND c.expires_at > :now)"
         )
@@ -355,7 +358,7 @@ class Ledger:
             "coalesce(expires_at, acked_at, issued_at) < :before AND (storm_id IS NULL "
             "OR storm_id NOT IN (SELECT storm_id FROM storms))"
         )
-        params = {"before": before, "now": now}
+        params = {"before": before, "now": now, "stale": now - STALE_AFTER}
         with db.transaction(self._db):
             storms = self._count("storms", f"storm_id IN ({old_storms})", params)
             commands = self._count("commands", f"storm_id IN ({old_storms})", params)
