@@ -10,6 +10,7 @@ setevnt-dispatcher cancel STORM_ID
 setevnt-dispatcher status [STORM_ID | COMMAND_ID] [--json] [--once]
 setevnt-dispatcher results STORM_ID|COMMAND_ID [--status S,S] [--json]   (dispatcher.results)
 setevnt-dispatcher report STORM_ID [--out report.html]
+setevnt-dispatcher dead [--limit N] [--json]                             (dispatcher.dead)
 setevnt-dispatcher prune --older-than DURATION [--dry-run]
 """
 
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
-from dispatcher import progress, report, results, targets
+from dispatcher import dead, progress, report, results, targets
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
@@ -39,7 +40,7 @@ from schemas.catalog import DEFAULT_CATALOG
 from schemas.syntax import resolve_event
 
 T = TypeVar("T")
-COMMANDS = ("clients", "storm", "resume", "cancel", "status", "results", "report", "prune")
+COMMANDS = ("clients", "storm", "resume", "cancel", "status", "results", "report", "dead", "prune")
 
 
 def _typed(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -99,6 +100,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     status.add_argument("--json", action="store_true")
     status.add_argument("--once", action="store_true", help="no live progress bar")
     results.add_command(sub, store)
+    dead.add_command(sub, store)
     report_cmd = sub.add_parser("report", parents=[store], help="a storm as an HTML page")
     report_cmd.add_argument("storm_id", metavar="STORM_ID")
     report_cmd.add_argument("--out", default="report.html", help="default: report.html")
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         "status": _status,
         "results": results.run,
         "report": _report,
+        "dead": dead.run,
         "prune": _prune,
     }[args.command]
     return handler(args)

@@ -88,6 +88,8 @@ def test_a_storm_that_never_reached_the_broker_fails_and_can_be_pruned(
         (["results", "storm-x", "--status", "failed,nope"], "'nope' is not a status"),
         (["results", "storm-x", "--status", ","], "give at least one status"),
         (["storm", "--retry-from", "storm-x", "--status", "done,later"], "'later' is not a"),
+        (["dead", "--limit", "0"], "'0': a count from 1 to 10000"),
+        (["dead", "--limit", "lots"], "'lots': a count from 1 to 10000"),
     ],
 )
 def test_a_bad_status_or_limit_says_why(
