@@ -140,6 +140,7 @@ class Session:
         persistent: bool = True,
         user_id: str | None = None,
         correlation_id: str | None = None,
+        headers: dict[str, object] | None = None,
     ) -> None:
         """Publish and wait for the broker's confirm (raises a BrokerError if refused).
 
@@ -154,6 +155,7 @@ class Session:
             app_id=self._settings.connection_name,
             user_id=user_id if user_id is not None else self._settings.username,
             correlation_id=correlation_id,
+            headers=headers,
         )
         with translate_errors(f"publishing to {exchange or 'default exchange'}"):
             self._publish_channel.basic_publish(exchange, routing_key, body, properties)

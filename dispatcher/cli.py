@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Sequence
 
 from broker.errors import BrokerError
-from dispatcher import targets
+from dispatcher import results, tables, targets
 from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
 from dispatcher.db import DbSettings
 from dispatcher.logs import configure
@@ -107,6 +108,9 @@ def _row(receipt: Receipt, answer: Answer | None, waited: bool) -> dict[str, obj
         "status": receipt.status,
         "latency_s": None,
         "detail": "" if receipt.sent else receipt.explanation,
+        "reason": None,
+        "exit_code": None,
+        "exit_code_hex": None,
     }
     if receipt.sent and waited:
         if answer is None:
@@ -117,18 +121,37 @@ def _row(receipt: Receipt, answer: Answer | None, waited: bool) -> dict[str, obj
             row["status"] = ack.status if ack.final else "timeout"
             row["latency_s"] = round(answer.latency, 4) if answer.latency is not None else None
             row["detail"] = " ".join(p for p in (ack.reason, ack.detail) if p) + interim
+            row["reason"], row["exit_code"] = ack.reason, ack.exit_code
+            row["exit_code_hex"] = results.ntstatus_hex(ack.exit_code)
     return row
 
 
 def _print_table(rows: list[dict[str, object]]) -> None:
-    print(f"{'CLIENT':<20} {'EVENT':<22} {'STATUS':<11} {'LATENCY':>9}  DETAIL")
-    for row in rows:
-        latency = row["latency_s"]
-        shown = f"{latency * 1000:.1f} ms" if isinstance(latency, float) else "-"
-        print(
-            f"{row['client']!s:<20} {row['event']!s:<22} {row['status']!s:<11} {shown:>9}  "
-            f"{row['detail']}"
+    """One line per command, then how many ended how ("3 done, 1 failed of 4")."""
+    headers = ("CLIENT", "EVENT", "COMMAND", "STATUS", "LATENCY", "DETAIL")
+    cells = [
+        (
+            str(row["client"]),
+            str(row["event"]),
+            str(row["command_id"]),
+            str(row["status"]),
+            _latency(row["latency_s"]),
+            tables.one_line(_detail(row), 200),
         )
+        for row in rows
+    ]
+    lines = tables.layout(headers, cells, tables.terminal_width(sys.stdout))
+    tables.write([*lines, results.summary(Counter(str(row["status"]) for row in rows))])
+
+
+def _latency(latency: object) -> str:
+    return f"{latency * 1000:.1f} ms" if isinstance(latency, float) else "-"
+
+
+def _detail(row: dict[str, object]) -> str:
+    code = row["exit_code"]
+    exit_code = f" (exit code {results.exit_code_text(code)})" if isinstance(code, int) else ""
+    return f"{row['detail']}{exit_code}"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Runs inside ``setevnt-dispatcher serve`` on a thread of its own, supervised like the
 collector. For each request, on the intake's thread: decide (:class:`dispatcher.requests.
 Desk`), reply ``accepted`` or ``refused`` to the request's ``reply_to`` at once, then ack
-it, or reject it without requeue so the queue dead-letters it to ``setevnt.dead``;
+it; a refused one goes to ``setevnt.dead`` with its reason (:mod:`dispatcher.dead`);
 whatever a delivery holds, the consumer goes on. An accepted request's storm waits for a
 worker thread (:class:`dispatcher.fair_queue.FairQueue`: round-robin across requesters,
 at most ``max_running`` of one requester's at once), which publishes it and is free
@@ -39,6 +39,7 @@ from broker.settings import BrokerSettings
 from broker.supervisor import supervise
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
+from dispatcher.dead import dead_letter_refused
 from dispatcher.fair_queue import FairQueue
 from dispatcher.flow import StormFlow
 from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
@@ -60,6 +61,8 @@ SUSPENDED = "the dispatcher service stopped; the next one resumes it"
 # A summary goes to at most this many askers (a request and its replays): replays spend no
 # quota, so without a bound they could grow memory and the owed table without end.
 MAX_RECIPIENTS = 16
+BAD_REPLY_TO = "reply_to must be direct reply-to or a server-named (amq.gen-) queue"
+UNEXPECTED = "the dispatcher failed on it, see its log"
 
 
 class IntakeHooks(Protocol):
@@ -157,17 +160,20 @@ class Intake:
     def _on_request(self, session: Session, incoming: Incoming) -> None:
         """Decide, reply, settle: nothing a delivery holds stops the consumer."""
         try:
-            dead_letter = self._handle(session, incoming)
+            refused = self._handle(session, incoming)
         except BrokerError:
             raise  # the session's own trouble: the supervisor reconnects, the broker redelivers
         except Exception:
             log.exception("request from %r: unexpected error; dead-lettered", incoming.user_id)
             self._hooks.request_handled("refused", RefusalReason.UNAVAILABLE.value)
-            dead_letter = True
-        session.settle(incoming.delivery_tag, dead_letter=dead_letter)
+            refused = RequestRefused(RefusalReason.UNAVAILABLE, UNEXPECTED)
+        if refused is None:
+            session.settle(incoming.delivery_tag)
+        else:
+            dead_letter_refused(session, incoming, refused)
 
-    def _handle(self, session: Session, incoming: Incoming) -> bool:
-        """Reply to the request; True when it was refused (to be dead-lettered)."""
+    def _handle(self, session: Session, incoming: Incoming) -> RequestRefused | None:
+        """Reply to the request; why it was refused (to be dead-lettered), if it was."""
         reply_to = incoming.reply_to
         # pika hands over a property that is not UTF-8 as bytes.
         if reply_to is not None and not (
@@ -175,7 +181,7 @@ class Intake:
         ):
             log.warning("request from %r: reply_to %r refused", incoming.user_id, reply_to)
             self._hooks.request_handled("refused", RefusalReason.BAD_REPLY_TO.value)
-            return True
+            return RequestRefused(RefusalReason.BAD_REPLY_TO, BAD_REPLY_TO)
         correlation_id = incoming.correlation_id
         recipient = None
         if reply_to:
@@ -194,10 +200,10 @@ class Intake:
             )
             self._reply(session, recipient, reply)
             self._hooks.request_handled("refused", refused.reason.value)
-            return True
+            return refused
         assert incoming.user_id is not None  # the desk accepts only requests that have one
         self._accepted(session, recipient, accepted, incoming.user_id)
-        return False
+        return None
 
     def _decide(self, incoming: Incoming) -> Accepted:
         assert self._desk is not None

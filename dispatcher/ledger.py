@@ -19,18 +19,20 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatcher import db, ledger_answers
+from dispatcher import db, ledger_answers, ledger_results
 from dispatcher.ledger_answers import Answered, Recorded
+from dispatcher.ledger_results import ClientResult, ReasonCount
 from dispatcher.ledger_rows import (
     ACK_FINAL,
     ERRORS,
     PENDING,
     RESUMABLE,
     SETTLED,
+    STALE_AFTER,
     Answer,
     AnswerRow,
     CommandRecord,
@@ -49,9 +51,11 @@ __all__ = [
     "Answer",
     "AnswerRow",
     "Answered",
+    "ClientResult",
     "CommandRecord",
     "Ledger",
     "LedgerWriter",
+    "ReasonCount",
     "Recorded",
     "Status",
     "StormFigures",
@@ -286,6 +290,22 @@ class Ledger:
         )
         return [CommandRecord(*row) for row in rows]
 
+    def results(
+        self,
+        storm_id: str,
+        now: float,
+        statuses: Collection[str] | None = None,
+        limit: int | None = None,
+    ) -> Iterator[ClientResult]:
+        """What each client answered: see :mod:`dispatcher.ledger_results`."""
+        return ledger_results.of_storm(self._db, storm_id, now, statuses, limit)
+
+    def result(self, command_id: str, now: float) -> ClientResult | None:
+        return ledger_results.of_command(self._db, command_id, now)
+
+    def reasons(self, storm_id: str, now: float, statuses: Collection[str]) -> list[ReasonCount]:
+        return ledger_results.reasons(self._db, storm_id, now, statuses)
+
     def figures(self, storm_id: str) -> StormFigures:
         counts = dict(
             self._db.execute(
@@ -312,17 +332,19 @@ class Ledger:
         return StormFigures(counts, int(published), latencies, first, last, acked)
 
     def prune(self, before: float, now: float, *, dry_run: bool = False) -> Pruned:
-        """Forget storms that finished before ``before`` and their commands, and commands
+        """Forget storms that ended before ``before`` and their commands, and commands
         of no storm that expired (or were answered) before it; ``dry_run``: only count.
 
-        Kept however old: a running or interrupted storm (it can still be resumed), one
-        with a command that has not expired (its answer may still come, a fast-lane one
-        may still be re-sent) and one that an unexpired request key names (a replay must
-        find it).
+        A storm whose process died without ending it (``interrupted`` in ``status``) ended
+        with its last heartbeat. Kept however old: a storm still running (its heartbeat is
+        fresh), one with a command that has not expired (its answer may still come, a
+        fast-lane one may still be re-sent) and one that an unexpired request key names (a
+        replay must find it).
         """
         old_storms = (
-            "SELECT storm_id FROM storms s WHERE state NOT IN ('running', 'interrupted') "
-            "AND finished_at < :before "
+            "SELECT storm_id FROM storms s WHERE CASE WHEN state = 'running' "
+            "THEN heartbeat_at < min(:before, :stale) "
+            "ELSE coalesce(finished_at, heartbeat_at) < :before END "
             "AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.storm_id = s.storm_id "
             "AND c.expires_at > :now)"
         )
@@ -336,7 +358,7 @@ class Ledger:
             "coalesce(expires_at, acked_at, issued_at) < :before AND (storm_id IS NULL "
             "OR storm_id NOT IN (SELECT storm_id FROM storms))"
         )
-        params = {"before": before, "now": now}
+        params = {"before": before, "now": now, "stale": now - STALE_AFTER}
         with db.transaction(self._db):
             storms = self._count("storms", f"storm_id IN ({old_storms})", params)
             commands = self._count("commands", f"storm_id IN ({old_storms})", params)

@@ -33,6 +33,8 @@ ACK_FINAL = frozenset({"done", "failed", "rejected", "expired", "coalesced"})
 PENDING = frozenset({Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE})
 ERRORS = frozenset({"failed", "rejected", "expired", "unroutable", "nacked"})
 SETTLED = ACK_FINAL | {"unroutable", "nacked", "cancelled"}
+# A running storm's heartbeat older than this means its process is gone.
+STALE_AFTER = 10.0
 # Storm states that end a run but not the storm: `resume` (or, for a request storm, the
 # next service) sends what is still planned.
 RESUMABLE = frozenset({"failed", "interrupted"})

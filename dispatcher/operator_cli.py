@@ -1,13 +1,16 @@
 """The operator's fleet commands of ``setevnt-dispatcher``: clients, storms, status.
 
 setevnt-dispatcher clients [--group G] [--offline] [--drifted] [--json]
-setevnt-dispatcher storm COMPONENT_EVENT (--all | --group G | --client ID | --clients-file F)
+setevnt-dispatcher storm COMPONENT_EVENT (--all | --group G | --client ID | --clients-file F
+                   | --retry-from STORM_ID [--status S,S])
                    [--rate N/s] [--max-in-flight N|P%] [--max-errors N|P%]
                    [--spread DURATION] [--ttl DURATION] [--delivery-wait DURATION] [--json]
 setevnt-dispatcher resume STORM_ID
 setevnt-dispatcher cancel STORM_ID
 setevnt-dispatcher status [STORM_ID | COMMAND_ID] [--json] [--once]
+setevnt-dispatcher results STORM_ID|COMMAND_ID [--status S,S] [--json]   (dispatcher.results)
 setevnt-dispatcher report STORM_ID [--out report.html]
+setevnt-dispatcher dead [--limit N] [--json]                             (dispatcher.dead)
 setevnt-dispatcher prune --older-than DURATION [--dry-run]
 """
 
@@ -24,8 +27,9 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TypeVar
 
+from broker.errors import BrokerError
 from broker.settings import BrokerSettings
-from dispatcher import progress, report, targets
+from dispatcher import dead, progress, report, results, targets
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
@@ -36,7 +40,7 @@ from schemas.catalog import DEFAULT_CATALOG
 from schemas.syntax import resolve_event
 
 T = TypeVar("T")
-COMMANDS = ("clients", "storm", "resume", "cancel", "status", "report", "prune")
+COMMANDS = ("clients", "storm", "resume", "cancel", "status", "results", "report", "dead", "prune")
 
 
 def _typed(parse: Callable[[str], T]) -> Callable[[str], T]:
@@ -78,8 +82,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     clients.add_argument("--json", action="store_true", help="one JSON object per line")
     storm = sub.add_parser("storm", parents=[store], help="fire one event at many clients")
-    storm.add_argument("event", metavar="COMPONENT_EVENT")
+    storm.add_argument(
+        "event", nargs="?", metavar="COMPONENT_EVENT", help="default with --retry-from: its event"
+    )
     targets.add_arguments(storm)
+    results.add_retry_arguments(storm)
     _storm_options(storm)
     resume = sub.add_parser(
         "resume", parents=[store], help="send what an interrupted storm did not"
@@ -92,6 +99,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     status.add_argument("id", nargs="?", metavar="STORM_ID|COMMAND_ID")
     status.add_argument("--json", action="store_true")
     status.add_argument("--once", action="store_true", help="no live progress bar")
+    results.add_command(sub, store)
+    dead.add_command(sub, store)
     report_cmd = sub.add_parser("report", parents=[store], help="a storm as an HTML page")
     report_cmd.add_argument("storm_id", metavar="STORM_ID")
     report_cmd.add_argument("--out", default="report.html", help="default: report.html")
@@ -155,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
         "resume": _resume,
         "cancel": _cancel,
         "status": _status,
+        "results": results.run,
         "report": _report,
+        "dead": dead.run,
         "prune": _prune,
     }[args.command]
     return handler(args)
@@ -223,9 +234,9 @@ def _storm(args: argparse.Namespace) -> int:
         force=args.force,
         fast=args.fast,
     )
-    event = resolve_event(args.event, DEFAULT_CATALOG)
     database = DbSettings.from_env(args.db)
-    ids = targets.from_command_line(args, database)  # before the ledger may create the file
+    name, ids = results.storm_targets(args, database)  # before the ledger may create it
+    event = resolve_event(name, DEFAULT_CATALOG)
     with _stores(database, args.offline_after) as (registry, ledger):
         storm = storms.plan(ledger, event, ids, options)
         print(f"storm {storm.storm_id}: {event.name} on {len(ids)} client(s)", file=sys.stderr)
@@ -256,21 +267,33 @@ def _drive(
         for flow in flows:  # stop on the publisher's thread, at its next tick
             flow.stop_requested = f"stopped by {signal.Signals(signum).name}"
 
-    storms.warn_without_collector(settings)
-    with _signals(on_signal):
-        flow = storms.run(
-            settings,
-            ledger,
-            registry,
-            storm,
-            on_progress=lambda flow: display.show(_live(storm, flow)),
-            on_flow=flows.append,
-        )
+    try:
+        storms.warn_without_collector(settings)
+        with _signals(on_signal):
+            flow = storms.run(
+                settings,
+                ledger,
+                registry,
+                storm,
+                on_progress=lambda flow: display.show(_live(storm, flow)),
+                on_flow=flows.append,
+            )
+    except BrokerError as exc:
+        _fail_if_running(ledger, storm.storm_id, f"broker: {exc}")
+        raise
     display.show(_live(storm, flow), final=True)
     display.done()
     view = _view(ledger, storm.storm_id)
-    _print_view(view, args.json)
+    progress.print_view(view, args.json)
     return 0 if view.state == "done" and view.failed == 0 else 1
+
+
+def _fail_if_running(ledger: Ledger, storm_id: str, reason: str) -> None:
+    """A storm whose dispatcher could not reach the broker ends ``failed``: left running,
+    it would show ``interrupted`` for ever; failed, it can be resumed or pruned."""
+    current = ledger.storm(storm_id)
+    if current is not None and current.state == "running":
+        ledger.finish_storm(storm_id, "failed", reason[:1024], time.time())
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -305,8 +328,8 @@ def _status(args: argparse.Namespace) -> int:
         if ledger.storm(args.id) is None:
             return _command_status(ledger, args)
         if not (args.json or args.once) and sys.stdout.isatty():
-            _watch(ledger, args.id)
-        _print_view(_view(ledger, args.id), args.json)
+            progress.watch(lambda: _view(ledger, args.id))
+        progress.print_view(_view(ledger, args.id), args.json)
     return 0
 
 
@@ -343,21 +366,6 @@ def _command_status(ledger: Ledger, args: argparse.Namespace) -> int:
     else:
         print("\n".join(progress.command_lines(command)))
     return 0
-
-
-def _watch(ledger: Ledger, storm_id: str) -> None:
-    display = progress.Display(sys.stdout, tty=True)
-    try:
-        while True:
-            view = _view(ledger, storm_id)
-            display.show(view)
-            if view.state != "running":
-                break
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        display.done()
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -400,11 +408,5 @@ def _live(storm: StormRecord, flow: StormFlow) -> progress.StormView:
         counts=flow.counts,
         published=flow.published,
         created_at=storm.created_at,
+        observed_at=time.time(),
     )
-
-
-def _print_view(view: progress.StormView, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(view.as_json(), sort_keys=True))
-    else:
-        print("\n".join(progress.lines(view)))

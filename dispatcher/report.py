@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from dispatcher import progress
-from dispatcher.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher import progress, results
+from dispatcher.ledger import ERRORS, ClientResult, CommandRecord, Ledger, ReasonCount, StormRecord
 from dispatcher.report_charts import (
     histogram_svg,
     latency_text,
@@ -28,6 +28,9 @@ from dispatcher.report_charts import (
 )
 
 PERCENTILES = (50, 95, 99)
+FAILED_SHOWN = 100  # clients listed with their reasons; `results` lists them all
+DETAIL_SHOWN = 300
+OUTPUT_SHOWN = 300  # the last characters of a client's output
 
 STATUS_MEANINGS = {
     "done": "the client ran the event and reported success",
@@ -42,6 +45,22 @@ STATUS_MEANINGS = {
     "nacked": "the broker refused to take it",
     "cancelled": "never sent: the storm was cancelled or halted first",
     "planned": "not sent yet",
+}
+REASON_MEANINGS = {
+    "bad-msgpack": "the agent could not decode the command's bytes",
+    "bad-message": "the command was not a valid setevnt command",
+    "unsupported-version": "the command's wire version is newer than the agent",
+    "wrong-client": "the command was addressed to another client",
+    "expired": "its time to live ran out before the client ran it",
+    "unknown-component": "the client does not know this component or event",
+    "wrong-platform": "the component does not run on the client's platform",
+    "not-permitted": "the agent does not allow it (e.g. forced commands)",
+    "signal-failed": "the component was signalled and reported an error",
+    "signal-timeout": "the component did not finish in time",
+    "busy": "a software distribution was running on the client",
+    "coalesced": "the client ran the same event for an earlier command",
+    "bad-signature": "the command's signature did not verify against the agent's key",
+    "clock-skew": "the client's clock is too far behind the dispatcher's",
 }
 STATE_MEANINGS = {
     "running": "still sending commands or waiting for answers",
@@ -71,6 +90,8 @@ table { border-collapse: collapse; margin: 8px 0; }
 th, td { text-align: left; padding: 3px 14px 3px 0; border-bottom: 1px solid #e2e2e2;
   vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.out code { display: block; white-space: pre-wrap; word-break: break-all; max-width: 36ch; }
+td.detail { max-width: 40ch; overflow-wrap: anywhere; }
 .swatch { display: inline-block; width: 12px; height: 12px; margin-right: 6px;
   border: 1px solid #333333; vertical-align: -1px; }
 .numbers { display: grid; grid-template-columns: repeat(auto-fit, minmax(96px, 1fr));
@@ -101,6 +122,12 @@ class StormData:
     view: progress.StormView  # counts, latencies and the state as `status` shows them
     commands: Sequence[CommandRecord]
     generated_at: float
+    reasons: Sequence[ReasonCount] = ()  # the failures by status and reason
+    failures: Sequence[ClientResult] = ()  # the first FAILED_SHOWN failed clients
+
+    @property
+    def failed(self) -> int:
+        return sum(r.commands for r in self.reasons)
 
 
 def collect(ledger: Ledger, storm_id: str, now: float | None = None) -> StormData:
@@ -109,7 +136,14 @@ def collect(ledger: Ledger, storm_id: str, now: float | None = None) -> StormDat
         raise ValueError(f"no storm {storm_id} in {ledger.settings.path}")
     now = time.time() if now is None else now
     view = progress.from_ledger(storm, ledger.figures(storm_id), now)
-    return StormData(storm, view, ledger.storm_commands(storm_id), now)
+    return StormData(
+        storm,
+        view,
+        ledger.storm_commands(storm_id),
+        now,
+        reasons=ledger.reasons(storm_id, now, ERRORS),
+        failures=list(ledger.results(storm_id, now, ERRORS, limit=FAILED_SHOWN)),
+    )
 
 
 def render(data: StormData) -> str:
@@ -120,8 +154,10 @@ def render(data: StormData) -> str:
         _header(data, title),
         _glance(view),
         _outcomes(view),
+        _reasons(data),
         _latency(view),
         _timeline(data),
+        _failed(data),
         _facts(data),
         _footer(data),
     ]
@@ -233,6 +269,77 @@ def _outcomes(view: progress.StormView) -> str:
         f"<tbody>{rows}</tbody><tfoot><tr><th>All targets</th>"
         f'<td class="num">{view.targets}</td><td></td><td></td></tr></tfoot></table></section>'
     )
+
+
+def _reasons(data: StormData) -> str:
+    intro = (
+        "<section><h2>Why commands failed</h2><p>The failed, rejected, expired, unroutable "
+        "and nacked commands, counted by the reason their client (or the broker) gave; a "
+        "command still pending past its expiry counts as expired.</p>"
+    )
+    if not data.reasons:
+        return intro + '<p class="empty">No command failed.</p></section>'
+    rows = "".join(
+        f"<tr><td>{_reason_cell(r.status, r.reason)}</td><td>{_e(r.status)}</td>"
+        f'<td class="num">{r.commands}</td>'
+        f'<td class="num">{100 * r.commands / max(1, data.view.targets):.1f}%</td>'
+        f'<td class="detail">{_e(_cut(r.example, DETAIL_SHOWN))}</td></tr>'
+        for r in data.reasons
+    )
+    return (
+        f'{intro}<table class="reasons"><thead><tr><th>Reason</th><th>Status</th>'
+        '<th class="num">Commands</th><th class="num">Share of targets</th>'
+        f"<th>One of their details</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _reason_cell(status: str, reason: str | None) -> str:
+    if reason is None:
+        return "no answer" if status == "expired" else "-"
+    meaning = REASON_MEANINGS.get(reason)
+    return f"<code>{_e(reason)}</code>" + (f": {_e(meaning)}" if meaning else "")
+
+
+def _failed(data: StormData) -> str:
+    if not data.failures:
+        return ""
+    shown, total = len(data.failures), data.failed
+    listed = f"All {total}" if shown >= total else f"The first {shown} of {total}"
+    rows = "".join(
+        f"<tr><td>{_e(f.client_id)}</td><td>{_e(f.status)}</td><td>{_e(f.reason or '-')}</td>"
+        f'<td class="num">{_e(results.exit_code_text(f.exit_code))}</td>'
+        f'<td class="num">{latency_text(f.latency)}</td>'
+        f'<td class="detail">{_e(_cut(results.why(f), DETAIL_SHOWN))}</td>'
+        f'<td class="out"><code>{_e(_tail(f.output, OUTPUT_SHOWN))}</code></td></tr>'
+        for f in data.failures
+    )
+    statuses = ",".join(sorted(ERRORS))
+    command = f"setevnt-dispatcher results {data.storm.storm_id} --status {statuses}"
+    return (
+        f"<section><h2>Failed clients</h2><p>{listed}, by client id; "
+        f"<code>{_e(command)}</code> lists every one, with the whole detail and output.</p>"
+        '<table class="failed"><thead><tr><th>Client</th><th>Status</th><th>Reason</th>'
+        '<th class="num">Exit code</th><th class="num">Latency</th><th>Detail</th>'
+        f"<th>Output (its end)</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _cut(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    return _printable(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _tail(text: str | None, limit: int) -> str:
+    if not text:
+        return ""
+    return _printable(text if len(text) <= limit else "..." + text[-(limit - 3) :])
+
+
+def _printable(text: str) -> str:
+    """Control and direction-changing characters as "?": an agent's text must not reorder
+    or hide what the page shows around it."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
 
 
 def _latency(view: progress.StormView) -> str:

@@ -111,6 +111,14 @@ def ledger_numbers(db: Path, storm_id: str) -> tuple[Counter[str], list[float]]:
     return counts, sorted(latency for _, latency in rows if latency is not None)
 
 
+def failed_clients(db: Path, storm_id: str) -> list[str]:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        rows = conn.execute(
+            "SELECT client_id FROM commands WHERE storm_id = ? AND status = 'failed'", (storm_id,)
+        )
+        return [client for (client,) in rows]
+
+
 def test_report_of_a_real_storm_renders_cleanly(
     fleet: Fleet, chromium: Path, tmp_path: Path
 ) -> None:
@@ -131,6 +139,15 @@ def test_report_of_a_real_storm_renders_cleanly(
     assert counts["done"] > 0 and counts["failed"] > 0, counts  # both colours on the chart
     for status, count in counts.items():
         assert f'{status}</td><td class="num">{count}</td>' in html, status
+    # Why they failed, and who: the simulated component's failure, client by client.
+    assert (
+        "<tr><td><code>signal-failed</code>: the component was signalled and reported an "
+        f'error</td><td>failed</td><td class="num">{counts["failed"]}</td>'
+    ) in html
+    assert f"<p>All {counts['failed']}, by client id;" in html
+    for client in failed_clients(fleet.db, storm_id):
+        assert f"<tr><td>{client}</td><td>failed</td><td>signal-failed</td>" in html, client
+    assert html.count("simulated CCIM32 failure") == counts["failed"] + 1  # + the example
     for p in (50, 95, 99):
         expected = latencies[max(0, math.ceil(p / 100 * len(latencies)) - 1)]
         assert f"<span>latency p{p}</span><b>{latency_text(expected)}</b>" in html

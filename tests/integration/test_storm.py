@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import sqlite3
 import time
@@ -133,10 +134,40 @@ def test_cancel_stops_publishing(fleet: Fleet, tmp_path: Path) -> None:
     status = fleet.status(storm_id)
     assert status["state"] == "cancelled" and "cancel" in status["reason"]
     assert status["cancelled"] > 40 and status["published"] + status["cancelled"] == 100
+    assert status["rate_per_second"] is None and status["eta_s"] is None
+    # Its last progress line counts the cancelled commands apart from those it published.
+    last = [line for line in storm.lines if "% published " in line][-1]
+    assert f"published {status['published']}/{status['published']}  " in last, last
+    assert f"cancelled {status['cancelled']}  " in last, last
     # Exactly what was published ran, nothing else.
     wait_runs(record, status["published"])
     time.sleep(0.5)
     assert sum(len(v) for v in runs(record).values()) == status["published"]
+
+
+def test_status_shows_a_running_storms_pace_and_when_it_will_end(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet.serve()  # its collector records the answers the storm reads
+    fleet.simulate(60, "--provision")
+    targets = ids_file(tmp_path, sim_ids(60))  # ten seconds at 6/s: still running when read
+    storm = fleet.start_storm("CCIM32_STARTCYCLE", "--clients-file", targets, "--rate", "6/s")
+    try:
+        storm.wait_line("storm storm-", timeout=20)
+        storm_id = storm_id_of(storm.lines)
+        assert storm_id is not None, storm.output
+        wait_for(lambda: fleet.status(storm_id)["acked"] >= 5, 20, "5 answered")
+        running = fleet.status(storm_id)
+        assert running["state"] == "running", running
+        counts = running["counts"]
+        rest = counts.get("planned", 0) + counts.get("sent", 0)
+        assert rest > 0 and running["rate_per_second"] > 0, running
+        assert running["eta_s"] == pytest.approx(rest / running["rate_per_second"], abs=0.1)
+        shown = fleet.dispatcher("status", storm_id, "--once")
+        assert re.search(r"settling \d+/s  eta \d+s \(average", shown.stdout), shown.stdout
+    finally:
+        storm.terminate()  # SIGTERM cancels it
+    assert fleet.status(storm_id)["eta_s"] is None
 
 
 def test_status_after_a_dispatcher_restart_and_resume(fleet: Fleet, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from tests.integration.helpers import (
     start_agent,
     wait_for,
 )
+from tests.integration.test_results import start_exec_agent
 
 pytestmark = pytest.mark.broker
 
@@ -56,6 +58,40 @@ def test_cli_trigger_is_acked_done_with_latency(amqp_url: str, tmp_path: Path) -
         assert all(r["silent"] for r in signalled)
     finally:
         agent.terminate()
+
+
+def test_cli_table_names_each_command_and_sums_them_up(amqp_url: str, tmp_path: Path) -> None:
+    with Dispatcher(amqp_url) as dispatcher:
+        dispatcher.provision(["PC001"])
+    agent = start_exec_agent(amqp_url, "PC001", tmp_path, "echo broken; exit 7")
+    try:
+        argv = ("--client", "PC001", "--client", "NOSUCHPC", "CCIM32_STARTCYCLE", "--wait", "20")
+        shown = setevnt(amqp_url, *argv)
+        as_json = setevnt(amqp_url, *argv, "--json")
+    finally:
+        agent.terminate()
+    assert shown.returncode == 1, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0].split() == ["CLIENT", "EVENT", "COMMAND", "STATUS", "LATENCY", "DETAIL"]
+    rows = {line.split()[0]: line for line in lines[1:-1]}
+    assert set(rows) == {"PC001", "NOSUCHPC"}
+    ids = {client: line.split()[2] for client, line in rows.items()}
+    assert (
+        all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids.values()) and len(set(ids.values())) == 2
+    )
+    assert rows["PC001"].split()[3] == "failed" and "(exit code 7)" in rows["PC001"]
+    assert rows["NOSUCHPC"].split()[3] == "unroutable"
+    assert lines[-1] == "1 failed, 1 unroutable of 2"
+
+    answered = {row["client"]: row for row in map(json.loads, as_json.stdout.splitlines())}
+    failed = answered["PC001"]
+    assert (failed["status"], failed["reason"], failed["exit_code"]) == (
+        "failed",
+        "signal-failed",
+        7,
+    )
+    assert failed["detail"] == "signal-failed exec: sh exited with status 7"
+    assert failed["exit_code_hex"] is None and answered["NOSUCHPC"]["exit_code"] is None
 
 
 def test_unknown_client_is_reported_unroutable(amqp_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,16 @@ def database(tmp_path: Path) -> DbSettings:
         ledger.create_storm(storm("old-done", "done", 40), [command("a1", "old-done", 40)])
         ledger.create_storm(storm("old-halted", "halted", 31), [command("b1", "old-halted", 31)])
         ledger.create_storm(storm("recent", "done", 3), [command("c1", "recent", 3)])
-        # Started long ago, its process died: `resume` may still send the rest.
+        # Started long ago and still heartbeating: a running storm is never forgotten.
         ledger.create_storm(
             storm("old-running", "running", None), [command("d1", "old-running", 40)]
         )
-        # Stopped with its service long ago: the next service (or `resume`) sends the rest.
+        # Its process died long ago (status: interrupted): it ended with its last heartbeat.
+        ledger.create_storm(
+            replace(storm("long-dead", "running", None), heartbeat_at=NOW - 40 * DAY),
+            [command("h1", "long-dead", 40)],
+        )
+        # Stopped with its service long ago, and nobody resumed it since.
         ledger.create_storm(
             storm("old-interrupted", "interrupted", 40), [command("g1", "old-interrupted", 40)]
         )
@@ -83,18 +89,16 @@ def test_prune_forgets_finished_storms_and_expired_commands_only(database: DbSet
     with Ledger(database) as ledger:
         pruned = ledger.prune(BEFORE, NOW)
 
-    assert pruned == Pruned(storms=2, commands=4)
+    assert pruned == Pruned(storms=4, commands=6)
     assert rows(database, "storms", "storm_id") == {
         "recent",
         "old-running",
-        "old-interrupted",
         "old-long-ttl",
         "old-requested",
     }
     assert rows(database, "commands", "command_id") == {
         "c1",
         "d1",
-        "g1",
         "e1",
         "e2",
         "f1",
@@ -135,10 +139,19 @@ def test_the_command_says_what_it_forgot(
     argv = ["prune", "--older-than", "30d", "--db", database.path]
     assert main([*argv, "--dry-run"]) == 0
     dry = capsys.readouterr().out
-    assert dry.startswith("would forget 2 storm(s) and 4 command(s) from before ")
+    assert dry.startswith("would forget 4 storm(s) and 6 command(s) from before ")
     assert dry.rstrip().endswith(f"UTC in {database.path}")
     assert main(argv) == 0
     done = capsys.readouterr().out
-    assert done.startswith("forgot 2 storm(s) and 4 command(s) from before ")
+    assert done.startswith("forgot 4 storm(s) and 6 command(s) from before ")
     assert main(argv) == 0
     assert capsys.readouterr().out.startswith("forgot 0 storm(s) and 0 command(s) ")
+
+
+def test_a_running_storm_is_kept_whatever_age_is_asked(database: DbSettings) -> None:
+    """``--older-than 0s`` forgets everything that ended, never a storm still running."""
+    with Ledger(database) as ledger:
+        ledger.prune(NOW, NOW)
+    # The other two are kept for their unexpired command and their request key.
+    assert rows(database, "storms", "storm_id") == {"old-running", "old-long-ttl", "old-requested"}
+    assert "d1" in rows(database, "commands", "command_id")

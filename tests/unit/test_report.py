@@ -13,7 +13,14 @@ import pytest
 
 from dispatcher import progress, report
 from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, StormFigures, StormRecord
+from dispatcher.ledger import (
+    ClientResult,
+    CommandRecord,
+    Ledger,
+    ReasonCount,
+    StormFigures,
+    StormRecord,
+)
 from dispatcher.report_charts import (
     histogram_svg,
     latency_bins,
@@ -205,3 +212,104 @@ def test_collect_reads_the_ledger(tmp_path: Path) -> None:
     assert data.view.counts == {"done": 1, "planned": 1}
     assert [c.command_id for c in data.commands] == ["cmd0", "cmd1"]
     assert "<span>latency p50</span><b>500 ms</b>" in report.render(data)
+
+
+def failure(n: int, **changes: object) -> ClientResult:
+    fields: dict[str, object] = {
+        "command_id": f"cmd{n}",
+        "storm_id": "storm-20231114-221320-abc123",
+        "client_id": f"PC{n:03d}",
+        "component": "CCIM32",
+        "event": "STARTCYCLE",
+        "status": "failed",
+        "recorded_status": "failed",
+        "reason": "signal-failed",
+        "detail": "exec: ccim.exe exited with status 3",
+        "exit_code": 3,
+        "output": "line one\nline two",
+        "latency": 0.25,
+        "acked_at": T0 + 1,
+        "expires_at": T0 + 3600,
+    }
+    fields.update(changes)
+    return ClientResult(**fields)  # type: ignore[arg-type]
+
+
+def failures_page(reasons: list[ReasonCount], failures: list[ClientResult]) -> str:
+    commands = mixed_commands()
+    storm = storm_record()
+    view = progress.from_ledger(storm, figures_of(commands), now=T0 + 5)
+    data = report.StormData(storm, view, commands, T0 + 60, reasons=reasons, failures=failures)
+    return report.render(data)
+
+
+def test_the_page_says_why_commands_failed_and_which_clients() -> None:
+    reasons = [
+        ReasonCount("failed", "signal-failed", 2, "exec: ccim.exe exited with status 3"),
+        ReasonCount("expired", None, 1, None),
+    ]
+    failures = [
+        failure(10),
+        failure(11, exit_code=-1073741819, output=None, detail="crashed"),
+        failure(12, status="expired", recorded_status="sent", reason=None, detail=None),
+    ]
+    html = failures_page(reasons, failures)
+    assert (
+        "<tr><td><code>signal-failed</code>: the component was signalled and reported an "
+        'error</td><td>failed</td><td class="num">2</td><td class="num">14.3%</td>'
+        '<td class="detail">exec: ccim.exe exited with status 3</td></tr>'
+    ) in html
+    assert '<tr><td>no answer</td><td>expired</td><td class="num">1</td>' in html
+    assert "<p>All 3, by client id;" in html
+    assert (
+        "<tr><td>PC010</td><td>failed</td><td>signal-failed</td>"
+        '<td class="num">3</td><td class="num">250 ms</td>'
+        '<td class="detail">exec: ccim.exe exited with status 3</td>'
+        '<td class="out"><code>line one\nline two</code></td></tr>'
+    ) in html
+    assert '<td class="num">-1073741819 (0xC0000005)</td>' in html
+    assert "no answer before it expired (the ledger has it sent)" in html
+    assert "--status expired,failed,nacked,rejected,unroutable</code>" in html
+
+
+def test_a_storm_without_failures_says_so_and_lists_nobody() -> None:
+    html = failures_page([], [])
+    assert "No command failed." in html
+    assert "Failed clients" not in html
+
+
+def test_only_the_first_hundred_failed_clients_are_listed() -> None:
+    failures = [failure(n) for n in range(report.FAILED_SHOWN)]
+    html = failures_page([ReasonCount("failed", "signal-failed", 250, None)], failures)
+    assert "<p>The first 100 of 250, by client id;" in html
+    assert html.count("<tr><td>PC0") == 100
+
+
+def test_agents_text_in_the_failures_is_escaped_and_cannot_turn_the_page() -> None:
+    hostile = failure(
+        10,
+        detail=f"{HOSTILE}\u202eexe.txt",
+        output=f"\x1b[31m{HOSTILE}\x00",
+        reason=HOSTILE,
+    )
+    html = failures_page([ReasonCount("failed", HOSTILE, 1, HOSTILE)], [hostile])
+    assert "<script" not in html and '"quoted"' not in html
+    assert "\u202e" not in html and "\x1b" not in html and "\x00" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quoted&quot;?exe" in html
+
+
+def test_collect_reads_the_failures_with_exit_codes_and_output(tmp_path: Path) -> None:
+    storm = storm_record(targets=3)
+    planned = [command(n, "planned") for n in range(3)]
+    with Ledger(DbSettings(str(tmp_path / "db"))) as ledger:
+        ledger.create_storm(storm, planned)
+        failed = Ack(
+            "cmd1", "PC001", "failed", T0 + 0.5, "t", issued_at=T0, reason="signal-failed",
+            detail="exited 3", exit_code=3, output="x" * 2040 + "\nERROR",
+        )  # fmt: skip
+        done = Ack("cmd0", "PC000", "done", T0 + 0.5, "t", issued_at=T0)
+        ledger.record_answers([(failed, T0 + 0.5), (done, T0 + 0.5)])
+        data = report.collect(ledger, storm.storm_id, now=time.time())
+    assert data.reasons == [ReasonCount("failed", "signal-failed", 1, "exited 3")]
+    assert [(f.client_id, f.exit_code) for f in data.failures] == [("PC001", 3)]
+    assert data.failures[0].output == "x" * 2040 + "\nERROR"
