@@ -17,6 +17,8 @@ from tests.integration.helpers import Process, wait_for
 from tests.integration.monitoring import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+# What Erlang's TLS server logs when it refuses a client that sent no certificate.
+CERTIFICATE_REQUIRED_ALERT = "generated SERVER ALERT: Fatal - Certificate required"
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
@@ -104,9 +106,11 @@ class TlsNode:
             "ssl_options.fail_if_no_peer_cert = true\n"
         )
         (directory / "enabled_plugins").write_text("[].\n")
+        name = f"setevnt-tls-{uuid.uuid4().hex[:6]}@localhost"
+        self.log = directory / "log" / f"{name}.log"
         env = {
             "HOME": str(directory),  # its own Erlang cookie
-            "RABBITMQ_NODENAME": f"setevnt-tls-{uuid.uuid4().hex[:6]}@localhost",
+            "RABBITMQ_NODENAME": name,
             "RABBITMQ_DIST_PORT": str(free_port()),
             "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
             "RABBITMQ_LOG_BASE": str(directory / "log"),
@@ -128,6 +132,12 @@ class TlsNode:
             values["SETEVNT_TLS_CERT"] = str(self.certs.client_cert)
             values["SETEVNT_TLS_KEY"] = str(self.certs.client_key)
         return values
+
+    def certificate_alerts(self) -> int:
+        """How many clients this node has refused for sending no certificate."""
+        if not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count(CERTIFICATE_REQUIRED_ALERT)
 
     def stop(self) -> None:
         self.process.terminate(timeout=60)
