@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from dispatcher.durations import format_duration, parse_duration
 from dispatcher.storm import MAX_TTL, parse_rate
+from schemas.durations import format_duration, parse_duration
 from schemas.messages import RefusalReason, TriggerRequest
 from schemas.refusals import RequestRefused
 

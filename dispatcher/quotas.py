@@ -13,8 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NoReturn
 
-from dispatcher.durations import format_duration
 from dispatcher.policy import Limits
+from schemas.durations import format_duration
 from schemas.messages import RefusalReason
 from schemas.refusals import RequestRefused
 

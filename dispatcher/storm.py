@@ -36,14 +36,14 @@ from broker.settings import BrokerSettings
 from dispatcher import keys
 from dispatcher.answers import Answers
 from dispatcher.api import default_requester, report_message
-from dispatcher.durations import format_duration
-from dispatcher.durations import parse_duration as parse_duration  # where the CLI found it
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
 from dispatcher.ledger import RESUMABLE, CommandRecord, Ledger, LedgerWriter, Status, StormRecord
 from dispatcher.progress import STALE_AFTER
 from dispatcher.publish_reports import PublishReports
 from dispatcher.registry import Registry
 from schemas.catalog import ComponentEvent
+from schemas.durations import format_duration
+from schemas.durations import parse_duration as parse_duration  # where the CLI found it
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.durations import format_duration, parse_duration
 from dispatcher.main import main
 from dispatcher.policy import Limits, Policy
 from dispatcher.storm import MAX_EXPIRATION, QUEUE_TTL, StormOptions
+from schemas.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

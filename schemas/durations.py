@@ -1,4 +1,4 @@
-"""Durations as operators and policies write them: ``90``, ``250ms``, ``5m``, ``1h30m``."""
+"""Durations as operators, policies and configs write them: ``90``, ``5m``, ``1h30m``."""
 
 from __future__ import annotations
 
