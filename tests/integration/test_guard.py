@@ -133,7 +133,8 @@ def test_hold_defers_ccim_and_copy_queue_runs_at_once(amqp_url: str, tmp_path: P
         (signal,) = starts(record, CCIM)
         latency = float(signal["t"]) - hold_ended  # type: ignore[arg-type]
         print(f"\nrelease latency after `hold -- sleep 4`: {latency * 1000:.0f} ms")
-        assert latency <= 2.0
+        # Within a few guard polls (1 s each), however loaded the machine: not a speed target.
+        assert 0 <= latency <= 5.0
         (done,) = acks.finals(ccim.command_id)
         assert done.status == "done"
         assert done.wait_seconds is not None and done.wait_seconds >= 2.0  # time deferred
@@ -335,7 +336,8 @@ def test_race_a_disruptive_signal_never_overlaps_a_held_lock(amqp_url: str, tmp_
     # Both paths were exercised, however loaded the machine (fewer rounds when it is).
     assert len(held) >= 10 and len(deferred) >= 5 and len(sent) - len(deferred) >= 3
     assert len(latencies) >= 3
-    assert max(latencies) <= 2.0
+    # Every release is noticed within a few guard polls (1 s each); the figure is printed.
+    assert max(latencies) <= 5.0
 
 
 def _signals(record: Path) -> list[tuple[float, float]]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 import urllib.error
 import urllib.parse
 from pathlib import Path
@@ -30,9 +29,12 @@ def test_clients_appear_get_their_queue_and_heartbeats_refresh_them(fleet: Fleet
     # Provisioned by the registry, not by the simulator (which only asked passively).
     assert queue_depth(fleet.url, topology.client_queue("SIM00002")) == 0
     first = {c["client"]: c["last_seen"] for c in listed}
-    time.sleep(1.0)
-    later = {c["client"]: c["last_seen"] for c in fleet.clients()}
-    assert all(later[c] > first[c] for c in first), "heartbeats refresh last_seen"
+
+    def refreshed() -> bool:
+        later = {c["client"]: c["last_seen"] for c in fleet.clients()}
+        return all(later[c] > first[c] for c in first)
+
+    wait_for(refreshed, 15, "heartbeats refresh last_seen")
     assert {c["client"] for c in fleet.clients("--group", "floor-2")} == set(first)
     assert fleet.clients("--group", "lab-9") == []
 

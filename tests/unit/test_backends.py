@@ -96,7 +96,7 @@ def test_exec_timeout_kills_the_program() -> None:
     backend = ExecBackend({EVENT: python("import time; time.sleep(30)")}, timeout=0.3)
     started = time.monotonic()
     result = backend.signal(command())
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 10.0  # killed, not left to run its 30 s
     assert result.timed_out
     assert not result.ok
     assert result.exit_code is None
@@ -296,7 +296,7 @@ def test_file_fifo_without_a_reader_fails_at_once(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     started = time.monotonic()
     result = FileBackend(fifo=str(fifo)).signal(command())
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # fails instead of blocking for a reader
     assert not result.ok
     assert result.detail is not None and "no component is reading it" in result.detail
 
