@@ -15,6 +15,7 @@ queues: RabbitMQ 3.10 crashes under a storm with classic queue version 2, so no
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -69,6 +70,27 @@ class QueueLimits:
 
     message_ttl_ms: int = 24 * 3600 * 1000
     max_length: int = 1000
+
+
+# RabbitMQ refuses a per-message expiration above 2^32-1 ms ("invalid expiration").
+MAX_EXPIRATION = (2**32 - 1) / 1000
+# The client queues drop a command older than their own message TTL, whatever it says.
+QUEUE_TTL = QueueLimits().message_ttl_ms / 1000
+MAX_TTL = min(QUEUE_TTL, MAX_EXPIRATION)
+
+
+def ttl_problem(ttl: float) -> str | None:
+    """Why a command's ``ttl`` (seconds) cannot be honoured by the broker, or None."""
+    if not 0 < ttl < math.inf:
+        return "must be a positive, finite number of seconds"
+    if ttl > MAX_EXPIRATION:
+        return f"is above RabbitMQ's per-message expiration limit ({MAX_EXPIRATION:g} s)"
+    if ttl > QUEUE_TTL:
+        return (
+            f"is longer than the client queues' message TTL ({QUEUE_TTL:g} s): "
+            "the broker drops a command by then"
+        )
+    return None
 
 
 def client_queue(client_id: str) -> str:

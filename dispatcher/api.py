@@ -128,8 +128,9 @@ class Dispatcher:
         """Build (but do not send) one command per client and event, validating all."""
         if not client_ids:
             raise ValueError("no target clients given")
-        if ttl <= 0:
-            raise ValueError("ttl must be positive")
+        problem = topology.ttl_problem(ttl)
+        if problem:
+            raise ValueError(f"ttl {ttl:g} s {problem}")
         resolved = [self._resolve(e) for e in events]
         now = time.time()
         requester = requested_by or default_requester()

@@ -48,11 +48,7 @@ from schemas.durations import parse_duration as parse_duration  # where the CLI 
 log = logging.getLogger(__name__)
 
 _PER = {"s": 1, "m": 60, "h": 3600, None: 1}
-# RabbitMQ refuses a per-message expiration above 2^32-1 ms ("invalid expiration").
-MAX_EXPIRATION = (2**32 - 1) / 1000
-# The client queues drop a command older than their own message TTL, whatever it says.
-QUEUE_TTL = topology.QueueLimits().message_ttl_ms / 1000
-MAX_TTL = min(QUEUE_TTL, MAX_EXPIRATION)
+MAX_EXPIRATION, QUEUE_TTL, MAX_TTL = topology.MAX_EXPIRATION, topology.QUEUE_TTL, topology.MAX_TTL
 # Publishes awaiting the broker's confirm. Each one dirties a queue index on the broker;
 # with ~900 file handles (this broker's limit) a window of 1,000 over 10,000 queues made
 # the file-handle cache thrash and a storm crawl at <100/s, while 64..512 ran at

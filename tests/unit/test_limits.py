@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
+from dispatcher.api import Dispatcher
 from dispatcher.main import main
 from dispatcher.policy import Limits, Policy
 from dispatcher.storm import MAX_EXPIRATION, QUEUE_TTL, StormOptions
@@ -135,3 +137,24 @@ def test_the_example_policy_loads_and_states_the_defaults() -> None:
     policy = Policy.load(example)
     assert policy.limits == Limits(), "its [limits] table says it holds the defaults"
     assert policy.limits_for("helpdesk").max_requests == 10
+
+
+@pytest.mark.parametrize(
+    ("ttl", "says"),
+    [
+        (0, "positive"),
+        (-1, "positive"),
+        (math.nan, "positive"),
+        (math.inf, "positive"),
+        (QUEUE_TTL + 1, "client queues' message TTL"),
+        (1e8, "per-message expiration limit"),
+    ],
+)
+def test_a_library_caller_cannot_send_a_command_the_broker_would_not_honour(
+    ttl: float, says: str
+) -> None:
+    dispatcher = Dispatcher(signer=None)  # builds commands without connecting
+    with pytest.raises(ValueError, match=says):
+        dispatcher.commands(["PC042"], ["CCIM32_STARTCYCLE"], ttl=ttl)
+    (command,) = dispatcher.commands(["PC042"], ["CCIM32_STARTCYCLE"], ttl=QUEUE_TTL)
+    assert command.expires_at - command.issued_at == QUEUE_TTL
