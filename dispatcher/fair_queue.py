@@ -66,6 +66,11 @@ class FairQueue:
         with self._changed:
             return self._running[requester]
 
+    def queued(self) -> list[str]:
+        """The storms waiting for their turn, oldest first per requester."""
+        with self._changed:
+            return [storm_id for ids in self._waiting.values() for storm_id in ids]
+
     def waiting(self) -> int:
         with self._changed:
             return sum(len(ids) for ids in self._waiting.values())

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
+HEARTBEAT_EVERY = STALE_AFTER / 4  # queued storms' heartbeat, well inside staleness
 SUSPENDED = "the dispatcher service stopped; the next one resumes it"
 # A summary goes to at most this many askers (a request and its replays): replays spend no
 # quota, so without a bound they could grow memory and the owed table without end.
@@ -93,6 +94,7 @@ class Intake:
         self._stale: set[str] = set()  # to resume once their last service's heartbeat is old
         self._owed: Owed | None = None
         self._next_settle = 0.0
+        self._next_heartbeat = 0.0
         self._desk: Desk | None = None
         self._turns = FairQueue(lambda requester: settings.policy.limits_for(requester).max_running)
         self._workers = [
@@ -289,6 +291,7 @@ class Intake:
                 break
             self._ran_storm(storm_id)
         now = time.time()
+        self._heartbeat_queued(now)
         if not (self._settling or self._stale) or now < self._next_settle:
             return
         self._next_settle = now + SETTLE_EVERY
@@ -303,6 +306,20 @@ class Intake:
                 for recipient in self._recipients.pop(storm_id, []):
                     self._send(session, recipient, summary)
                 self._owed.forget(storm_id)
+
+    def _heartbeat_queued(self, now: float) -> None:
+        """Storms waiting for a worker belong to this service: keep them from reading as
+        interrupted (and being taken up by another process) while they wait their turn."""
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + HEARTBEAT_EVERY
+        assert self._desk is not None
+        queued = self._turns.queued()
+        if queued:
+            try:
+                self._desk.ledger.heartbeat(queued, now)
+            except sqlite3.Error as exc:
+                log.error("request storms waiting their turn: heartbeat not kept: %s", exc)
 
     def _ran_storm(self, storm_id: str) -> None:
         """A storm's run ended: its summary is due once its targets settled, unless the run

@@ -230,6 +230,14 @@ class Ledger:
                 (owner, at, storm_id),
             )
 
+    def heartbeat(self, storm_ids: Sequence[str], at: float) -> None:
+        """Storms a process holds but has not started yet are still running, not stale."""
+        with db.transaction(self._db):
+            self._db.executemany(
+                "UPDATE storms SET heartbeat_at = ? WHERE storm_id = ? AND state = 'running'",
+                [(at, storm_id) for storm_id in storm_ids],
+            )
+
     def request_cancel(self, storm_id: str) -> bool:
         with db.transaction(self._db):
             cursor = self._db.execute(

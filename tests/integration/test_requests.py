@@ -27,6 +27,7 @@ from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Client, Dispatcher, RequestRefused
 from dispatcher.intake import MAX_RECIPIENTS
+from dispatcher.progress import STALE_AFTER
 from dispatcher.services import enroll_service
 from schemas.codec import MAX_BODY, decode, encode
 from schemas.messages import TriggerReply, TriggerRequest
@@ -394,11 +395,13 @@ def test_a_burst_from_one_service_does_not_delay_anothers_summary(
     """A service sends 100 requests for clients that run no agent, each paced to publish
     for 2 s; then the help desk asks for one client whose agent runs. Its summary arrives
     while the burst is still being worked through, never more than two of whose storms
-    publish at once (max_running)."""
+    publish at once (max_running); the storms waiting their turn never read as
+    interrupted."""
     quiet = [f"Q{n:05d}" for n in range(2 * BURST)]
     quiet_clients(site, quiet)
     site.fleet.simulate(1, "--record", str(tmp_path / "runs.jsonl"), prefix="LIVE")
     wait_for(lambda: len(site.fleet.clients()) == len(quiet) + 1, 30, "the live client")
+    burst_sent = time.time()
     with site.client("burst") as burst:
         for pair in zip(quiet[::2], quiet[1::2], strict=True):
             burst.trigger("CCIM32_STARTCYCLE", clients=list(pair), rate=BURST_RATE)
@@ -411,6 +414,21 @@ def test_a_burst_from_one_service_does_not_delay_anothers_summary(
     untouched = [s for s, counts in burst_storms.items() if counts.get("planned") == 2]
     assert untouched, f"the burst was over before the help desk's summary: {burst_storms}"
     assert len(publishing) <= 2, "more than max_running of one requester's storms at once"
+    # The storms waiting their turn stay this service's: none reads as interrupted.
+    time.sleep(max(0.0, burst_sent + STALE_AFTER + 2 - time.time()))
+    now = time.time()
+    with sqlite3.connect(site.fleet.db) as db:
+        stale = db.execute(
+            "SELECT count(*) FROM storms WHERE requested_by = ? AND state = 'running' "
+            "AND heartbeat_at < ?",
+            (site.names["burst"], now - STALE_AFTER),
+        ).fetchone()[0]
+        running = db.execute(
+            "SELECT count(*) FROM storms WHERE requested_by = ? AND state = 'running'",
+            (site.names["burst"],),
+        ).fetchone()[0]
+    assert running > 2, "the burst was over before its waiting storms could go stale"
+    assert stale == 0, f"{stale} of {running} waiting storms read as interrupted"
 
 
 def test_a_request_for_offline_clients_does_not_hold_a_worker(site: Site, tmp_path: Path) -> None:

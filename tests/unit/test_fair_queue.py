@@ -26,6 +26,7 @@ def test_a_burst_does_not_keep_another_requester_waiting() -> None:
     first = take_all(queue)
     assert first == [Turn("burst", "a0"), Turn("other", "b0"), Turn("burst", "a1")]
     assert queue.running("burst") == 2 and queue.waiting() == 98
+    assert queue.queued() == [f"a{n}" for n in range(2, 100)], "what still waits, in order"
     queue.done(first[0])
     assert take_all(queue) == [Turn("burst", "a2")], "its next storm, in its order"
 

@@ -155,3 +155,13 @@ def test_a_running_storm_is_kept_whatever_age_is_asked(database: DbSettings) -> 
     # The other two are kept for their unexpired command and their request key.
     assert rows(database, "storms", "storm_id") == {"old-running", "old-long-ttl", "old-requested"}
     assert "d1" in rows(database, "commands", "command_id")
+
+
+def test_a_heartbeat_keeps_waiting_storms_running_and_ended_ones_as_they_ended(
+    database: DbSettings,
+) -> None:
+    with Ledger(database) as ledger:
+        ledger.heartbeat(["long-dead", "old-done", "no-such-storm"], NOW)
+        revived, ended = ledger.storm("long-dead"), ledger.storm("old-done")
+    assert revived is not None and revived.heartbeat_at == NOW
+    assert ended is not None and ended.heartbeat_at < NOW - 39 * DAY, "only running storms"
