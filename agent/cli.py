@@ -22,13 +22,18 @@ from agent.files import UnsafeFile
 from agent.guard import GuardConfigError
 from agent.handler import Handler
 from agent.journal import Journal
+from broker.connection import explain
 from broker.errors import BrokerError
+from broker.settings import BrokerSettings
+from schemas import cli
+
+PROG = "setevnt-agent"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="setevnt-agent", description="setevnt client agent")
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser: argparse.ArgumentParser = cli.Parser(prog=PROG, description="setevnt client agent")
+    cli.add_global_options(parser, log_default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="consume this client's commands until stopped")
     run.add_argument("--config", help="agent TOML file (see deploy/agent.example.toml)")
     run.add_argument("--client", help="client id (overrides $SETEVNT_CLIENT_ID and the file)")
@@ -37,16 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--journal", help="path of the completed-commands journal")
     simulate_cli.add_parser(sub)
     guard_cli.add_commands(sub)
+    cli.share_globals(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    quiet = logging.DEBUG if args.log_level.upper() == "DEBUG" else logging.CRITICAL
+    quiet = logging.DEBUG if args.log_level == "DEBUG" else logging.CRITICAL
     logging.getLogger("pika").setLevel(quiet)  # failures are reported by setevnt, in one line
+    return cli.run(PROG, lambda: command(args), explain=_broker_errors(args.url))
+
+
+def _broker_errors(url: str | None) -> cli.Explain:
+    def explain_error(exc: Exception) -> tuple[str, int] | None:
+        if not isinstance(exc, BrokerError):
+            return None
+        try:
+            return explain(exc, BrokerSettings.from_env(url)), cli.EXIT_BROKER
+        except ValueError:  # a URL too broken to name: the error says enough
+            return str(exc), cli.EXIT_BROKER
+
+    return explain_error
+
+
+def command(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return simulate_cli.main(args)
     if args.command in guard_cli.COMMANDS:

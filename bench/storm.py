@@ -271,7 +271,7 @@ def run_storm(
 ) -> dict[str, Any]:
     """The project's storm end to end, as an operator runs it; adds its peak RSS."""
     argv = [str(BIN / "setevnt-dispatcher"), "--log-level", "WARNING", "storm"]
-    argv += ["CCIM32_STARTCYCLE", "--all", "--max-in-flight", args.max_in_flight]
+    argv += ["CCIM32_STARTCYCLE", "--all", "--yes", "--max-in-flight", args.max_in_flight]
     argv += ["--db", str(db), "--json"] + (["--fast"] if fast else [])
     print(f"bench: storm{' --fast' if fast else ''} starting", file=sys.stderr, flush=True)
     with open(log, "wb") as err:

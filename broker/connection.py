@@ -55,6 +55,12 @@ def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
 
 def translate(exc: BaseException, doing: str = "") -> BrokerError:
     """Map one pika exception to :class:`BrokerRefused` or :class:`ConnectionLost`."""
+    error = _translate(exc, doing)
+    error.__cause__ = exc  # where :func:`explain` finds the socket's reason
+    return error
+
+
+def _translate(exc: BaseException, doing: str) -> BrokerError:
     where = f"{doing}: " if doing else ""
     if isinstance(exc, (pe.ProbableAuthenticationError, pe.AuthenticationError)):
         return BrokerRefused(f"{where}authentication refused ({exc})", 403)
@@ -69,20 +75,48 @@ def translate(exc: BaseException, doing: str = "") -> BrokerError:
     return ConnectionLost(f"{where}{_describe(exc)}")
 
 
+def explain(exc: BrokerError, settings: BrokerSettings) -> str:
+    """One line for an operator: which broker, and what went wrong in a few words."""
+    if isinstance(exc, BrokerRefused):
+        return f"the broker at {settings.redacted()} refused: {exc}"
+    return f"cannot reach the broker at {settings.redacted()}: {_root_cause(exc)}"
+
+
+def _root_cause(exc: BaseException) -> str:
+    """``connection refused``, ``timed out``, ...: the socket's own words when there are
+    any, found through pika's nested exceptions and our translation's cause."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        cause = _innermost(chain)
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[0].lower() + cause.strerror[1:]
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        chain = chain.__cause__
+    return str(exc)
+
+
 def _describe(exc: BaseException) -> str:
     """pika's connection errors often have an empty message; find the underlying cause."""
+    cause = _innermost(exc)
+    text = str(cause) or repr(cause)  # some of pika's carry their message only in repr()
+    return text if cause is exc else f"{type(exc).__name__} ({text})"
+
+
+def _innermost(exc: BaseException) -> BaseException:
     seen: list[BaseException] = [exc]
     while True:
         inner = [a for a in seen[-1].args if isinstance(a, BaseException)]
+        wrapped = getattr(seen[-1], "exception", None)  # pika's connector errors
+        if isinstance(wrapped, BaseException):
+            inner.append(wrapped)
         nested = getattr(seen[-1], "exceptions", None)
-        if isinstance(nested, list) and nested:
+        if isinstance(nested, (list, tuple)) and nested:
             inner.append(nested[-1])
         if not inner or inner[0] in seen:
             break
         seen.append(inner[0])
-    cause = seen[-1]
-    text = str(cause) or repr(cause)  # some of pika's carry their message only in repr()
-    return text if cause is exc else f"{type(exc).__name__} ({text})"
+    return seen[-1]
 
 
 @contextlib.contextmanager

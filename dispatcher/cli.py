@@ -1,7 +1,11 @@
 """``setevnt``: fire component events at clients, like SetEvnt.exe but for a fleet.
 
 setevnt [--url URL] (--client ID ... | --group G ... | --all | --clients-file FILE)
-        [/q] [cq | COMPONENT_EVENT] [--wait SECONDS] [--json] [--db PATH]
+        [/q] [cq | COMPONENT_EVENT] [--wait DURATION] [--json] [--db PATH]
+        [--dry-run] [--yes] [--max-targets N]
+
+More than --max-targets clients (100) is a storm's job: `setevnt-dispatcher storm` paces,
+records and resumes. ``--all``, or more than --confirm-above clients, asks first.
 
 Groups and --all are resolved through the fleet registry in the dispatcher's database.
 Sent commands reach the ledger through the service's collector (from any host), so
@@ -16,71 +20,148 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from broker.errors import BrokerError
-from dispatcher import results, tables, targets
+from dispatcher import completion, results, tables, targets
 from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
 from dispatcher.db import DbSettings
-from dispatcher.logs import configure
+from dispatcher.logs import broker_errors, configure
 from dispatcher.waiter import AckWaiter, Answer
-from schemas.syntax import UsageError, parse_invocation
+from schemas import cli
+from schemas.catalog import ComponentEvent
+from schemas.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from schemas.syntax import Invocation, parse_invocation
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BROKER = 0, 1, 2, 3
+PROG = "setevnt"
+SHOWN_IDS = 10  # the first target ids a dry run prints
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="setevnt",
+    parser = cli.Parser(
+        prog=PROG,
         description="Trigger client component events through RabbitMQ. With no event, "
         "cycles CCIM32 and Copy Queue; 'cq' cycles Copy Queue only; '/q' is silent.",
         epilog="COMPONENT_EVENT is case-sensitive, e.g. CCIM32_STARTCYCLE or CLISVCL_CLOSE.",
     )
-    parser.add_argument("words", nargs="*", metavar="[/q] [cq | COMPONENT_EVENT]")
-    parser.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
+    parser.add_argument(
+        "words",
+        nargs="*",
+        metavar="[/q] [cq | COMPONENT_EVENT]",
+        help="'/q' silent; 'cq' Copy Queue only; else one COMPONENT_EVENT (default: both cycles)",
+    )
+    cli.add_global_options(parser, log_default="ERROR")  # failures are reported in one line
+    completion.add_option(parser)
     targets.add_arguments(parser)
     parser.add_argument("--db", help="dispatcher database (default: $SETEVNT_DB, ./setevnt.db)")
-    parser.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the acks")
-    parser.add_argument("--ttl", type=float, default=DEFAULT_TTL, help="seconds until expiry")
+    parser.add_argument(
+        "--wait", type=cli.duration, metavar="DURATION", help="wait this long for the acks (30s)"
+    )
+    parser.add_argument(
+        "--ttl",
+        type=cli.duration,
+        default=DEFAULT_TTL,
+        metavar="DURATION",
+        help=f"until a command expires unread (default {DEFAULT_TTL:g}s)",
+    )
     parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
-    parser.add_argument("--log-level", default="WARNING")
+    add_safety_options(parser, publishes="publish nothing")
+    parser.add_argument(
+        "--max-targets",
+        type=_count,
+        default=100,
+        metavar="N",
+        help="refuse more clients than this: storms pace them (default 100)",
+    )
     return parser
 
 
+def add_safety_options(parser: argparse.ArgumentParser, *, publishes: str) -> None:
+    """``--dry-run``, ``--yes`` and ``--confirm-above``, as ``setevnt`` and storms take them."""
+    parser.add_argument(
+        "--dry-run", action="store_true", help=f"print the target count and first ids; {publishes}"
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="no confirmation for --all or many targets"
+    )
+    parser.add_argument(
+        "--confirm-above",
+        type=_count,
+        default=100,
+        metavar="N",
+        help="ask first (or need --yes) above N targets, and always with --all (default 100)",
+    )
+
+
+def _count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
     configure(args.log_level)
-    try:
-        invocation = parse_invocation(args.words)
-        if args.wait is not None and args.wait < 0:
-            raise UsageError("--wait must not be negative")
-        clients = targets.from_command_line(args, DbSettings.from_env(args.db))
-        with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
-            commands = dispatcher.commands(
-                clients,
-                invocation.events,
-                silent=invocation.silent,
-                ttl=args.ttl,
-                force=args.force,
+    return cli.run(PROG, lambda: trigger(args), explain=broker_errors(args.url))
+
+
+def trigger(args: argparse.Namespace) -> int:
+    invocation = parse_invocation(args.words)
+    clients = targets.from_command_line(args, DbSettings.from_env(args.db))
+    if args.dry_run:
+        return dry_run(invocation.events, clients, args.json)
+    _check_size(args, invocation, clients)
+    with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
+        commands = dispatcher.commands(
+            clients,
+            invocation.events,
+            silent=invocation.silent,
+            ttl=args.ttl,
+            force=args.force,
+        )
+        if args.wait is None:
+            receipts = dispatcher.send(commands)
+            return _report(receipts, {}, args.json, waited=False)
+        with AckWaiter(dispatcher.settings, clients) as waiter:
+            receipts = dispatcher.send(commands)
+            sent = [r for r in receipts if r.sent]
+            answers = waiter.wait(
+                {r.command_id: r.client_id for r in sent},
+                args.wait,
+                issued_at={r.command_id: r.issued_at for r in sent},
             )
-            if args.wait is None:
-                receipts = dispatcher.send(commands)
-                return _report(receipts, {}, args.json, waited=False)
-            with AckWaiter(dispatcher.settings, clients) as waiter:
-                receipts = dispatcher.send(commands)
-                sent = [r for r in receipts if r.sent]
-                answers = waiter.wait(
-                    {r.command_id: r.client_id for r in sent},
-                    args.wait,
-                    issued_at={r.command_id: r.issued_at for r in sent},
-                )
-                answers = {**waiter.latest, **answers}
-            return _report(receipts, answers, args.json, waited=True)
-    except (UsageError, ValueError) as exc:
-        print(f"setevnt: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except BrokerError as exc:
-        print(f"setevnt: broker: {exc}", file=sys.stderr)
-        return EXIT_BROKER
+            answers = {**waiter.latest, **answers}
+        return _report(receipts, answers, args.json, waited=True)
+
+
+def _check_size(args: argparse.Namespace, invocation: Invocation, clients: list[str]) -> None:
+    names = " and ".join(event.name for event in invocation.events)
+    if len(clients) > args.max_targets:
+        raise cli.CommandError(
+            f"{len(clients)} clients is more than --max-targets {args.max_targets}: "
+            f"a fleet is a storm's job, paced and resumable: "
+            f"`setevnt-dispatcher storm {invocation.events[0].name} ...` (one event per storm)",
+            EXIT_USAGE,
+        )
+    confirm(args, f"{names} to {len(clients)} client(s)", len(clients))
+
+
+def confirm(args: argparse.Namespace, what: str, count: int) -> None:
+    """Ask before ``--all`` or more than ``--confirm-above`` targets (or take ``--yes``)."""
+    if args.everyone or count > args.confirm_above:
+        cli.confirm(f"send {what}?", yes=args.yes, refusal=f"this sends {what}")
+
+
+def dry_run(events: Sequence[ComponentEvent], clients: Sequence[str], as_json: bool) -> int:
+    """What would be sent, to how many, and the first few: nothing is published."""
+    names = [event.name for event in events]
+    shown = list(clients[:SHOWN_IDS])
+    if as_json:
+        row = {"dry_run": True, "events": names, "targets": len(clients), "first": shown}
+        print(json.dumps(row, sort_keys=True))
+        return EXIT_OK
+    more = f", ... ({len(clients) - len(shown)} more)" if len(clients) > len(shown) else ""
+    print(f"dry run: would send {' and '.join(names)} to {len(clients)} client(s)")
+    print(f"  {', '.join(shown)}{more}")
+    return EXIT_OK
 
 
 def _report(

@@ -1,9 +1,15 @@
-"""Logging set-up shared by the command-line entry points, and throttled warnings."""
+"""Logging set-up and broker errors shared by the command-line entry points, and
+throttled warnings."""
 
 from __future__ import annotations
 
 import logging
 import time
+
+from broker.connection import explain
+from broker.errors import BrokerError
+from broker.settings import BrokerSettings
+from schemas import cli
 
 
 def configure(level: str = "INFO") -> None:
@@ -14,6 +20,21 @@ def configure(level: str = "INFO") -> None:
     # traceback; setevnt reports those failures itself, in one line. Debug shows all.
     quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
     logging.getLogger("pika").setLevel(quiet)
+
+
+def broker_errors(url: str | None) -> cli.Explain:
+    """For :func:`schemas.cli.run`: a broker error as one line naming the broker."""
+
+    def explain_error(exc: Exception) -> tuple[str, int] | None:
+        if not isinstance(exc, BrokerError):
+            return None
+        try:
+            settings = BrokerSettings.from_env(url)
+        except ValueError:
+            return str(exc), cli.EXIT_BROKER
+        return explain(exc, settings), cli.EXIT_BROKER
+
+    return explain_error
 
 
 class Throttled:

@@ -14,6 +14,7 @@ setevnt-dispatcher declare                         declare the shared topology
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -22,10 +23,9 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from broker.errors import BrokerError
 from broker.management import Management, NotFound
 from broker.settings import BrokerSettings
-from dispatcher import keys, operator_cli, site_cli
+from dispatcher import completion, keys, operator_cli, site_cli
 from dispatcher.api import Dispatcher
 from dispatcher.collector import Collector
 from dispatcher.crew import Crew, Member
@@ -36,7 +36,7 @@ from dispatcher.enroll import enroll, revoke
 from dispatcher.intake import Intake, IntakeSettings
 from dispatcher.ledger import Ledger
 from dispatcher.ledger_metrics import LedgerMetrics
-from dispatcher.logs import configure
+from dispatcher.logs import broker_errors, configure
 from dispatcher.metrics import DispatcherMetrics, known_events
 from dispatcher.policy import Policy
 from dispatcher.recorder import Recorder
@@ -44,22 +44,30 @@ from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.senders import Senders
 from dispatcher.services import enroll_service
 from dispatcher.site import Site
+from schemas import cli
 
 log = logging.getLogger("setevnt.dispatcher")
 
 
+PROG = "setevnt-dispatcher"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="setevnt-dispatcher", description=__doc__.split("\n")[0])
-    parser.add_argument("--url", help="AMQP URL (default: $SETEVNT_AMQP_URL or local broker)")
-    parser.add_argument("--log-level", default="INFO")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser: argparse.ArgumentParser = cli.Parser(prog=PROG, description=__doc__.split("\n")[0])
+    cli.add_global_options(parser, log_default="INFO")
+    completion.add_option(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
         parents=[operator_cli.store_options()],
         help="collect acks and heartbeats (ledger, registry), serve Prometheus metrics",
     )
-    serve.add_argument("--metrics-port", type=int, default=9808)
-    serve.add_argument("--metrics-addr", default="127.0.0.1")
+    serve.add_argument(
+        "--metrics-port", type=cli.port, default=9808, help="Prometheus port (default 9808)"
+    )
+    serve.add_argument(
+        "--metrics-addr", default="127.0.0.1", help="address to serve /metrics on (default local)"
+    )
     site_cli.add_serve_options(serve)
     serve.add_argument(
         "--policy",
@@ -67,12 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         "$SETEVNT_POLICY_FILE; without one every request is refused)",
     )
     provision = sub.add_parser("provision", help="create the command queues of clients")
-    provision.add_argument("clients", nargs="+", metavar="CLIENT_ID")
-    sub.add_parser("declare", help="declare the shared exchanges and queues")
+    provision.add_argument("clients", nargs="+", metavar="CLIENT_ID", help="the clients' ids")
+    provision.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    declare = sub.add_parser("declare", help="declare the shared exchanges and queues")
+    declare.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keygen = sub.add_parser("keygen", help="create the command-signing key, print its public key")
     keygen.add_argument("--out", required=True, help="private key file to create (mode 0600)")
+    keygen.add_argument("--json", action="store_true", help="print the key file and public key")
     enroll_cmd = sub.add_parser("enroll", help="create a client's broker user, print its config")
-    enroll_cmd.add_argument("client", metavar="CLIENT_ID")
+    enroll_cmd.add_argument("client", metavar="CLIENT_ID", help="the client to enroll")
     enroll_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
     enroll_cmd.add_argument(
         "--rotate", action="store_true", help="replace an enrolled client's password"
@@ -86,61 +97,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--rotate", action="store_true", help="replace an enrolled service's password"
     )
     revoke_cmd = sub.add_parser("revoke", help="delete a client's broker user")
-    revoke_cmd.add_argument("client", metavar="CLIENT_ID")
+    revoke_cmd.add_argument("client", metavar="CLIENT_ID", help="the client to revoke")
     revoke_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
     operator_cli.add_commands(sub)
     site_cli.add_commands(sub, operator_cli.store_options())
+    cli.share_globals(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
-    try:
-        if args.command == "serve":
-            stores = (DbSettings.from_env(args.db), args.offline_after)
-            return serve(
-                BrokerSettings.from_env(args.url),
-                args.metrics_addr,
-                args.metrics_port,
-                stores,
-                policy=Policy.load(args.policy),
-                drift=site_cli.drift_options(args),
-            )
-        if args.command == "site":
-            return site_cli.run(args)
-        if args.command in operator_cli.COMMANDS:
-            return operator_cli.run(args)
-        if args.command in ("enroll", "revoke"):
-            return enrollment(args)
-        if args.command == "enroll-service":
-            return service_enrollment(args)
-        if args.command == "keygen":
-            return keygen(args.out)
-        with Dispatcher(args.url) as dispatcher:
-            if args.command == "provision":
-                count = dispatcher.provision(args.clients)
-                print(f"provisioned {count} client queue(s)")
-            else:
-                dispatcher.declare_topology()
-                print("topology declared")
-        return 0
-    except ValueError as exc:
-        print(f"setevnt-dispatcher: {exc}", file=sys.stderr)
-        return 2
-    except BrokerError as exc:
-        print(f"setevnt-dispatcher: broker: {exc}", file=sys.stderr)
-        return 3
+    return cli.run(PROG, lambda: command(args), explain=broker_errors(args.url))
 
 
-def keygen(out: str) -> int:
+def command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        stores = (DbSettings.from_env(args.db), args.offline_after)
+        return serve(
+            BrokerSettings.from_env(args.url),
+            args.metrics_addr,
+            args.metrics_port,
+            stores,
+            policy=Policy.load(args.policy),
+            drift=site_cli.drift_options(args),
+        )
+    if args.command == "site":
+        return site_cli.run(args)
+    if args.command in operator_cli.COMMANDS:
+        return operator_cli.run(args)
+    if args.command in ("enroll", "revoke"):
+        return enrollment(args)
+    if args.command == "enroll-service":
+        return service_enrollment(args)
+    if args.command == "keygen":
+        return keygen(args.out, as_json=args.json)
+    with Dispatcher(args.url) as dispatcher:
+        if args.command == "provision":
+            count = dispatcher.provision(args.clients)
+            shown = {"provisioned": count, "clients": args.clients}
+            text = f"provisioned {count} client queue(s)"
+        else:
+            dispatcher.declare_topology()
+            shown, text = {"declared": True}, "topology declared"
+    print(json.dumps(shown, sort_keys=True) if args.json else text)
+    return 0
+
+
+def keygen(out: str, *, as_json: bool = False) -> int:
     try:
         signer = keys.generate(out)
     except FileExistsError:
-        print(f"setevnt-dispatcher: {out} exists; not replacing a key", file=sys.stderr)
-        return 1
+        raise cli.CommandError(f"{out} exists; not replacing a key") from None
     print(f"private key written to {out}; point $SETEVNT_SIGNING_KEY_FILE at it", file=sys.stderr)
-    print(signer.public_text())
+    shown = {"private_key_file": out, "public_key": signer.public_text()}
+    print(json.dumps(shown, sort_keys=True) if as_json else signer.public_text())
     return 0
 
 

@@ -5,13 +5,14 @@ setevnt-dispatcher storm COMPONENT_EVENT (--all | --group G | --client ID | --cl
                    | --retry-from STORM_ID [--status S,S])
                    [--rate N/s] [--max-in-flight N|P%] [--max-errors N|P%]
                    [--spread DURATION] [--ttl DURATION] [--delivery-wait DURATION] [--json]
-setevnt-dispatcher resume STORM_ID
-setevnt-dispatcher cancel STORM_ID
+                   [--dry-run] [--yes] [--confirm-above N]
+setevnt-dispatcher resume STORM_ID [--json]
+setevnt-dispatcher cancel STORM_ID [--json]
 setevnt-dispatcher status [STORM_ID | COMMAND_ID] [--json] [--once]
 setevnt-dispatcher results STORM_ID|COMMAND_ID [--status S,S] [--json]   (dispatcher.results)
-setevnt-dispatcher report STORM_ID [--out report.html]
+setevnt-dispatcher report STORM_ID [--out report.html] [--json]
 setevnt-dispatcher dead [--limit N] [--json]                             (dispatcher.dead)
-setevnt-dispatcher prune --older-than DURATION [--dry-run]
+setevnt-dispatcher prune --older-than DURATION [--dry-run] [--yes] [--json]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
+from dispatcher import cli as setevnt_cli
 from dispatcher import dead, progress, report, results, targets
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
@@ -36,8 +38,9 @@ from dispatcher.flow import StormFlow
 from dispatcher.ledger import Ledger, StormRecord
 from dispatcher.registry import ClientRecord, RegistrySettings, SqliteRegistry
 from dispatcher.site import Site
+from schemas import cli
 from schemas.catalog import DEFAULT_CATALOG
-from schemas.syntax import resolve_event
+from schemas.syntax import COPY_QUEUE_EVENT, UsageError, resolve_event
 
 T = TypeVar("T")
 COMMANDS = ("clients", "storm", "resume", "cancel", "status", "results", "report", "dead", "prune")
@@ -91,30 +94,37 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     resume = sub.add_parser(
         "resume", parents=[store], help="send what an interrupted storm did not"
     )
-    resume.add_argument("storm_id", metavar="STORM_ID")
+    resume.add_argument("storm_id", metavar="STORM_ID", help="the interrupted storm")
     resume.add_argument("--json", action="store_true", help="print the outcome as JSON")
     cancel = sub.add_parser("cancel", parents=[store], help="stop publishing a storm")
-    cancel.add_argument("storm_id", metavar="STORM_ID")
+    cancel.add_argument("storm_id", metavar="STORM_ID", help="the running storm")
+    cancel.add_argument("--json", action="store_true", help="print the outcome as JSON")
     status = sub.add_parser("status", parents=[store], help="a storm's or a command's status")
-    status.add_argument("id", nargs="?", metavar="STORM_ID|COMMAND_ID")
-    status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "id", nargs="?", metavar="STORM_ID|COMMAND_ID", help="default: every storm, one line each"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object per storm")
     status.add_argument("--once", action="store_true", help="no live progress bar")
     results.add_command(sub, store)
     dead.add_command(sub, store)
     report_cmd = sub.add_parser("report", parents=[store], help="a storm as an HTML page")
-    report_cmd.add_argument("storm_id", metavar="STORM_ID")
+    report_cmd.add_argument("storm_id", metavar="STORM_ID", help="the storm to show")
     report_cmd.add_argument("--out", default="report.html", help="default: report.html")
+    report_cmd.add_argument("--json", action="store_true", help="print the file written as JSON")
     prune = sub.add_parser(
         "prune", parents=[store], help="forget old storms and commands from the ledger"
     )
     prune.add_argument(
         "--older-than",
-        type=_typed(storms.parse_duration),
+        type=cli.duration_with_unit,
         required=True,
         metavar="DURATION",
-        help="storms that finished, and commands that expired, longer ago (e.g. 30d)",
+        help="storms that finished, and commands that expired, longer ago (e.g. 30d; a unit "
+        "is required)",
     )
     prune.add_argument("--dry-run", action="store_true", help="only count what would go")
+    prune.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    prune.add_argument("--json", action="store_true", help="print the counts as JSON")
 
 
 def _storm_options(parser: argparse.ArgumentParser) -> None:
@@ -135,10 +145,18 @@ def _storm_options(parser: argparse.ArgumentParser) -> None:
         help="halt when errors exceed this (default: never)",
     )
     parser.add_argument(
-        "--spread", type=_typed(storms.parse_duration), default=0.0, metavar="DURATION"
+        "--spread",
+        type=_typed(storms.parse_duration),
+        default=0.0,
+        metavar="DURATION",
+        help="start the clients' commands over this long (default 0: at once)",
     )
     parser.add_argument(
-        "--ttl", type=_typed(storms.parse_duration), default=3600.0, metavar="DURATION"
+        "--ttl",
+        type=_typed(storms.parse_duration),
+        default=3600.0,
+        metavar="DURATION",
+        help="a command unread this long expires (default 1h)",
     )
     parser.add_argument(
         "--delivery-wait",
@@ -155,6 +173,7 @@ def _storm_options(parser: argparse.ArgumentParser) -> None:
         help="fast lane: transient commands, re-sent from the ledger after a broker restart",
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    setevnt_cli.add_safety_options(parser, publishes="plans and publishes nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,7 +255,15 @@ def _storm(args: argparse.Namespace) -> int:
     )
     database = DbSettings.from_env(args.db)
     name, ids = results.storm_targets(args, database)  # before the ledger may create it
+    if name == "cq":
+        raise UsageError(
+            "'cq' is a shortcut of setevnt's syntax (`setevnt --client ID cq`); "
+            f"a storm names its event: {COPY_QUEUE_EVENT.name} for the Copy Queue cycle"
+        )
     event = resolve_event(name, DEFAULT_CATALOG)
+    if args.dry_run:
+        return setevnt_cli.dry_run([event], ids, args.json)
+    setevnt_cli.confirm(args, f"{event.name} to {len(ids)} client(s) as a storm", len(ids))
     with _stores(database, args.offline_after) as (registry, ledger):
         storm = storms.plan(ledger, event, ids, options)
         print(f"storm {storm.storm_id}: {event.name} on {len(ids)} client(s)", file=sys.stderr)
@@ -302,7 +329,10 @@ def _cancel(args: argparse.Namespace) -> int:
         if storm is None:
             raise ValueError(f"no storm {args.storm_id}")
         if storm.state != "running":
-            print(f"storm {storm.storm_id} is already {storm.state}")
+            if args.json:
+                progress.print_view(_view(ledger, storm.storm_id), True)
+            else:
+                print(f"storm {storm.storm_id} is already {storm.state}")
             return 0
         ledger.request_cancel(storm.storm_id)
         if storms.resumable(storm) is None:  # its dispatcher is gone: cancel it here
@@ -314,8 +344,7 @@ def _cancel(args: argparse.Namespace) -> int:
             if current is not None and current.state != "running":
                 break
             time.sleep(0.1)
-        for line in progress.lines(_view(ledger, storm.storm_id)):
-            print(line)
+        progress.print_view(_view(ledger, storm.storm_id), args.json)
     return 0
 
 
@@ -323,7 +352,12 @@ def _status(args: argparse.Namespace) -> int:
     with Ledger(DbSettings.from_env(args.db), create=False) as ledger:
         if not args.id:
             for storm in ledger.storms():
-                print(progress.lines(_view(ledger, storm.storm_id))[0])
+                view = _view(ledger, storm.storm_id)
+                print(
+                    json.dumps(view.as_json(), sort_keys=True)
+                    if args.json
+                    else progress.lines(view)[0]
+                )
             return 0
         if ledger.storm(args.id) is None:
             return _command_status(ledger, args)
@@ -338,7 +372,11 @@ def _report(args: argparse.Namespace) -> int:
         data = report.collect(ledger, args.storm_id)
     with open(args.out, "w", encoding="utf-8") as out:
         out.write(report.render(data))
-    print(f"wrote {args.out}")
+    print(
+        json.dumps({"out": args.out, "storm_id": args.storm_id})
+        if args.json
+        else f"wrote {args.out}"
+    )
     return 0
 
 
@@ -346,10 +384,25 @@ def _prune(args: argparse.Namespace) -> int:
     database = DbSettings.from_env(args.db)
     now = time.time()
     before = now - args.older_than
-    with Ledger(database, create=False) as ledger:
-        pruned = ledger.prune(before, now, dry_run=args.dry_run)
-    verb = "would forget" if args.dry_run else "forgot"
     cutoff = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before))
+    with Ledger(database, create=False) as ledger:
+        if not (args.dry_run or args.yes):
+            found = ledger.prune(before, now, dry_run=True)
+            what = f"{found.storms} storm(s) and {found.commands} command(s) from before {cutoff}"
+            if found.storms or found.commands:
+                cli.confirm(f"forget {what}?", yes=False, refusal=f"prune forgets {what}")
+        pruned = ledger.prune(before, now, dry_run=args.dry_run)
+    if args.json:
+        shown = {
+            "dry_run": args.dry_run,
+            "storms": pruned.storms,
+            "commands": pruned.commands,
+            "before": before,
+            "db": database.path,
+        }
+        print(json.dumps(shown, sort_keys=True))
+        return 0
+    verb = "would forget" if args.dry_run else "forgot"
     print(
         f"{verb} {pruned.storms} storm(s) and {pruned.commands} command(s) "
         f"from before {cutoff} in {database.path}"

@@ -39,7 +39,7 @@ def parse_invocation(words: Sequence[str], catalog: Catalog = DEFAULT_CATALOG) -
         return Invocation((COPY_QUEUE_EVENT,), silent)
     found = catalog.event(word)
     if found is None:
-        raise UsageError(_unknown_event_message(word, catalog))
+        raise UsageError(_unknown_event_message(word, catalog, shortcuts="cq, "))
     return Invocation((found,), silent)
 
 
@@ -51,9 +51,9 @@ def resolve_event(name: str, catalog: Catalog = DEFAULT_CATALOG) -> ComponentEve
     return found
 
 
-def _unknown_event_message(word: str, catalog: Catalog) -> str:
+def _unknown_event_message(word: str, catalog: Catalog, shortcuts: str = "") -> str:
     valid = ", ".join(catalog.event_names())
     hint = ""
     if catalog.event(word.upper()) is not None:
         hint = f" (COMPONENT_EVENT is case-sensitive: did you mean {word.upper()}?)"
-    return f"unknown COMPONENT_EVENT {word!r}{hint}; valid: cq, {valid}"
+    return f"unknown COMPONENT_EVENT {word!r}{hint}; valid: {shortcuts}{valid}"

@@ -102,7 +102,7 @@ def test_setevnt_targets_clients_groups_all_and_files(fleet: Fleet, tmp_path: Pa
         (["--group", "lab-1"], {"SIM00000", "SIM00001"}),
         (["--clients-file", str(ids)], {"SIM00004", "SIM00005"}),
         (["--group", "lab-1", "--client", "SIM00005"], {"SIM00000", "SIM00001", "SIM00005"}),
-        (["--all"], {f"SIM0000{n}" for n in range(6)}),
+        (["--all", "--yes"], {f"SIM0000{n}" for n in range(6)}),
     ]
     total = 0
     for args, expected in forms:

@@ -141,6 +141,9 @@ def test_the_command_says_what_it_forgot(
     dry = capsys.readouterr().out
     assert dry.startswith("would forget 4 storm(s) and 6 command(s) from before ")
     assert dry.rstrip().endswith(f"UTC in {database.path}")
+    assert main(argv) == 2, "without a terminal to ask on, prune needs --yes"
+    assert "prune forgets 4 storm(s) and 6 command(s)" in capsys.readouterr().err
+    argv.append("--yes")
     assert main(argv) == 0
     done = capsys.readouterr().out
     assert done.startswith("forgot 4 storm(s) and 6 command(s) from before ")

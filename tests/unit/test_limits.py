@@ -69,7 +69,7 @@ def test_storm_refuses_a_long_ttl_before_anything_is_planned(
     argv = ["storm", "CCIM32_STARTCYCLE", "--client", "PC1", "--db", str(database)]
     assert main([*argv, "--ttl", "30d"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("setevnt-dispatcher: --ttl 30d is longer than")
+    assert error.startswith("setevnt-dispatcher: error: --ttl 30d is longer than")
     assert "\n" not in error and "Traceback" not in error
     assert not database.exists()
 

@@ -78,7 +78,7 @@ def test_a_storm_that_never_reached_the_broker_fails_and_can_be_pruned(
     assert shown["state"] == "failed", "not interrupted for ever"
     assert shown["reason"].startswith("broker: connecting to ")
     assert (shown["published"], shown["unsent"]) == (0, 1), "resume can still send it"
-    assert main(["prune", "--older-than", "0s", "--db", db]) == 0
+    assert main(["prune", "--older-than", "0s", "--db", db, "--yes"]) == 0
     assert capsys.readouterr().out.startswith("forgot 1 storm(s) and 1 command(s) ")
 
 
