@@ -37,7 +37,9 @@ def add_commands(sub: Any) -> None:
     where = hold.add_mutually_exclusive_group()
     where.add_argument("--lock", help=f"lock file (default: the config's, else {DEFAULT_LOCK})")
     where.add_argument("--config", help="agent TOML file whose [guard] lock to take")
-    hold.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    hold.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the installer to run"
+    )
     check = sub.add_parser("check", help="show what the guard sees now")
     check.add_argument("--config", help="agent TOML file (see deploy/agent.example.toml)")
 

@@ -13,6 +13,7 @@ from agent.config import PUBLIC_KEY_ENV
 from agent.simsetup import UPGRADE_EVENT
 from agent.simulate import Simulation, SimulationSettings
 from broker.settings import BrokerSettings
+from schemas import cli
 
 
 def default_connections(clients: int) -> int:
@@ -29,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     simulate = sub.add_parser(
         "simulate", help="run N simulated clients over K connections (demos, load tests)"
     )
-    simulate.add_argument("--clients", type=int, required=True, metavar="N")
+    simulate.add_argument(
+        "--clients", type=int, required=True, metavar="N", help="how many clients to simulate"
+    )
     simulate.add_argument(
         "--connections", type=int, metavar="K", help="default: one per 1,000 clients, <= 16"
     )
@@ -37,12 +40,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     simulate.add_argument("--prefix", default="SIM", help="client ids are PREFIX00000, ...")
     simulate.add_argument("--first", type=int, default=0, help="number of the first client")
     simulate.add_argument("--groups", help="comma-separated groups every client belongs to")
-    simulate.add_argument("--platform", default="nt", choices=("nt", "win9x"))
-    simulate.add_argument("--duration", type=float, default=0.02, help="seconds per run")
+    simulate.add_argument(
+        "--platform", default="nt", choices=("nt", "win9x"), help="reported in heartbeats"
+    )
+    simulate.add_argument(
+        "--duration",
+        type=cli.duration,
+        default=0.02,
+        metavar="DURATION",
+        help="each run's length (default 20ms)",
+    )
     simulate.add_argument("--failure-rate", type=float, default=0.0, help="0.0 .. 1.0")
     simulate.add_argument("--record", help="append a JSON line per run start/finish here")
     simulate.add_argument("--seed", type=int, help="seed for the failure draws")
-    simulate.add_argument("--hello-interval", type=float, default=60.0, metavar="SECONDS")
+    simulate.add_argument(
+        "--hello-interval",
+        type=cli.duration,
+        default=60.0,
+        metavar="DURATION",
+        help="between heartbeats (default 60s)",
+    )
     simulate.add_argument("--workers", type=int, default=64, help="signalling threads")
     simulate.add_argument(
         "--dispatcher-public-key",

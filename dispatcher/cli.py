@@ -136,9 +136,9 @@ def _check_size(args: argparse.Namespace, invocation: Invocation, clients: list[
     names = " and ".join(event.name for event in invocation.events)
     if len(clients) > args.max_targets:
         raise cli.CommandError(
-            f"{len(clients)} clients is more than --max-targets {args.max_targets}: "
-            f"a fleet is a storm's job, paced and resumable: "
-            f"`setevnt-dispatcher storm {invocation.events[0].name} ...` (one event per storm)",
+            f"{len(clients)} clients is more than --max-targets {args.max_targets}: use "
+            f"`setevnt-dispatcher storm {invocation.events[0].name} ...` for a fleet (paced, "
+            "recorded, resumable; one event per storm), or raise --max-targets",
             EXIT_USAGE,
         )
     confirm(args, f"{names} to {len(clients)} client(s)", len(clients))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -148,7 +149,9 @@ def keygen(out: str, *, as_json: bool = False) -> int:
     try:
         signer = keys.generate(out)
     except FileExistsError:
-        raise cli.CommandError(f"{out} exists; not replacing a key") from None
+        if os.path.lexists(out):
+            raise cli.CommandError(f"{out} exists; not replacing a key") from None
+        raise cli.CommandError(f"cannot create {out}: a parent is not a directory") from None
     print(f"private key written to {out}; point $SETEVNT_SIGNING_KEY_FILE at it", file=sys.stderr)
     shown = {"private_key_file": out, "public_key": signer.public_text()}
     print(json.dumps(shown, sort_keys=True) if as_json else signer.public_text())

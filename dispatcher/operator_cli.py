@@ -59,14 +59,20 @@ def _typed(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def store_options() -> argparse.ArgumentParser:
-    """``--db`` and ``--offline-after``, shared by every command that reads the database."""
+def store_options(*, nested: bool = False) -> argparse.ArgumentParser:
+    """``--db`` and ``--offline-after``, shared by every command that reads the database.
+    ``nested``: for a subcommand's subcommand, whose defaults must not hide the values
+    given before it (``site --db X show`` and ``site show --db X`` alike)."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("--db", help="SQLite database (default: $SETEVNT_DB or ./setevnt.db)")
+    parent.add_argument(
+        "--db",
+        default=argparse.SUPPRESS if nested else None,
+        help="SQLite database (default: $SETEVNT_DB or ./setevnt.db)",
+    )
     parent.add_argument(
         "--offline-after",
         type=_typed(storms.parse_duration),
-        default=RegistrySettings().offline_after,
+        default=argparse.SUPPRESS if nested else RegistrySettings().offline_after,
         metavar="DURATION",
         help="a client is offline after this long without a heartbeat (default 180s)",
     )

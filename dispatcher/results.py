@@ -55,7 +55,7 @@ def add_command(
     results = sub.add_parser(
         "results", parents=[store], help="what each client answered to a storm, and why"
     )
-    results.add_argument("id", metavar="STORM_ID|COMMAND_ID")
+    results.add_argument("id", metavar="STORM_ID|COMMAND_ID", help="a storm, or one command")
     results.add_argument(
         "--status",
         type=status_filter,

@@ -29,9 +29,11 @@ from dispatcher.drift import (
     storm_id_for,
 )
 from dispatcher.ledger import Ledger
+from dispatcher.operator_cli import store_options
 from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.site import Site, check_version
 from dispatcher.storm import parse_duration
+from schemas import cli
 
 VERSION_ENV = "SETEVNT_COPYLIST_VERSION"
 REMEDIATE_ENV = "SETEVNT_REMEDIATE"
@@ -66,8 +68,18 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="COMPONENT_EVENT",
         help=f"default: ${EVENT_ENV} or {DEFAULT_UPGRADE_EVENT}",
     )
-    group.add_argument("--upgrade-ttl", metavar="DURATION", help=f"default: ${TTL_ENV} or 1h")
-    group.add_argument("--upgrade-spread", metavar="DURATION", help=f"default: ${SPREAD_ENV} or 0")
+    group.add_argument(
+        "--upgrade-ttl", type=_checked, metavar="DURATION", help=f"default: ${TTL_ENV} or 1h"
+    )
+    group.add_argument(
+        "--upgrade-spread", type=_checked, metavar="DURATION", help=f"default: ${SPREAD_ENV} or 0"
+    )
+
+
+def _checked(text: str) -> str:
+    """A duration, checked where it is given, kept as text (the environment's is too)."""
+    cli.duration(text)
+    return text
 
 
 def drift_options(
@@ -90,10 +102,16 @@ def add_commands(
 ) -> None:
     site = sub.add_parser("site", parents=[store], help="the site's desired CopyListVersion")
     actions = site.add_subparsers(dest="site_command", required=True)
-    set_version = actions.add_parser("set-version", help="the version every client should run")
-    set_version.add_argument("version", metavar="V")
-    show = actions.add_parser("show", help="the version, the fleet against it, the upgrade")
-    show.add_argument("--json", action="store_true")
+    nested = [store_options(nested=True)]
+    set_version = actions.add_parser(
+        "set-version", parents=nested, help="the version every client should run"
+    )
+    set_version.add_argument("version", metavar="V", help="e.g. 1.2.4")
+    set_version.add_argument("--json", action="store_true", help="print the new setting as JSON")
+    show = actions.add_parser(
+        "show", parents=nested, help="the version, the fleet against it, the upgrade"
+    )
+    show.add_argument("--json", action="store_true", help="one JSON object")
     show.add_argument(
         "--upgrade-event",
         metavar="COMPONENT_EVENT",
@@ -106,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if args.site_command == "set-version":
         with Site(database) as site:
             site.set_copylist_version(args.version, default_requester())
-        print(f"site CopyListVersion is now {args.version}")
+        if args.json:
+            print(json.dumps({"copylist_version": args.version}))
+        else:
+            print(f"site CopyListVersion is now {args.version}")
         return 0
     return _show(args, database)
 

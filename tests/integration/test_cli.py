@@ -1,0 +1,240 @@
+"""The three command lines as an operator meets them: run as processes, with bad input.
+
+Every bad input ends in one line on stderr and a documented exit code (2: usage or
+configuration, 1: the command failed, 3: the broker), never a traceback; output piped
+into ``head`` ends quietly; a broker that is down is named in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from dispatcher.db import DbSettings
+from dispatcher.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher.registry import SqliteRegistry
+from schemas.messages import Heartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = {"setevnt": "dispatcher.cli", "setevnt-dispatcher": "dispatcher", "agent": "agent"}
+
+# (command line, what its one line on stderr says, exit code). {db}: a database with a
+# registered fleet of three; {missing}: no database; {ids}: a file of 150 client ids;
+# {key}: a key file that exists.
+BAD_INPUT: list[tuple[str, str, int]] = [
+    ("setevnt --log-level LOUD --client PC1", "argument --log-level: invalid choice: 'LOUD'", 2),
+    ("setevnt --client PC1 --wait 1h30x", "'1h30x' is not a duration (e.g. 30s, 5m, 1h30m)", 2),
+    ("setevnt --client PC1 --ttl soon", "'soon' is not a duration", 2),
+    ("setevnt cq", "no targets: give --client, --group, --all or --clients-file", 2),
+    ("setevnt --client bad/id cq", "invalid client id 'bad/id'", 2),
+    ("setevnt --client PC1 ccim32_startcycle", "case-sensitive: did you mean CCIM32_STARTCYCLE", 2),
+    ("setevnt --client PC1 NOPE_STARTCYCLE", "unknown COMPONENT_EVENT 'NOPE_STARTCYCLE'", 2),
+    ("setevnt --client PC1 cq CCIM32_CLOSE", "expected at most one of 'cq' or COMPONENT_EVENT", 2),
+    ("setevnt --clients-file {missing} cq", "typo.db: No such file or directory", 2),
+    ("setevnt --clients-file {ids} cq", "use `setevnt-dispatcher storm CQMGR32_STARTCYCLE", 2),
+    ("setevnt --clients-file {ids} --max-targets 200 cq", "to 150 client(s): add --yes", 2),
+    ("setevnt --all --db {db} cq", "CQMGR32_STARTCYCLE to 3 client(s): add --yes", 2),
+    ("setevnt --all --db {missing} cq", "no setevnt database at", 2),
+    ("setevnt --group nobody --db {db} cq", "--group nobody: no registered client is in", 2),
+    ("setevnt --client PC1 --max-targets lots", "'lots' is not a count", 2),
+    ("setevnt --client PC1 --bogus", "unrecognized arguments: --bogus", 2),
+    ("setevnt --print-completion fish", "argument --print-completion: invalid choice: 'fish'", 2),
+    ("setevnt-dispatcher --log-level LOUD status", "invalid choice: 'LOUD'", 2),
+    ("setevnt-dispatcher status --log-level loud", "invalid choice: 'LOUD'", 2),
+    ("setevnt-dispatcher", "the following arguments are required: COMMAND", 2),
+    ("setevnt-dispatcher frobnicate", "argument COMMAND: invalid choice: 'frobnicate'", 2),
+    ("setevnt-dispatcher serve --metrics-port 99999", "'99999' is not a port (0-65535)", 2),
+    ("setevnt-dispatcher serve --metrics-port http", "'http' is not a port (0-65535)", 2),
+    ("setevnt-dispatcher serve --upgrade-ttl soon", "'soon' is not a duration", 2),
+    ("setevnt-dispatcher storm cq --client PC1", "'cq' is a shortcut of setevnt's syntax", 2),
+    ("setevnt-dispatcher storm NOPE_CLOSE --client PC1", "unknown COMPONENT_EVENT 'NOPE_CLOSE'", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE", "no targets", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE --client PC1 --rate fast", "not a rate", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE --client PC1 --spread 1h30x", "not a dura", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE --client PC1 --max-in-flight 150%", "100%", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE --client PC1 --confirm-above x", "not a cou", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE --client PC1 --ttl 30d", "--ttl 30d is long", 2),
+    ("setevnt-dispatcher storm CCIM32_STARTCYCLE --all --db {db}", "as a storm: add --yes", 2),
+    ("setevnt-dispatcher storm --all --db {db}", "give the COMPONENT_EVENT to send", 2),
+    ("setevnt-dispatcher prune --older-than 30", "'30' has no unit: write 30s, 30m, 30h or 30d", 2),
+    ("setevnt-dispatcher prune --older-than 'a month'", "'a month' is not a duration", 2),
+    ("setevnt-dispatcher prune", "the following arguments are required: --older-than", 2),
+    ("setevnt-dispatcher prune --older-than 1s --db {db}", "prune forgets 1 storm(s)", 2),
+    ("setevnt-dispatcher prune --older-than 30d --db {missing}", "no setevnt database at", 2),
+    ("setevnt-dispatcher status storm-nope --db {db}", "no storm or command storm-nope", 2),
+    ("setevnt-dispatcher resume storm-nope --db {db}", "no storm storm-nope in", 2),
+    ("setevnt-dispatcher cancel storm-nope --db {db}", "no storm storm-nope", 2),
+    ("setevnt-dispatcher results storm-x --status failed,nope", "'nope' is not a status", 2),
+    ("setevnt-dispatcher dead --limit 0", "'0': a count from 1 to 10000", 2),
+    ("setevnt-dispatcher clients --offline-after soon", "'soon' is not a duration", 2),
+    ("setevnt-dispatcher clients --drifted --db {db}", "no site CopyListVersion to drift from", 2),
+    ("setevnt-dispatcher site show --db {db}", "no site CopyListVersion", 2),
+    ("setevnt-dispatcher keygen --out {key}/key", "existing.key/key: a parent is not a dir", 1),
+    ("setevnt-dispatcher keygen --out {key}", "exists; not replacing a key", 1),
+    ("setevnt-dispatcher --print-completion fish", "invalid choice: 'fish'", 2),
+    ("agent --log-level LOUD check", "argument --log-level: invalid choice: 'LOUD'", 2),
+    ("agent check --log-level LOUD", "argument --log-level: invalid choice: 'LOUD'", 2),
+    ("agent", "the following arguments are required: COMMAND", 2),
+    ("agent check --config {missing}.toml", "typo.db.toml", 2),
+    ("agent simulate --clients 1 --duration soon", "'soon' is not a duration", 2),
+    ("agent simulate --clients many", "argument --clients: invalid int value: 'many'", 2),
+    ("agent hold", "no command given", 2),
+]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def argv_of(line: str, **paths: str) -> list[str]:
+    import shlex
+
+    words = shlex.split(line.format(**paths))
+    return [sys.executable, "-m", MODULES[words[0]], *words[1:]]
+
+
+def run(argv: list[str], **extra: object) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,  # no terminal: confirmations need --yes
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **extra,  # type: ignore[call-overload]
+    )
+
+
+def fleet_db(path: Path, count: int) -> str:
+    now = time.time()
+    beats = [
+        (
+            Heartbeat(
+                client_id=f"PC{n}", kind="heartbeat", sent_at=now, platform="nt",
+                agent_version="0.1.0", groups=(),
+            ),
+            now,
+        )
+        for n in range(1, count + 1)
+    ]  # fmt: skip
+    with SqliteRegistry(DbSettings(str(path))) as registry:
+        registry.record(beats)
+    return str(path)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> dict[str, str]:
+    """A fleet of three with one storm finished long ago, 150 ids, an existing key file."""
+    db = fleet_db(tmp_path / "fleet.db", 3)
+    long_ago = time.time() - 60 * 86400
+    old = StormRecord(
+        "storm-old", "CCIM32", "STARTCYCLE", {}, 1, "done", None, "ops", long_ago - 60,
+        long_ago, long_ago, "pid 1", False,
+    )  # fmt: skip
+    with Ledger(DbSettings(db)) as ledger:
+        sent = CommandRecord(
+            "c-old", "storm-old", "PC1", "CCIM32", "STARTCYCLE", "done", expires_at=long_ago
+        )
+        ledger.create_storm(old, [sent])
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"PC{n:03d}\n" for n in range(150)))
+    key = tmp_path / "existing.key"
+    key.write_text("not replaced\n")
+    return {"db": db, "missing": str(tmp_path / "typo.db"), "ids": str(ids), "key": str(key)}
+
+
+def test_every_bad_input_is_one_line_and_an_exit_code(
+    paths: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever reaches for the broker finds none: bad input must be refused before.
+    monkeypatch.setenv("SETEVNT_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F")
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda row: run(argv_of(row[0], **paths)), BAD_INPUT))
+    table, wrong = [], []
+    for (line, says, code), result in zip(BAD_INPUT, done, strict=True):
+        err = result.stderr.strip()
+        table.append(f"{line}\n    -> {err}  [exit {result.returncode}]")
+        if "Traceback" in err or err.count("\n") or says not in err or result.returncode != code:
+            wrong.append(
+                f"{line}: expected {says!r} and {code}, got {err!r} and {result.returncode}"
+            )
+    print(f"\n{len(BAD_INPUT)} bad inputs (input -> message  [exit code]):")
+    print("\n".join(table))
+    assert len(BAD_INPUT) >= 40
+    assert wrong == []
+
+
+def test_a_broker_that_is_down_is_named_in_one_line(paths: dict[str, str]) -> None:
+    port = closed_port()
+    url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
+    redacted = f"amqp://guest:***@127.0.0.1:{port}/%2F"
+    says = f"error: cannot reach the broker at {redacted}: connection refused"
+    for line in (
+        "setevnt-dispatcher --url {url} declare",
+        "setevnt-dispatcher provision PC1 --url {url}",
+        "setevnt-dispatcher dead --url {url}",
+        "setevnt --url {url} --client PC1 cq",
+        "setevnt --client PC1 --url {url} --wait 5s",
+    ):
+        result = run(argv_of(line, url=url))
+        assert result.returncode == 3, (line, result.stderr)
+        assert result.stderr.strip().count("\n") == 0, (line, result.stderr)
+        assert says in result.stderr and "Traceback" not in result.stderr, (line, result.stderr)
+    storm = run(
+        argv_of(
+            "setevnt-dispatcher --url {url} storm CCIM32_STARTCYCLE --client PC1 --db {db}",
+            url=url,
+            **paths,
+        )
+    )
+    assert storm.returncode == 3, storm.stderr
+    assert storm.stderr.strip().splitlines()[-1].endswith(says.split("error: ", 1)[1])
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    """More output than a pipe holds, and a reader that goes away after one line: the
+    shell's SIGPIPE status (141) and nothing on stderr, as with any Unix tool."""
+    db = fleet_db(tmp_path / "big.db", 3000)
+    for line in (
+        "setevnt-dispatcher clients --db {db}",
+        "setevnt-dispatcher clients --json --db {db}",
+    ):
+        argv = " ".join(argv_of(line, db=db))
+        shown = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", f"{argv} | head -1"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.stdout.count("\n") == 1
+        assert shown.stderr == "", shown.stderr
+        assert shown.returncode == 141
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_version(name: str) -> None:
+    shown = run(argv_of(f"{name} --version"))
+    assert shown.returncode == 0
+    assert re.fullmatch(
+        rf"{name if name != 'agent' else 'setevnt-agent'} \d+\.\d+\.\S+\n", shown.stdout
+    )
+
+
+def test_completion_is_written_for_bash_and_zsh() -> None:
+    for shell, marker in (("bash", "complete"), ("zsh", "#compdef")):
+        shown = run(argv_of(f"setevnt-dispatcher --print-completion {shell}"))
+        assert shown.returncode == 0 and marker in shown.stdout
+        assert "storm" in shown.stdout and "--older-than" in shown.stdout
