@@ -14,6 +14,7 @@ check [--config FILE]
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -42,12 +43,13 @@ def add_commands(sub: Any) -> None:
     )
     check = sub.add_parser("check", help="show what the guard sees now")
     check.add_argument("--config", help="agent TOML file (see deploy/agent.example.toml)")
+    check.add_argument("--json", action="store_true", help="print what the guard sees as JSON")
 
 
 def main(args: argparse.Namespace) -> int:
     if args.command == "hold":
         return hold(args.lock, args.config, args.argv)
-    return check(args.config)
+    return check(args.config, as_json=args.json)
 
 
 # -- hold ---------------------------------------------------------------------------------
@@ -105,12 +107,14 @@ def _run_holding(argv: list[str], fd: int) -> int:
 # -- check --------------------------------------------------------------------------------
 
 
-def check(config_path: str | None) -> int:
+def check(config_path: str | None, *, as_json: bool = False) -> int:
     try:
         config = load(config_path)
         guard = Guard.from_config(config.guard)
     except (ConfigError, GuardConfigError) as exc:
         return _fail(f"check: {exc}", 2)
+    if as_json:
+        return _check_json(config, guard)
     settings = config.guard
     print(
         f"guard of {config.client_id}: probes {', '.join(settings.probes) or 'none'}; "
@@ -123,6 +127,38 @@ def check(config_path: str | None) -> int:
     _print_policy(config, guard, busy)
     _print_spool(settings.spool)
     return 1 if busy else 0
+
+
+def _check_json(config: AgentConfig, guard: Guard) -> int:
+    probes = [
+        {"probe": probe.name, "watches": probe.describe(), "busy": detail}
+        for probe, detail in guard.survey()
+    ]
+    busy = any(p["busy"] is not None for p in probes)
+    events = config.catalog.event_names()
+    waiting = [e for e in events if guard.disruptive(e)]
+    spool = config.guard.spool
+    shown = {
+        "client_id": config.client_id,
+        "probes": probes,
+        "busy": busy,
+        "wait_for_distributions": waiting,
+        "deferred_now": waiting if busy else [],
+        "allow_force": config.allow_force,
+        "spool": spool,
+        "spooled": _spooled(spool) if spool else None,
+    }
+    print(json.dumps(shown, sort_keys=True))
+    return 1 if busy else 0
+
+
+def _spooled(directory: str) -> int | None:
+    try:
+        return sum(1 for p in Path(directory).iterdir() if p.name.endswith(SUFFIX))
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        return None
 
 
 def _print_policy(config: AgentConfig, guard: Guard, busy: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import stat
@@ -345,9 +346,16 @@ def test_check_shows_each_probe_and_the_events_that_would_wait(
     assert any(line.split()[0] == "marker" and line.endswith("free") for line in lines[1:3])
     assert "now: busy - these would be deferred: CCIM32_CLOSE, CCIM32_STARTCYCLE" in shown.stdout
     assert "CQMGR32_STARTCYCLE" in next(line for line in lines if line.startswith("never wait"))
+    as_json = agent_cli("check", "--config", str(config), "--json")
+    assert as_json.returncode == 1, as_json.stderr
+    seen = json.loads(as_json.stdout)
+    assert seen["busy"] and seen["client_id"] == "PC042"
+    assert [p["probe"] for p in seen["probes"] if p["busy"]] == ["lock"]
+    assert seen["deferred_now"][:2] == ["CCIM32_CLOSE", "CCIM32_STARTCYCLE"]
 
     held_by_hold.terminate()
     held_by_hold.wait(timeout=10)
     shown = agent_cli("check", "--config", str(config))
     assert shown.returncode == 0
     assert "now: free" in shown.stdout
+    assert json.loads(agent_cli("check", "--config", str(config), "--json").stdout)["busy"] is False
