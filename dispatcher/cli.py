@@ -26,12 +26,10 @@ from dispatcher.db import DbSettings
 from dispatcher.logs import broker_errors, configure
 from dispatcher.waiter import AckWaiter, Answer
 from schemas import cli
-from schemas.catalog import ComponentEvent
 from schemas.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from schemas.syntax import Invocation, parse_invocation
 
 PROG = "setevnt"
-SHOWN_IDS = 10  # the first target ids a dry run prints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,38 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
-    add_safety_options(parser, publishes="publish nothing")
+    targets.add_safety_options(parser, publishes="publish nothing")
     parser.add_argument(
         "--max-targets",
-        type=_count,
+        type=targets.count,
         default=100,
         metavar="N",
         help="refuse more clients than this: storms pace them (default 100)",
     )
     return parser
-
-
-def add_safety_options(parser: argparse.ArgumentParser, *, publishes: str) -> None:
-    """``--dry-run``, ``--yes`` and ``--confirm-above``, as ``setevnt`` and storms take them."""
-    parser.add_argument(
-        "--dry-run", action="store_true", help=f"print the target count and first ids; {publishes}"
-    )
-    parser.add_argument(
-        "--yes", action="store_true", help="no confirmation for --all or many targets"
-    )
-    parser.add_argument(
-        "--confirm-above",
-        type=_count,
-        default=100,
-        metavar="N",
-        help="ask first (or need --yes) above N targets, and always with --all (default 100)",
-    )
-
-
-def _count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
-    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +82,7 @@ def trigger(args: argparse.Namespace) -> int:
     invocation = parse_invocation(args.words)
     clients = targets.from_command_line(args, DbSettings.from_env(args.db))
     if args.dry_run:
-        return dry_run(invocation.events, clients, args.json)
+        return targets.dry_run(invocation.events, clients, args.json)
     _check_size(args, invocation, clients)
     with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
         commands = dispatcher.commands(
@@ -141,27 +116,7 @@ def _check_size(args: argparse.Namespace, invocation: Invocation, clients: list[
             "recorded, resumable; one event per storm), or raise --max-targets",
             EXIT_USAGE,
         )
-    confirm(args, f"{names} to {len(clients)} client(s)", len(clients))
-
-
-def confirm(args: argparse.Namespace, what: str, count: int) -> None:
-    """Ask before ``--all`` or more than ``--confirm-above`` targets (or take ``--yes``)."""
-    if args.everyone or count > args.confirm_above:
-        cli.confirm(f"send {what}?", yes=args.yes, refusal=f"this sends {what}")
-
-
-def dry_run(events: Sequence[ComponentEvent], clients: Sequence[str], as_json: bool) -> int:
-    """What would be sent, to how many, and the first few: nothing is published."""
-    names = [event.name for event in events]
-    shown = list(clients[:SHOWN_IDS])
-    if as_json:
-        row = {"dry_run": True, "events": names, "targets": len(clients), "first": shown}
-        print(json.dumps(row, sort_keys=True))
-        return EXIT_OK
-    more = f", ... ({len(clients) - len(shown)} more)" if len(clients) > len(shown) else ""
-    print(f"dry run: would send {' and '.join(names)} to {len(clients)} client(s)")
-    print(f"  {', '.join(shown)}{more}")
-    return EXIT_OK
+    targets.confirm(args, f"{names} to {len(clients)} client(s)", len(clients))
 
 
 def _report(

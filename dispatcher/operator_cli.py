@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
-from dispatcher import cli as setevnt_cli
 from dispatcher import dead, progress, report, results, targets
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
@@ -179,7 +178,7 @@ def _storm_options(parser: argparse.ArgumentParser) -> None:
         help="fast lane: transient commands, re-sent from the ledger after a broker restart",
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    setevnt_cli.add_safety_options(parser, publishes="plans and publishes nothing")
+    targets.add_safety_options(parser, publishes="plans and publishes nothing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -268,8 +267,8 @@ def _storm(args: argparse.Namespace) -> int:
         )
     event = resolve_event(name, DEFAULT_CATALOG)
     if args.dry_run:
-        return setevnt_cli.dry_run([event], ids, args.json)
-    setevnt_cli.confirm(args, f"{event.name} to {len(ids)} client(s) as a storm", len(ids))
+        return targets.dry_run([event], ids, args.json)
+    targets.confirm(args, f"{event.name} to {len(ids)} client(s) as a storm", len(ids))
     with _stores(database, args.offline_after) as (registry, ledger):
         storm = storms.plan(ledger, event, ids, options)
         print(f"storm {storm.storm_id}: {event.name} on {len(ids)} client(s)", file=sys.stderr)
