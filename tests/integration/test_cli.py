@@ -238,3 +238,25 @@ def test_completion_is_written_for_bash_and_zsh() -> None:
         shown = run(argv_of(f"setevnt-dispatcher --print-completion {shell}"))
         assert shown.returncode == 0 and marker in shown.stdout
         assert "storm" in shown.stdout and "--older-than" in shown.stdout
+
+
+def test_a_dry_run_counts_and_publishes_nothing(
+    paths: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no broker at all: a dry run never connects, and plans no storm."""
+    monkeypatch.setenv("SETEVNT_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F")
+    shown = run(argv_of("setevnt --all --db {db} cq --dry-run", **paths))
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        "dry run: would send CQMGR32_STARTCYCLE to 3 client(s)",
+        "  PC1, PC2, PC3",
+    ]
+    storm = run(
+        argv_of(
+            "setevnt-dispatcher storm CCIM32_STARTCYCLE --all --dry-run --json --db {db}", **paths
+        )
+    )
+    assert storm.returncode == 0, storm.stderr
+    assert '"targets": 3' in storm.stdout and '"dry_run": true' in storm.stdout
+    listed = run(argv_of("setevnt-dispatcher status --json --db {db}", **paths))
+    assert [line.count("storm-old") for line in listed.stdout.splitlines()] == [1], "no new storm"
