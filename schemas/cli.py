@@ -49,6 +49,20 @@ def version(distribution: str = "setevnt") -> str:
         return "unknown"
 
 
+class _Version(argparse.Action):
+    """argparse's own ``version`` action, but the installed version is looked up only
+    when asked for: reading the package metadata costs every start a few milliseconds."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        parser.exit(0, f"{parser.prog} {version()}\n")
+
+
 def log_level(text: str) -> str:
     return text.upper()
 
@@ -85,9 +99,7 @@ def add_global_options(
 ) -> None:
     """``--version``, ``--log-level`` and (optionally) ``--url`` on the top-level parser;
     :func:`share_globals` then accepts them after the subcommand too."""
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {version()}", help="print the version"
-    )
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version")
     _global(parser, log_default, url)
 
 

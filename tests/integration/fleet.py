@@ -55,8 +55,9 @@ class Fleet:
         return process
 
     def start_storm(self, *args: str) -> Process:
-        """``setevnt-dispatcher storm ARGS``, left running; :func:`storm_id_of` its lines."""
-        return self._start([sys.executable, "-m", "dispatcher", "storm", *args])
+        """``setevnt-dispatcher storm ARGS --yes``, left running; :func:`storm_id_of` its
+        lines (confirmed: a test's fleet is there to be stormed)."""
+        return self._start([sys.executable, "-m", "dispatcher", "storm", *args, "--yes"])
 
     def _start(self, argv: list[str]) -> Process:
         process = Process(argv, env=self.env)
@@ -78,7 +79,7 @@ class Fleet:
 
     def storm(self, *args: str) -> tuple[int, dict[str, Any]]:
         """Run a storm to its end; (exit code, its --json outcome)."""
-        done = self.dispatcher("storm", *args, "--json")
+        done = self.dispatcher("storm", *args, "--json", "--yes")
         assert done.stdout.strip(), done.stderr
         return done.returncode, json.loads(done.stdout.strip().splitlines()[-1])
 

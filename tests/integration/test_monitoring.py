@@ -85,7 +85,7 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
         wait_for(lambda: len(fleet.clients()) >= 32, 30, "the fleet registered")
         hold = start_hold(tmp_path / "distribution.lock", "sleep", "3")
         agents.append(hold)
-        code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--all", "--yes", "--max-errors", "100%")
+        code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--all", "--max-errors", "100%")
         assert code in (0, 1), outcome  # failures are expected: a fifth of the fleet fails
         # A second distribution on the same client, once the first one ended and its
         # deferred command ran: the deferral histogram then has a series that grows

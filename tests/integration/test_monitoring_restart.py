@@ -107,7 +107,7 @@ def test_the_first_storm_and_unroutable_command_after_a_restart_show(
         created = f"setevnt_duplicate_acks_created > {restarted_at}"
         wait_for(lambda: has_numbers(prometheus.query(created)), 30, "a scrape of the new serve")
 
-        storm = fleet.start_storm("CCIM32_STARTCYCLE", "--all", "--yes", "--rate", RATE, "--json")
+        storm = fleet.start_storm("CCIM32_STARTCYCLE", "--all", "--rate", RATE, "--json")
         during = _seen_while_running(storm, port)
         assert storm.proc.wait(timeout=60) == 0, storm.output
         outcome = json.loads(storm.lines[-1])

@@ -76,7 +76,7 @@ def test_storm_reaches_every_client_exactly_once(fleet: Fleet, tmp_path: Path) -
     fleet.serve()
     simulator = fleet.simulate(300, "--connections", "3", "--record", str(record))
     wait_for(lambda: len(fleet.clients()) == 300, 20, "300 registered clients")
-    code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--all", "--yes", "--max-in-flight", "50")
+    code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--all", "--max-in-flight", "50")
     assert code == 0, outcome
     assert outcome["state"] == "done"
     assert (outcome["published"], outcome["acked"], outcome["failed"]) == (300, 300, 0)
