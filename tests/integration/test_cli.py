@@ -24,7 +24,11 @@ from dispatcher.registry import SqliteRegistry
 from schemas.messages import Heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = {"setevnt": "dispatcher.cli", "setevnt-dispatcher": "dispatcher", "agent": "agent"}
+MODULES = {
+    "setevnt": "dispatcher.cli",
+    "setevnt-dispatcher": "dispatcher",
+    "setevnt-agent": "agent",
+}
 
 # (command line, what its one line on stderr says, exit code). {db}: a database with a
 # registered fleet of three; {missing}: no database; {ids}: a file of 150 client ids;
@@ -80,13 +84,13 @@ BAD_INPUT: list[tuple[str, str, int]] = [
     ("setevnt-dispatcher keygen --out {key}/key", "existing.key/key: a parent is not a dir", 1),
     ("setevnt-dispatcher keygen --out {key}", "exists; not replacing a key", 1),
     ("setevnt-dispatcher --print-completion fish", "invalid choice: 'fish'", 2),
-    ("agent --log-level LOUD check", "argument --log-level: invalid choice: 'LOUD'", 2),
-    ("agent check --log-level LOUD", "argument --log-level: invalid choice: 'LOUD'", 2),
-    ("agent", "the following arguments are required: COMMAND", 2),
-    ("agent check --config {missing}.toml", "typo.db.toml", 2),
-    ("agent simulate --clients 1 --duration soon", "'soon' is not a duration", 2),
-    ("agent simulate --clients many", "argument --clients: invalid int value: 'many'", 2),
-    ("agent hold", "no command given", 2),
+    ("setevnt-agent --log-level LOUD check", "argument --log-level: invalid choice: 'LOUD'", 2),
+    ("setevnt-agent check --log-level LOUD", "argument --log-level: invalid choice: 'LOUD'", 2),
+    ("setevnt-agent", "the following arguments are required: COMMAND", 2),
+    ("setevnt-agent check --config {missing}.toml", "typo.db.toml", 2),
+    ("setevnt-agent simulate --clients 1 --duration soon", "'soon' is not a duration", 2),
+    ("setevnt-agent simulate --clients many", "argument --clients: invalid int value: 'many'", 2),
+    ("setevnt-agent hold", "no command given", 2),
 ]
 
 
@@ -228,9 +232,7 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
 def test_version(name: str) -> None:
     shown = run(argv_of(f"{name} --version"))
     assert shown.returncode == 0
-    assert re.fullmatch(
-        rf"{name if name != 'agent' else 'setevnt-agent'} \d+\.\d+\.\S+\n", shown.stdout
-    )
+    assert re.fullmatch(rf"{name} \d+\.\d+\.\S+\n", shown.stdout)
 
 
 def test_completion_is_written_for_bash_and_zsh() -> None:
