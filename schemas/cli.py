@@ -60,7 +60,8 @@ class _Version(argparse.Action):
         values: object,
         option_string: str | None = None,
     ) -> NoReturn:
-        parser.exit(0, f"{parser.prog} {version()}\n")
+        print(f"{parser.prog} {version()}")
+        parser.exit(0)
 
 
 def log_level(text: str) -> str:
