@@ -262,3 +262,32 @@ def test_a_dry_run_counts_and_publishes_nothing(
     assert '"targets": 3' in storm.stdout and '"dry_run": true' in storm.stdout
     listed = run(argv_of("setevnt-dispatcher status --json --db {db}", **paths))
     assert [line.count("storm-old") for line in listed.stdout.splitlines()] == [1], "no new storm"
+
+
+@pytest.mark.parametrize(("answer", "code", "says"), [("y", 0, "forgot 1 storm(s)"), ("n", 1, "")])
+def test_prune_asks_on_a_terminal(paths: dict[str, str], answer: str, code: int, says: str) -> None:
+    """On a terminal prune asks, and forgets only after a "y"."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            argv_of("setevnt-dispatcher prune --older-than 1s --db {db}", **paths),
+            cwd=ROOT,
+            stdin=secondary,
+            stderr=secondary,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        asked = b""
+        deadline = time.monotonic() + 30
+        while b"[y/N]" not in asked and time.monotonic() < deadline:
+            asked += os.read(primary, 1024)
+        assert b"forget 1 storm(s) and 1 command(s) from before" in asked
+        os.write(primary, f"{answer}\n".encode())
+        out, _ = process.communicate(timeout=30)
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert process.returncode == code
+    assert says in out if says else out == ""
