@@ -12,7 +12,7 @@ setevnt-dispatcher status [STORM_ID | COMMAND_ID] [--json] [--once]
 setevnt-dispatcher results STORM_ID|COMMAND_ID [--status S,S] [--json]   (dispatcher.results)
 setevnt-dispatcher report STORM_ID [--out report.html] [--json]
 setevnt-dispatcher dead [--limit N] [--json]                             (dispatcher.dead)
-setevnt-dispatcher prune --older-than DURATION [--dry-run] [--yes] [--json]
+setevnt-dispatcher prune --older-than DURATION [--dry-run] [--yes] [--json]  (dispatcher.prune)
 """
 
 from __future__ import annotations
@@ -30,14 +30,13 @@ from typing import Any, TypeVar
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
-from dispatcher import dead, progress, report, results, targets
+from dispatcher import dead, progress, prune, report, results, targets
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
 from dispatcher.ledger import Ledger, StormRecord
 from dispatcher.registry import ClientRecord, RegistrySettings, SqliteRegistry
 from dispatcher.site import Site
-from schemas import cli
 from schemas.catalog import DEFAULT_CATALOG
 from schemas.syntax import COPY_QUEUE_EVENT, UsageError, resolve_event
 
@@ -116,20 +115,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     report_cmd.add_argument("storm_id", metavar="STORM_ID", help="the storm to show")
     report_cmd.add_argument("--out", default="report.html", help="default: report.html")
     report_cmd.add_argument("--json", action="store_true", help="print the file written as JSON")
-    prune = sub.add_parser(
-        "prune", parents=[store], help="forget old storms and commands from the ledger"
-    )
-    prune.add_argument(
-        "--older-than",
-        type=cli.duration_with_unit,
-        required=True,
-        metavar="DURATION",
-        help="storms that finished, and commands that expired, longer ago (e.g. 30d; a unit "
-        "is required)",
-    )
-    prune.add_argument("--dry-run", action="store_true", help="only count what would go")
-    prune.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    prune.add_argument("--json", action="store_true", help="print the counts as JSON")
+    prune.add_command(sub, store)
 
 
 def _storm_options(parser: argparse.ArgumentParser) -> None:
@@ -191,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "results": results.run,
         "report": _report,
         "dead": dead.run,
-        "prune": _prune,
+        "prune": prune.run,
     }[args.command]
     return handler(args)
 
@@ -381,36 +367,6 @@ def _report(args: argparse.Namespace) -> int:
         json.dumps({"out": args.out, "storm_id": args.storm_id})
         if args.json
         else f"wrote {args.out}"
-    )
-    return 0
-
-
-def _prune(args: argparse.Namespace) -> int:
-    database = DbSettings.from_env(args.db)
-    now = time.time()
-    before = now - args.older_than
-    cutoff = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(before))
-    with Ledger(database, create=False) as ledger:
-        if not (args.dry_run or args.yes):
-            found = ledger.prune(before, now, dry_run=True)
-            what = f"{found.storms} storm(s) and {found.commands} command(s) from before {cutoff}"
-            if found.storms or found.commands:
-                cli.confirm(f"forget {what}?", yes=False, refusal=f"prune forgets {what}")
-        pruned = ledger.prune(before, now, dry_run=args.dry_run)
-    if args.json:
-        shown = {
-            "dry_run": args.dry_run,
-            "storms": pruned.storms,
-            "commands": pruned.commands,
-            "before": before,
-            "db": database.path,
-        }
-        print(json.dumps(shown, sort_keys=True))
-        return 0
-    verb = "would forget" if args.dry_run else "forgot"
-    print(
-        f"{verb} {pruned.storms} storm(s) and {pruned.commands} command(s) "
-        f"from before {cutoff} in {database.path}"
     )
     return 0
 
