@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 from typing import NoReturn
 
 from schemas.durations import parse_duration
@@ -43,6 +42,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def version(distribution: str = "setevnt") -> str:
+    from importlib import metadata  # only for --version: the agent counts its memory
+
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:  # run from a source tree that was not installed
