@@ -221,6 +221,22 @@ def _build(
     broker = _broker(data.get("broker", {}), env, options.pop("url", None), where)
     kind, options_table = _backend(data.get("backend", {}), options.pop("backend", None), where)
     journal = options.pop("journal", None) or agent_table.get("journal")
+    try:
+        return _config(data, client_id, broker, kind, options_table, journal, env)
+    except ValueError as exc:  # the dataclasses' own checks, of values from the file
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _config(
+    data: dict[str, Any],
+    client_id: str,
+    broker: BrokerSettings,
+    kind: str | None,
+    options_table: dict[str, Any],
+    journal: str | None,
+    env: Mapping[str, str],
+) -> AgentConfig:
+    agent_table = data.get("agent", {})
     return AgentConfig(
         client_id=client_id,
         platform=data.get("platform", "nt"),

@@ -93,6 +93,7 @@ CASES = [
         "",
     ),
     Case("private env", {"exec": f'[backend.exec]\nenv = ["SETEVNT_AMQP_URL"]\n{EXEC}'}, ""),
+    Case("disruptive typo", {"exec": EXEC + '[guard]\ndisruptive = ["CCIM32_STARTCYCL"]\n'}, ""),
     Case("component name", {"exec": EXEC + '[[components]]\ntitle = "Setup"\n'}, ""),
 ]
 MESSAGES = {
@@ -126,6 +127,8 @@ MESSAGES = {
     "placeholder key": NO_SECURITY_DECISION,
     "private env": "{config}backend.exec: env may not pass SETEVNT_AMQP_URL: the agent's own "
     "settings (the broker password among them) stay out of programs",
+    "disruptive typo": "{config}guard.disruptive: unknown event CCIM32_STARTCYCL; did you mean "
+    "CCIM32_STARTCYCLE?",
     "component name": "{config}components[0].name: is required (an upper case name, e.g. CLISETUP)",
 }
 
