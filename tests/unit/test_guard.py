@@ -243,8 +243,8 @@ def test_guard_table_is_read(tmp_path: Path) -> None:
         ('probes = ["command"]', "guard.command"),
         ("poll_interval = 0", "poll_interval"),
         ('disruptive = ["CCIM32_STARTCYLE"]', "CCIM32_STARTCYLE"),
-        ('probe = ["lock"]', "unknown key probe"),
-        ('processes = "dpkg"', "guard.processes must be a list"),
+        ('probe = ["lock"]', "guard.probe: unknown key; did you mean probes?"),
+        ('processes = "dpkg"', "guard.processes: must be an array, not a string"),
     ],
 )
 def test_bad_guard_settings_are_config_errors(tmp_path: Path, table: str, message: str) -> None:
@@ -337,6 +337,9 @@ def test_check_shows_each_probe_and_the_events_that_would_wait(
     config.write_text(
         f'client_id = "PC042"\n[guard]\nprobes = ["lock", "marker"]\nlock = "{lock_path}"\n'
         f'markers = ["{tmp_path}/*.inprogress"]\n'
+        # What `run` needs, which check refuses without: a backend, a journal, a decision.
+        f'[agent]\njournal = "{tmp_path / "journal"}"\n[security]\nallow_unsigned = true\n'
+        '[backend]\ntype = "exec"\n[backend.exec.commands]\n'
     )
     shown = agent_cli("check", "--config", str(config))
     assert shown.returncode == 1, shown.stderr
