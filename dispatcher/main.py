@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=9808)
     serve.add_argument("--metrics-addr", default="127.0.0.1")
     site_cli.add_serve_options(serve)
+    keys.add_arguments(serve)
     serve.add_argument(
         "--policy",
         help="who may trigger what through setevnt.requests, a TOML file (default: "
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_level)
     try:
         if args.command == "serve":
+            signing = keys.from_arguments(args)  # now, not at its first publish
             stores = (DbSettings.from_env(args.db), args.offline_after)
             return serve(
                 BrokerSettings.from_env(args.url),
@@ -106,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stores,
                 policy=Policy.load(args.policy),
                 drift=site_cli.drift_options(args),
+                signing=signing,
             )
         if args.command == "site":
             return site_cli.run(args)
@@ -187,8 +190,10 @@ def serve(
     *,
     policy: Policy | None = None,
     drift: site_cli.DriftOptions | None = None,
+    signing: keys.Signing | None = None,
 ) -> int:
     registry = CollectorRegistry()
+    signing = signing or keys.Signing.from_env()
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
     drift = drift or site_cli.DriftOptions(None, RemediationSettings())
     metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
@@ -199,7 +204,7 @@ def serve(
         Ledger(database) as ledger,
     ):
         _seed_site(database, drift.seed_version)
-        recorder = Recorder(settings, fleet, ledger, metrics)
+        recorder = Recorder(settings, fleet, ledger, metrics, signing=signing)
         log.info("fleet registry and ledger in %s", database.path)
         senders = Senders.from_env(settings.username)
         collector = Collector(settings, metrics, recorder, senders=senders)
@@ -207,12 +212,13 @@ def serve(
             database,
             policy or Policy.load(),
             RegistrySettings(offline_after),
+            signing=signing,
         )
         crew = [
             Member("collector", collector.run, collector.stop),
             _intake(Intake(settings, intake_settings, metrics)),
         ]
-        remediator = _remediator(settings, database, fleet.settings, drift, metrics)
+        remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:
             crew.append(Member("remediation", remediator.run, remediator.stop))
         return _serve(crew, registry, addr, port)
@@ -239,10 +245,13 @@ def _remediator(
     fleet: RegistrySettings,
     drift: site_cli.DriftOptions,
     metrics: DispatcherMetrics,
+    signing: keys.Signing,
 ) -> Remediator | None:
     if not drift.remediation.enabled:
         return None
-    remediator = Remediator(settings, database, fleet, drift.remediation, hooks=metrics)
+    remediator = Remediator(
+        settings, database, fleet, drift.remediation, hooks=metrics, signing=signing
+    )
     log.info("remediating CopyListVersion drift with %s", drift.remediation.event.name)
     return remediator
 
