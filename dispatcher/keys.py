@@ -12,10 +12,8 @@ from broker.publisher import Outgoing, Stamp
 from schemas.signing import Signer
 
 KEY_FILE_ENV = "SETEVNT_SIGNING_KEY_FILE"
-NO_KEY = (
-    f"no signing key: give --key PATH or set ${KEY_FILE_ENV}, or pass --unsigned "
-    "(agents that require signatures reject unsigned commands)"
-)
+NO_KEY = f"no signing key: give --key PATH or set ${KEY_FILE_ENV}, or pass --unsigned"
+UNSIGNED_COMMANDS = "agents that require signatures reject unsigned commands"
 
 
 class NoSigningKey(ValueError):
@@ -83,7 +81,13 @@ def from_arguments(args: argparse.Namespace) -> Signing:
     return choose(args.key, args.unsigned)
 
 
-def choose(path: str | None, unsigned: bool, environ: Mapping[str, str] | None = None) -> Signing:
+def choose(
+    path: str | None,
+    unsigned: bool,
+    environ: Mapping[str, str] | None = None,
+    *,
+    unsigned_means: str = UNSIGNED_COMMANDS,
+) -> Signing:
     """A publishing command's key: ``--key``, else ``$SETEVNT_SIGNING_KEY_FILE``; refused
     (:class:`NoSigningKey`) with neither unless ``unsigned``. A bad key file is a
     ValueError naming the file, raised here, before anything is published."""
@@ -93,7 +97,7 @@ def choose(path: str | None, unsigned: bool, environ: Mapping[str, str] | None =
         return Signing(None)
     chosen = path or (os.environ if environ is None else environ).get(KEY_FILE_ENV)
     if not chosen:
-        raise NoSigningKey(NO_KEY)
+        raise NoSigningKey(f"{NO_KEY} ({unsigned_means})")
     return Signing(load(chosen))
 
 
