@@ -139,6 +139,12 @@ def serve(
 ) -> int:
     registry = CollectorRegistry()
     signing = signing or keys.Signing.from_env()
+    if signing.signer is None:
+        log.warning("commands go unsigned: only agents with allow_unsigned = true run them")
+    else:
+        log.info(
+            "signing commands with the key whose public key is %s", signing.signer.public_text()
+        )
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
     drift = drift or site_cli.DriftOptions(None, RemediationSettings())
     metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
