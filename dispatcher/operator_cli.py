@@ -294,24 +294,10 @@ def _drive(
     display.done()
     view = _view(ledger, storm.storm_id)
     progress.print_view(view, args.json)
-    rejected = _rejections(ledger, storm.storm_id)
+    rejected = results.rejections(ledger, storm.storm_id)
     if rejected:
         print(f"setevnt-dispatcher: {rejected}", file=sys.stderr)
     return 0 if view.state == "done" and view.failed == 0 else 1
-
-
-def _rejections(ledger: Ledger, storm_id: str) -> str | None:
-    """Why agents refused the storm's command, e.g. "5 client(s) rejected the command:
-    bad-signature": an unsigned storm must not read as a mere count of failures."""
-    counts = ledger.reasons(storm_id, time.time(), {"rejected"})
-    total = sum(c.commands for c in counts)
-    if not total:
-        return None
-    if len(counts) == 1:
-        why = counts[0].reason or "no reason given"
-    else:
-        why = ", ".join(f"{c.reason or 'no reason given'} ({c.commands})" for c in counts)
-    return f"{total} client(s) rejected the command: {why}"
 
 
 def _fail_if_running(ledger: Ledger, storm_id: str, reason: str) -> None:
