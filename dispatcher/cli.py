@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from broker.errors import BrokerError
-from dispatcher import results, tables, targets
+from dispatcher import keys, results, tables, targets
 from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
 from dispatcher.db import DbSettings
 from dispatcher.logs import configure
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the acks")
     parser.add_argument("--ttl", type=float, default=DEFAULT_TTL, help="seconds until expiry")
     parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
+    keys.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     parser.add_argument("--log-level", default="WARNING")
     return parser
@@ -50,11 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
     try:
+        signing = keys.from_arguments(args)  # before anything is sent
         invocation = parse_invocation(args.words)
         if args.wait is not None and args.wait < 0:
             raise UsageError("--wait must not be negative")
         clients = targets.from_command_line(args, DbSettings.from_env(args.db))
-        with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
+        with Dispatcher(args.url, name="setevnt-cli", signing=signing) as dispatcher:
             commands = dispatcher.commands(
                 clients,
                 invocation.events,

@@ -149,3 +149,32 @@ def test_results_filter_by_what_became_of_each_command(
     )
     one = run(capsys, "results", "c0", "--json", "--db", database.path)
     assert json.loads(one)["client"] == "CRASHED"
+
+
+def test_a_storm_says_why_its_agents_rejected_it(tmp_path: Path) -> None:
+    settings = DbSettings(str(tmp_path / "rejected.db"))
+    storm = StormRecord(
+        STORM, "CCIM32", "STARTCYCLE", {}, 4, "done", None, "ops", NOW - 60, NOW - 50,
+        NOW - 50, "pid 1", False,
+    )  # fmt: skip
+    clients = ["A", "B", "C", "D"]
+    commands = [
+        CommandRecord(f"c{n}", STORM, c, "CCIM32", "STARTCYCLE", "sent", expires_at=NOW + 600)
+        for n, c in enumerate(clients)
+    ]
+    reasons = ["bad-signature", "bad-signature", "clock-skew", None]
+    answers = [
+        (Ack(f"c{n}", c, "rejected" if why else "done", NOW - 55, "1.0", reason=why), NOW - 55)
+        for n, (c, why) in enumerate(zip(clients, reasons, strict=True))
+    ]
+    with Ledger(settings) as ledger:
+        ledger.create_storm(storm, commands)
+        assert results.rejections(ledger, STORM) is None
+        ledger.record_answers(answers[:2])
+        assert results.rejections(ledger, STORM) == (
+            "2 client(s) rejected the command: bad-signature"
+        )
+        ledger.record_answers(answers[2:])
+        assert results.rejections(ledger, STORM) == (
+            "3 client(s) rejected the command: bad-signature (2), clock-skew (1)"
+        )
