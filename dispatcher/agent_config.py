@@ -17,7 +17,7 @@ from pathlib import Path
 import tomli_w
 
 # The agent's backend names (agent/backends), in the order `--backend` offers them.
-BACKENDS = ("exec", "signal", "file", "win32-event", "simulated")
+BACKENDS = ("exec", "posix-signal", "file", "win32-event", "simulated")
 DEFAULT_BACKEND = "exec"
 # Where the packaged agent keeps its journal (the systemd unit's StateDirectory).
 DEFAULT_JOURNAL = "/var/lib/setevnt/journal"
@@ -91,7 +91,7 @@ def _signal(events: Iterable[str]) -> str:
     ]
     return (
         _comment("Each COMPONENT_EVENT signals the process in its pidfile. Fill them in:")
-        + tomli_w.dumps({"backend": {"type": "signal", "signal": {"events": {}}}})
+        + tomli_w.dumps({"backend": {"type": "posix-signal", "posix-signal": {"events": {}}}})
         + _comment(*examples)
     )
 
@@ -120,7 +120,7 @@ def _simulated(events: Iterable[str]) -> str:
 
 _BACKEND_TEXT: dict[str, Callable[[Iterable[str]], str]] = {
     "exec": _exec,
-    "signal": _signal,
+    "posix-signal": _signal,
     "file": _file,
     "win32-event": _win32_event,
     "simulated": _simulated,
@@ -128,8 +128,8 @@ _BACKEND_TEXT: dict[str, Callable[[Iterable[str]], str]] = {
 
 
 def parse_backend(text: str) -> str:
-    """``--backend``: an agent backend name (``posix-signal`` is ``signal``)."""
-    name = {"posix-signal": "signal"}.get(text, text)
+    """``--backend``: an agent backend name (``signal`` is ``posix-signal``)."""
+    name = {"signal": "posix-signal"}.get(text, text)
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {text!r}; choose one of {', '.join(BACKENDS)}")
     return name

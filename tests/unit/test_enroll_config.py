@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent import config_shape
 from agent.backends import BACKENDS as AGENT_BACKENDS
 from broker.management import Management, default_url
 from broker.settings import BrokerSettings
@@ -45,8 +46,8 @@ def test_an_explicit_or_environment_management_url_wins(monkeypatch: pytest.Monk
 
 def test_backend_choices_are_the_agents() -> None:
     assert set(agent_config.BACKENDS) == set(AGENT_BACKENDS)
-    assert agent_config.parse_backend("posix-signal") == "signal"
-    with pytest.raises(ValueError, match="unknown backend 'cq'; choose one of exec, signal"):
+    assert agent_config.parse_backend("signal") == "posix-signal"
+    with pytest.raises(ValueError, match="unknown backend 'cq'; choose one of exec, posix-signal"):
         agent_config.parse_backend("cq")
 
 
@@ -92,3 +93,9 @@ def test_a_key_is_required_unless_unsigned(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\x00")
     with pytest.raises(ValueError, match=f"^signing key {path}: not a key"):
         keys.choose(str(path), False, {})
+
+
+@pytest.mark.parametrize("backend", agent_config.BACKENDS)
+def test_every_backend_passes_the_agents_strict_shape(backend: str) -> None:
+    text = AgentConfig("PC042", "amqp://PC042:pw@h:5672/%2F", "KEY", backend).toml()
+    assert config_shape.check(tomllib.loads(text))["backend"]["type"] == backend
