@@ -20,6 +20,7 @@ import pytest
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
+from dispatcher.agent_config import AgentConfig
 from dispatcher.enroll import enroll
 from schemas.signing import Signer
 from tests.conftest import management
@@ -38,15 +39,13 @@ def client(amqp_url: str) -> Iterator[str]:
 
 
 def enrolled_config(amqp_url: str, client: str, tmp_path: Path) -> tuple[Path, str, str]:
-    """The config `enroll` prints, completed as an operator would: (path, url, password)."""
+    """The config `enroll` writes, with a private guard lock: (path, url, password)."""
     settings = BrokerSettings(url=amqp_url)
     key = Signer.generate().public_text()
-    enrolled = enroll(settings, Management.for_broker(settings), client, public_key=key)
+    enrolled = enroll(settings, Management.for_broker(settings), client)
     with Dispatcher(amqp_url) as dispatcher:
         dispatcher.provision([client])
-    text = enrolled.agent_toml()
-    if "[backend]" not in text:  # what enroll writes from now on
-        text += '\n[backend]\ntype = "exec"\n\n[backend.exec.commands]\n'
+    text = AgentConfig(client, enrolled.agent_url, key).toml()  # exec, no commands yet
     text += "\n" + guard_toml(tmp_path, client)  # a private lock, not /run/setevnt's
     path = tmp_path / "agent.toml"
     path.write_text(text, encoding="utf-8")
