@@ -15,7 +15,8 @@ from dispatcher.ledger import CommandRecord, Ledger, StormRecord
 from dispatcher.main import main
 from schemas.messages import Ack
 
-NOW = time.time()
+NOW = time.time()  # at collection: a long suite may reach the unit tests much later
+LATER = NOW + 86_400  # in time, however late this test runs
 STORM = "storm-20240101-000000-abcdef"
 
 
@@ -78,10 +79,10 @@ def database(tmp_path: Path) -> DbSettings:
         CommandRecord(f"c{n}", STORM, client, "CCIM32", "STARTCYCLE", status, expires_at=expires)
         for n, (client, status, expires) in enumerate(
             [
-                ("CRASHED", "sent", NOW + 600),
-                ("FINE", "sent", NOW + 600),
+                ("CRASHED", "sent", LATER),
+                ("FINE", "sent", LATER),
                 ("LAPSED", "pending-offline", NOW - 1),
-                ("WAITING", "sent", NOW + 600),
+                ("WAITING", "sent", LATER),
             ]
         )
     ]
@@ -159,7 +160,7 @@ def test_a_storm_says_why_its_agents_rejected_it(tmp_path: Path) -> None:
     )  # fmt: skip
     clients = ["A", "B", "C", "D"]
     commands = [
-        CommandRecord(f"c{n}", STORM, c, "CCIM32", "STARTCYCLE", "sent", expires_at=NOW + 600)
+        CommandRecord(f"c{n}", STORM, c, "CCIM32", "STARTCYCLE", "sent", expires_at=LATER)
         for n, c in enumerate(clients)
     ]
     reasons = ["bad-signature", "bad-signature", "clock-skew", None]
