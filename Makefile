@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: all demo test lint format bench broker tools venv clean
+.PHONY: all demo test lint format bench bench-machine broker tools venv clean
 
 all: lint test
 
@@ -42,8 +42,12 @@ format: venv
 bench: venv broker
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/trigger_latency.py
-	-$(PY) bench/storm.py  # exits 1 when a target is not met: go on to the own node
 	$(PY) bench/storm.py --own-node
+
+# The storm bench on the machine's shared broker: 10,000 queues there stall it for
+# everything else (see docs/operator.md, "Benchmark").
+bench-machine: venv broker
+	$(PY) bench/storm.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

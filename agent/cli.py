@@ -3,7 +3,7 @@
 setevnt-agent run [--config agent.toml] [--client ID] [--url URL] [--backend KIND]
 setevnt-agent simulate --clients N [--connections K] [--groups G,...] [--provision]
 setevnt-agent hold [--lock PATH | --config agent.toml] -- CMD ARGS...
-setevnt-agent check [--config agent.toml]
+setevnt-agent check [--config agent.toml] [--json] [run's --client --url --backend --journal]
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent import guard_cli, simulate_cli
+from agent import guard_cli, preflight, simulate_cli
 from agent.backends import BackendConfigError, make_backend
-from agent.config import NO_JOURNAL, NO_SECURITY_DECISION, AgentConfig, ConfigError, load
+from agent.config import AgentConfig, ConfigError, load
 from agent.daemon import Agent
 from agent.deferral import Deferrals
 from agent.files import UnsafeFile
@@ -35,15 +35,37 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_global_options(parser, log_default="INFO")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="consume this client's commands until stopped")
-    run.add_argument("--config", help="agent TOML file (see deploy/agent.example.toml)")
-    run.add_argument("--client", help="client id (overrides $SETEVNT_CLIENT_ID and the file)")
-    run.add_argument("--url", help="AMQP URL (overrides $SETEVNT_AMQP_URL and the file)")
-    run.add_argument("--backend", help="signal backend: exec, signal, file, win32-event, simulated")
-    run.add_argument("--journal", help="path of the completed-commands journal")
+    add_config_options(run)
     simulate_cli.add_parser(sub)
-    guard_cli.add_commands(sub)
+    guard_cli.add_commands(sub, add_config_options)
     cli.share_globals(parser)
     return parser
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``check`` both read: check judges exactly what run would start."""
+    parser.add_argument("--config", help="agent TOML file (see deploy/agent.example.toml)")
+    parser.add_argument("--client", help="client id (overrides $SETEVNT_CLIENT_ID and the file)")
+    parser.add_argument("--url", help="AMQP URL (overrides $SETEVNT_AMQP_URL and the file)")
+    parser.add_argument(
+        "--backend",
+        help="signal backend (overrides [backend] type): exec, posix-signal, file, "
+        "win32-event, simulated",
+    )
+    parser.add_argument("--journal", help="path of the completed-commands journal")
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in (
+            ("client_id", args.client),
+            ("url", args.url),
+            ("backend", args.backend),
+            ("journal", args.journal),
+        )
+        if value
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,19 +94,9 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return simulate_cli.main(args)
     if args.command in guard_cli.COMMANDS:
-        return guard_cli.main(args)
-    overrides = {
-        key: value
-        for key, value in (
-            ("client_id", args.client),
-            ("url", args.url),
-            ("backend", args.backend),
-            ("journal", args.journal),
-        )
-        if value
-    }
+        return guard_cli.main(args, config_overrides(args) if args.command == "check" else {})
     try:
-        config = load(args.config, overrides=overrides)
+        config = load(args.config, overrides=config_overrides(args))
         handler = build_handler(config)
     except (ConfigError, BackendConfigError, GuardConfigError, UnsafeFile) as exc:
         print(f"setevnt-agent: {exc}", file=sys.stderr)
@@ -105,10 +117,8 @@ def command(args: argparse.Namespace) -> int:
 
 def build_handler(config: AgentConfig) -> Handler:
     """What `run` needs before it connects; raises what main reports in one line."""
-    if config.security is None:
-        raise ConfigError(NO_SECURITY_DECISION)
-    if not config.journal:
-        raise ConfigError(NO_JOURNAL)
+    preflight.require(config)
+    assert config.backend is not None and config.journal is not None
     backend = make_backend(config.backend, config.backend_options)
     journal = Journal(config.journal, max_lifetime=config.max_command_lifetime)
     deferrals = Deferrals.from_config(config, journal)

@@ -6,18 +6,23 @@ file, then defaults. See ``deploy/agent.example.toml`` for every key.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent import config_shape
+from agent.config_shape import BACKEND_NAMES, ShapeError
 from broker.settings import DEFAULT_URL, URL_ENV, BrokerSettings
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
 from schemas.messages import ID_PATTERN
 from schemas.signing import Verifier
+
+log = logging.getLogger(__name__)
 
 CLIENT_ENV = "SETEVNT_CLIENT_ID"
 PUBLIC_KEY_ENV = "SETEVNT_DISPATCHER_PUBLIC_KEY"
@@ -27,6 +32,11 @@ NO_SECURITY_DECISION = (
     "[security]: set dispatcher_public_key to the key printed by `setevnt-dispatcher "
     f"keygen` and `enroll` (or ${PUBLIC_KEY_ENV}), or allow_unsigned = true for development"
 )
+NO_BACKEND = (
+    f"[backend] type is not set: choose {', '.join(BACKEND_NAMES[:-1])} or {BACKEND_NAMES[-1]}"
+)
+ID_RULE = "1-64 of letters, digits, '_', '.', '-'"
+NO_CATALOG = config_shape.Context(events=(), components=())
 NO_JOURNAL = (
     "[agent] journal is not set: without a journal on disk a restarted agent would run "
     "again the commands it already ran (set it, or pass --journal PATH)"
@@ -122,7 +132,9 @@ class AgentConfig:
     platform: str = "nt"
     groups: tuple[str, ...] = ()
     broker: BrokerSettings = field(default_factory=BrokerSettings)
-    backend: str = "simulated"
+    # None: no backend chosen; `setevnt-agent run` refuses to start ("simulated" is
+    # never a default: an agent that fakes success must be asked for by name).
+    backend: str | None = None
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     journal: str | None = None
     hello_interval: float = 60.0
@@ -144,17 +156,17 @@ class AgentConfig:
     # rewrites, read at each heartbeat (agent.copylist). The file wins when readable.
     copylist_version: str | None = None
     copylist_version_file: str | None = None
+    # The file this was loaded from, named in the messages of checks made later.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if not ID_PATTERN.fullmatch(self.client_id):
-            raise ConfigError(
-                f"client_id {self.client_id!r}: 1-64 of letters, digits, '_', '.', '-'"
-            )
+            raise ConfigError(f"client_id: {self.client_id!r} is not a client id: {ID_RULE}")
         if self.platform not in PLATFORMS:
             raise ConfigError(f"platform {self.platform!r}: choose one of {', '.join(PLATFORMS)}")
         for group in self.groups:
             if not ID_PATTERN.fullmatch(group):
-                raise ConfigError(f"group {group!r}: 1-64 of letters, digits, '_', '.', '-'")
+                raise ConfigError(f"groups: {group!r} is not a group name: {ID_RULE}")
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
         if not 0 < self.max_command_lifetime < math.inf:
@@ -167,7 +179,8 @@ class AgentConfig:
         unknown = [e for e in self.guard.disruptive if self.catalog.event(e) is None]
         # The default list may name events a site removed by redefining a component.
         if unknown and self.guard.disruptive != DEFAULT_DISRUPTIVE:
-            raise ConfigError(f"guard.disruptive: unknown COMPONENT_EVENT {', '.join(unknown)}")
+            hint = config_shape.suggestion(unknown[0], self.catalog.event_names())
+            raise ConfigError(f"guard.disruptive: unknown event {unknown[0]}{hint}")
 
 
 def load(
@@ -176,149 +189,176 @@ def load(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> AgentConfig:
+    """The configuration, every error one line naming the key (and the file) at fault."""
     env = os.environ if environ is None else environ
-    data = _read(path) if path is not None else {}
-    broker_table = _table(data, "broker")
-    agent_table = _table(data, "agent")
-    backend_table = _table(data, "backend")
-    options = dict(overrides or {})
+    where = f"config {path}: " if path is not None else ""
+    try:
+        data = config_shape.check(_read(path) if path is not None else {})
+    except ShapeError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    try:
+        config = _build(data, env, dict(overrides or {}), where)
+        return replace(config, source=str(path)) if path is not None else config
+    except ConfigError:
+        raise
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{where}{exc}") from None
 
-    client_id = options.pop("client_id", None) or env.get(CLIENT_ENV) or data.get("client_id")
+
+def _build(
+    data: dict[str, Any], env: Mapping[str, str], options: dict[str, Any], where: str
+) -> AgentConfig:
+    agent_table = data.get("agent", {})
+    client_id, said = _first(
+        ("--client", options.pop("client_id", None)),
+        (f"${CLIENT_ENV}", env.get(CLIENT_ENV)),
+        (f"{where}client_id", data.get("client_id")),
+    )
     if not client_id:
         raise ConfigError(f"no client id: set client_id in the config file or ${CLIENT_ENV}")
-    url = options.pop("url", None) or env.get(URL_ENV) or broker_table.get("url")
+    if not ID_PATTERN.fullmatch(client_id):
+        raise ConfigError(f"{said}: {client_id!r} is not a client id: {ID_RULE}")
+    broker = _broker(data.get("broker", {}), env, options.pop("url", None), where)
+    kind, options_table = _backend(data.get("backend", {}), options.pop("backend", None), where)
+    journal = options.pop("journal", None) or agent_table.get("journal")
+    try:
+        return _config(data, client_id, broker, kind, options_table, journal, env)
+    except ValueError as exc:  # the dataclasses' own checks, of values from the file
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def _config(
+    data: dict[str, Any],
+    client_id: str,
+    broker: BrokerSettings,
+    kind: str | None,
+    options_table: dict[str, Any],
+    journal: str | None,
+    env: Mapping[str, str],
+) -> AgentConfig:
+    agent_table = data.get("agent", {})
+    return AgentConfig(
+        client_id=client_id,
+        platform=data.get("platform", "nt"),
+        groups=tuple(data.get("groups", ())),
+        broker=broker.named(f"setevnt-agent {client_id}"),
+        backend=kind,
+        backend_options=options_table,
+        journal=journal,
+        hello_interval=agent_table.get("hello_interval", 60.0),
+        max_command_lifetime=agent_table.get("max_command_lifetime", DEFAULT_MAX_LIFETIME),
+        allow_force=agent_table.get("allow_force", False),
+        catalog=config_shape.site_catalog(data),
+        component_versions=dict(data.get("versions", {})),
+        guard=_guard(data.get("guard", {}), journal),
+        security=_security(data.get("security", {}), env),
+        metrics_port=data.get("metrics", {}).get("port"),
+        metrics_addr=data.get("metrics", {}).get("addr", "127.0.0.1"),
+        copylist_version=data.get("copylist_version"),
+        copylist_version_file=data.get("copylist_version_file"),
+    )
+
+
+def _first(*candidates: tuple[str, Any]) -> tuple[Any, str]:
+    """The first value given, and where it was given (for messages)."""
+    for label, value in candidates:
+        if value:
+            return value, label
+    return None, ""
+
+
+def _broker(
+    table: Mapping[str, Any], env: Mapping[str, str], flag: str | None, where: str
+) -> BrokerSettings:
+    url, said = _first(
+        ("--url", flag),
+        (f"${URL_ENV}", env.get(URL_ENV)),
+        (f"{where}broker.url", table.get("url")),
+    )
     try:
         # Not from_env(None): that would read os.environ even when ``environ`` is given.
         broker = BrokerSettings.from_env(url or DEFAULT_URL)
-        if "heartbeat" in broker_table:
-            broker = replace(broker, heartbeat=int(broker_table["heartbeat"]))
-        tls: dict[str, Any] = {
-            k: str(broker_table[k])
-            for k in ("ca_file", "cert_file", "key_file")
-            if k in broker_table
-        }
-        broker = replace(broker, **tls)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"broker: {exc}") from None
-    groups = data.get("groups", [])
-    if not isinstance(groups, list):
-        raise ConfigError('groups must be a list of names, e.g. groups = ["lab-1"]')
-    kind = options.pop("backend", None) or backend_table.get("type", "simulated")
-    journal = options.pop("journal", None) or agent_table.get("journal")
-    try:
-        return AgentConfig(
-            client_id=str(client_id),
-            platform=str(data.get("platform", "nt")),
-            groups=tuple(str(g) for g in groups),
-            broker=broker.named(f"setevnt-agent {client_id}"),
-            backend=str(kind),
-            backend_options=_table(backend_table, str(kind)),
-            journal=journal,
-            hello_interval=float(agent_table.get("hello_interval", 60.0)),
-            max_command_lifetime=float(
-                agent_table.get("max_command_lifetime", DEFAULT_MAX_LIFETIME)
-            ),
-            allow_force=bool(agent_table.get("allow_force", False)),
-            catalog=DEFAULT_CATALOG.extended(
-                Catalog.components_from_config(data.get("components", []))
-            ),
-            component_versions={str(k): str(v) for k, v in _table(data, "versions").items()},
-            guard=_guard(_table(data, "guard"), journal),
-            security=_security(_table(data, "security"), env),
-            metrics_port=_metrics_port(_table(data, "metrics")),
-            metrics_addr=str(_table(data, "metrics").get("addr", "127.0.0.1")),
-            copylist_version=_optional_str(data, "copylist_version"),
-            copylist_version_file=_optional_str(data, "copylist_version_file"),
-        )
-    except (TypeError, KeyError) as exc:
-        raise ConfigError(f"configuration: {exc}") from None
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{said}: {exc}") from None
+    if url and table.get("url") and said in ("--url", f"${URL_ENV}"):
+        _warn_if_another_user(said, broker, BrokerSettings(url=table["url"]), where)
+    if "heartbeat" in table:
+        seconds = table["heartbeat"]
+        broker = replace(broker, heartbeat=max(1, round(seconds)) if seconds else 0)
+    tls = {k: table[k] for k in ("ca_file", "cert_file", "key_file") if k in table}
+    return replace(broker, **tls)
+
+
+def _warn_if_another_user(
+    said: str, used: BrokerSettings, written: BrokerSettings, where: str
+) -> None:
+    """An agent connecting as another broker user than its own has every ack dropped."""
+    if used.username != written.username:
+        log.warning(
+            "%s overrides the [broker] url of %sit connects as broker user %s, not %s: "
+            "acks from another user than the client's own are dropped (wrong-user-id)",
+            said,
+            where.removesuffix(": ").removeprefix("config ") + ": " if where else "the file: ",
+            used.username,
+            written.username,
+        )
+
+
+def _backend(table: Mapping[str, Any], flag: str | None, where: str) -> tuple[Any, Any]:
+    """The chosen backend (None when none is) and its own table."""
+    kind: str | None
+    if flag:
+        try:
+            kind = config_shape.backend_name("--backend", flag, NO_CATALOG)
+        except ShapeError as exc:
+            raise ConfigError(str(exc)) from None
+    else:
+        kind = table.get("type")
+    if kind is None:
+        return None, {}
+    names = [kind, *(a for a, n in config_shape.BACKEND_ALIASES.items() if n == kind)]
+    given = [name for name in names if name in table]
+    if len(given) > 1:
+        raise ConfigError(
+            f"{where}[backend.{given[0]}] and [backend.{given[1]}] are one backend: keep one"
+        )
+    return kind, table.get(given[0], {}) if given else {}
 
 
 def valid_copylist(version: str) -> bool:
     return 0 < len(version) <= COPYLIST_MAX and version == version.strip() and version.isprintable()
 
 
-def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f'{key} must be a string, e.g. {key} = "..."')
-    return value
-
-
-def _metrics_port(table: Mapping[str, Any]) -> int | None:
-    port = table.get("port")
-    if port is None:
-        return None
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
-        raise ConfigError("metrics.port must be a TCP port number (0 picks a free one)")
-    return port
-
-
 def _security(table: Mapping[str, Any], env: Mapping[str, str]) -> SecurityConfig | None:
     """``[security]``, or None when neither the file nor the environment says anything.
 
     None is not a licence to run unsigned: ``setevnt-agent run`` refuses to start without
-    a decision; tools that run no commands (``hold``, ``check``) do not need one.
+    a decision; ``hold`` needs none.
     """
     if not table and not env.get(PUBLIC_KEY_ENV):
         return None
-    unknown = sorted(
-        set(table)
-        - {"dispatcher_public_key", "dispatcher_public_keys", "allow_unsigned", "max_clock_skew"}
-    )
-    if unknown:
-        raise ConfigError(f"[security]: unknown key {', '.join(unknown)}")
-    keys = list(
-        _strings("security.dispatcher_public_keys", table.get("dispatcher_public_keys", []))
-    )
+    keys = list(table.get("dispatcher_public_keys", []))
     if "dispatcher_public_key" in table:
-        keys.insert(0, str(table["dispatcher_public_key"]))
+        keys.insert(0, table["dispatcher_public_key"])
     if env.get(PUBLIC_KEY_ENV):
         keys.insert(0, env[PUBLIC_KEY_ENV])
     keys = [key for key in keys if key.strip() != PUBLIC_KEY_PLACEHOLDER]
     allow = table.get("allow_unsigned", False)
-    if not isinstance(allow, bool):
-        raise ConfigError("security.allow_unsigned must be true or false")
     if not keys and not allow:
-        return None  # the example's placeholder alone: `run` refuses, `hold` and `check` work
+        return None  # the example's placeholder alone: `run` and `check` refuse
     return SecurityConfig(
         public_keys=tuple(keys),
         allow_unsigned=allow,
-        max_clock_skew=float(table.get("max_clock_skew", 300.0)),
+        max_clock_skew=table.get("max_clock_skew", 300.0),
     )
 
 
 def _guard(table: Mapping[str, Any], journal: str | None) -> GuardConfig:
     """``[guard]``; the spool defaults to a directory beside the journal."""
-    known = {f.name for f in fields(GuardConfig)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"[guard]: unknown key {', '.join(unknown)}")
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in ("probes", "processes", "markers", "command", "disruptive"):
-            values[key] = _strings(f"guard.{key}", value)
-        elif key == "busy_exit_codes":
-            values[key] = tuple(int(v) for v in _list(f"guard.{key}", value))
-        elif key in ("command_timeout", "poll_interval", "max_deferral"):
-            values[key] = float(value)
-        else:
-            values[key] = str(value)
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     if "spool" not in values and journal:
         values["spool"] = f"{journal}.spool"
     return GuardConfig(**values)
-
-
-def _list(key: str, value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise ConfigError(f"{key} must be a list")
-    return value
-
-
-def _strings(key: str, value: Any) -> tuple[str, ...]:
-    return tuple(str(v) for v in _list(key, value))
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -326,13 +366,8 @@ def _read(path: str | Path) -> dict[str, Any]:
         with open(path, "rb") as source:
             return tomllib.load(source)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"config {path}: the file does not exist") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-
-
-def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"[{key}] must be a table")
-    return value
+        raise ConfigError(f"config {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path}: {exc.strerror or exc}") from None

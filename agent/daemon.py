@@ -96,6 +96,14 @@ class Agent:
     def _run_session(self) -> None:
         session = Session(self.config.broker, prefetch=1)
         session.open()
+        broker = self.config.broker
+        # Who it is to the broker: acks from another user than the client's own are dropped.
+        log.info(
+            "agent %s connected as broker user %s to %s",
+            self.config.client_id,
+            broker.username,
+            broker.redacted(),
+        )
         self._generation += 1
         self._session = session
         self._inflight.clear()

@@ -6,9 +6,11 @@ hold [--lock PATH | --config FILE] -- CMD ARGS...
     stays held while CMD runs even if ``hold`` itself is killed. Only the agent's user
     and root may take the lock (it is 0600 in a 0700 directory). Exit 125: the lock could
     not be taken; 126: CMD cannot be run; 127: CMD not found (as ``env`` and ``timeout``).
-check [--config FILE]
-    Show what each probe sees now and which events would be deferred. Exit 0 when nothing
-    is busy, 1 when a probe says busy, 2 when the configuration is unusable.
+check [--config FILE] [--json] [--client ID] [--url URL] [--backend KIND] [--journal PATH]
+    Refuse, in the same one line and with exit 2, whatever ``run`` would refuse to start
+    with (agent.preflight); otherwise show those start-up checks, what each probe sees now
+    and which events would be deferred. Exit 0 when nothing is busy, 1 when a probe says
+    busy. ``--json`` prints the same as one JSON document.
 """
 
 from __future__ import annotations
@@ -19,21 +21,25 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent import preflight
 from agent.config import DEFAULT_LOCK, AgentConfig, ConfigError, load
-from agent.guard import DistributionLock, Guard, GuardConfigError
+from agent.guard import DistributionLock, Guard, GuardConfigError, Probe
 from agent.spool import SUFFIX
 
 COMMANDS = ("hold", "check")
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def add_commands(sub: Any) -> None:
-    """Add the subcommands to ``setevnt-agent``'s argparse subparsers."""
+def add_commands(sub: Any, config_options: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add the subcommands to ``setevnt-agent``'s argparse subparsers.
+
+    ``config_options`` adds run's --config, --client, --url, --backend and --journal.
+    """
     hold = sub.add_parser("hold", help="run an installer holding the distribution lock")
     where = hold.add_mutually_exclusive_group()
     where.add_argument("--lock", help=f"lock file (default: the config's, else {DEFAULT_LOCK})")
@@ -41,15 +47,17 @@ def add_commands(sub: Any) -> None:
     hold.add_argument(
         "argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the installer to run"
     )
-    check = sub.add_parser("check", help="show what the guard sees now")
-    check.add_argument("--config", help="agent TOML file (see deploy/agent.example.toml)")
-    check.add_argument("--json", action="store_true", help="print what the guard sees as JSON")
+    check = sub.add_parser(
+        "check", help="refuse what run would refuse; show what the guard sees now"
+    )
+    config_options(check)
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if args.command == "hold":
         return hold(args.lock, args.config, args.argv)
-    return check(args.config, as_json=args.json)
+    return check(args.config, overrides, as_json=args.json)
 
 
 # -- hold ---------------------------------------------------------------------------------
@@ -107,58 +115,62 @@ def _run_holding(argv: list[str], fd: int) -> int:
 # -- check --------------------------------------------------------------------------------
 
 
-def check(config_path: str | None, *, as_json: bool = False) -> int:
+def check(config_path: str | None, overrides: dict[str, str], *, as_json: bool = False) -> int:
     try:
-        config = load(config_path)
+        config = load(config_path, overrides=overrides)
+        found = preflight.findings(config)
+        refused = next((f.detail for f in found if not f.ok), None)
+        if refused is not None:
+            raise ConfigError(refused)
         guard = Guard.from_config(config.guard)
     except (ConfigError, GuardConfigError) as exc:
-        return _fail(f"check: {exc}", 2)
+        if as_json:
+            print(json.dumps({"ok": False, "config": config_path, "error": str(exc)}))
+        return _fail(str(exc), 2, prefix="setevnt-agent: ")
+    survey = guard.survey()
+    busy = any(detail is not None for _, detail in survey)
     if as_json:
-        return _check_json(config, guard)
+        print(json.dumps(_report(config, found, guard, survey), indent=2))
+        return 1 if busy else 0
     settings = config.guard
     print(
         f"guard of {config.client_id}: probes {', '.join(settings.probes) or 'none'}; "
         f"polls every {settings.poll_interval:g} s; defers at most {settings.max_deferral:g} s"
     )
-    busy = False
-    for probe, detail in guard.survey():
-        busy = busy or detail is not None
+    for probe, detail in survey:
         print(f"  {probe.name:<8} {probe.describe()}: {'BUSY - ' + detail if detail else 'free'}")
     _print_policy(config, guard, busy)
     _print_spool(settings.spool)
+    print("start-up checks (what `run` checks first): all passed")
+    for finding in found:
+        warning = f" - WARNING: {finding.warning}" if finding.warning else ""
+        print(f"  {finding.check:<8} {finding.detail}{warning}")
     return 1 if busy else 0
 
 
-def _check_json(config: AgentConfig, guard: Guard) -> int:
-    probes = [
-        {"probe": probe.name, "watches": probe.describe(), "busy": detail}
-        for probe, detail in guard.survey()
-    ]
-    busy = any(p["busy"] is not None for p in probes)
+def _report(
+    config: AgentConfig,
+    found: list[preflight.Finding],
+    guard: Guard,
+    survey: list[tuple[Probe, str | None]],
+) -> dict[str, Any]:
     events = config.catalog.event_names()
-    waiting = [e for e in events if guard.disruptive(e)]
-    spool = config.guard.spool
-    shown = {
+    return {
+        "ok": True,
+        "config": config.source,
         "client_id": config.client_id,
-        "probes": probes,
-        "busy": busy,
-        "wait_for_distributions": waiting,
-        "deferred_now": waiting if busy else [],
+        "backend": config.backend,
+        "checks": [f.as_json() for f in found],
+        "probes": [
+            {"probe": p.name, "what": p.describe(), "busy": d is not None, "detail": d}
+            for p, d in survey
+        ],
+        "busy": any(d is not None for _, d in survey),
+        "wait_for_distributions": [e for e in events if guard.disruptive(e)],
+        "never_wait": [e for e in events if not guard.disruptive(e)],
+        "spool": config.guard.spool,
         "allow_force": config.allow_force,
-        "spool": spool,
-        "spooled": _spooled(spool) if spool else None,
     }
-    print(json.dumps(shown, sort_keys=True))
-    return 1 if busy else 0
-
-
-def _spooled(directory: str) -> int | None:
-    try:
-        return sum(1 for p in Path(directory).iterdir() if p.name.endswith(SUFFIX))
-    except FileNotFoundError:
-        return 0
-    except OSError:
-        return None
 
 
 def _print_policy(config: AgentConfig, guard: Guard, busy: bool) -> None:
@@ -188,10 +200,10 @@ def _print_spool(directory: str | None) -> None:
     print(f"spool: {directory}: {count} command(s) waiting (deferred or scheduled)")
 
 
-def _say(text: str) -> None:
-    print(f"setevnt-agent {text}", file=sys.stderr, flush=True)
+def _say(text: str, prefix: str = "setevnt-agent ") -> None:
+    print(f"{prefix}{text}", file=sys.stderr, flush=True)
 
 
-def _fail(text: str, status: int) -> int:
-    _say(text)
+def _fail(text: str, status: int, prefix: str = "setevnt-agent ") -> int:
+    _say(text, prefix)
     return status

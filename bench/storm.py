@@ -266,13 +266,18 @@ class _Raw:
         connection.ioloop.stop()
 
 
+def signing_flags() -> list[str]:
+    """The simulated fleet takes unsigned commands: say so, unless a key is configured."""
+    return [] if os.environ.get("SETEVNT_SIGNING_KEY_FILE") else ["--unsigned"]
+
+
 def run_storm(
     env: dict[str, str], db: Path, args: argparse.Namespace, log: Path, *, fast: bool
 ) -> dict[str, Any]:
     """The project's storm end to end, as an operator runs it; adds its peak RSS."""
     argv = [str(BIN / "setevnt-dispatcher"), "--log-level", "WARNING", "storm"]
     argv += ["CCIM32_STARTCYCLE", "--all", "--yes", "--max-in-flight", args.max_in_flight]
-    argv += ["--db", str(db), "--json"] + (["--fast"] if fast else [])
+    argv += ["--db", str(db), "--json"] + (["--fast"] if fast else []) + signing_flags()
     print(f"bench: storm{' --fast' if fast else ''} starting", file=sys.stderr, flush=True)
     with open(log, "wb") as err:
         proc = subprocess.Popen(
@@ -400,7 +405,7 @@ def bench(args: argparse.Namespace, url: str, work: Path, node_name: str | None)
     started: list[subprocess.Popen[bytes]] = []
     try:
         serve = start(
-            [str(BIN / "setevnt-dispatcher"), "serve", "--metrics-port", "0"],
+            [str(BIN / "setevnt-dispatcher"), "serve", "--metrics-port", "0", *signing_flags()],
             work / "serve.log",
             env,
         )

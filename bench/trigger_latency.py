@@ -42,6 +42,8 @@ def main() -> int:
             "SETEVNT_AMQP_URL": url,
             "SETEVNT_SIGNING_KEY_FILE": f"{tmp}/dispatcher.key",
             "SETEVNT_DISPATCHER_PUBLIC_KEY": signer.public_text(),
+            # The agent runs as the scratch vhost's guest, not as an enrolled user.
+            "SETEVNT_TRUSTED_SENDERS": "guest",
         }
         with Dispatcher(url, signer=signer) as dispatcher:
             dispatcher.provision(["BENCH-PC"])

@@ -66,6 +66,8 @@ def _translate(exc: BaseException, doing: str) -> BrokerError:
         return BrokerRefused(f"{where}authentication refused ({exc})", 403)
     if isinstance(exc, pe.ProbableAccessDeniedError):
         return BrokerRefused(f"{where}access to the virtual host refused ({exc})", 530)
+    if isinstance(exc, pe.AMQPHeartbeatTimeout):
+        return ConnectionLost(f"{where}no heartbeat from the broker: half-open link ({exc})")
     code = _reply_code(exc)
     if isinstance(exc, (pe.ChannelClosedByBroker, pe.ConnectionClosedByBroker)) and (
         code in _REFUSAL_CODES
@@ -130,22 +132,6 @@ def translate_errors(doing: str = "") -> Iterator[None]:
 def _reply_code(exc: BaseException) -> int | None:
     code = getattr(exc, "reply_code", None)
     return code if isinstance(code, int) else None
-
-
-def abort_quietly(connection: pika.BlockingConnection | None) -> None:
-    """Drop a connection whose link is dead, without the close handshake.
-
-    ``close()`` waits for the broker's Close-Ok, which never comes over a half-open link
-    (it would wait for pika's own, slower heartbeat check). pika has no public way to
-    drop the transport; this does what its heartbeat checker does on a timeout.
-    """
-    if connection is None or connection.is_closed:
-        return
-    try:
-        connection._impl._terminate_stream(pe.AMQPHeartbeatTimeout("no data from the broker"))
-        connection.process_data_events(time_limit=0)
-    except (pe.AMQPError, OSError) as exc:
-        log.debug("dropped a dead connection: %s", exc)
 
 
 def close_quietly(connection: pika.BlockingConnection | None) -> None:

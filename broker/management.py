@@ -21,6 +21,7 @@ from broker.errors import BrokerRefused, ConnectionLost
 from broker.settings import BrokerSettings
 
 MANAGEMENT_ENV = "SETEVNT_MANAGEMENT_URL"
+PORT_OFFSET = 10_000  # management port = AMQP port + this (5672 -> 15672)
 
 
 class NotFound(BrokerRefused):
@@ -38,14 +39,10 @@ class Management:
     def for_broker(cls, settings: BrokerSettings, url: str | None = None) -> Management:
         """The API of the broker ``settings`` points at, with the same credentials.
 
-        Default: ``$SETEVNT_MANAGEMENT_URL``, else http on port 15672 of the AMQP host
-        (https when the AMQP URL is amqps).
+        Default: ``$SETEVNT_MANAGEMENT_URL``, else :func:`default_url`.
         """
         amqp = urlsplit(settings.url)
-        chosen = url or os.environ.get(MANAGEMENT_ENV)
-        if not chosen:
-            scheme = "https" if amqp.scheme == "amqps" else "http"
-            chosen = f"{scheme}://{amqp.hostname}:15672"
+        chosen = url or os.environ.get(MANAGEMENT_ENV) or default_url(settings)
         return cls(
             chosen.rstrip("/"), unquote(amqp.username or "guest"), unquote(amqp.password or "")
         )
@@ -113,6 +110,13 @@ class Management:
             {"exchange": exchange, "write": write, "read": read},
         )
 
+    def queue_exists(self, vhost: str, name: str) -> bool:
+        try:
+            self.call("GET", f"/queues/{q(vhost)}/{q(name)}")
+        except NotFound:
+            return False
+        return True
+
     def user_connections(self, user: str) -> list[str]:
         connections = self.call("GET", "/connections") or []
         return [c["name"] for c in connections if c.get("user") == user]
@@ -132,6 +136,18 @@ class Management:
                 raise BrokerRefused(f"closing connection {name}: {exc.code}", exc.code) from None
         except OSError as exc:
             raise ConnectionLost(f"management API at {self.base_url}: {exc}") from None
+
+
+def default_url(settings: BrokerSettings) -> str:
+    """The management API beside the AMQP listener, by RabbitMQ's own convention: port
+    5672 + 10000 = 15672 (5671 -> https 15671), so a node on 5673 is found on 15673."""
+    amqp = urlsplit(settings.url)
+    tls = amqp.scheme == "amqps"
+    port = (amqp.port or (5671 if tls else 5672)) + PORT_OFFSET
+    host = amqp.hostname or "127.0.0.1"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def q(part: str) -> str:

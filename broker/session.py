@@ -16,7 +16,6 @@ its delivery dead-lettered and counted (:attr:`Session.poisoned`); consuming goe
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +23,7 @@ from typing import Any
 import pika
 import pika.exceptions as pe
 
-from broker.connection import (
-    abort_quietly,
-    close_quietly,
-    open_blocking,
-    translate,
-    translate_errors,
-)
+from broker.connection import close_quietly, open_blocking, translate, translate_errors
 from broker.errors import BrokerError, ConnectionLost
 from broker.settings import BrokerSettings
 
@@ -58,9 +51,6 @@ class Session:
         self._publish_conn: pika.BlockingConnection | None = None
         self._channel: Any = None
         self._publish_channel: Any = None
-        self._last_received = -1
-        self._dead = False  # a half-open link: drop it, do not wait for a close handshake
-        self._last_received_at = time.monotonic()
         self._cancelled: str | None = None  # a consumer the broker cancelled, by queue
         self.poisoned = 0  # deliveries whose callback raised, dead-lettered
 
@@ -80,9 +70,8 @@ class Session:
             raise
 
     def close(self) -> None:
-        finish = abort_quietly if self._dead else close_quietly
-        finish(self._consume_conn)
-        finish(self._publish_conn)
+        close_quietly(self._consume_conn)
+        close_quietly(self._publish_conn)
         self._consume_conn = self._publish_conn = None
 
     def __enter__(self) -> Session:
@@ -167,7 +156,6 @@ class Session:
             self._consume_conn.process_data_events(time_limit=seconds)
             self._publish_conn.process_data_events(time_limit=0)
         self._check_channels()
-        self._check_alive()
 
     def _check_channels(self) -> None:
         """Raise ConnectionLost when the broker took the consumer or a channel away."""
@@ -182,24 +170,6 @@ class Session:
             )
         if self._publish_channel is not None and self._publish_channel.is_closed:
             raise ConnectionLost("the broker closed the publishing channel")
-
-    def _check_alive(self) -> None:
-        """Notice a half-open connection within two heartbeat intervals.
-
-        The broker sends a heartbeat every half interval when idle, so silence for two
-        whole intervals means nothing is coming back. pika's own check runs only every
-        interval + 5 s and so takes up to twice that; this one is tighter.
-        """
-        assert self._consume_conn is not None
-        received = self._consume_conn._impl.bytes_received  # pika keeps this on the impl
-        now = time.monotonic()
-        if received != self._last_received:
-            self._last_received, self._last_received_at = received, now
-            return
-        silent = now - self._last_received_at
-        if self._settings.heartbeat and silent > 2 * self._settings.heartbeat:
-            self._dead = True
-            raise ConnectionLost(f"nothing from the broker for {silent:.1f} s: half-open link")
 
     def call_threadsafe(self, callback: Callable[[], None]) -> bool:
         """Run ``callback`` on the pumping thread; False when the session is already gone."""

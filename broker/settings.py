@@ -20,7 +20,8 @@ TLS_ENV = {
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
     url: str = DEFAULT_URL
-    # Short heartbeats notice half-open connections quickly; 2 x heartbeat is the bound.
+    # Short heartbeats notice half-open connections quickly: pika checks every
+    # heartbeat + 5 s and drops a link silent through one whole check.
     heartbeat: int = 20
     # A memory/disk alarm blocks publishers; never wait on it longer than this.
     blocked_connection_timeout: float = 30.0

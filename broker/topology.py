@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,6 +92,14 @@ def ttl_problem(ttl: float) -> str | None:
             "the broker drops a command by then"
         )
     return None
+
+
+PROBE_QUEUE_PREFIX = "setevnt.probe."
+
+
+def probe_queue() -> str:
+    """A new name for a short-lived exclusive queue that proves which broker an API is."""
+    return f"{PROBE_QUEUE_PREFIX}{uuid.uuid4().hex}"
 
 
 def client_queue(client_id: str) -> str:

@@ -79,14 +79,17 @@ class Dispatcher:
         signer: Signer | None = None,
         settings: BrokerSettings | None = None,
         record: bool = True,
+        signing: keys.Signing | None = None,
     ) -> None:
         """``record=False``: the caller keeps the ledger rows of what it sends itself (a
-        storm's remediation); otherwise the service's collector is told (:class:`Issued`)."""
+        storm's remediation); otherwise the service's collector is told (:class:`Issued`).
+        ``signing`` (the key a command line chose) wins over ``signer``."""
         self.settings = (settings or BrokerSettings.from_env(url)).named(name)
         self.catalog = catalog
         self._record = record
+        stamp = signing.stamp() if signing else keys.command_stamp(signer)
         self._publisher = ConfirmingPublisher(
-            self.settings, window=window, hooks=hooks, stamp=keys.command_stamp(signer)
+            self.settings, window=window, hooks=hooks, stamp=stamp
         )
 
     def __enter__(self) -> Dispatcher:

@@ -20,7 +20,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from dispatcher import completion, results, tables, targets
+from dispatcher import completion, keys, results, tables, targets
 from dispatcher.api import DEFAULT_TTL, Dispatcher, Receipt
 from dispatcher.db import DbSettings
 from dispatcher.logs import broker_errors, configure
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"until a command expires unread (default {DEFAULT_TTL:g}s)",
     )
     parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
+    keys.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     targets.add_safety_options(parser, publishes="publish nothing")
     parser.add_argument(
@@ -83,8 +84,9 @@ def trigger(args: argparse.Namespace) -> int:
     clients = targets.from_command_line(args, DbSettings.from_env(args.db))
     if args.dry_run:
         return targets.dry_run(invocation.events, clients, args.json)
+    signing = keys.from_arguments(args)  # before anything is sent
     _check_size(args, invocation, clients)
-    with Dispatcher(args.url, name="setevnt-cli") as dispatcher:
+    with Dispatcher(args.url, name="setevnt-cli", signing=signing) as dispatcher:
         commands = dispatcher.commands(
             clients,
             invocation.events,

@@ -45,6 +45,7 @@ from broker.publisher import PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher.api import Dispatcher, Receipt
 from dispatcher.db import DbSettings
+from dispatcher.keys import Signing
 from dispatcher.ledger import CommandRecord, Ledger, Status, StormRecord, Writes
 from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.site import Site
@@ -116,8 +117,10 @@ class Remediator:
         *,
         hooks: PublishHooks | None = None,
         every: float = ROUND_EVERY,
+        signing: Signing | None = None,
     ) -> None:
         self._broker = broker.named("setevnt-remediation")
+        self._signing = signing
         self._database = database
         self._registry = registry
         self.settings = settings
@@ -313,6 +316,7 @@ class Remediator:
             window=CONFIRM_WINDOW,
             hooks=self._hooks,
             record=False,  # its rows are in the ledger already
+            signing=self._signing,
         ) as dispatcher:
             return dispatcher.send(commands)
 

@@ -18,8 +18,6 @@ from broker.management import Management
 from broker.settings import BrokerSettings
 
 NOTHING = "^$"
-# Where the packaged agent keeps its journal (the systemd unit's StateDirectory).
-DEFAULT_JOURNAL = "/var/lib/setevnt/journal"
 # An agent holds two connections of one channel each; room for a reconnect overlapping
 # the old connections' close, not for a compromised client to exhaust the broker.
 AGENT_LIMITS = {"max-connections": 4, "max-channels": 8}
@@ -55,26 +53,11 @@ def claim_user(management: Management, name: str, *, rotate: bool, what: str) ->
 
 @dataclass(frozen=True, slots=True)
 class Enrollment:
+    """The client's new broker user; :mod:`dispatcher.agent_config` writes its config."""
+
     client_id: str
     password: str
     agent_url: str
-    public_key: str | None
-
-    def agent_toml(self) -> str:
-        lines = [
-            "# setevnt agent configuration produced by `setevnt-dispatcher enroll`",
-            f'client_id = "{self.client_id}"',
-            "",
-            "[broker]",
-            f'url = "{self.agent_url}"',
-            "",
-            "[agent]",
-            "# Commands already run, kept until they expire: a redelivery is never run twice.",
-            f'journal = "{DEFAULT_JOURNAL}"',
-        ]
-        if self.public_key:
-            lines += ["", "[security]", f'dispatcher_public_key = "{self.public_key}"']
-        return "\n".join(lines) + "\n"
 
 
 def permissions_for(client_id: str) -> dict[str, str]:
@@ -100,7 +83,6 @@ def enroll(
     management: Management,
     client_id: str,
     *,
-    public_key: str | None = None,
     rotate: bool = False,
 ) -> Enrollment:
     """Create the client's user, permissions and limits (``rotate``: replace an enrolled
@@ -113,7 +95,7 @@ def enroll(
     management.set_permissions(vhost, client_id, **permissions_for(client_id))
     management.set_topic_permissions(vhost, client_id, **topic_permissions_for(client_id))
     management.set_user_limits(client_id, AGENT_LIMITS)
-    return Enrollment(client_id, password, agent_url(settings, client_id, password), public_key)
+    return Enrollment(client_id, password, agent_url(settings, client_id, password))
 
 
 def revoke(management: Management, client_id: str) -> int:

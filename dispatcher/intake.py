@@ -43,6 +43,7 @@ from dispatcher.dead import dead_letter_refused
 from dispatcher.fair_queue import FairQueue
 from dispatcher.flow import StormFlow
 from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
+from dispatcher.keys import Signing
 from dispatcher.ledger import Ledger
 from dispatcher.owed import Owed, Recipient
 from dispatcher.policy import Policy
@@ -77,6 +78,7 @@ class IntakeSettings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     idempotency_window: float = DEFAULT_WINDOW
     workers: int = 4  # request storms publishing at once; more wait their turn
+    signing: Signing | None = None  # None: $SETEVNT_SIGNING_KEY_FILE's key, if any
 
 
 class Intake:
@@ -390,7 +392,14 @@ class Intake:
             try:
                 record = ledger.storm(storm_id)
                 if record is not None:  # else pruned meanwhile: nothing to run or summarize
-                    storms.run(self._storms, ledger, registry, record, on_flow=self._started)
+                    storms.run(
+                        self._storms,
+                        ledger,
+                        registry,
+                        record,
+                        on_flow=self._started,
+                        signing=self._settings.signing,
+                    )
             except (BrokerError, sqlite3.Error) as exc:  # the ledger says it failed
                 log.error("request storm %s: %s", storm_id, exc)
             except ValueError as exc:  # its stored options, which today's rules refuse

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from broker.publisher import Outgoing, Stamp
 from schemas.signing import Signer
 
 KEY_FILE_ENV = "SETEVNT_SIGNING_KEY_FILE"
+NO_KEY = f"no signing key: give --key PATH or set ${KEY_FILE_ENV}, or pass --unsigned"
+UNSIGNED_COMMANDS = "agents that require signatures reject unsigned commands"
+
+
+class NoSigningKey(ValueError):
+    """A publisher was started with neither a key nor an explicit ``--unsigned``."""
 
 
 def generate(path: str | Path) -> Signer:
@@ -28,13 +37,68 @@ def load(path: str | Path | None = None) -> Signer | None:
     if not chosen:
         return None
     try:
-        text = Path(chosen).read_text(encoding="ascii")
+        data = Path(chosen).read_bytes()
     except OSError as exc:
         raise ValueError(f"signing key {chosen}: {exc.strerror}") from None
     try:
-        return Signer.from_private(text)
-    except ValueError as exc:
-        raise ValueError(f"signing key {chosen}: {exc}") from None
+        return Signer.from_private(data.decode("ascii"))
+    except ValueError:  # also a UnicodeDecodeError: a binary file
+        raise ValueError(
+            f"signing key {chosen}: not a key `setevnt-dispatcher keygen` wrote"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Signing:
+    """How a process signs its commands, chosen once when it starts."""
+
+    signer: Signer | None  # None: unsigned, because the operator said so
+
+    @classmethod
+    def from_env(cls) -> Signing:
+        """The library's default: ``$SETEVNT_SIGNING_KEY_FILE`` when set, else unsigned."""
+        return cls(load())
+
+    def stamp(self) -> Stamp | None:
+        return command_stamp(self.signer) if self.signer is not None else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--key`` and ``--unsigned``, for every command that publishes commands."""
+    parser.add_argument(
+        "--key",
+        metavar="PATH",
+        help=f"the signing key `keygen` wrote (default: ${KEY_FILE_ENV}; required)",
+    )
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="send commands unsigned (only agents with allow_unsigned = true run them)",
+    )
+
+
+def from_arguments(args: argparse.Namespace) -> Signing:
+    return choose(args.key, args.unsigned)
+
+
+def choose(
+    path: str | None,
+    unsigned: bool,
+    environ: Mapping[str, str] | None = None,
+    *,
+    unsigned_means: str = UNSIGNED_COMMANDS,
+) -> Signing:
+    """A publishing command's key: ``--key``, else ``$SETEVNT_SIGNING_KEY_FILE``; refused
+    (:class:`NoSigningKey`) with neither unless ``unsigned``. A bad key file is a
+    ValueError naming the file, raised here, before anything is published."""
+    if path and unsigned:
+        raise ValueError("--key and --unsigned contradict each other: give one")
+    if unsigned:
+        return Signing(None)
+    chosen = path or (os.environ if environ is None else environ).get(KEY_FILE_ENV)
+    if not chosen:
+        raise NoSigningKey(f"{NO_KEY} ({unsigned_means})")
+    return Signing(load(chosen))
 
 
 def command_stamp(signer: Signer | None = None) -> Stamp | None:

@@ -7,7 +7,8 @@ setevnt-dispatcher clients|storm|resume|cancel|status|report|prune
                                                    the fleet (see dispatcher.operator_cli)
 setevnt-dispatcher site set-version V|show         the site's CopyListVersion (dispatcher.site_cli)
 setevnt-dispatcher provision CLIENT_ID ...         create clients' command queues
-setevnt-dispatcher enroll-service NAME             a requesting service's broker user
+setevnt-dispatcher keygen|enroll|enroll-service|revoke
+                                                   signing key, broker users (dispatcher.enroll_cli)
 setevnt-dispatcher declare                         declare the shared topology
 """
 
@@ -24,16 +25,14 @@ from types import FrameType
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from broker.management import Management, NotFound
 from broker.settings import BrokerSettings
-from dispatcher import completion, keys, operator_cli, site_cli
+from dispatcher import completion, enroll_cli, keys, operator_cli, site_cli
 from dispatcher.api import Dispatcher
 from dispatcher.collector import Collector
 from dispatcher.crew import Crew, Member
 from dispatcher.db import DbSettings
 from dispatcher.drift import RemediationSettings, Remediator
 from dispatcher.drift_metrics import DriftMetrics
-from dispatcher.enroll import enroll, revoke
 from dispatcher.intake import Intake, IntakeSettings
 from dispatcher.ledger import Ledger
 from dispatcher.ledger_metrics import LedgerMetrics
@@ -43,7 +42,6 @@ from dispatcher.policy import Policy
 from dispatcher.recorder import Recorder
 from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.senders import Senders
-from dispatcher.services import enroll_service
 from dispatcher.site import Site
 from schemas import cli
 
@@ -70,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics-addr", default="127.0.0.1", help="address to serve /metrics on (default local)"
     )
     site_cli.add_serve_options(serve)
+    keys.add_arguments(serve)
     serve.add_argument(
         "--policy",
         help="who may trigger what through setevnt.requests, a TOML file (default: "
@@ -83,23 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="create the command-signing key, print its public key")
     keygen.add_argument("--out", required=True, help="private key file to create (mode 0600)")
     keygen.add_argument("--json", action="store_true", help="print the key file and public key")
-    enroll_cmd = sub.add_parser("enroll", help="create a client's broker user, print its config")
-    enroll_cmd.add_argument("client", metavar="CLIENT_ID", help="the client to enroll")
-    enroll_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
-    enroll_cmd.add_argument(
-        "--rotate", action="store_true", help="replace an enrolled client's password"
-    )
-    service_cmd = sub.add_parser(
-        "enroll-service", help="create a requesting service's broker user, print its URL"
-    )
-    service_cmd.add_argument("service", metavar="NAME", help="the name its policy rule uses")
-    service_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
-    service_cmd.add_argument(
-        "--rotate", action="store_true", help="replace an enrolled service's password"
-    )
-    revoke_cmd = sub.add_parser("revoke", help="delete a client's broker user")
-    revoke_cmd.add_argument("client", metavar="CLIENT_ID", help="the client to revoke")
-    revoke_cmd.add_argument("--management-url", help="default: http://<broker host>:15672")
+    enroll_cli.add_commands(sub)
     operator_cli.add_commands(sub)
     site_cli.add_commands(sub, operator_cli.store_options())
     cli.share_globals(parser)
@@ -114,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def command(args: argparse.Namespace) -> int:
     if args.command == "serve":
+        signing = keys.from_arguments(args)  # now, not at its first publish
         stores = (DbSettings.from_env(args.db), args.offline_after)
         return serve(
             BrokerSettings.from_env(args.url),
@@ -122,15 +106,14 @@ def command(args: argparse.Namespace) -> int:
             stores,
             policy=Policy.load(args.policy),
             drift=site_cli.drift_options(args),
+            signing=signing,
         )
     if args.command == "site":
         return site_cli.run(args)
     if args.command in operator_cli.COMMANDS:
         return operator_cli.run(args)
-    if args.command in ("enroll", "revoke"):
-        return enrollment(args)
-    if args.command == "enroll-service":
-        return service_enrollment(args)
+    if args.command in enroll_cli.COMMANDS:
+        return enroll_cli.run(args)
     if args.command == "keygen":
         return keygen(args.out, as_json=args.json)
     with Dispatcher(args.url) as dispatcher:
@@ -158,41 +141,6 @@ def keygen(out: str, *, as_json: bool = False) -> int:
     return 0
 
 
-def enrollment(args: argparse.Namespace) -> int:
-    settings = BrokerSettings.from_env(args.url)
-    management = Management.for_broker(settings, args.management_url)
-    if args.command == "revoke":
-        try:
-            closed = revoke(management, args.client)
-        except NotFound:
-            print(f"setevnt-dispatcher: {args.client} is not enrolled", file=sys.stderr)
-            return 1
-        print(f"revoked {args.client}; {closed} open connection(s) closed", file=sys.stderr)
-        return 0
-    with Dispatcher(args.url) as dispatcher:
-        dispatcher.provision([args.client])  # the agent may not declare its own queue
-    signer = keys.load()  # $SETEVNT_SIGNING_KEY_FILE: the agent must trust its public key
-    public_key = signer.public_text() if signer else None
-    enrolled = enroll(settings, management, args.client, public_key=public_key, rotate=args.rotate)
-    print(enrolled.agent_toml(), end="")
-    return 0
-
-
-def service_enrollment(args: argparse.Namespace) -> int:
-    settings = BrokerSettings.from_env(args.url)
-    with Dispatcher(args.url) as dispatcher:
-        dispatcher.declare_topology()  # its requests need setevnt.requests to exist
-    user = enroll_service(
-        settings,
-        Management.for_broker(settings, args.management_url),
-        args.service,
-        rotate=args.rotate,
-    )
-    print(f"broker user {user.name}: may only publish to setevnt.requests", file=sys.stderr)
-    print(user.url)
-    return 0
-
-
 def serve(
     settings: BrokerSettings,
     addr: str,
@@ -201,8 +149,16 @@ def serve(
     *,
     policy: Policy | None = None,
     drift: site_cli.DriftOptions | None = None,
+    signing: keys.Signing | None = None,
 ) -> int:
     registry = CollectorRegistry()
+    signing = signing or keys.Signing.from_env()
+    if signing.signer is None:
+        log.warning("commands go unsigned: only agents with allow_unsigned = true run them")
+    else:
+        log.info(
+            "signing commands with the key whose public key is %s", signing.signer.public_text()
+        )
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
     drift = drift or site_cli.DriftOptions(None, RemediationSettings())
     metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
@@ -213,7 +169,7 @@ def serve(
         Ledger(database) as ledger,
     ):
         _seed_site(database, drift.seed_version)
-        recorder = Recorder(settings, fleet, ledger, metrics)
+        recorder = Recorder(settings, fleet, ledger, metrics, signing=signing)
         log.info("fleet registry and ledger in %s", database.path)
         senders = Senders.from_env(settings.username)
         collector = Collector(settings, metrics, recorder, senders=senders)
@@ -221,12 +177,13 @@ def serve(
             database,
             policy or Policy.load(),
             RegistrySettings(offline_after),
+            signing=signing,
         )
         crew = [
             Member("collector", collector.run, collector.stop),
             _intake(Intake(settings, intake_settings, metrics)),
         ]
-        remediator = _remediator(settings, database, fleet.settings, drift, metrics)
+        remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:
             crew.append(Member("remediation", remediator.run, remediator.stop))
         return _serve(crew, registry, addr, port)
@@ -253,10 +210,13 @@ def _remediator(
     fleet: RegistrySettings,
     drift: site_cli.DriftOptions,
     metrics: DispatcherMetrics,
+    signing: keys.Signing,
 ) -> Remediator | None:
     if not drift.remediation.enabled:
         return None
-    remediator = Remediator(settings, database, fleet, drift.remediation, hooks=metrics)
+    remediator = Remediator(
+        settings, database, fleet, drift.remediation, hooks=metrics, signing=signing
+    )
     log.info("remediating CopyListVersion drift with %s", drift.remediation.event.name)
     return remediator
 

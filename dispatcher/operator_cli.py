@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
-from dispatcher import dead, progress, prune, report, results, targets
+from dispatcher import dead, keys, progress, prune, report, results, targets
 from dispatcher import storm as storms
 from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
@@ -95,10 +95,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     targets.add_arguments(storm)
     results.add_retry_arguments(storm)
     _storm_options(storm)
+    keys.add_arguments(storm)
     resume = sub.add_parser(
         "resume", parents=[store], help="send what an interrupted storm did not"
     )
     resume.add_argument("storm_id", metavar="STORM_ID", help="the interrupted storm")
+    keys.add_arguments(resume)
     resume.add_argument("--json", action="store_true", help="print the outcome as JSON")
     cancel = sub.add_parser("cancel", parents=[store], help="stop publishing a storm")
     cancel.add_argument("storm_id", metavar="STORM_ID", help="the running storm")
@@ -254,14 +256,16 @@ def _storm(args: argparse.Namespace) -> int:
     event = resolve_event(name, DEFAULT_CATALOG)
     if args.dry_run:
         return targets.dry_run([event], ids, args.json)
+    signing = keys.from_arguments(args)  # before the storm is planned
     targets.confirm(args, f"{event.name} to {len(ids)} client(s) as a storm", len(ids))
     with _stores(database, args.offline_after) as (registry, ledger):
         storm = storms.plan(ledger, event, ids, options)
         print(f"storm {storm.storm_id}: {event.name} on {len(ids)} client(s)", file=sys.stderr)
-        return _drive(args, ledger, registry, storm)
+        return _drive(args, ledger, registry, storm, signing)
 
 
 def _resume(args: argparse.Namespace) -> int:
+    signing = keys.from_arguments(args)
     database = DbSettings.from_env(args.db)
     with _stores(database, args.offline_after, create=False) as (registry, ledger):
         storm = ledger.storm(args.storm_id)
@@ -271,11 +275,15 @@ def _resume(args: argparse.Namespace) -> int:
         if refusal is not None:
             raise ValueError(refusal)
         print(f"resuming storm {storm.storm_id}", file=sys.stderr)
-        return _drive(args, ledger, registry, storms.claim(ledger, storm))
+        return _drive(args, ledger, registry, storms.claim(ledger, storm), signing)
 
 
 def _drive(
-    args: argparse.Namespace, ledger: Ledger, registry: SqliteRegistry, storm: StormRecord
+    args: argparse.Namespace,
+    ledger: Ledger,
+    registry: SqliteRegistry,
+    storm: StormRecord,
+    signing: keys.Signing,
 ) -> int:
     settings = BrokerSettings.from_env(args.url).named("setevnt-storm")
     display = progress.Display(sys.stderr, tty=sys.stderr.isatty())
@@ -295,6 +303,7 @@ def _drive(
                 storm,
                 on_progress=lambda flow: display.show(_live(storm, flow)),
                 on_flow=flows.append,
+                signing=signing,
             )
     except BrokerError as exc:
         _fail_if_running(ledger, storm.storm_id, f"broker: {exc}")
@@ -303,6 +312,9 @@ def _drive(
     display.done()
     view = _view(ledger, storm.storm_id)
     progress.print_view(view, args.json)
+    rejected = results.rejections(ledger, storm.storm_id)
+    if rejected:
+        print(f"setevnt-dispatcher: {rejected}", file=sys.stderr)
     return 0 if view.state == "done" and view.failed == 0 else 1
 
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from broker.errors import BrokerError, BrokerRefused
 from broker.provisioning import provision_clients
 from broker.settings import BrokerSettings
+from dispatcher.keys import Signing
 from dispatcher.ledger import Answered, Ledger
 from dispatcher.registry import Registry, Sighting
 from dispatcher.resend import resend_fast_lane
@@ -70,8 +71,10 @@ class Recorder:
         hooks: RecorderHooks,
         *,
         flush_every: float = 0.1,
+        signing: Signing | None = None,
     ) -> None:
         self._settings = settings.named("setevnt-registry")
+        self._signing = signing  # of the fast lane's re-sent commands
         self.registry = registry
         self.ledger = ledger
         self._hooks = hooks
@@ -166,7 +169,7 @@ class Recorder:
         if self._resend_at is None or time.monotonic() < self._resend_at:
             return
         try:
-            resend_fast_lane(self._settings, self.ledger)
+            resend_fast_lane(self._settings, self.ledger, self._signing)
         except BrokerError as exc:
             log.warning("fast lane: re-sending failed (%s); trying again", exc)
             self._resend_at = time.monotonic() + RESEND_RETRY

@@ -26,7 +26,9 @@ from schemas.messages import Command
 log = logging.getLogger(__name__)
 
 
-def resend_fast_lane(settings: BrokerSettings, ledger: Ledger) -> int:
+def resend_fast_lane(
+    settings: BrokerSettings, ledger: Ledger, signing: keys.Signing | None = None
+) -> int:
     """Publish the fast lane's pending commands again; returns how many were confirmed."""
     now = time.time()
     pending = ledger.fast_pending(now, now - STALE_AFTER)
@@ -34,7 +36,7 @@ def resend_fast_lane(settings: BrokerSettings, ledger: Ledger) -> int:
         return 0
     messages = [_message(command, storm, now) for command, storm in pending]
     with ConfirmingPublisher(
-        settings.named("setevnt-resend"), stamp=keys.command_stamp()
+        settings.named("setevnt-resend"), stamp=(signing or keys.Signing.from_env()).stamp()
     ) as publisher:
         outcomes = publisher.publish(messages)
     sent = sum(1 for outcome in outcomes.values() if outcome is Outcome.SENT)

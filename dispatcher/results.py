@@ -221,3 +221,17 @@ def storm_targets(args: argparse.Namespace, database: DbSettings) -> tuple[str, 
         file=sys.stderr,
     )
     return args.event or f"{retry.storm.component}_{retry.storm.event}", sorted(chosen)
+
+
+def rejections(ledger: Ledger, storm_id: str) -> str | None:
+    """Why agents refused the storm's command, e.g. "5 client(s) rejected the command:
+    bad-signature": an unsigned storm must not read as a mere count of failures."""
+    counts = ledger.reasons(storm_id, time.time(), {"rejected"})
+    total = sum(c.commands for c in counts)
+    if not total:
+        return None
+    if len(counts) == 1:
+        why = counts[0].reason or "no reason given"
+    else:
+        why = ", ".join(f"{c.reason or 'no reason given'} ({c.commands})" for c in counts)
+    return f"{total} client(s) rejected the command: {why}"

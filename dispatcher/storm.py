@@ -31,7 +31,7 @@ from typing import Any
 from broker import topology
 from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
-from broker.publisher import ConfirmingPublisher
+from broker.publisher import ConfirmingPublisher, Stamp
 from broker.settings import BrokerSettings
 from dispatcher import keys
 from dispatcher.answers import Answers
@@ -238,8 +238,10 @@ def run(
     *,
     on_progress: Progress | None = None,
     on_flow: Callable[[StormFlow], None] | None = None,
+    signing: keys.Signing | None = None,
 ) -> StormFlow:
-    """Publish the storm's planned commands until done, halted or cancelled."""
+    """Publish the storm's planned commands until done, halted or cancelled (signed as
+    ``signing`` says; by default with the key of ``$SETEVNT_SIGNING_KEY_FILE``)."""
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
     answers = Answers(storm.storm_id)
@@ -261,7 +263,8 @@ def run(
         )
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
-        _publish(settings, ledger, storm, options, flow, writer)
+        stamp = (signing or keys.Signing.from_env()).stamp()
+        _publish(settings, ledger, storm, options, flow, writer, stamp)
     finally:
         writer.close()
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
@@ -317,6 +320,7 @@ def _publish(
     options: StormOptions,
     flow: StormFlow,
     writer: LedgerWriter,
+    stamp: Stamp | None,
 ) -> None:
     window = FAST_CONFIRM_WINDOW if options.fast else CONFIRM_WINDOW
     try:
@@ -326,7 +330,7 @@ def _publish(
             channels=CHANNELS,
             attempts=PUBLISH_ATTEMPTS,
             hooks=flow,
-            stamp=keys.command_stamp(),
+            stamp=stamp,
         ) as publisher:
             publisher.stream(flow, flow.on_outcome)
     except BrokerError as exc:

@@ -14,19 +14,21 @@ from agent.backends.win32_event import Win32EventBackend
 
 BACKENDS: dict[str, Any] = {
     "exec": ExecBackend,
-    "signal": SignalBackend,
+    "posix-signal": SignalBackend,
     "file": FileBackend,
     "win32-event": Win32EventBackend,
     "simulated": SimulatedBackend,
 }
+# Other names a configuration may use: "signal" is what the backend was first called.
+ALIASES = {"signal": "posix-signal"}
 
 
 def make_backend(kind: str, options: Mapping[str, Any]) -> Backend:
-    cls = BACKENDS.get(kind)
+    cls = BACKENDS.get(ALIASES.get(kind, kind))
     if cls is None:
         raise BackendConfigError(f"unknown backend {kind!r}; choose one of {', '.join(BACKENDS)}")
     backend: Backend = cls.from_options(options)
     return backend
 
 
-__all__ = ["BACKENDS", "Backend", "BackendConfigError", "SignalResult", "make_backend"]
+__all__ = ["ALIASES", "BACKENDS", "Backend", "BackendConfigError", "SignalResult", "make_backend"]

@@ -19,7 +19,7 @@ class Target:
 
 
 class SignalBackend:
-    name = "signal"
+    name = "posix-signal"
 
     def __init__(self, targets: Mapping[str, Target]) -> None:
         self._targets = dict(targets)

@@ -288,6 +288,14 @@ def test_the_dispatcher_units_read_the_signing_key_as_a_credential(unit: str) ->
     assert settings["Environment"] == f"SETEVNT_SIGNING_KEY_FILE=%d/{name}"
 
 
+@pytest.mark.parametrize("unit", ["setevnt-dispatcher.service", "setevnt-agent.service"])
+def test_a_configuration_error_does_not_restart_forever(unit: str) -> None:
+    """Both CLIs exit 2 on a bad configuration or key: no restart loop for that."""
+    settings = unit_settings(DEPLOY / "systemd" / unit)
+    assert settings["Restart"] == "on-failure"
+    assert settings["RestartPreventExitStatus"].split() == ["2"]
+
+
 def test_the_dispatcher_starts_after_a_broker_on_its_host() -> None:
     settings = unit_settings(DEPLOY / "systemd" / "setevnt-dispatcher.service")
     assert "rabbitmq-server.service" in settings["After"].split()

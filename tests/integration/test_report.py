@@ -160,6 +160,9 @@ def test_report_of_a_real_storm_renders_cleanly(
     assert console_problems(stderr) == [], stderr
     assert png.stat().st_size > 10_000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(
+        f"\nreport with {counts['failed']} failed clients: screenshot {png.stat().st_size:,} bytes"
+    )
 
 
 def test_report_of_an_unknown_storm_fails_with_a_message(fleet: Fleet, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.backends import BackendConfigError, make_backend
-from agent.backends.simulated import SimulatedBackend
+from agent.backends.exec import ExecBackend
 from agent.config import (
     PUBLIC_KEY_ENV,
     PUBLIC_KEY_PLACEHOLDER,
@@ -34,7 +34,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_example_loads_and_selects_the_simulated_backend() -> None:
+def test_example_loads_and_selects_the_exec_backend() -> None:
     config = load(EXAMPLE, environ={})
     assert config.client_id == "PC042"
     assert config.platform == "nt"
@@ -48,9 +48,9 @@ def test_example_loads_and_selects_the_simulated_backend() -> None:
     assert config.guard.spool == "/var/lib/setevnt/journal.spool"
     assert config.max_command_lifetime == 86400.0
     assert config.component_versions == {"CCIM32": "2.0.1493.4", "SMSAPM32": "2.0.1493.4"}
-    assert config.backend == "simulated"
-    assert "exec" not in config.backend_options  # only the selected backend's table
-    assert isinstance(make_backend(config.backend, config.backend_options), SimulatedBackend)
+    assert config.backend == "exec"
+    assert config.backend_options == {"timeout": 300.0, "commands": {}}  # "5m"; to fill in
+    assert isinstance(make_backend(config.backend, config.backend_options), ExecBackend)
     site = config.catalog.component("CLISETUP")
     assert site is not None
     assert site.events == ("STARTCYCLE",)
@@ -89,7 +89,7 @@ def test_the_example_ships_a_key_to_fill_in_and_never_unsigned_commands() -> Non
 def test_run_refuses_to_start_without_a_journal(tmp_path: Path) -> None:
     key = Signer.generate().public_text()
     config = write(tmp_path, f'client_id = "PC042"\n[security]\ndispatcher_public_key = "{key}"\n')
-    refused = run_agent("--config", str(config))
+    refused = run_agent("--config", str(config), "--backend", "exec")
     assert refused.returncode == 2
     (line,) = refused.stderr.splitlines()
     assert line.startswith("setevnt-agent: [agent] journal is not set")
@@ -102,7 +102,9 @@ def test_run_refuses_a_journal_others_could_write(tmp_path: Path) -> None:
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
     config = write(tmp_path, f'client_id = "PC042"\n[security]\ndispatcher_public_key = "{key}"\n')
-    refused = run_agent("--config", str(config), "--journal", str(shared / "journal"))
+    refused = run_agent(
+        "--config", str(config), "--backend", "exec", "--journal", str(shared / "journal")
+    )
     assert refused.returncode == 2
     (line,) = refused.stderr.splitlines()
     assert "writable by group or others" in line and str(shared) in line
@@ -118,19 +120,37 @@ def commented_backend_tables() -> list[str]:
     ]
 
 
-def test_every_commented_backend_table_in_the_example_works_when_uncommented() -> None:
+def test_every_commented_backend_table_in_the_example_works_when_uncommented(
+    tmp_path: Path,
+) -> None:
     kinds = set()
     for block in commented_backend_tables():
         (kind, options), *rest = tomllib.loads(block)["backend"].items()
         assert rest == []
         kinds.add(kind)
+        path = tmp_path / f"{kind}.toml"
+        path.write_text(f'client_id = "PC042"\n[backend]\ntype = "{kind}"\n{block}')
+        options = load(path, environ={}).backend_options  # the strict check passes
         if kind == "win32-event" and sys.platform != "win32":
             with pytest.raises(BackendConfigError, match="Windows"):
                 make_backend(kind, options)
             assert options["prefix"] == "Global\\"
         else:
             assert make_backend(kind, options).name == kind
-    assert kinds == {"exec", "signal", "file", "win32-event"}
+    assert kinds == {"posix-signal", "file", "win32-event", "simulated"}
+
+
+def test_the_example_exec_commands_pass_the_catalog_check_when_uncommented(
+    tmp_path: Path,
+) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    table = text[text.index("\n[backend.exec.commands]\n") + 1 :].split("\n\n")[0]
+    entries = [line[2:] for line in table.splitlines() if re.match(r"# [A-Z0-9]+_[A-Z]+ = ", line)]
+    assert len(entries) >= 3
+    path = write(tmp_path, text.replace(table, "[backend.exec.commands]\n" + "\n".join(entries)))
+    commands = load(path, environ={}).backend_options["commands"]
+    assert commands["CCIM32_STARTCYCLE"] == ["/opt/sms/bin/ccim32", "--start-cycle"]
+    assert "CLISETUP_STARTCYCLE" in commands  # the example's own [[components]]
 
 
 def test_environment_overrides_the_file() -> None:
@@ -178,16 +198,16 @@ def test_missing_client_id_names_the_variable(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('client_id = "PC042"\nplatform = "macos"\n', "platform 'macos'"),
-        ('client_id = "bad id!"\n', "client_id 'bad id!'"),
+        ('client_id = "bad id!"\n', "client_id: 'bad id!' is not a client id"),
         ('client_id = "PC042\\n"\n', "client_id"),  # a trailing newline is not an id
         ('client_id = "-PC042"\n', "client_id"),
-        ('client_id = "PC042"\ngroups = ["lab-1", "floor 2"]\n', "group 'floor 2'"),
-        ('client_id = "PC042"\ngroups = "lab1"\n', "groups must be a list"),
+        ('client_id = "PC042"\ngroups = ["lab-1", "floor 2"]\n', "groups: 'floor 2'"),
+        ('client_id = "PC042"\ngroups = "lab1"\n', "groups: must be an array"),
         ('client_id = "PC042"\n[agent]\nhello_interval = 0\n', "hello_interval"),
         ('client_id = "PC042"\n[agent]\nmax_command_lifetime = 0\n', "max_command_lifetime"),
         ('client_id = "PC042"\n[agent]\nmax_command_lifetime = inf\n', "max_command_lifetime"),
         ('client_id = "PC042"\n[broker]\nheartbeat = "soon"\n', "broker"),
-        ('client_id = "PC042"\nbroker = "amqp://host/"\n', r"\[broker\] must be a table"),
+        ('client_id = "PC042"\nbroker = "amqp://host/"\n', "broker: must be a table, not a string"),
         ('client_id = "PC042"\n[[components]]\nname = "clisetup"\n', "clisetup"),
         ('client_id = "PC042"\n[[components]]\ntitle = "no name"\n', "name"),
     ],
@@ -244,6 +264,6 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 def test_agent_config_defaults() -> None:
     config = AgentConfig(client_id="PC042")
     assert config.platform == "nt"
-    assert config.backend == "simulated"
+    assert config.backend is None  # chosen by name only: `run` refuses without one
     assert config.journal is None
     assert config.broker.url == DEFAULT_URL

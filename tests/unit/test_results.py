@@ -15,7 +15,8 @@ from dispatcher.ledger import CommandRecord, Ledger, StormRecord
 from dispatcher.main import main
 from schemas.messages import Ack
 
-NOW = time.time()
+NOW = time.time()  # at collection: a long suite may reach the unit tests much later
+LATER = NOW + 86_400  # in time, however late this test runs
 STORM = "storm-20240101-000000-abcdef"
 
 
@@ -78,10 +79,10 @@ def database(tmp_path: Path) -> DbSettings:
         CommandRecord(f"c{n}", STORM, client, "CCIM32", "STARTCYCLE", status, expires_at=expires)
         for n, (client, status, expires) in enumerate(
             [
-                ("CRASHED", "sent", NOW + 600),
-                ("FINE", "sent", NOW + 600),
+                ("CRASHED", "sent", LATER),
+                ("FINE", "sent", LATER),
                 ("LAPSED", "pending-offline", NOW - 1),
-                ("WAITING", "sent", NOW + 600),
+                ("WAITING", "sent", LATER),
             ]
         )
     ]
@@ -149,3 +150,32 @@ def test_results_filter_by_what_became_of_each_command(
     )
     one = run(capsys, "results", "c0", "--json", "--db", database.path)
     assert json.loads(one)["client"] == "CRASHED"
+
+
+def test_a_storm_says_why_its_agents_rejected_it(tmp_path: Path) -> None:
+    settings = DbSettings(str(tmp_path / "rejected.db"))
+    storm = StormRecord(
+        STORM, "CCIM32", "STARTCYCLE", {}, 4, "done", None, "ops", NOW - 60, NOW - 50,
+        NOW - 50, "pid 1", False,
+    )  # fmt: skip
+    clients = ["A", "B", "C", "D"]
+    commands = [
+        CommandRecord(f"c{n}", STORM, c, "CCIM32", "STARTCYCLE", "sent", expires_at=LATER)
+        for n, c in enumerate(clients)
+    ]
+    reasons = ["bad-signature", "bad-signature", "clock-skew", None]
+    answers = [
+        (Ack(f"c{n}", c, "rejected" if why else "done", NOW - 55, "1.0", reason=why), NOW - 55)
+        for n, (c, why) in enumerate(zip(clients, reasons, strict=True))
+    ]
+    with Ledger(settings) as ledger:
+        ledger.create_storm(storm, commands)
+        assert results.rejections(ledger, STORM) is None
+        ledger.record_answers(answers[:2])
+        assert results.rejections(ledger, STORM) == (
+            "2 client(s) rejected the command: bad-signature"
+        )
+        ledger.record_answers(answers[2:])
+        assert results.rejections(ledger, STORM) == (
+            "3 client(s) rejected the command: bad-signature (2), clock-skew (1)"
+        )
