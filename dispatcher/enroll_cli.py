@@ -166,7 +166,7 @@ def _revoke(args: argparse.Namespace, settings: BrokerSettings, management: Mana
     try:
         closed = revoke(management, args.client)
     except NotFound:
-        print(f"setevnt-dispatcher: {args.client} is not enrolled", file=sys.stderr)
+        print(f"setevnt-dispatcher: error: {args.client} is not enrolled", file=sys.stderr)
         return 1
     print(f"revoked {args.client}; {closed} open connection(s) closed", file=sys.stderr)
     return 0

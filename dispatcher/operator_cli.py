@@ -314,7 +314,7 @@ def _drive(
     progress.print_view(view, args.json)
     rejected = results.rejections(ledger, storm.storm_id)
     if rejected:
-        print(f"setevnt-dispatcher: {rejected}", file=sys.stderr)
+        print(f"setevnt-dispatcher: error: {rejected}", file=sys.stderr)
     return 0 if view.state == "done" and view.failed == 0 else 1
 
 

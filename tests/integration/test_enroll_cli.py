@@ -61,9 +61,9 @@ def run(
 def refused(
     done: subprocess.CompletedProcess[str], shown: str, prefix: str, message: str, code: int = 2
 ) -> None:
-    """One line on stderr, exactly ``prefix: message``; no traceback; exit ``code``."""
+    """One line on stderr, exactly ``prefix: error: message``; no traceback; exit ``code``."""
     assert "Traceback" not in done.stderr + done.stdout, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"{prefix}: {message}", done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{prefix}: error: {message}", done.stderr
     assert done.returncode == code, done.stderr
     TABLE.append((shown, message, code))
 
@@ -297,10 +297,17 @@ def test_a_storm_rejected_by_its_agents_fails_and_says_why(fleet: Fleet, tmp_pat
     fleet.simulate(5, "--provision")
     wait_for(lambda: len(fleet.clients()) == 5, 20, "5 registered clients")
     done = fleet.dispatcher(
-        "storm", "CCIM32_STARTCYCLE", "--all", "--key", str(other), "--delivery-wait", "30s"
+        "storm",
+        "CCIM32_STARTCYCLE",
+        "--all",
+        "--yes",
+        "--key",
+        str(other),
+        "--delivery-wait",
+        "30s",
     )
     assert "Traceback" not in done.stderr
     assert done.returncode == 1, done.stderr
     line = "5 client(s) rejected the command: bad-signature"
-    assert done.stderr.strip().splitlines()[-1] == f"setevnt-dispatcher: {line}", done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"setevnt-dispatcher: error: {line}", done.stderr
     TABLE.append(("storm --key OTHER-KEY (agents reject)", line, 1))
