@@ -32,7 +32,6 @@ from agent.handler import Delivery, Handler, Reply, Run
 from agent.journal import Journal
 from agent.simsetup import UPGRADE_EVENT, CopyLists
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
 from broker.lanes import Lane, LaneDelivery, Loop
 from broker.settings import BrokerSettings
@@ -161,12 +160,7 @@ class Simulation:
 
     def _declare_core(self) -> None:
         """Provisioning here, without a dispatcher: the shared exchanges too."""
-        connection = open_blocking(self.settings.broker.named("setevnt-simulator (declare)"))
-        try:
-            with translate_errors("declaring the topology"):
-                topology.declare_core(connection.channel())
-        finally:
-            close_quietly(connection)
+        topology.declare_all(self.settings.broker.named("setevnt-simulator (declare)"))
 
     # -- lanes --------------------------------------------------------------------------
 

@@ -35,6 +35,20 @@ class Peek:
     messages: list[Peeked]
 
 
+def consumers(settings: BrokerSettings, queue: str) -> int:
+    """How many consumers ``queue`` has (a queue that does not exist is a
+    :class:`broker.errors.BrokerRefused` with code 404)."""
+    connection = open_blocking(settings)
+    try:
+        with translate_errors(f"looking at {queue}"):
+            count: int = (
+                connection.channel().queue_declare(queue, passive=True).method.consumer_count
+            )
+    finally:
+        close_quietly(connection)
+    return count
+
+
 def peek(settings: BrokerSettings, queue: str, limit: int) -> Peek:
     """The first ``limit`` messages of ``queue``, left in it (raises a BrokerError; a
     queue that does not exist is a :class:`broker.errors.BrokerRefused` with code 404)."""

@@ -21,6 +21,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.settings import BrokerSettings
+
 CLIENT_QUEUE_PREFIX = "setevnt.client."
 ACK_EXCHANGE = "setevnt.acks"
 ACK_QUEUE = "setevnt.acks"
@@ -180,6 +183,17 @@ def declare_core(channel: Channel) -> None:
     channel.exchange_declare(REQUEST_EXCHANGE, exchange_type="fanout", durable=True)
     channel.queue_declare(REQUEST_QUEUE, durable=True, arguments=request_queue_arguments())
     channel.queue_bind(REQUEST_QUEUE, REQUEST_EXCHANGE, routing_key="")
+
+
+def declare_all(settings: BrokerSettings, *, doing: str = "declaring the topology") -> None:
+    """Open a connection, declare the shared exchanges and queues, close it (raises a
+    BrokerError)."""
+    connection = open_blocking(settings)
+    try:
+        with translate_errors(doing):
+            declare_core(connection.channel())
+    finally:
+        close_quietly(connection)
 
 
 def declare_client(

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
@@ -103,7 +102,7 @@ class Dispatcher:
 
     def declare_topology(self) -> None:
         """Declare the shared exchanges and queues (idempotent)."""
-        self._with_channel(topology.declare_core)
+        topology.declare_all(self.settings)
 
     def provision(
         self, client_ids: Iterable[str], limits: topology.QueueLimits | None = None
@@ -112,7 +111,7 @@ class Dispatcher:
         ids = list(client_ids)
         for client_id in ids:
             topology.client_queue(client_id)  # validate all before declaring any
-        self._with_channel(topology.declare_core)
+        topology.declare_all(self.settings)
         provision_clients(self.settings, ids, limits)
         return len(ids)
 
@@ -222,14 +221,6 @@ class Dispatcher:
             for chunk in _chunks(ids, MAX_ISSUED)
         ]
         self._publisher.publish(messages)
-
-    def _with_channel(self, work: object) -> None:
-        connection = open_blocking(self.settings)
-        try:
-            with translate_errors("declaring topology"):
-                work(connection.channel())  # type: ignore[operator]
-        finally:
-            close_quietly(connection)
 
 
 class _Group(NamedTuple):

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.settings import BrokerSettings
@@ -154,12 +153,7 @@ class Intake:
                 self.ready.clear()
 
     def _declare(self) -> None:
-        connection = open_blocking(self._broker)
-        try:
-            with translate_errors("declaring the request queue"):
-                topology.declare_core(connection.channel())
-        finally:
-            close_quietly(connection)
+        topology.declare_all(self._broker, doing="declaring the request queue")
 
     def _on_request(self, session: Session, incoming: Incoming) -> None:
         """Decide, reply, settle: nothing a delivery holds stops the consumer."""

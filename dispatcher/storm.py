@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
 from broker.errors import BrokerError
+from broker.peek import consumers
 from broker.publisher import ConfirmingPublisher, Stamp
 from broker.settings import BrokerSettings
 from dispatcher import keys
@@ -274,15 +274,9 @@ def run(
 def warn_without_collector(settings: BrokerSettings) -> None:
     """A storm learns its answers from the ledger, which the service's collector writes:
     say so when none runs (storms run by the service itself need not ask)."""
-    connection = open_blocking(settings.named(f"{settings.connection_name} (check)"))
-    try:
-        with translate_errors("looking for the dispatcher service"):
-            channel = connection.channel()
-            topology.declare_core(channel)
-            declared = channel.queue_declare(topology.ACK_QUEUE, passive=True)
-    finally:
-        close_quietly(connection)
-    if declared.method.consumer_count == 0:
+    checking = settings.named(f"{settings.connection_name} (check)")
+    topology.declare_all(checking, doing="looking for the dispatcher service")
+    if consumers(checking, topology.ACK_QUEUE) == 0:
         log.warning(
             "no `setevnt-dispatcher serve` is collecting acks (%s has no consumer): the "
             "storm sees no answers until it runs, and counts its commands pending-offline "
