@@ -84,7 +84,7 @@ class Session:
     def consume(self, queue: str, on_message: Callable[[Incoming], None]) -> str:
         def deliver(channel: Any, method: Any, properties: Any, body: bytes) -> None:
             try:
-                on_message(_incoming(queue, method, properties, body))
+                on_message(incoming(queue, method, properties, body))
             except BrokerError:
                 raise  # the connection's trouble, not the message's: rebuild, redeliver
             except Exception:
@@ -184,7 +184,8 @@ class Session:
         return True
 
 
-def _incoming(queue: str, method: Any, properties: Any, body: bytes) -> Incoming:
+def incoming(queue: str, method: Any, properties: Any, body: bytes) -> Incoming:
+    """Our own record of one pika delivery, for handlers outside this package."""
     return Incoming(
         delivery_tag=method.delivery_tag,
         body=body,

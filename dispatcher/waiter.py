@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.consumer import Consumer
+from broker.session import Incoming
 from broker.settings import BrokerSettings
 from dispatcher.senders import Senders
 from schemas.codec import DecodeError, decode
@@ -42,26 +42,26 @@ class AckWaiter:
     ) -> None:
         clients = sorted(set(client_ids))
         self._senders = senders or Senders.from_env(settings.username)
-        self._connection = open_blocking(settings.named("setevnt-cli"))
+        self._consumer = Consumer(settings.named("setevnt-cli"))
+        self._consumer.open("preparing to wait for acks")
+        self._consuming = False
         self._wanted: dict[str, str] = {}  # command id -> its client
         self._issued: dict[str, float] = {}
         self._answers: dict[str, Answer] = {}
         self._latest: dict[str, Answer] = {}
-        with translate_errors("preparing to wait for acks"):
-            self._channel = self._connection.channel()
-            topology.declare_core(self._channel)
-            declared = self._channel.queue_declare("", exclusive=True, auto_delete=True)
-            self._queue = declared.method.queue
-            keys = (
-                [topology.ack_routing_key(c) for c in clients]
-                if len(clients) <= _PER_CLIENT_BINDINGS
-                else [f"{topology.ACK_KEY}.#"]
-            )
-            for key in keys:
-                self._channel.queue_bind(self._queue, topology.ACK_EXCHANGE, routing_key=key)
+        keys = (
+            [topology.ack_routing_key(c) for c in clients]
+            if len(clients) <= _PER_CLIENT_BINDINGS
+            else [f"{topology.ACK_KEY}.#"]
+        )
+        try:
+            self._queue = self._consumer.private_queue(topology.ACK_EXCHANGE, keys)
+        except BaseException:
+            self._consumer.close()
+            raise
 
     def close(self) -> None:
-        close_quietly(self._connection)
+        self._consumer.close()
 
     def __enter__(self) -> AckWaiter:
         return self
@@ -82,27 +82,28 @@ class AckWaiter:
         self._issued.update(issued_at or {})
         wanted = set(commands)
         deadline = time.monotonic() + timeout
-        with translate_errors("waiting for acks"):
-            self._channel.basic_consume(self._queue, self._on_message, auto_ack=True)
-            while not wanted <= self._answers.keys():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._connection.process_data_events(time_limit=min(left, 0.25))
+        if not self._consuming:
+            self._consumer.consume(self._queue, self._on_message, auto_ack=True)
+            self._consuming = True
+        while not wanted <= self._answers.keys():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._consumer.pump(min(left, 0.25), "waiting for acks")
         return {cid: self._answers[cid] for cid in wanted if cid in self._answers}
 
     @property
     def latest(self) -> dict[str, Answer]:
         return dict(self._latest)
 
-    def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+    def _on_message(self, message: Incoming) -> None:
         try:
-            ack = decode(body, Ack)
+            ack = decode(message.body, Ack)
         except DecodeError:
             return  # the collector counts bad messages; a waiter only wants its acks
         if self._wanted.get(ack.command_id) != ack.client_id:
             return  # not a command waited for, or it claims another client's command
-        if self._senders.not_for(ack.client_id, getattr(properties, "user_id", None)):
+        if self._senders.not_for(ack.client_id, message.user_id):
             return  # the collector drops and counts it; here it is simply not believed
         issued = self._issued.get(ack.command_id, ack.issued_at)
         latency = max(0.0, time.time() - issued) if issued is not None else None
