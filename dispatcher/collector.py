@@ -150,7 +150,7 @@ class Collector:
                 log.info("collecting acks from %s", self._settings.redacted())
                 while not self._stop.is_set():
                     connection.process_data_events(time_limit=recorder.flush_every)
-                    recorder.flush(channel)
+                    recorder.flush(lambda tag: channel.basic_ack(tag, multiple=True))
         finally:
             self.ready.clear()
             close_quietly(connection)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from broker.errors import BrokerError, BrokerRefused
 from broker.provisioning import provision_clients
@@ -114,7 +115,9 @@ class Recorder:
 
     # -- the batch ------------------------------------------------------------------------
 
-    def flush(self, channel: Any) -> None:
+    def flush(self, ack_through: Callable[[int], None]) -> None:
+        """Commit the batch, then ``ack_through`` its last delivery tag (acknowledging
+        every delivery up to it)."""
         self._gauge()
         self._resend()
         batch = self._batch
@@ -127,7 +130,7 @@ class Recorder:
             return
         for report in batch.reports:
             self._hooks.publish_report(report)
-        channel.basic_ack(batch.last_tag, multiple=True)
+        ack_through(batch.last_tag)
         self._batch = _Batch()
 
     def _write(self, batch: _Batch) -> None:
