@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.connection import translate_errors
+from broker.consumer import Consumer
+from broker.session import Incoming
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
 from dispatcher.logs import Throttled
@@ -133,40 +136,38 @@ class Collector:
     # -- the broker session ---------------------------------------------------------------
 
     def _session(self) -> None:
-        connection = open_blocking(self._settings)
+        consumer = Consumer(self._settings, prefetch=self._prefetch)
+        consumer.open("collecting acks")
         self._sessions += 1
         if self._sessions > 1:
             self._hooks.reconnected_collector()
         recorder = self._recorder
         try:
-            with translate_errors("collecting acks"):
-                channel = connection.channel()
-                topology.declare_core(channel)
-                channel.basic_qos(prefetch_count=self._prefetch)
-                recorder.reset()
-                channel.basic_consume(topology.ACK_QUEUE, self._on_ack_path)
-                channel.basic_consume(topology.FLEET_QUEUE, self._on_fleet_path)
-                self.ready.set()
-                log.info("collecting acks from %s", self._settings.redacted())
+            recorder.reset()
+            consumer.consume(topology.ACK_QUEUE, self._on_ack_path)
+            consumer.consume(topology.FLEET_QUEUE, self._on_fleet_path)
+            self.ready.set()
+            log.info("collecting acks from %s", self._settings.redacted())
+            with translate_errors("collecting acks"):  # what flushing provisions or re-sends
                 while not self._stop.is_set():
-                    connection.process_data_events(time_limit=recorder.flush_every)
-                    recorder.flush(lambda tag: channel.basic_ack(tag, multiple=True))
+                    consumer.pump(recorder.flush_every, "collecting acks")
+                    recorder.flush(consumer.ack_through)
         finally:
             self.ready.clear()
-            close_quietly(connection)
+            consumer.close()
 
-    def _on_ack_path(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._guarded(self.take, body, properties)
-        self._recorder.delivered(method.delivery_tag)
+    def _on_ack_path(self, message: Incoming) -> None:
+        self._guarded(self.take, message)
+        self._recorder.delivered(message.delivery_tag)
 
-    def _on_fleet_path(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._guarded(self.take_heartbeat, body, properties)
-        self._recorder.delivered(method.delivery_tag)
+    def _on_fleet_path(self, message: Incoming) -> None:
+        self._guarded(self.take_heartbeat, message)
+        self._recorder.delivered(message.delivery_tag)
 
-    def _guarded(self, take: Any, body: bytes, properties: Any) -> None:
+    def _guarded(self, take: Callable[[bytes, str | None], None], message: Incoming) -> None:
         """Whatever a message makes go wrong here drops that message, not the collector."""
         try:
-            take(body, getattr(properties, "user_id", None))
+            take(message.body, message.user_id)
         except Exception:
             log.exception("dropping a message that could not be handled")
             self._hooks.bad_message("unhandled")
