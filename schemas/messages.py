@@ -2,7 +2,8 @@
 
 Every message is a frozen dataclass whose constructor validates it, so an invalid
 message can neither be built nor decoded. The field specs below are the single source for
-validation here and are mirrored by the JSON Schemas in ``schemas/json/``.
+validation, for the codec and for the JSON Schemas in ``schemas/json/``
+(:mod:`schemas.json_schema` derives them).
 
 Versioning: every message carries ``v = [major, minor]``. A decoder accepts any minor of
 a major it knows; fields it does not know are an error unless the message's minor is
