@@ -39,11 +39,11 @@ def encode(message: Message) -> bytes:
 
 def _wire_fields(message: Message) -> dict[str, Any]:
     body: dict[str, Any] = {"t": message.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
-    for name in message.SPEC:
+    for name, spec in message.SPEC.items():
         value = getattr(message, name)
         if value is None:
             continue  # absent optional fields are left out, not sent as nil
-        if isinstance(value, tuple) and value and isinstance(value[0], PublishCount):
+        if spec.kind == "counts":
             value = [dataclasses.asdict(item) for item in value]
         body[name] = value
     return body
