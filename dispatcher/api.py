@@ -261,7 +261,7 @@ def outgoing(command: Command) -> Outgoing:
 def command_message(
     command_id: str, client_id: str, body: bytes, ttl: float, persistent: bool = True
 ) -> Outgoing:
-    """:func:`outgoing` of a command already encoded (a storm's, by its CommandEncoder),
+    """:func:`outgoing` of a command already encoded (a storm's, by ``codec.encoding``),
     expiring ``ttl`` seconds from now; ``persistent=False`` for the fast lane."""
     return Outgoing(
         key=command_id,

@@ -37,7 +37,11 @@ from dispatcher.answers import Answers
 from dispatcher.api import command_message
 from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
 from dispatcher.publish_reports import PublishReports
-from schemas.codec import CommandEncoder
+from schemas.codec import encoding
+from schemas.messages import Command
+
+# What differs between a storm's commands.
+_VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
 
 
 @dataclass(slots=True)
@@ -129,13 +133,20 @@ class StormFlow:
         self.last_acked_at: float | None = None
         self.state = "running"
         self.reason: str | None = None
-        self._encoder = CommandEncoder(
-            component=order.component,
-            event=order.event,
-            silent=order.silent,
-            requested_by=order.requested_by,
-            storm_id=order.storm_id,
-            force=order.force,
+        self._encode = encoding(
+            Command(  # the varying fields are placeholders: each command sets its own
+                command_id="0",
+                client_id="0",
+                component=order.component,
+                event=order.event,
+                silent=order.silent,
+                issued_at=0.0,
+                expires_at=0.0,
+                requested_by=order.requested_by,
+                storm_id=order.storm_id,
+                force=order.force,
+            ),
+            _VARYING,
         )
         self._bucket = _Bucket(limits.rate)
         self._deadlines: list[tuple[float, str]] = []
@@ -302,8 +313,12 @@ class StormFlow:
             self.window += 1
         now = target.issued_at = time.time()
         ttl = self.limits.ttl
-        body = self._encoder.encode(
-            target.command_id, target.client_id, now, now + ttl, target.not_before
+        body = self._encode(
+            command_id=target.command_id,
+            client_id=target.client_id,
+            issued_at=now,
+            expires_at=now + ttl,
+            not_before=target.not_before,
         )
         return command_message(
             target.command_id, target.client_id, body, ttl, self.order.persistent

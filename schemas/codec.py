@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import msgpack
@@ -10,11 +11,9 @@ import msgpack
 from schemas.messages import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
-    Command,
     Message,
     PublishCount,
     Reason,
-    check_expiry,
     check_rule,
     field_rules,
 )
@@ -40,85 +39,58 @@ def encode(message: Message) -> bytes:
 
 def _wire_fields(message: Message) -> dict[str, Any]:
     body: dict[str, Any] = {"t": message.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
-    for name in message.SPEC:
+    for name, spec in message.SPEC.items():
         value = getattr(message, name)
         if value is None:
             continue  # absent optional fields are left out, not sent as nil
-        if isinstance(value, tuple) and value and isinstance(value[0], PublishCount):
+        if spec.kind == "counts":
             value = [dataclasses.asdict(item) for item in value]
         body[name] = value
     return body
 
 
-class CommandEncoder:
-    """Encodes many commands alike but for their ids, clients and times: a storm's.
+def encoding(template: M, varying: Sequence[str]) -> Callable[..., bytes]:
+    """:func:`encode` of ``template`` with its ``varying`` fields given per call.
 
-    The same bytes as :func:`encode` of the same :class:`Command`, for a fraction of the
-    cost (a storm builds one command per client, on the thread that publishes them): the
-    fields all commands share are validated once, here, and those that differ are
-    checked per command by the same rules.
+    For many messages alike but for a few fields (a storm's commands: one per client,
+    built on the thread that publishes them): the bytes are those of :func:`encode` of the
+    message with those fields replaced, but the fields all share are validated once, here,
+    in ``template``, and only the varying ones per call, by the same rules. The returned
+    function takes exactly the ``varying`` fields as keywords (a dict merge is the fastest
+    way into the body) and raises ``FieldError`` where building the message would.
     """
+    cls = type(template)
+    shared = _wire_fields(template)
+    # In wire order, as encode() writes them (msgpack keeps a map's order).
+    base = {"t": shared["t"], "v": shared["v"]}
+    for name in cls.SPEC:
+        if name in varying:
+            base[name] = None
+        elif name in shared:
+            base[name] = shared[name]
+    rules = field_rules(cls, varying)
+    optional = tuple(rule[0] for rule in rules if not rule[1].required)
+    across = cls.check_across
+    # One packer for every message: msgpack.packb() would build one per call.
+    pack = msgpack.Packer(use_bin_type=True).pack
 
-    _VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
-
-    def __init__(
-        self,
-        *,
-        component: str,
-        event: str,
-        silent: bool,
-        requested_by: str,
-        storm_id: str | None = None,
-        force: bool = False,
-    ) -> None:
-        shared = _wire_fields(
-            Command(  # the varying fields are placeholders: each command sets its own
-                command_id="0",
-                client_id="0",
-                component=component,
-                event=event,
-                silent=silent,
-                issued_at=0.0,
-                expires_at=0.0,
-                requested_by=requested_by,
-                storm_id=storm_id,
-                force=force,
-            )
-        )
-        # In wire order, as encode() writes them (msgpack keeps a map's order).
-        self._base = {"t": shared["t"], "v": shared["v"]}
-        for name in Command.SPEC:
-            if name in self._VARYING:
-                self._base[name] = None
-            elif name in shared:
-                self._base[name] = shared[name]
-        self._rules = field_rules(Command, self._VARYING)
-        # One packer for every command: msgpack.packb() would build one per call.
-        self._packer = msgpack.Packer(use_bin_type=True)
-
-    def encode(
-        self,
-        command_id: str,
-        client_id: str,
-        issued_at: float,
-        expires_at: float,
-        not_before: float | None = None,
-    ) -> bytes:
-        """The body of one command; raises ValueError where Command() would."""
-        values = (command_id, client_id, issued_at, expires_at, not_before)
-        for rule, value in zip(self._rules, values, strict=True):
+    def encode_one(**values: Any) -> bytes:
+        if len(values) != len(rules):
+            raise TypeError(f"expected the fields {', '.join(varying)}")
+        for rule in rules:
+            value = values[rule[0]]
             if not rule[2](value):  # the rule's quick acceptance; check_rule() says why not
                 check_rule(rule, value)
-        check_expiry(issued_at, expires_at)
-        body = self._base.copy()
-        body["command_id"], body["client_id"] = command_id, client_id
-        body["issued_at"], body["expires_at"] = issued_at, expires_at
-        if not_before is None:
-            del body["not_before"]  # left out, as encode() leaves out absent fields
-        else:
-            body["not_before"] = not_before
-        packed: bytes = self._packer.pack(body)
+        body = base.copy()
+        body.update(values)
+        for name in optional:
+            if values[name] is None:
+                del body[name]  # left out, as encode() leaves out absent fields
+        across(body)
+        packed: bytes = pack(body)
         return packed
+
+    return encode_one
 
 
 def decode(data: bytes, expected: type[M]) -> M:

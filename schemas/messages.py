@@ -2,7 +2,8 @@
 
 Every message is a frozen dataclass whose constructor validates it, so an invalid
 message can neither be built nor decoded. The field specs below are the single source for
-validation here and are mirrored by the JSON Schemas in ``schemas/json/``.
+validation, for the codec and for the JSON Schemas in ``schemas/json/``
+(:mod:`schemas.json_schema` derives them).
 
 Versioning: every message carries ``v = [major, minor]``. A decoder accepts any minor of
 a major it knows; fields it does not know are an error unless the message's minor is
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -310,6 +311,10 @@ class Message:
             if not accept(value):
                 check(spec, name, value)
 
+    @classmethod
+    def check_across(cls, values: Mapping[str, Any]) -> None:
+        """Check the rules that span fields, given the fields' valid values by name."""
+
 
 @dataclass(frozen=True, slots=True)
 class Command(Message):
@@ -345,6 +350,10 @@ class Command(Message):
     def __post_init__(self) -> None:
         Message.__post_init__(self)
         check_expiry(self.issued_at, self.expires_at)
+
+    @classmethod
+    def check_across(cls, values: Mapping[str, Any]) -> None:
+        check_expiry(values["issued_at"], values["expires_at"])
 
     @property
     def event_name(self) -> str:
@@ -508,6 +517,10 @@ class Issued(Message):
     def __post_init__(self) -> None:
         Message.__post_init__(self)
         check_expiry(self.issued_at, self.expires_at)
+
+    @classmethod
+    def check_across(cls, values: Mapping[str, Any]) -> None:
+        check_expiry(values["issued_at"], values["expires_at"])
 
 
 # What a trigger request may ask for, at most (its body is also at most 64 KiB).
