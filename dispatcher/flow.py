@@ -36,6 +36,7 @@ from broker.publisher import Outcome, Outgoing
 from dispatcher.answers import Answers
 from dispatcher.api import command_message
 from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
+from dispatcher.ledger_rows import StormState
 from dispatcher.publish_reports import PublishReports
 from schemas.codec import CommandEncoder
 
@@ -127,7 +128,7 @@ class StormFlow:
         self.first_sent_at: float | None = None
         self.last_sent_at: float | None = None
         self.last_acked_at: float | None = None
-        self.state = "running"
+        self.state: str = StormState.RUNNING
         self.reason: str | None = None
         self._encoder = CommandEncoder(
             component=order.component,
@@ -158,7 +159,7 @@ class StormFlow:
     def take(self, room: int) -> list[Outgoing]:
         self._absorb()
         batch = self._report()
-        if self.state != "running":
+        if self.state != StormState.RUNNING:
             return batch
         commands = len(batch)
         while self._queue and len(batch) < room:
@@ -180,11 +181,11 @@ class StormFlow:
     def tick(self) -> None:
         self._absorb()
         self._expire()
-        if self.stop_requested and self.state == "running":
-            self.halt(self.stop_requested, state="cancelled")
-        if self.suspend_requested and self.state == "running":
+        if self.stop_requested and self.state == StormState.RUNNING:
+            self.halt(self.stop_requested, state=StormState.CANCELLED)
+        if self.suspend_requested and self.state == StormState.RUNNING:
             # Unsent commands stay planned; `interrupted` storms are resumable.
-            self.state, self.reason = "interrupted", self.suspend_requested
+            self.state, self.reason = StormState.INTERRUPTED, self.suspend_requested
         now = time.monotonic()
         if now >= self._next_flush:
             self.flush()
@@ -197,7 +198,7 @@ class StormFlow:
         report of the last publishes, are awaited."""
         if self._reports is not None and self._reports.owed():
             return False
-        if self.state != "running":
+        if self.state != StormState.RUNNING:
             return True
         return not self._queue and (self.window == 0 or not self.await_answers)
 
@@ -247,7 +248,7 @@ class StormFlow:
 
     def reconnected(self) -> None:
         """The publisher reconnected: in the fast lane the broker may have lost commands."""
-        if self.order.persistent or self.state != "running":
+        if self.order.persistent or self.state != StormState.RUNNING:
             return
         lost = [
             t
@@ -260,9 +261,9 @@ class StormFlow:
             self._queue.appendleft(target)
         self.resent += len(lost)
 
-    def halt(self, reason: str, *, state: str = "halted") -> None:
+    def halt(self, reason: str, *, state: str = StormState.HALTED) -> None:
         """Publish nothing more; what was not handed to the broker is cancelled."""
-        if self.state != "running":
+        if self.state != StormState.RUNNING:
             return
         self.state, self.reason = state, reason
         while self._queue:
@@ -271,7 +272,7 @@ class StormFlow:
     def conclude(self) -> None:
         """After the last confirm: take the acks that came meanwhile, write everything."""
         self._absorb()
-        if self.state == "running":
+        if self.state == StormState.RUNNING:
             self.state = "done"
         self.flush()
 
@@ -279,8 +280,10 @@ class StormFlow:
         self._next_flush = time.monotonic() + self._flush_every
         writes, self._writes = self._writes, Writes()
         self._writer.submit(writes)  # also the storm's heartbeat: always, even when empty
-        if self._writer.cancel_requested and self.state == "running":
-            self.halt("cancelled by an operator (setevnt-dispatcher cancel)", state="cancelled")
+        if self._writer.cancel_requested and self.state == StormState.RUNNING:
+            self.halt(
+                "cancelled by an operator (setevnt-dispatcher cancel)", state=StormState.CANCELLED
+            )
 
     # -- internals ----------------------------------------------------------------------
 
@@ -288,7 +291,7 @@ class StormFlow:
         """The publish report that is due, if any: at once when nothing more will go."""
         if self._reports is None:
             return []
-        last = self.state != "running" or not self._queue
+        last = self.state != StormState.RUNNING or not self._queue
         report = self._reports.take(last=last)
         return [report] if report is not None else []
 

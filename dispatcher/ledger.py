@@ -39,6 +39,7 @@ from dispatcher.ledger_rows import (
     Status,
     StormFigures,
     StormRecord,
+    StormState,
 )
 from schemas.messages import Ack, Issued
 
@@ -214,11 +215,10 @@ class Ledger:
                 "WHERE storm_id = ?",
                 (state, reason, at, at, storm_id),
             )
-            if state != "running" and state not in RESUMABLE:  # resumable: stays planned
+            if state != StormState.RUNNING and state not in RESUMABLE:  # resumable: stays planned
                 self._db.execute(
-                    "UPDATE commands SET status = 'cancelled' "
-                    "WHERE storm_id = ? AND status = 'planned'",
-                    (storm_id,),
+                    "UPDATE commands SET status = ? WHERE storm_id = ? AND status = ?",
+                    (Status.CANCELLED, storm_id, Status.PLANNED),
                 )
 
     def claim_storm(self, storm_id: str, owner: str, at: float) -> None:

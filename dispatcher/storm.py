@@ -38,6 +38,7 @@ from dispatcher.answers import Answers
 from dispatcher.api import default_requester, report_message
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
 from dispatcher.ledger import RESUMABLE, CommandRecord, Ledger, LedgerWriter, Status, StormRecord
+from dispatcher.ledger_rows import StormState
 from dispatcher.progress import STALE_AFTER
 from dispatcher.publish_reports import PublishReports
 from dispatcher.registry import Registry
@@ -214,7 +215,7 @@ def plan(
         event=event.event,
         options=options.to_json(),
         targets=len(commands),
-        state="running",
+        state=StormState.RUNNING,
         reason=None,
         requested_by=requested_by or default_requester(),
         created_at=now,
@@ -337,7 +338,7 @@ def _publish(
         # Unconfirmed commands stay planned: `resume` sends them (same ids).
         flow.flush()
         writer.close()
-        ledger.finish_storm(storm.storm_id, "failed", f"broker: {exc}", time.time())
+        ledger.finish_storm(storm.storm_id, StormState.FAILED, f"broker: {exc}", time.time())
         raise
     flow.conclude()
 
@@ -346,7 +347,7 @@ def resumable(storm: StormRecord, now: float | None = None) -> str | None:
     """None when the storm may be resumed, else why not."""
     if storm.state in RESUMABLE:
         return None
-    if storm.state != "running":
+    if storm.state != StormState.RUNNING:
         return f"storm {storm.storm_id} is {storm.state}: nothing to resume"
     if storm.alive(now or time.time(), STALE_AFTER):
         return f"storm {storm.storm_id} is still running ({storm.owner})"
