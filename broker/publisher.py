@@ -208,7 +208,7 @@ class ConfirmingPublisher:
                 with attempt:
                     self._attempt(run)
         except ConnectionLost as exc:
-            exc.unsent = list(run.pending)  # type: ignore[attr-defined]
+            exc.unsent = list(run.pending)
             raise
         return run.outcomes
 

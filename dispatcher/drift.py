@@ -46,7 +46,7 @@ from broker.settings import BrokerSettings
 from dispatcher.api import Dispatcher, Receipt
 from dispatcher.db import DbSettings
 from dispatcher.keys import Signing
-from dispatcher.ledger import CommandRecord, Ledger, Status, StormRecord, Writes
+from dispatcher.ledger import CommandRecord, Ledger, SentMark, Status, StormRecord, Writes
 from dispatcher.ledger_rows import StormState
 from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.site import Site
@@ -326,8 +326,10 @@ class Remediator:
             return dispatcher.send(commands)
 
 
-def _sent(receipt: Receipt) -> tuple[object, ...]:
+def _sent(receipt: Receipt) -> SentMark:
     """A ledger "sent" row: unroutable and nacked commands were not sent (no sent_at) but
     expire like the others, so the client gets its next one a TTL later, not every round."""
     sent_at = receipt.issued_at if receipt.sent else None
-    return (receipt.status, receipt.issued_at, receipt.expires_at, sent_at, receipt.command_id)
+    return SentMark(
+        receipt.status, receipt.issued_at, receipt.expires_at, sent_at, receipt.command_id
+    )

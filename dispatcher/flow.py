@@ -35,7 +35,16 @@ from dataclasses import dataclass
 from broker.publisher import Outcome, Outgoing
 from dispatcher.answers import Answers
 from dispatcher.api import command_message
-from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
+from dispatcher.ledger import (
+    ACK_FINAL,
+    ERRORS,
+    Answer,
+    LedgerWriter,
+    SentMark,
+    Status,
+    StatusMark,
+    Writes,
+)
 from dispatcher.ledger_rows import StormState
 from dispatcher.publish_reports import PublishReports
 from schemas.codec import CommandEncoder
@@ -215,7 +224,7 @@ class StormFlow:
         if outcome is not Outcome.SENT:
             self._leave(target)
             self._settle(target, outcome.value)
-            self._writes.statuses.append((outcome.value, target.command_id))
+            self._writes.statuses.append(StatusMark(outcome.value, target.command_id))
             self._failed(target, outcome.value, None)
             return
         now = time.time()
@@ -228,7 +237,7 @@ class StormFlow:
         status = Status.PENDING_OFFLINE if target.offline else Status.SENT
         issued = target.issued_at
         self._writes.sent.append(
-            (status.value, issued, issued + self.limits.ttl, now, target.command_id)
+            SentMark(status.value, issued, issued + self.limits.ttl, now, target.command_id)
         )
         if target.status == Status.PLANNED:
             self._settle(target, status)
@@ -339,7 +348,7 @@ class StormFlow:
             if target.in_window and target.status == Status.SENT and target.deadline == deadline:
                 self._leave(target)
                 self._settle(target, Status.PENDING_OFFLINE)
-                self._writes.statuses.append((Status.PENDING_OFFLINE.value, command_id))
+                self._writes.statuses.append(StatusMark(Status.PENDING_OFFLINE.value, command_id))
 
     def _leave(self, target: Target) -> None:
         if target.in_window:

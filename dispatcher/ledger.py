@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from dispatcher import db, ledger_answers, ledger_results
 from dispatcher.ledger_answers import Answered, Recorded
@@ -58,7 +58,9 @@ __all__ = [
     "LedgerWriter",
     "ReasonCount",
     "Recorded",
+    "SentMark",
     "Status",
+    "StatusMark",
     "StormFigures",
     "StormRecord",
     "Writes",
@@ -154,12 +156,29 @@ class Pruned:
     commands: int
 
 
+class SentMark(NamedTuple):
+    """A command the broker confirmed: the parameters of ``_MARK_SENT`` in order."""
+
+    status: str
+    issued_at: float
+    expires_at: float
+    sent_at: float | None  # None: never sent (unroutable, nacked), expires all the same
+    command_id: str
+
+
+class StatusMark(NamedTuple):
+    """A command's new status: the parameters of ``_SET_STATUS`` in order."""
+
+    status: str
+    command_id: str
+
+
 @dataclass
 class Writes:
     """A storm's ledger updates, buffered and applied in one transaction."""
 
-    sent: list[tuple[Any, ...]] = field(default_factory=list)
-    statuses: list[tuple[str, str]] = field(default_factory=list)
+    sent: list[SentMark] = field(default_factory=list)
+    statuses: list[StatusMark] = field(default_factory=list)
     publishing_at: float | None = None
 
     def __bool__(self) -> bool:
@@ -416,11 +435,11 @@ class Ledger:
             if rows:
                 by_row, by_id = [], []
                 for mark in writes.sent:
-                    rowid = rows.get(mark[4])
+                    rowid = rows.get(mark.command_id)
                     if rowid is None:
                         by_id.append(mark)
                     else:
-                        by_row.append((*mark[:4], rowid, mark[4]))
+                        by_row.append((*mark[:4], rowid, mark.command_id))
                 self._db.executemany(_MARK_SENT_ROW, by_row)
                 self._db.executemany(_MARK_SENT, by_id)
             else:
