@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from agent import __version__
 from agent.config import AgentConfig
+from agent.delivery import Delivery
 from agent.guard import Busy, Guard, GuardConfigError
-from agent.handler import Delivery
 from agent.journal import Journal
 from agent.signatures import Signatures, kept
 from agent.spool import Entry, Hold, Spool

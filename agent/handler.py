@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,24 +20,16 @@ from agent import __version__
 from agent.backends import Backend, SignalResult
 from agent.backends.base import int32_exit_code
 from agent.config import AgentConfig
+from agent.delivery import Delivery as Delivery  # where callers found it
 from agent.journal import Journal
 from agent.signatures import Signatures
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import ID_PATTERN, Ack, AckStatus, Command, Reason
 
-if TYPE_CHECKING:  # deferral builds Deliveries, so it imports this module at run time
+if TYPE_CHECKING:  # only a type here: the daemon wires the spool in
     from agent.deferral import Deferrals, OnAck
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    body: bytes
-    message_id: str | None
-    received_at: float  # wall clock, reported in the ack
-    received_mono: float  # monotonic, for the durations
-    headers: Mapping[str, object] | None = None  # AMQP headers: the signature travels here
 
 
 @dataclass(frozen=True, slots=True)
