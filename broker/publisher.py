@@ -1,13 +1,13 @@
 """Publishing with pipelined confirms.
 
-Waiting for each confirm before the next publish is the naive path (~5x slower than the
-broker allows here), so this publisher keeps a window of unconfirmed messages in flight
-on a pika ``SelectConnection`` driven from the caller's thread, over one or more
-confirming channels (the broker routes and confirms each channel's messages in a process
-of its own, so a storm of one message per queue goes faster over a few; a batch whose
-order matters keeps to one). Every message is
-published ``mandatory``: the broker returns what no queue takes before it confirms it,
-so an unknown client is reported instead of being a silent success.
+Waiting for each confirm before the next publish is the naive path, far slower than the
+broker allows (docs/performance.md), so this publisher keeps a window of unconfirmed
+messages in flight on a pika ``SelectConnection`` driven from the caller's thread, over
+one or more confirming channels (the broker routes and confirms each channel's messages
+in a process of its own, so a storm of one message per queue goes faster over a few; a
+batch whose order matters keeps to one). Every message is published ``mandatory``: the
+broker returns what no queue takes before it confirms it, so an unknown client is
+reported instead of being a silent success.
 
 Only pika's public API is used: each message is a ``basic_publish`` on its channel, and
 the broker's confirms come back through ``confirm_delivery``'s callback. Speed comes from

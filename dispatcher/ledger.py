@@ -110,10 +110,9 @@ CREATE TABLE IF NOT EXISTS answer_clock (
 INSERT OR IGNORE INTO answer_clock VALUES (1, 0)
 """
 # Columns a database of an earlier release lacks, then what needs them. A storm's rows
-# are found through commands_by_answer (its first column is the storm); the index on
-# (storm_id, status) that earlier releases kept moved with every status change, each
-# "sent" mark and each ack (a mark cost 6.9 us with it and 6.0 us without, against a
-# ledger of 200,000 rows).
+# are found through commands_by_answer (its first column is the storm); the old index on
+# (storm_id, status) is dropped because every mark and ack had to move it
+# (docs/performance.md).
 _ADDED = {"answer_seq": "INTEGER", "exit_code": "INTEGER", "output": "TEXT"}
 _AFTER_ADDED = """
 DROP INDEX IF EXISTS commands_answered;
@@ -130,8 +129,8 @@ UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END
 WHERE command_id = ?
 """
 # The same, for a row a storm's writer already knows: no look-up of the command id in its
-# index (a mark 6.0 -> ~4 us against 200,000 rows); the id is still compared, so a row
-# that is not that command's (a rebuilt table) is left alone.
+# index; the id is still compared, so a row that is not that command's (a rebuilt table)
+# is left alone.
 _MARK_SENT_ROW = """
 UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
