@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent import __version__
+from agent.acks import make_ack
 from agent.config import AgentConfig
 from agent.delivery import Delivery
 from agent.guard import Busy, Guard, GuardConfigError
@@ -324,20 +324,16 @@ class Deferrals:
     ) -> Ack:
         command = entry.command
         waited = max(0.0, self._clock() - entry.received_at)
-        return Ack(
-            command_id=command.command_id,
-            client_id=self.client_id,
-            status=status.value,
-            received_at=entry.received_at,
-            agent_version=__version__,
-            component=command.component,
-            event=command.event,
-            issued_at=command.issued_at,
-            storm_id=command.storm_id,
+        return make_ack(
+            self.client_id,
+            command.command_id,
+            command,
+            status,
+            entry.received_at,
             wait_seconds=waited,
             total_seconds=waited,
-            reason=(reason or Reason.BUSY).value,
-            detail=(detail or entry.reason)[:1024],
+            reason=reason or Reason.BUSY,
+            detail=detail or entry.reason,
         )
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent import __version__
+from agent.acks import make_ack
 from agent.backends import Backend, SignalResult
 from agent.backends.base import int32_exit_code
 from agent.config import AgentConfig
@@ -162,19 +162,15 @@ class Handler:
 
     def _failed(self, command: Command, delivery: Delivery, exc: Exception) -> bytes:
         """The ``failed`` answer to a command the agent could not handle, journalled if it can."""
-        ack = Ack(
-            command_id=command.command_id,
-            client_id=self.config.client_id,
-            status=AckStatus.FAILED.value,
-            received_at=delivery.received_at,
-            agent_version=__version__,
-            component=command.component,
-            event=command.event,
-            issued_at=command.issued_at,
-            storm_id=command.storm_id,
+        ack = make_ack(
+            self.config.client_id,
+            command.command_id,
+            command,
+            AckStatus.FAILED,
+            delivery.received_at,
             total_seconds=time.monotonic() - delivery.received_mono,
-            reason=Reason.SIGNAL_FAILED.value,
-            detail=f"the agent failed handling it: {_describe(exc)}"[:1024],
+            reason=Reason.SIGNAL_FAILED,
+            detail=f"the agent failed handling it: {_describe(exc)}",
         )
         body = encode(ack)
         try:
@@ -259,19 +255,15 @@ class Handler:
         self, delivery: Delivery, command: Command | None, reason: Reason, detail: str
     ) -> Reply:
         status = AckStatus.EXPIRED if reason is Reason.EXPIRED else AckStatus.REJECTED
-        ack = Ack(
-            command_id=command.command_id if command else _safe_id(delivery.message_id),
-            client_id=self.config.client_id,
-            status=status.value,
-            received_at=delivery.received_at,
-            agent_version=__version__,
-            component=command.component if command else None,
-            event=command.event if command else None,
-            issued_at=command.issued_at if command else None,
-            storm_id=command.storm_id if command else None,
+        ack = make_ack(
+            self.config.client_id,
+            command.command_id if command else _safe_id(delivery.message_id),
+            command,
+            status,
+            delivery.received_at,
             total_seconds=time.monotonic() - delivery.received_mono,
-            reason=reason.value,
-            detail=detail[:1024],
+            reason=reason,
+            detail=detail,
         )
         return Reply(encode(ack), dead_letter=True)
 
@@ -291,22 +283,18 @@ class Handler:
         exit_code = int32_exit_code(result.exit_code)
         if exit_code is None and result.exit_code is not None:
             detail = f"{detail} (exit code {result.exit_code!r} does not fit in 32 bits)".strip()
-        return Ack(
-            command_id=command.command_id,
-            client_id=self.config.client_id,
-            status=(AckStatus.DONE if result.ok else AckStatus.FAILED).value,
-            received_at=delivery.received_at,
-            agent_version=__version__,
-            component=command.component,
-            event=command.event,
-            issued_at=command.issued_at,
-            storm_id=command.storm_id,
+        return make_ack(
+            self.config.client_id,
+            command.command_id,
+            command,
+            AckStatus.DONE if result.ok else AckStatus.FAILED,
+            delivery.received_at,
             started_at=started_at,
             finished_at=self._clock(),
             wait_seconds=max(0.0, started - delivery.received_mono),
             run_seconds=finished - started,
             total_seconds=time.monotonic() - delivery.received_mono,
-            reason=reason.value if reason else None,
+            reason=reason,
             detail=detail[:1024] or None,
             exit_code=exit_code,
             output=result.output,
