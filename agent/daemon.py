@@ -25,18 +25,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
-from agent import __version__
 from agent.config import AgentConfig
 from agent.copylist import CopyListVersion
 from agent.deferral import Answer, Releaser
 from agent.handler import Delivery, Handler, Reply, Run
 from agent.metrics import AgentMetrics
+from agent.outbound import make_heartbeat
 from broker import topology
 from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.supervisor import supervise
 from schemas.codec import encode
-from schemas.messages import Heartbeat, Kind
+from schemas.messages import Kind
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,8 @@ class Agent:
                     return
 
     def _hello(self, session: Session, kind: Kind) -> None:
-        beat = Heartbeat(
-            client_id=self.config.client_id,
-            kind=kind.value,
-            sent_at=time.time(),
-            platform=self.config.platform,
-            agent_version=__version__,
-            groups=self.config.groups,
-            components=dict(self.config.component_versions),
-            copylist_version=self._copylist.read(),
+        beat = make_heartbeat(
+            self.config, kind, self._copylist.read(), self.config.component_versions
         )
         session.publish(
             topology.ACK_EXCHANGE,

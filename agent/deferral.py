@@ -31,11 +31,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.acks import make_ack
 from agent.config import AgentConfig
 from agent.delivery import Delivery
 from agent.guard import Busy, Guard, GuardConfigError
 from agent.journal import Journal
+from agent.outbound import make_ack
 from agent.signatures import Signatures, kept
 from agent.spool import Entry, Hold, Spool
 from schemas.codec import DecodeError, decode, encode

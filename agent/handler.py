@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.acks import make_ack
 from agent.backends import Backend, SignalResult
 from agent.backends.base import int32_exit_code
 from agent.config import AgentConfig
 from agent.delivery import Delivery as Delivery  # where callers found it
 from agent.journal import Journal
+from agent.outbound import make_ack
 from agent.signatures import Signatures
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import ID_PATTERN, Ack, AckStatus, Command, Reason

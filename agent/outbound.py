@@ -1,11 +1,15 @@
-"""The one place an agent builds an ack: the handler and the deferral spool both answer."""
+"""What an agent sends, built in one place each: acks (the handler and the deferral
+spool both answer) and heartbeats (the daemon and the fleet simulator both send them)."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from agent import __version__
-from schemas.messages import Ack, AckStatus, Command, Reason
+from agent.config import AgentConfig
+from schemas.messages import Ack, AckStatus, Command, Heartbeat, Kind, Reason
 
 DETAIL_LIMIT = 1024  # what the contract lets a detail carry
 
@@ -35,4 +39,23 @@ def make_ack(
         reason=reason.value if reason else None,
         detail=None if detail is None else detail[:DETAIL_LIMIT],
         **fields,
+    )
+
+
+def make_heartbeat(
+    config: AgentConfig,
+    kind: Kind,
+    copylist_version: str | None,
+    components: Mapping[str, str] | None = None,
+) -> Heartbeat:
+    """A heartbeat of ``kind`` for the client ``config`` describes, sent now."""
+    return Heartbeat(
+        client_id=config.client_id,
+        kind=kind.value,
+        sent_at=time.time(),
+        platform=config.platform,
+        agent_version=__version__,
+        groups=config.groups,
+        components=dict(components or {}),
+        copylist_version=copylist_version,
     )
