@@ -27,8 +27,8 @@ from types import FrameType
 
 from agent.config import AgentConfig
 from agent.copylist import CopyListVersion
-from agent.deferral import Answer, Releaser
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.deferral import Released, Releaser
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.metrics import AgentMetrics
 from agent.outbound import make_heartbeat
 from broker import topology
@@ -168,7 +168,7 @@ class Agent:
             headers=incoming.headers,
         )
         verdict = self.handler.admit(delivery)
-        if isinstance(verdict, Reply):
+        if isinstance(verdict, Settle):
             self._answer(incoming.delivery_tag, verdict.ack, verdict.dead_letter)
             return
         assert isinstance(verdict, Run)
@@ -241,7 +241,7 @@ class Agent:
     def _release(self, session: Session, generation: int) -> None:
         """Worker thread: run the pass, handing each ack to the I/O thread."""
 
-        def hand_over(answer: Answer) -> bool:
+        def hand_over(answer: Released) -> bool:
             if generation != self._generation:
                 return False  # the next session's pass answers it from the journal
             return session.call_threadsafe(functools.partial(self._released, generation, answer))
@@ -253,7 +253,7 @@ class Agent:
         finally:
             session.call_threadsafe(functools.partial(self._release_done, generation))
 
-    def _released(self, generation: int, answer: Answer) -> None:
+    def _released(self, generation: int, answer: Released) -> None:
         if generation != self._generation or self._session is None:
             return
         self._publish_ack(self._session, answer.ack)

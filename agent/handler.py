@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
+class Settle:
     """Answer now: publish ``ack`` (None: nothing to say yet), then settle the delivery."""
 
     ack: bytes | None
@@ -68,7 +68,7 @@ class Handler:
         # then finds the journal entry instead of signalling twice.
         self._running = threading.Lock()
 
-    def admit(self, delivery: Delivery) -> Reply | Run:
+    def admit(self, delivery: Delivery) -> Settle | Run:
         refused = self._check_signature(delivery)
         if refused is not None:
             return refused
@@ -80,12 +80,12 @@ class Handler:
         done = self.journal.get(command.command_id)
         if done is not None:
             log.info("command %s already done: re-sending its ack", command.command_id)
-            return Reply(done, dead_letter=False)
+            return Settle(done, dead_letter=False)
         entry = self.deferrals.spool.get(command.command_id) if self.deferrals else None
         if entry is not None:
             assert self.deferrals is not None
             log.info("command %s is already spooled: not again", command.command_id)
-            return Reply(self.deferrals.interim(entry), dead_letter=False)
+            return Settle(self.deferrals.interim(entry), dead_letter=False)
         problem = self._problem(command)
         if problem is not None:
             reason, detail = problem
@@ -179,7 +179,7 @@ class Handler:
             log.error("cannot journal the failure of %s: %s", command.command_id, error)
         return body
 
-    def _check_signature(self, delivery: Delivery) -> Reply | None:
+    def _check_signature(self, delivery: Delivery) -> Settle | None:
         """Refuse forged, tampered and (unless allowed) unsigned commands, before decoding."""
         problem = self._signatures.problem(delivery.body, delivery.headers)
         if problem is None:
@@ -253,7 +253,7 @@ class Handler:
 
     def _reject(
         self, delivery: Delivery, command: Command | None, reason: Reason, detail: str
-    ) -> Reply:
+    ) -> Settle:
         status = AckStatus.EXPIRED if reason is Reason.EXPIRED else AckStatus.REJECTED
         ack = make_ack(
             self.config.client_id,
@@ -265,7 +265,7 @@ class Handler:
             reason=reason,
             detail=detail,
         )
-        return Reply(encode(ack), dead_letter=True)
+        return Settle(encode(ack), dead_letter=True)
 
     def _final_ack(
         self,

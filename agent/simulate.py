@@ -27,7 +27,7 @@ from functools import partial
 
 from agent.backends.simulated import SimulatedBackend
 from agent.config import AgentConfig, SecurityConfig
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from agent.outbound import make_heartbeat
 from agent.simsetup import UPGRADE_EVENT, CopyLists
@@ -213,7 +213,7 @@ class Simulation:
             headers=incoming.headers,
         )
         verdict = handler.admit(delivery)
-        if isinstance(verdict, Reply):
+        if isinstance(verdict, Settle):
             self._answer(lane, incoming, handler, verdict.ack, verdict.dead_letter)
             return
         assert isinstance(verdict, Run)

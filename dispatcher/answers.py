@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from dispatcher.ledger import Answer, Ledger, Status
+from dispatcher.ledger import Ledger, Status, StormAnswer
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ class Answers:
 
     def __init__(self, storm_id: str) -> None:
         self._storm_id = storm_id
-        self._answers: deque[Answer] = deque()
+        self._answers: deque[StormAnswer] = deque()
         self._last = 0  # the number of the last batch of answers read
         self._stopped = False
 
-    def drain(self) -> list[Answer]:
+    def drain(self) -> list[StormAnswer]:
         """The answers read since the last call; each status change of a command once."""
         answers = []
         while self._answers:
@@ -63,5 +63,5 @@ class Answers:
             self._last = max(self._last, seq)
             final = status != Status.DEFERRED
             self._answers.append(
-                Answer(command_id, status, final, received_at, latency, reason, detail)
+                StormAnswer(command_id, status, final, received_at, latency, reason, detail)
             )

@@ -38,11 +38,11 @@ from dispatcher.api import command_message
 from dispatcher.ledger import (
     ACK_FINAL,
     ERRORS,
-    Answer,
     LedgerWriter,
     SentMark,
     Status,
     StatusMark,
+    StormAnswer,
     Writes,
 )
 from dispatcher.ledger_rows import StormState
@@ -332,7 +332,7 @@ class StormFlow:
             if answer.final:
                 self._acked(target, answer)
 
-    def _acked(self, target: Target, answer: Answer) -> None:
+    def _acked(self, target: Target, answer: StormAnswer) -> None:
         self.last_acked_at = answer.received_at or time.time()
         if answer.latency is not None:
             self.latencies.append(answer.latency)

@@ -114,7 +114,7 @@ class CommandRecord:
 AnswerRow = tuple[int, str, str, float | None, float | None, str | None, str | None]
 
 
-class Answer(NamedTuple):
+class StormAnswer(NamedTuple):
     """What a client answered to one command, as the collector recorded it."""
 
     command_id: str
