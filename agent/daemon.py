@@ -160,13 +160,7 @@ class Agent:
             self._poisoned(incoming.delivery_tag)
 
     def _admit(self, incoming: Incoming) -> None:
-        delivery = Delivery(
-            body=incoming.body,
-            message_id=incoming.message_id,
-            received_at=time.time(),
-            received_mono=time.monotonic(),
-            headers=incoming.headers,
-        )
+        delivery = Delivery.received_now(incoming.body, incoming.message_id, incoming.headers)
         verdict = self.handler.admit(delivery)
         if isinstance(verdict, Settle):
             self._answer(incoming.delivery_tag, verdict.ack, verdict.dead_letter)

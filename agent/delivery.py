@@ -6,6 +6,7 @@ need not import each other.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -17,3 +18,10 @@ class Delivery:
     received_at: float  # wall clock, reported in the ack
     received_mono: float  # monotonic, for the durations
     headers: Mapping[str, object] | None = None  # AMQP headers: the signature travels here
+
+    @classmethod
+    def received_now(
+        cls, body: bytes, message_id: str | None, headers: Mapping[str, object] | None
+    ) -> Delivery:
+        """A message the broker layer just handed over (the daemon's and the simulator's)."""
+        return cls(body, message_id, time.time(), time.monotonic(), headers)

@@ -205,13 +205,7 @@ class Simulation:
 
     def _on_delivery(self, lane: Lane, incoming: LaneDelivery) -> None:
         handler = self._handlers[incoming.queue]
-        delivery = Delivery(
-            body=incoming.body,
-            message_id=incoming.message_id,
-            received_at=time.time(),
-            received_mono=time.monotonic(),
-            headers=incoming.headers,
-        )
+        delivery = Delivery.received_now(incoming.body, incoming.message_id, incoming.headers)
         verdict = handler.admit(delivery)
         if isinstance(verdict, Settle):
             self._answer(lane, incoming, handler, verdict.ack, verdict.dead_letter)
