@@ -45,7 +45,7 @@ bench: venv broker
 	$(PY) bench/storm.py --own-node
 
 # The storm bench on the machine's shared broker: 10,000 queues there stall it for
-# everything else (see docs/operator.md, "Benchmark").
+# everything else (see docs/performance.md).
 bench-machine: venv broker
 	$(PY) bench/storm.py
 

@@ -25,18 +25,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
-from agent import __version__
 from agent.config import AgentConfig
 from agent.copylist import CopyListVersion
-from agent.deferral import Answer, Releaser
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.deferral import Released, Releaser
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.metrics import AgentMetrics
+from agent.outbound import make_heartbeat
 from broker import topology
 from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.supervisor import supervise
 from schemas.codec import encode
-from schemas.messages import Heartbeat, Kind
+from schemas.messages import Kind
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +134,8 @@ class Agent:
                     return
 
     def _hello(self, session: Session, kind: Kind) -> None:
-        beat = Heartbeat(
-            client_id=self.config.client_id,
-            kind=kind.value,
-            sent_at=time.time(),
-            platform=self.config.platform,
-            agent_version=__version__,
-            groups=self.config.groups,
-            components=dict(self.config.component_versions),
-            copylist_version=self._copylist.read(),
+        beat = make_heartbeat(
+            self.config, kind, self._copylist.read(), self.config.component_versions
         )
         session.publish(
             topology.ACK_EXCHANGE,
@@ -167,15 +160,9 @@ class Agent:
             self._poisoned(incoming.delivery_tag)
 
     def _admit(self, incoming: Incoming) -> None:
-        delivery = Delivery(
-            body=incoming.body,
-            message_id=incoming.message_id,
-            received_at=time.time(),
-            received_mono=time.monotonic(),
-            headers=incoming.headers,
-        )
+        delivery = Delivery.received_now(incoming.body, incoming.message_id, incoming.headers)
         verdict = self.handler.admit(delivery)
-        if isinstance(verdict, Reply):
+        if isinstance(verdict, Settle):
             self._answer(incoming.delivery_tag, verdict.ack, verdict.dead_letter)
             return
         assert isinstance(verdict, Run)
@@ -248,7 +235,7 @@ class Agent:
     def _release(self, session: Session, generation: int) -> None:
         """Worker thread: run the pass, handing each ack to the I/O thread."""
 
-        def hand_over(answer: Answer) -> bool:
+        def hand_over(answer: Released) -> bool:
             if generation != self._generation:
                 return False  # the next session's pass answers it from the journal
             return session.call_threadsafe(functools.partial(self._released, generation, answer))
@@ -260,7 +247,7 @@ class Agent:
         finally:
             session.call_threadsafe(functools.partial(self._release_done, generation))
 
-    def _released(self, generation: int, answer: Answer) -> None:
+    def _released(self, generation: int, answer: Released) -> None:
         if generation != self._generation or self._session is None:
             return
         self._publish_ack(self._session, answer.ack)

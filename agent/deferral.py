@@ -31,11 +31,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent import __version__
 from agent.config import AgentConfig
+from agent.delivery import Delivery
 from agent.guard import Busy, Guard, GuardConfigError
-from agent.handler import Delivery
 from agent.journal import Journal
+from agent.outbound import make_ack
 from agent.signatures import Signatures, kept
 from agent.spool import Entry, Hold, Spool
 from schemas.codec import DecodeError, decode, encode
@@ -52,7 +52,7 @@ Signal = Callable[[Command, Delivery], bytes]  # signal, journal, return the fin
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class Released:
     """An ack for the daemon to publish; once a final one is out, the entry leaves the spool."""
 
     entry: Entry
@@ -60,7 +60,7 @@ class Answer:
     final: bool = True
 
 
-OnAck = Callable[[Answer], bool]  # hand an answer over; False: stop the pass
+OnAck = Callable[[Released], bool]  # hand an answer over; False: stop the pass
 
 
 class Deferrals:
@@ -152,13 +152,13 @@ class Deferrals:
         for entry in self.spool.pending():
             ack = self._settled(entry, ran, now)
             if ack is not None:
-                if not on_ack(Answer(entry, ack)):
+                if not on_ack(Released(entry, ack)):
                     return
             elif _started(entry, now):
                 started.append(entry)
         for entry in (e for e in started if not self.guards(e.command)):
             log.info("starting %s %s", entry.command.event_name, entry.command_id)
-            if not on_ack(Answer(entry, signal(entry.command, self._delivery(entry)))):
+            if not on_ack(Released(entry, signal(entry.command, self._delivery(entry)))):
                 return
         guarded = [e for e in started if self.guards(e.command)]
         if guarded:
@@ -187,7 +187,7 @@ class Deferrals:
             refused = self.spool.quarantined[0]
             detail = f"refused when the spool was loaded: {refused.problem}"
             ack = self._ack(refused.entry, AckStatus.REJECTED, Reason.BAD_SIGNATURE, detail)
-            if not on_ack(Answer(refused.entry, encode(ack))):
+            if not on_ack(Released(refused.entry, encode(ack))):
                 return False
             self.spool.quarantined.pop(0)
         return True
@@ -218,7 +218,7 @@ class Deferrals:
                         continue
                     log.info("releasing %s %s", name, entry.command_id)
                     ran[name] = entry.command_id
-                    if not on_ack(Answer(entry, signal(entry.command, self._delivery(entry)))):
+                    if not on_ack(Released(entry, signal(entry.command, self._delivery(entry)))):
                         return
         if busy is not None:
             self._still_busy(busy)
@@ -227,7 +227,7 @@ class Deferrals:
         for entry, first in coalesced:
             detail = f"coalesced into {first}, which ran {entry.command.event_name}"
             ack = self._ack(entry, AckStatus.COALESCED, Reason.COALESCED, detail)
-            if not on_ack(Answer(entry, self._journalled(entry, ack))):
+            if not on_ack(Released(entry, self._journalled(entry, ack))):
                 return
 
     def _still_busy(self, busy: Busy) -> None:
@@ -245,7 +245,7 @@ class Deferrals:
                 continue
             log.info("deferred %s %s: %s", entry.command.event_name, entry.command_id, busy)
             ack = encode(self._ack(entry, AckStatus.DEFERRED, detail=str(busy)))
-            if not on_ack(Answer(entry, ack, final=False)):
+            if not on_ack(Released(entry, ack, final=False)):
                 return
             self._announced[entry.command_id] = str(busy)
 
@@ -324,20 +324,16 @@ class Deferrals:
     ) -> Ack:
         command = entry.command
         waited = max(0.0, self._clock() - entry.received_at)
-        return Ack(
-            command_id=command.command_id,
-            client_id=self.client_id,
-            status=status.value,
-            received_at=entry.received_at,
-            agent_version=__version__,
-            component=command.component,
-            event=command.event,
-            issued_at=command.issued_at,
-            storm_id=command.storm_id,
+        return make_ack(
+            self.client_id,
+            command.command_id,
+            command,
+            status,
+            entry.received_at,
             wait_seconds=waited,
             total_seconds=waited,
-            reason=(reason or Reason.BUSY).value,
-            detail=(detail or entry.reason)[:1024],
+            reason=reason or Reason.BUSY,
+            detail=detail or entry.reason,
         )
 
 

@@ -12,36 +12,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent import __version__
 from agent.backends import Backend, SignalResult
 from agent.backends.base import int32_exit_code
 from agent.config import AgentConfig
+from agent.delivery import Delivery as Delivery  # where callers found it
 from agent.journal import Journal
+from agent.outbound import make_ack
 from agent.signatures import Signatures
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import ID_PATTERN, Ack, AckStatus, Command, Reason
 
-if TYPE_CHECKING:  # deferral builds Deliveries, so it imports this module at run time
+if TYPE_CHECKING:  # only a type here: the daemon wires the spool in
     from agent.deferral import Deferrals, OnAck
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    body: bytes
-    message_id: str | None
-    received_at: float  # wall clock, reported in the ack
-    received_mono: float  # monotonic, for the durations
-    headers: Mapping[str, object] | None = None  # AMQP headers: the signature travels here
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Settle:
     """Answer now: publish ``ack`` (None: nothing to say yet), then settle the delivery."""
 
     ack: bytes | None
@@ -76,7 +68,7 @@ class Handler:
         # then finds the journal entry instead of signalling twice.
         self._running = threading.Lock()
 
-    def admit(self, delivery: Delivery) -> Reply | Run:
+    def admit(self, delivery: Delivery) -> Settle | Run:
         refused = self._check_signature(delivery)
         if refused is not None:
             return refused
@@ -88,12 +80,12 @@ class Handler:
         done = self.journal.get(command.command_id)
         if done is not None:
             log.info("command %s already done: re-sending its ack", command.command_id)
-            return Reply(done, dead_letter=False)
+            return Settle(done, dead_letter=False)
         entry = self.deferrals.spool.get(command.command_id) if self.deferrals else None
         if entry is not None:
             assert self.deferrals is not None
             log.info("command %s is already spooled: not again", command.command_id)
-            return Reply(self.deferrals.interim(entry), dead_letter=False)
+            return Settle(self.deferrals.interim(entry), dead_letter=False)
         problem = self._problem(command)
         if problem is not None:
             reason, detail = problem
@@ -170,19 +162,15 @@ class Handler:
 
     def _failed(self, command: Command, delivery: Delivery, exc: Exception) -> bytes:
         """The ``failed`` answer to a command the agent could not handle, journalled if it can."""
-        ack = Ack(
-            command_id=command.command_id,
-            client_id=self.config.client_id,
-            status=AckStatus.FAILED.value,
-            received_at=delivery.received_at,
-            agent_version=__version__,
-            component=command.component,
-            event=command.event,
-            issued_at=command.issued_at,
-            storm_id=command.storm_id,
+        ack = make_ack(
+            self.config.client_id,
+            command.command_id,
+            command,
+            AckStatus.FAILED,
+            delivery.received_at,
             total_seconds=time.monotonic() - delivery.received_mono,
-            reason=Reason.SIGNAL_FAILED.value,
-            detail=f"the agent failed handling it: {_describe(exc)}"[:1024],
+            reason=Reason.SIGNAL_FAILED,
+            detail=f"the agent failed handling it: {_describe(exc)}",
         )
         body = encode(ack)
         try:
@@ -191,7 +179,7 @@ class Handler:
             log.error("cannot journal the failure of %s: %s", command.command_id, error)
         return body
 
-    def _check_signature(self, delivery: Delivery) -> Reply | None:
+    def _check_signature(self, delivery: Delivery) -> Settle | None:
         """Refuse forged, tampered and (unless allowed) unsigned commands, before decoding."""
         problem = self._signatures.problem(delivery.body, delivery.headers)
         if problem is None:
@@ -265,23 +253,19 @@ class Handler:
 
     def _reject(
         self, delivery: Delivery, command: Command | None, reason: Reason, detail: str
-    ) -> Reply:
+    ) -> Settle:
         status = AckStatus.EXPIRED if reason is Reason.EXPIRED else AckStatus.REJECTED
-        ack = Ack(
-            command_id=command.command_id if command else _safe_id(delivery.message_id),
-            client_id=self.config.client_id,
-            status=status.value,
-            received_at=delivery.received_at,
-            agent_version=__version__,
-            component=command.component if command else None,
-            event=command.event if command else None,
-            issued_at=command.issued_at if command else None,
-            storm_id=command.storm_id if command else None,
+        ack = make_ack(
+            self.config.client_id,
+            command.command_id if command else _safe_id(delivery.message_id),
+            command,
+            status,
+            delivery.received_at,
             total_seconds=time.monotonic() - delivery.received_mono,
-            reason=reason.value,
-            detail=detail[:1024],
+            reason=reason,
+            detail=detail,
         )
-        return Reply(encode(ack), dead_letter=True)
+        return Settle(encode(ack), dead_letter=True)
 
     def _final_ack(
         self,
@@ -299,22 +283,18 @@ class Handler:
         exit_code = int32_exit_code(result.exit_code)
         if exit_code is None and result.exit_code is not None:
             detail = f"{detail} (exit code {result.exit_code!r} does not fit in 32 bits)".strip()
-        return Ack(
-            command_id=command.command_id,
-            client_id=self.config.client_id,
-            status=(AckStatus.DONE if result.ok else AckStatus.FAILED).value,
-            received_at=delivery.received_at,
-            agent_version=__version__,
-            component=command.component,
-            event=command.event,
-            issued_at=command.issued_at,
-            storm_id=command.storm_id,
+        return make_ack(
+            self.config.client_id,
+            command.command_id,
+            command,
+            AckStatus.DONE if result.ok else AckStatus.FAILED,
+            delivery.received_at,
             started_at=started_at,
             finished_at=self._clock(),
             wait_seconds=max(0.0, started - delivery.received_mono),
             run_seconds=finished - started,
             total_seconds=time.monotonic() - delivery.received_mono,
-            reason=reason.value if reason else None,
+            reason=reason,
             detail=detail[:1024] or None,
             exit_code=exit_code,
             output=result.output,

@@ -25,18 +25,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-from agent import __version__
 from agent.backends.simulated import SimulatedBackend
 from agent.config import AgentConfig, SecurityConfig
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
+from agent.outbound import make_heartbeat
 from agent.simsetup import UPGRADE_EVENT, CopyLists
 from broker import topology
 from broker.errors import BrokerError
 from broker.lanes import Lane, LaneDelivery, Loop
 from broker.settings import BrokerSettings
 from schemas.codec import encode
-from schemas.messages import Heartbeat, Kind
+from schemas.messages import Kind
 
 log = logging.getLogger(__name__)
 
@@ -186,15 +186,7 @@ class Simulation:
                 self._beat(lane, self._handlers[queue].config, Kind.HELLO)
 
     def _beat(self, lane: Lane, config: AgentConfig, kind: Kind) -> None:
-        beat = Heartbeat(
-            client_id=config.client_id,
-            kind=kind.value,
-            sent_at=time.time(),
-            platform=config.platform,
-            agent_version=__version__,
-            groups=config.groups,
-            copylist_version=self._copylists.version(config.client_id),
-        )
+        beat = make_heartbeat(config, kind, self._copylists.version(config.client_id))
         lane.publish(
             topology.ACK_EXCHANGE,
             topology.hello_routing_key(config.client_id),
@@ -207,15 +199,9 @@ class Simulation:
 
     def _on_delivery(self, lane: Lane, incoming: LaneDelivery) -> None:
         handler = self._handlers[incoming.queue]
-        delivery = Delivery(
-            body=incoming.body,
-            message_id=incoming.message_id,
-            received_at=time.time(),
-            received_mono=time.monotonic(),
-            headers=incoming.headers,
-        )
+        delivery = Delivery.received_now(incoming.body, incoming.message_id, incoming.headers)
         verdict = handler.admit(delivery)
-        if isinstance(verdict, Reply):
+        if isinstance(verdict, Settle):
             self._answer(lane, incoming, handler, verdict.ack, verdict.dead_letter)
             return
         assert isinstance(verdict, Run)

@@ -10,8 +10,6 @@ import sys
 from types import FrameType
 
 from agent.config import PUBLIC_KEY_ENV
-from agent.simsetup import UPGRADE_EVENT
-from agent.simulate import Simulation, SimulationSettings
 from broker.settings import BrokerSettings
 from schemas import cli
 
@@ -72,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="the CopyListVersion a client reports once it ran the upgrade event",
     )
     simulate.add_argument(
-        "--upgrade-event", default=UPGRADE_EVENT, help=f"default: {UPGRADE_EVENT}"
+        "--upgrade-event", help="the event that upgrades a client (default: CLISETUP_STARTCYCLE)"
     )
     simulate.add_argument(
         "--provision",
@@ -82,6 +80,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def main(args: argparse.Namespace) -> int:
+    # Imported here: the production agent's CLI loads none of the simulator.
+    from agent.simsetup import UPGRADE_EVENT
+    from agent.simulate import Simulation, SimulationSettings
+
     try:
         settings = SimulationSettings(
             clients=args.clients,
@@ -101,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
             public_key=args.dispatcher_public_key or os.environ.get(PUBLIC_KEY_ENV),
             copylist_version=args.copylist_version,
             upgrade_to=args.upgrade_to,
-            upgrade_event=args.upgrade_event,
+            upgrade_event=args.upgrade_event or UPGRADE_EVENT,
         )
         simulation = Simulation(settings)
     except ValueError as exc:  # includes bad ids, groups and backend options

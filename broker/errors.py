@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 class BrokerError(Exception):
     """Base of every broker failure setevnt reports."""
 
 
 class ConnectionLost(BrokerError):
-    """The connection dropped or could not be opened; retrying later may work."""
+    """The connection dropped or could not be opened; retrying later may work.
+
+    ``unsent`` lists what a publisher had not got confirmed, so a caller can send it again.
+    """
+
+    def __init__(self, *args: object, unsent: Iterable[Any] = ()) -> None:
+        super().__init__(*args)
+        self.unsent: list[Any] = list(unsent)
 
 
 class BrokerRefused(BrokerError):

@@ -1,13 +1,13 @@
 """Publishing with pipelined confirms.
 
-Waiting for each confirm before the next publish is the naive path (~5x slower than the
-broker allows here), so this publisher keeps a window of unconfirmed messages in flight
-on a pika ``SelectConnection`` driven from the caller's thread, over one or more
-confirming channels (the broker routes and confirms each channel's messages in a process
-of its own, so a storm of one message per queue goes faster over a few; a batch whose
-order matters keeps to one). Every message is
-published ``mandatory``: the broker returns what no queue takes before it confirms it,
-so an unknown client is reported instead of being a silent success.
+Waiting for each confirm before the next publish is the naive path, far slower than the
+broker allows (docs/performance.md), so this publisher keeps a window of unconfirmed
+messages in flight on a pika ``SelectConnection`` driven from the caller's thread, over
+one or more confirming channels (the broker routes and confirms each channel's messages
+in a process of its own, so a storm of one message per queue goes faster over a few; a
+batch whose order matters keeps to one). Every message is published ``mandatory``: the
+broker returns what no queue takes before it confirms it, so an unknown client is
+reported instead of being a silent success.
 
 Only pika's public API is used: each message is a ``basic_publish`` on its channel, and
 the broker's confirms come back through ``confirm_delivery``'s callback. Speed comes from
@@ -111,7 +111,7 @@ class _Run:
 
 
 @dataclass
-class _Lane:
+class _ChannelShare:
     """One confirming channel: its delivery tags and what awaits the broker's confirm."""
 
     channel: Any
@@ -156,7 +156,7 @@ class ConfirmingPublisher:
         self._confirm_timeout = confirm_timeout
         self._hooks = hooks
         self._connection: pika.SelectConnection | None = None
-        self._lanes: list[_Lane] = []
+        self._lanes: list[_ChannelShare] = []
         self._opening_error: BrokerError | None = None
         self._run: _Run | None = None
         self._ever_opened = False
@@ -208,7 +208,7 @@ class ConfirmingPublisher:
                 with attempt:
                     self._attempt(run)
         except ConnectionLost as exc:
-            exc.unsent = list(run.pending)  # type: ignore[attr-defined]
+            exc.unsent = list(run.pending)
             raise
         return run.outcomes
 
@@ -274,7 +274,7 @@ class ConfirmingPublisher:
         if self._complete(run):
             self._stop_loop()
 
-    def _fill(self, run: _Run, lane: _Lane) -> bool:
+    def _fill(self, run: _Run, lane: _ChannelShare) -> bool:
         """Publish on ``lane`` as much as it has room for; False once publishing failed
         (what was not handed to pika goes back in front)."""
         count = min(lane.room, len(run.pending))
@@ -334,7 +334,9 @@ class ConfirmingPublisher:
 
     # -- callbacks --------------------------------------------------------------------
 
-    def _on_confirm(self, lane: _Lane, delivery_tag: int, multiple: bool, nacked: bool) -> None:
+    def _on_confirm(
+        self, lane: _ChannelShare, delivery_tag: int, multiple: bool, nacked: bool
+    ) -> None:
         run = self._run
         if run is None:
             return
@@ -355,7 +357,7 @@ class ConfirmingPublisher:
         if lane.room >= self._refill_at:
             self._pump()
 
-    def _on_confirm_frame(self, lane: _Lane, frame: Any) -> None:
+    def _on_confirm_frame(self, lane: _ChannelShare, frame: Any) -> None:
         """pika's confirm callback: a Basic.Ack or Basic.Nack frame."""
         method = frame.method
         nacked = isinstance(method, pika.spec.Basic.Nack)
@@ -462,7 +464,7 @@ class ConfirmingPublisher:
     def _on_channel_open(self, channel: Any) -> None:
         # The window split as evenly as it goes: every lane's share sums to ``window``.
         share, extra = divmod(self.window, self.channels)
-        lane = _Lane(channel, share + (1 if channel.channel_number <= extra else 0))
+        lane = _ChannelShare(channel, share + (1 if channel.channel_number <= extra else 0))
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
@@ -470,7 +472,7 @@ class ConfirmingPublisher:
             callback=lambda _frame: self._lane_ready(lane),
         )
 
-    def _lane_ready(self, lane: _Lane) -> None:
+    def _lane_ready(self, lane: _ChannelShare) -> None:
         self._lanes.append(lane)
         if len(self._lanes) == self.channels:
             self._stop_loop()

@@ -1,19 +1,14 @@
 """What a storm's clients answered, read back from the ledger on the storm's ledger thread.
 
 The dispatcher service's collector consumes every ack, checks who sent it and records it
-in the ledger; a storm reads its own commands' answers from there. It used to bind a
-private copy of the fleet's acks instead, which cost the broker a second routing and
-delivery of every ack, and the storm a pika delivery and a decode per command, in the
-middle of its publishing on the same two cores (bench/storm.py: ~0.3 s more CPU per
-10,000 commands in the storm's process). Nor does the ledger lose answers to a dropped
-connection.
+in the ledger; a storm reads its own commands' answers from there, so the broker routes
+each ack once and the storm decodes none while it publishes (docs/performance.md), and
+no answer is lost to a dropped connection.
 
 The storm's ledger thread (:class:`dispatcher.ledger.LedgerWriter`) reads them after
 each batch of the storm's own writes, every 0.25 s, on its connection: answers arrive
-one collector flush (0.1 s) plus one storm flush later, well inside a delivery wait.
-They were polled on a thread and connection of their own before; one thread does both
-now, with no hand-shake to open a second connection, and the rate did not change (0.98x,
-8 alternating own-node rounds of bench/storm.py). The collector numbers each batch of
+one collector flush (0.1 s) plus one storm flush later, well inside a delivery wait;
+one thread for both needs no second connection. The collector numbers each batch of
 answers it writes, in the order the batches commit
 (:meth:`dispatcher.ledger.Ledger.record_acks`), so each read takes only the answers
 numbered above the last one it saw: every answer once, however late the collector could
@@ -27,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
-from dispatcher.ledger import Answer, Ledger, Status
+from dispatcher.ledger import Ledger, Status, StormAnswer
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +36,11 @@ class Answers:
 
     def __init__(self, storm_id: str) -> None:
         self._storm_id = storm_id
-        self._answers: deque[Answer] = deque()
+        self._answers: deque[StormAnswer] = deque()
         self._last = 0  # the number of the last batch of answers read
         self._stopped = False
 
-    def drain(self) -> list[Answer]:
+    def drain(self) -> list[StormAnswer]:
         """The answers read since the last call; each status change of a command once."""
         answers = []
         while self._answers:
@@ -68,5 +63,5 @@ class Answers:
             self._last = max(self._last, seq)
             final = status != Status.DEFERRED
             self._answers.append(
-                Answer(command_id, status, final, received_at, latency, reason, detail)
+                StormAnswer(command_id, status, final, received_at, latency, reason, detail)
             )

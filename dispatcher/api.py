@@ -20,14 +20,13 @@ from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher import keys
+from dispatcher.publish_reports import make_report
 from schemas import DEFAULT_CATALOG, Catalog, Command, ComponentEvent, encode
 from schemas.messages import (
     MAX_ISSUED,
     Issued,
     IssueStatus,
     Message,
-    PublishCount,
-    PublishReport,
 )
 from schemas.signing import Signer
 from schemas.syntax import resolve_event
@@ -199,11 +198,7 @@ class Dispatcher:
         counts = Counter((r.component, r.event, r.status) for r in receipts)
         if not counts:
             return
-        report = PublishReport(
-            publisher=self.settings.connection_name,
-            published_at=time.time(),
-            counts=tuple(PublishCount(c, e, s, n) for (c, e, s), n in sorted(counts.items())),
-        )
+        report = make_report(self.settings.connection_name, counts)
         self._publisher.publish([report_message(report, self.settings)])
 
     def _publish_issued(

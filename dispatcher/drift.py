@@ -46,7 +46,8 @@ from broker.settings import BrokerSettings
 from dispatcher.api import Dispatcher, Receipt
 from dispatcher.db import DbSettings
 from dispatcher.keys import Signing
-from dispatcher.ledger import CommandRecord, Ledger, Status, StormRecord, Writes
+from dispatcher.ledger import CommandRecord, Ledger, SentMark, Status, StormRecord, Writes
+from dispatcher.ledger_rows import StormState
 from dispatcher.registry import RegistrySettings, SqliteRegistry
 from dispatcher.site import Site
 from dispatcher.storm import CONFIRM_WINDOW, StormOptions, spread_offset
@@ -159,14 +160,18 @@ class Remediator:
         version = desired.value if desired is not None else None
         storm_id = storm_id_for(self.settings.event, version) if version is not None else None
         if self._owned is not None and self._owned != storm_id:
-            self._finish(stores.ledger, "cancelled", f"superseded: site version now {version}")
+            self._finish(
+                stores.ledger, StormState.CANCELLED, f"superseded: site version now {version}"
+            )
         if version is None or storm_id is None:
             return
         if stores.registry.census(version, now).drifted == 0:
             left = stores.ledger.storm(storm_id)  # owned, or left running by a stopped service
-            if left is not None and left.state == "running":
+            if left is not None and left.state == StormState.RUNNING:
                 self._owned = storm_id
-                self._finish(stores.ledger, "done", f"no client reports other than {version}")
+                self._finish(
+                    stores.ledger, StormState.DONE, f"no client reports other than {version}"
+                )
             return
         storm = self._own(stores.ledger, storm_id, version, now)
         if storm is None:
@@ -184,7 +189,7 @@ class Remediator:
             log.info("remediation: storm %s upgrades clients to %s", storm_id, version)
         elif storm.cancel_requested:  # an operator cancelled it: stay out
             if self._owned == storm_id:
-                self._finish(ledger, "cancelled", "cancelled by an operator")
+                self._finish(ledger, StormState.CANCELLED, "cancelled by an operator")
             return None
         elif self._owned != storm_id:
             ledger.claim_storm(storm_id, self._owner, now)
@@ -198,7 +203,7 @@ class Remediator:
             event=self.settings.event.event,
             options=self.settings.options().to_json(),
             targets=0,
-            state="running",
+            state=StormState.RUNNING,
             reason=None,
             requested_by=requester(version),
             created_at=now,
@@ -286,7 +291,7 @@ class Remediator:
                 storm.storm_id,
             )
         if ledger.apply(writes, storm.storm_id, time.time()):
-            self._finish(ledger, "cancelled", "cancelled by an operator")
+            self._finish(ledger, StormState.CANCELLED, "cancelled by an operator")
         self._unsent = False
 
     def _planned(self, ledger: Ledger, storm_id: str) -> list[CommandRecord]:
@@ -321,8 +326,10 @@ class Remediator:
             return dispatcher.send(commands)
 
 
-def _sent(receipt: Receipt) -> tuple[object, ...]:
+def _sent(receipt: Receipt) -> SentMark:
     """A ledger "sent" row: unroutable and nacked commands were not sent (no sent_at) but
     expire like the others, so the client gets its next one a TTL later, not every round."""
     sent_at = receipt.issued_at if receipt.sent else None
-    return (receipt.status, receipt.issued_at, receipt.expires_at, sent_at, receipt.command_id)
+    return SentMark(
+        receipt.status, receipt.issued_at, receipt.expires_at, sent_at, receipt.command_id
+    )

@@ -35,7 +35,17 @@ from dataclasses import dataclass
 from broker.publisher import Outcome, Outgoing
 from dispatcher.answers import Answers
 from dispatcher.api import command_message
-from dispatcher.ledger import ACK_FINAL, ERRORS, Answer, LedgerWriter, Status, Writes
+from dispatcher.ledger import (
+    ACK_FINAL,
+    ERRORS,
+    LedgerWriter,
+    SentMark,
+    Status,
+    StatusMark,
+    StormAnswer,
+    Writes,
+)
+from dispatcher.ledger_rows import StormState
 from dispatcher.publish_reports import PublishReports
 from schemas.codec import encoding
 from schemas.messages import Command
@@ -131,7 +141,7 @@ class StormFlow:
         self.first_sent_at: float | None = None
         self.last_sent_at: float | None = None
         self.last_acked_at: float | None = None
-        self.state = "running"
+        self.state: str = StormState.RUNNING
         self.reason: str | None = None
         self._encode = encoding(
             Command(  # the varying fields are placeholders: each command sets its own
@@ -169,7 +179,7 @@ class StormFlow:
     def take(self, room: int) -> list[Outgoing]:
         self._absorb()
         batch = self._report()
-        if self.state != "running":
+        if self.state != StormState.RUNNING:
             return batch
         commands = len(batch)
         while self._queue and len(batch) < room:
@@ -191,11 +201,11 @@ class StormFlow:
     def tick(self) -> None:
         self._absorb()
         self._expire()
-        if self.stop_requested and self.state == "running":
-            self.halt(self.stop_requested, state="cancelled")
-        if self.suspend_requested and self.state == "running":
+        if self.stop_requested and self.state == StormState.RUNNING:
+            self.halt(self.stop_requested, state=StormState.CANCELLED)
+        if self.suspend_requested and self.state == StormState.RUNNING:
             # Unsent commands stay planned; `interrupted` storms are resumable.
-            self.state, self.reason = "interrupted", self.suspend_requested
+            self.state, self.reason = StormState.INTERRUPTED, self.suspend_requested
         now = time.monotonic()
         if now >= self._next_flush:
             self.flush()
@@ -208,7 +218,7 @@ class StormFlow:
         report of the last publishes, are awaited."""
         if self._reports is not None and self._reports.owed():
             return False
-        if self.state != "running":
+        if self.state != StormState.RUNNING:
             return True
         return not self._queue and (self.window == 0 or not self.await_answers)
 
@@ -225,7 +235,7 @@ class StormFlow:
         if outcome is not Outcome.SENT:
             self._leave(target)
             self._settle(target, outcome.value)
-            self._writes.statuses.append((outcome.value, target.command_id))
+            self._writes.statuses.append(StatusMark(outcome.value, target.command_id))
             self._failed(target, outcome.value, None)
             return
         now = time.time()
@@ -238,7 +248,7 @@ class StormFlow:
         status = Status.PENDING_OFFLINE if target.offline else Status.SENT
         issued = target.issued_at
         self._writes.sent.append(
-            (status.value, issued, issued + self.limits.ttl, now, target.command_id)
+            SentMark(status.value, issued, issued + self.limits.ttl, now, target.command_id)
         )
         if target.status == Status.PLANNED:
             self._settle(target, status)
@@ -258,7 +268,7 @@ class StormFlow:
 
     def reconnected(self) -> None:
         """The publisher reconnected: in the fast lane the broker may have lost commands."""
-        if self.order.persistent or self.state != "running":
+        if self.order.persistent or self.state != StormState.RUNNING:
             return
         lost = [
             t
@@ -271,9 +281,9 @@ class StormFlow:
             self._queue.appendleft(target)
         self.resent += len(lost)
 
-    def halt(self, reason: str, *, state: str = "halted") -> None:
+    def halt(self, reason: str, *, state: str = StormState.HALTED) -> None:
         """Publish nothing more; what was not handed to the broker is cancelled."""
-        if self.state != "running":
+        if self.state != StormState.RUNNING:
             return
         self.state, self.reason = state, reason
         while self._queue:
@@ -282,7 +292,7 @@ class StormFlow:
     def conclude(self) -> None:
         """After the last confirm: take the acks that came meanwhile, write everything."""
         self._absorb()
-        if self.state == "running":
+        if self.state == StormState.RUNNING:
             self.state = "done"
         self.flush()
 
@@ -290,8 +300,10 @@ class StormFlow:
         self._next_flush = time.monotonic() + self._flush_every
         writes, self._writes = self._writes, Writes()
         self._writer.submit(writes)  # also the storm's heartbeat: always, even when empty
-        if self._writer.cancel_requested and self.state == "running":
-            self.halt("cancelled by an operator (setevnt-dispatcher cancel)", state="cancelled")
+        if self._writer.cancel_requested and self.state == StormState.RUNNING:
+            self.halt(
+                "cancelled by an operator (setevnt-dispatcher cancel)", state=StormState.CANCELLED
+            )
 
     # -- internals ----------------------------------------------------------------------
 
@@ -299,7 +311,7 @@ class StormFlow:
         """The publish report that is due, if any: at once when nothing more will go."""
         if self._reports is None:
             return []
-        last = self.state != "running" or not self._queue
+        last = self.state != StormState.RUNNING or not self._queue
         report = self._reports.take(last=last)
         return [report] if report is not None else []
 
@@ -335,7 +347,7 @@ class StormFlow:
             if answer.final:
                 self._acked(target, answer)
 
-    def _acked(self, target: Target, answer: Answer) -> None:
+    def _acked(self, target: Target, answer: StormAnswer) -> None:
         self.last_acked_at = answer.received_at or time.time()
         if answer.latency is not None:
             self.latencies.append(answer.latency)
@@ -351,7 +363,7 @@ class StormFlow:
             if target.in_window and target.status == Status.SENT and target.deadline == deadline:
                 self._leave(target)
                 self._settle(target, Status.PENDING_OFFLINE)
-                self._writes.statuses.append((Status.PENDING_OFFLINE.value, command_id))
+                self._writes.statuses.append(StatusMark(Status.PENDING_OFFLINE.value, command_id))
 
     def _leave(self, target: Target) -> None:
         if target.in_window:

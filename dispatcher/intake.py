@@ -44,6 +44,7 @@ from dispatcher.flow import StormFlow
 from dispatcher.idempotency import DEFAULT_WINDOW, IdempotencyKeys
 from dispatcher.keys import Signing
 from dispatcher.ledger import Ledger
+from dispatcher.ledger_rows import StormState
 from dispatcher.owed import Owed, Recipient
 from dispatcher.policy import Policy
 from dispatcher.progress import STALE_AFTER
@@ -259,7 +260,7 @@ class Intake:
             return
         assert self._desk is not None
         stored = self._desk.ledger.storm(storm_id)
-        if stored is not None and stored.state != "running":
+        if stored is not None and stored.state != StormState.RUNNING:
             self._settling.add(storm_id)
             self._next_settle = 0.0  # look now: it has likely settled long ago
 
@@ -322,7 +323,7 @@ class Intake:
         was interrupted (this service is stopping: the next one resumes it, and owes it)."""
         assert self._desk is not None and self._owed is not None
         record = self._desk.ledger.storm(storm_id)
-        if record is not None and record.state == "interrupted":
+        if record is not None and record.state == StormState.INTERRUPTED:
             return
         if record is not None and storm_id in self._recipients:
             self._settling.add(storm_id)
@@ -355,7 +356,7 @@ class Intake:
             self._stale.add(storm_id)
             return
         self._stale.discard(storm_id)
-        if record is not None and record.state in ("running", "interrupted"):
+        if record is not None and record.state in (StormState.RUNNING, StormState.INTERRUPTED):
             storms.claim(self._desk.ledger, record)
             why = record.reason or "its service died"
             log.info("resuming request storm %s (%s)", storm_id, why)
@@ -398,7 +399,7 @@ class Intake:
                 log.error("request storm %s: %s", storm_id, exc)
             except ValueError as exc:  # its stored options, which today's rules refuse
                 log.error("request storm %s: %s", storm_id, exc)
-                ledger.finish_storm(storm_id, "failed", str(exc)[:1024], time.time())
+                ledger.finish_storm(storm_id, StormState.FAILED, str(exc)[:1024], time.time())
             finally:
                 self._flows.pop(storm_id, None)
             self._ran.put(storm_id)

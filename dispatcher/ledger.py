@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from dispatcher import db, ledger_answers, ledger_results
 from dispatcher.ledger_answers import Answered, Recorded
@@ -33,12 +33,13 @@ from dispatcher.ledger_rows import (
     RESUMABLE,
     SETTLED,
     STALE_AFTER,
-    Answer,
     AnswerRow,
     CommandRecord,
     Status,
+    StormAnswer,
     StormFigures,
     StormRecord,
+    StormState,
 )
 from schemas.messages import Ack, Issued
 
@@ -48,7 +49,6 @@ __all__ = [
     "PENDING",
     "RESUMABLE",
     "SETTLED",
-    "Answer",
     "AnswerRow",
     "Answered",
     "ClientResult",
@@ -57,7 +57,10 @@ __all__ = [
     "LedgerWriter",
     "ReasonCount",
     "Recorded",
+    "SentMark",
     "Status",
+    "StatusMark",
+    "StormAnswer",
     "StormFigures",
     "StormRecord",
     "Writes",
@@ -107,10 +110,9 @@ CREATE TABLE IF NOT EXISTS answer_clock (
 INSERT OR IGNORE INTO answer_clock VALUES (1, 0)
 """
 # Columns a database of an earlier release lacks, then what needs them. A storm's rows
-# are found through commands_by_answer (its first column is the storm); the index on
-# (storm_id, status) that earlier releases kept moved with every status change, each
-# "sent" mark and each ack (a mark cost 6.9 us with it and 6.0 us without, against a
-# ledger of 200,000 rows).
+# are found through commands_by_answer (its first column is the storm); the old index on
+# (storm_id, status) is dropped because every mark and ack had to move it
+# (docs/performance.md).
 _ADDED = {"answer_seq": "INTEGER", "exit_code": "INTEGER", "output": "TEXT"}
 _AFTER_ADDED = """
 DROP INDEX IF EXISTS commands_answered;
@@ -127,8 +129,8 @@ UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END
 WHERE command_id = ?
 """
 # The same, for a row a storm's writer already knows: no look-up of the command id in its
-# index (a mark 6.0 -> ~4 us against 200,000 rows); the id is still compared, so a row
-# that is not that command's (a rebuilt table) is left alone.
+# index; the id is still compared, so a row that is not that command's (a rebuilt table)
+# is left alone.
 _MARK_SENT_ROW = """
 UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
@@ -153,12 +155,29 @@ class Pruned:
     commands: int
 
 
+class SentMark(NamedTuple):
+    """A command the broker confirmed: the parameters of ``_MARK_SENT`` in order."""
+
+    status: str
+    issued_at: float
+    expires_at: float
+    sent_at: float | None  # None: never sent (unroutable, nacked), expires all the same
+    command_id: str
+
+
+class StatusMark(NamedTuple):
+    """A command's new status: the parameters of ``_SET_STATUS`` in order."""
+
+    status: str
+    command_id: str
+
+
 @dataclass
 class Writes:
     """A storm's ledger updates, buffered and applied in one transaction."""
 
-    sent: list[tuple[Any, ...]] = field(default_factory=list)
-    statuses: list[tuple[str, str]] = field(default_factory=list)
+    sent: list[SentMark] = field(default_factory=list)
+    statuses: list[StatusMark] = field(default_factory=list)
     publishing_at: float | None = None
 
     def __bool__(self) -> bool:
@@ -214,11 +233,10 @@ class Ledger:
                 "WHERE storm_id = ?",
                 (state, reason, at, at, storm_id),
             )
-            if state != "running" and state not in RESUMABLE:  # resumable: stays planned
+            if state != StormState.RUNNING and state not in RESUMABLE:  # resumable: stays planned
                 self._db.execute(
-                    "UPDATE commands SET status = 'cancelled' "
-                    "WHERE storm_id = ? AND status = 'planned'",
-                    (storm_id,),
+                    "UPDATE commands SET status = ? WHERE storm_id = ? AND status = ?",
+                    (Status.CANCELLED, storm_id, Status.PLANNED),
                 )
 
     def claim_storm(self, storm_id: str, owner: str, at: float) -> None:
@@ -416,11 +434,11 @@ class Ledger:
             if rows:
                 by_row, by_id = [], []
                 for mark in writes.sent:
-                    rowid = rows.get(mark[4])
+                    rowid = rows.get(mark.command_id)
                     if rowid is None:
                         by_id.append(mark)
                     else:
-                        by_row.append((*mark[:4], rowid, mark[4]))
+                        by_row.append((*mark[:4], rowid, mark.command_id))
                 self._db.executemany(_MARK_SENT_ROW, by_row)
                 self._db.executemany(_MARK_SENT, by_id)
             else:

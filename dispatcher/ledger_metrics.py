@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dispatcher.ledger_rows import Status, StormState
 from dispatcher.progress import STALE_AFTER
 
-STORM_STATES = ("running", "done", "halted", "cancelled", "failed", "interrupted")
-IN_FLIGHT = ("sent", "deferred", "pending-offline")
+STORM_STATES = tuple(StormState)
+IN_FLIGHT = (Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE)
 RECENT = 15 * 60  # a finished storm's progress stays on the dashboard this long
 
 

@@ -29,15 +29,28 @@ class Status(StrEnum):
     CANCELLED = "cancelled"  # never sent: the storm was cancelled or halted
 
 
-ACK_FINAL = frozenset({"done", "failed", "rejected", "expired", "coalesced"})
+class StormState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    HALTED = "halted"  # stopped early: too many commands failed (--max-errors)
+    CANCELLED = "cancelled"  # stopped by an operator
+    FAILED = "failed"  # the dispatcher gave up on it
+    INTERRUPTED = "interrupted"  # its process stopped; `resume` sends the rest
+
+
+ACK_FINAL = frozenset(
+    {Status.DONE, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.COALESCED}
+)
 PENDING = frozenset({Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE})
-ERRORS = frozenset({"failed", "rejected", "expired", "unroutable", "nacked"})
-SETTLED = ACK_FINAL | {"unroutable", "nacked", "cancelled"}
+ERRORS = frozenset(
+    {Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.UNROUTABLE, Status.NACKED}
+)
+SETTLED = ACK_FINAL | {Status.UNROUTABLE, Status.NACKED, Status.CANCELLED}
 # A running storm's heartbeat older than this means its process is gone.
 STALE_AFTER = 10.0
 # Storm states that end a run but not the storm: `resume` (or, for a request storm, the
 # next service) sends what is still planned.
-RESUMABLE = frozenset({"failed", "interrupted"})
+RESUMABLE = frozenset({StormState.FAILED, StormState.INTERRUPTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +60,7 @@ class StormRecord:
     event: str
     options: dict[str, Any] = field(compare=False)
     targets: int
-    state: str  # running | done | halted | cancelled | failed
+    state: str  # a StormState
     reason: str | None
     requested_by: str
     created_at: float
@@ -63,7 +76,7 @@ class StormRecord:
         Its heartbeat in the ledger says so; on the same host its process id says so at
         once, so a killed dispatcher shows ``interrupted`` without waiting for staleness.
         """
-        if self.state != "running" or now - self.heartbeat_at > stale_after:
+        if self.state != StormState.RUNNING or now - self.heartbeat_at > stale_after:
             return False
         match = re.fullmatch(r"pid (\d+) on (.+)", self.owner)
         if match is None or match.group(2) != socket.gethostname():
@@ -101,7 +114,7 @@ class CommandRecord:
 AnswerRow = tuple[int, str, str, float | None, float | None, str | None, str | None]
 
 
-class Answer(NamedTuple):
+class StormAnswer(NamedTuple):
     """What a client answered to one command, as the collector recorded it."""
 
     command_id: str

@@ -35,6 +35,7 @@ from dispatcher import storm as storms
 from dispatcher.db import DbSettings
 from dispatcher.flow import StormFlow
 from dispatcher.ledger import Ledger, StormRecord
+from dispatcher.ledger_rows import StormState
 from dispatcher.registry import ClientRecord, RegistrySettings, SqliteRegistry
 from dispatcher.site import Site
 from schemas.catalog import DEFAULT_CATALOG
@@ -315,15 +316,15 @@ def _drive(
     rejected = results.rejections(ledger, storm.storm_id)
     if rejected:
         print(f"setevnt-dispatcher: error: {rejected}", file=sys.stderr)
-    return 0 if view.state == "done" and view.failed == 0 else 1
+    return 0 if view.state == StormState.DONE and view.failed == 0 else 1
 
 
 def _fail_if_running(ledger: Ledger, storm_id: str, reason: str) -> None:
     """A storm whose dispatcher could not reach the broker ends ``failed``: left running,
     it would show ``interrupted`` for ever; failed, it can be resumed or pruned."""
     current = ledger.storm(storm_id)
-    if current is not None and current.state == "running":
-        ledger.finish_storm(storm_id, "failed", reason[:1024], time.time())
+    if current is not None and current.state == StormState.RUNNING:
+        ledger.finish_storm(storm_id, StormState.FAILED, reason[:1024], time.time())
 
 
 def _cancel(args: argparse.Namespace) -> int:
@@ -331,7 +332,7 @@ def _cancel(args: argparse.Namespace) -> int:
         storm = ledger.storm(args.storm_id)
         if storm is None:
             raise ValueError(f"no storm {args.storm_id}")
-        if storm.state != "running":
+        if storm.state != StormState.RUNNING:
             if args.json:
                 progress.print_view(_view(ledger, storm.storm_id), True)
             else:
@@ -340,11 +341,11 @@ def _cancel(args: argparse.Namespace) -> int:
         ledger.request_cancel(storm.storm_id)
         if storms.resumable(storm) is None:  # its dispatcher is gone: cancel it here
             reason = "cancelled by an operator while its dispatcher was not running"
-            ledger.finish_storm(storm.storm_id, "cancelled", reason, time.time())
+            ledger.finish_storm(storm.storm_id, StormState.CANCELLED, reason, time.time())
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             current = ledger.storm(storm.storm_id)
-            if current is not None and current.state != "running":
+            if current is not None and current.state != StormState.RUNNING:
                 break
             time.sleep(0.1)
         progress.print_view(_view(ledger, storm.storm_id), args.json)

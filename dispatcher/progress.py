@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from dispatcher.ledger import ERRORS, CommandRecord, StormFigures, StormRecord
 from dispatcher.ledger_rows import STALE_AFTER as STALE_AFTER  # where callers found it
+from dispatcher.ledger_rows import StormState
 
 # The live display's rate is measured over this much of the recent past: long enough to
 # smooth a bursty window, short enough to follow a rate that changes.
@@ -85,7 +86,7 @@ class StormView:
     def pace(self) -> Pace | None:
         """A running storm's average pace since its first publish (None once it ended)."""
         start = self.publishing_at or self.created_at
-        if self.state != "running" or start is None or self.observed_at is None:
+        if self.state != StormState.RUNNING or start is None or self.observed_at is None:
             return None
         # Coalesced commands settle when the storm is planned: they say nothing of its pace.
         return pace_of(self.settled - self.count("coalesced"), self.observed_at - start, self)
@@ -111,7 +112,7 @@ class StormView:
         enqueue = self.enqueue_seconds()
         end_to_end = self.seconds(self.last_sent_at)
         all_acked = None
-        if self.state != "running" and self.pending == 0 and self.unsent == 0:
+        if self.state != StormState.RUNNING and self.pending == 0 and self.unsent == 0:
             all_acked = self.seconds(self.last_acked_at)
         return {
             "storm_id": self.storm_id,
@@ -142,8 +143,8 @@ class StormView:
 def from_ledger(storm: StormRecord, figures: StormFigures, now: float | None = None) -> StormView:
     now = time.time() if now is None else now
     state = storm.state
-    if state == "running" and not storm.alive(now, STALE_AFTER):
-        state = "interrupted"  # its process died: resume it or read what was sent below
+    if state == StormState.RUNNING and not storm.alive(now, STALE_AFTER):
+        state = StormState.INTERRUPTED  # its process died: resume it or read what was sent below
     return StormView(
         storm_id=storm.storm_id,
         event=f"{storm.component}_{storm.event}",
@@ -216,7 +217,7 @@ def lines(view: StormView) -> list[str]:
     pace = view.pace()
     if pace is not None:
         out.append(f"  settling {pace_text(pace)} (average since its first publish)")
-    if view.state == "interrupted":
+    if view.state == StormState.INTERRUPTED:
         out.append(
             f"  its dispatcher stopped: {view.published} command(s) were confirmed sent, "
             f"{view.unsent} were not; `setevnt-dispatcher resume {view.storm_id}` sends the rest"
@@ -243,7 +244,7 @@ class Pacer:
         self._samples: deque[tuple[float, int]] = deque()
 
     def observe(self, view: StormView, at: float | None = None) -> Pace | None:
-        if view.state != "running":
+        if view.state != StormState.RUNNING:
             return None
         now = time.monotonic() if at is None else at
         self._samples.append((now, view.settled))
@@ -288,7 +289,7 @@ def watch(read: Callable[[], StormView], every: float = 0.5) -> None:
         while True:
             view = read()
             display.show(view)
-            if view.state != "running":
+            if view.state != StormState.RUNNING:
                 break
             time.sleep(every)
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from broker.publisher import Outcome, Outgoing
 from schemas.messages import PublishCount, PublishReport
@@ -22,6 +22,15 @@ log = logging.getLogger(__name__)
 REPORT_EVERY = 2.0  # seconds between two reports of a storm that is still publishing
 
 Build = Callable[[PublishReport], Outgoing]  # the message of a report (a unique key)
+
+
+def make_report(publisher: str, counts: Mapping[tuple[str, str, str], int]) -> PublishReport:
+    """The report of what ``publisher`` published, counted by (component, event, status)."""
+    return PublishReport(
+        publisher=publisher,
+        published_at=time.time(),
+        counts=tuple(PublishCount(c, e, s, n) for (c, e, s), n in sorted(counts.items()) if n),
+    )
 
 
 class PublishReports:
@@ -65,14 +74,9 @@ class PublishReports:
             return None
         counts, self._counts = self._counts, Counter()
         self._next = now + self._every
-        report = PublishReport(
-            publisher=self._publisher,
-            published_at=time.time(),
-            counts=tuple(
-                PublishCount(self._component, self._event, outcome.value, n)
-                for outcome, n in sorted(counts.items())
-                if n
-            ),
+        report = make_report(
+            self._publisher,
+            {(self._component, self._event, o.value): n for o, n in counts.items()},
         )
         message = self._build(report)
         self._in_flight = message.key

@@ -19,6 +19,7 @@ from html import escape
 
 from dispatcher import progress, results
 from dispatcher.ledger import ERRORS, ClientResult, CommandRecord, Ledger, ReasonCount, StormRecord
+from dispatcher.ledger_rows import StormState
 from dispatcher.report_charts import (
     histogram_svg,
     latency_text,
@@ -196,7 +197,12 @@ def _e(value: object) -> str:
 
 def _header(data: StormData, title: str) -> str:
     view = data.view
-    bad = view.state in ("halted", "cancelled", "failed", "interrupted")
+    bad = view.state in (
+        StormState.HALTED,
+        StormState.CANCELLED,
+        StormState.FAILED,
+        StormState.INTERRUPTED,
+    )
     reason = f"<p><strong>Why:</strong> {_e(view.reason)}</p>" if view.reason else ""
     meaning = STATE_MEANINGS.get(view.state, "")
     return (

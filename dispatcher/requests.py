@@ -19,6 +19,7 @@ from dispatcher import progress, targets
 from dispatcher import storm as storms
 from dispatcher.idempotency import IdempotencyKeys, Remembered
 from dispatcher.ledger import PENDING, Ledger, StormRecord
+from dispatcher.ledger_rows import StormState
 from dispatcher.policy import Limits, Policy
 from dispatcher.quotas import Quotas
 from dispatcher.registry import Registry
@@ -34,7 +35,7 @@ from schemas.refusals import RequestRefused, read_request
 log = logging.getLogger(__name__)
 
 DEFAULT_DELIVERY_WAIT = 30.0
-SUMMARY_STATES = ("done", "halted", "cancelled", "failed")
+SUMMARY_STATES = (StormState.DONE, StormState.HALTED, StormState.CANCELLED, StormState.FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ def summarize(
     return TriggerSummary(
         storm_id=storm_id,
         event=view.event,
-        state=view.state if view.state in SUMMARY_STATES else "failed",
+        state=view.state if view.state in SUMMARY_STATES else StormState.FAILED,
         targets=view.targets,
         published=view.published,
         counts={status: n for status, n in sorted(view.counts.items()) if n},

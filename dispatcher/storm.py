@@ -38,6 +38,7 @@ from dispatcher.answers import Answers
 from dispatcher.api import default_requester, report_message
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
 from dispatcher.ledger import RESUMABLE, CommandRecord, Ledger, LedgerWriter, Status, StormRecord
+from dispatcher.ledger_rows import StormState
 from dispatcher.progress import STALE_AFTER
 from dispatcher.publish_reports import PublishReports
 from dispatcher.registry import Registry
@@ -49,19 +50,15 @@ log = logging.getLogger(__name__)
 
 _PER = {"s": 1, "m": 60, "h": 3600, None: 1}
 MAX_EXPIRATION, QUEUE_TTL, MAX_TTL = topology.MAX_EXPIRATION, topology.QUEUE_TTL, topology.MAX_TTL
-# Publishes awaiting the broker's confirm. Each one dirties a queue index on the broker;
-# with ~900 file handles (this broker's limit) a window of 1,000 over 10,000 queues made
-# the file-handle cache thrash and a storm crawl at <100/s, while 64..512 ran at
-# ~1,800-2,700/s. A bare publisher runs as fast at 256 as at 512, but a storm, which
-# also settles answers and writes the ledger between confirms, ran 1.36x faster at 512
-# (docs/operator.md, "Benchmark").
+# Publishes awaiting the broker's confirm: deep enough to cover a storm's bookkeeping
+# between confirms, shallow enough not to thrash the broker's file handles over many
+# queue indexes (figures in docs/performance.md).
 CONFIRM_WINDOW = 512
 # Transient commands (the fast lane) touch no queue index: a deeper window pays there.
 FAST_CONFIRM_WINDOW = 1000
-# The window is split over this many channels of the publisher's connection. The broker
-# routes each channel's publishes and tracks their confirms in one process of its own:
-# over one channel that process, not the disk, set the pace here (a bare publisher ran
-# 1.5-2x faster over four channels than over one, with the same window).
+# The window is split over this many channels of the publisher's connection: the broker
+# confirms each channel in one process of its own, which alone would set the pace
+# (docs/performance.md).
 CHANNELS = 4
 # Reconnect attempts of a storm's publisher (jittered backoff, at most 5 s apart): long
 # enough to ride out a broker restart.
@@ -214,7 +211,7 @@ def plan(
         event=event.event,
         options=options.to_json(),
         targets=len(commands),
-        state="running",
+        state=StormState.RUNNING,
         reason=None,
         requested_by=requested_by or default_requester(),
         created_at=now,
@@ -331,7 +328,7 @@ def _publish(
         # Unconfirmed commands stay planned: `resume` sends them (same ids).
         flow.flush()
         writer.close()
-        ledger.finish_storm(storm.storm_id, "failed", f"broker: {exc}", time.time())
+        ledger.finish_storm(storm.storm_id, StormState.FAILED, f"broker: {exc}", time.time())
         raise
     flow.conclude()
 
@@ -340,7 +337,7 @@ def resumable(storm: StormRecord, now: float | None = None) -> str | None:
     """None when the storm may be resumed, else why not."""
     if storm.state in RESUMABLE:
         return None
-    if storm.state != "running":
+    if storm.state != StormState.RUNNING:
         return f"storm {storm.storm_id} is {storm.state}: nothing to resume"
     if storm.alive(now or time.time(), STALE_AFTER):
         return f"storm {storm.storm_id} is still running ({storm.owner})"

@@ -76,7 +76,7 @@ def test_a_memory_alarm_blocks_publishers_and_agents_keep_consuming(
             ):
                 publisher.publish(later)
             blocked_for = time.monotonic() - started
-            unsent = list(refused.value.unsent)  # type: ignore[attr-defined]
+            unsent = list(refused.value.unsent)
             fleet_process = fleet.simulate(CLIENTS, "--record", str(record))  # consumes anyway
             wait_finished(record, CLIENTS, 20)
             ran_during = finished_runs(record)

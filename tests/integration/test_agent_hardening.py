@@ -23,7 +23,7 @@ import pytest
 from agent.backends.simulated import SimulatedBackend
 from agent.config import AgentConfig, SecurityConfig
 from agent.daemon import Agent
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from broker import topology
 from broker.errors import ConnectionLost
@@ -262,7 +262,7 @@ def test_a_command_starting_beyond_the_agent_lifetime_is_refused_at_once(
 class Fragile(Handler):
     """A handler with a bug that some body triggers."""
 
-    def admit(self, delivery: Delivery) -> Reply | Run:
+    def admit(self, delivery: Delivery) -> Settle | Run:
         if delivery.body == b"trips the bug":
             raise RuntimeError("a bug in admit")
         return super().admit(delivery)

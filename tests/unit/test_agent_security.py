@@ -9,7 +9,7 @@ import pytest
 
 from agent.backends.simulated import SimulatedBackend
 from agent.config import AgentConfig, ConfigError, SecurityConfig, load
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from schemas import Ack, Command, decode, encode
 from schemas.signing import KEY_ID_HEADER, SIGNATURE_HEADER, Signer
@@ -42,8 +42,8 @@ def deliver(body: bytes, headers: dict[str, object] | None) -> Delivery:
     return Delivery(body, "m1", time.time(), time.monotonic(), headers)
 
 
-def refusal(verdict: Reply | Run) -> tuple[str, str | None]:
-    assert isinstance(verdict, Reply) and verdict.dead_letter
+def refusal(verdict: Settle | Run) -> tuple[str, str | None]:
+    assert isinstance(verdict, Settle) and verdict.dead_letter
     ack = decode(verdict.ack, Ack)
     return ack.status, ack.reason
 
@@ -80,7 +80,7 @@ def test_a_refused_command_is_not_signalled(tmp_path: Path) -> None:
     config = AgentConfig(client_id="PC042", security=SIGNED)
     agent = Handler(config, SimulatedBackend(duration=0, record=str(record)), Journal(None))
     body = encode(command())
-    assert isinstance(agent.admit(deliver(body, None)), Reply)
+    assert isinstance(agent.admit(deliver(body, None)), Settle)
     assert not record.exists()
 
 
@@ -109,7 +109,7 @@ def test_a_replayed_signed_command_is_answered_from_the_journal_not_run_again() 
     assert isinstance(first, Run)
     ack = agent.execute(first.command, deliver(body, None))
     replay = agent.admit(deliver(body, DISPATCHER.headers(body)))
-    assert isinstance(replay, Reply) and replay.ack == ack and not replay.dead_letter
+    assert isinstance(replay, Settle) and replay.ack == ack and not replay.dead_letter
 
 
 def test_security_needs_a_key_or_an_explicit_development_choice() -> None:

@@ -15,7 +15,7 @@ import pytest
 from dispatcher import ledger as ledger_module
 from dispatcher.answers import Answers
 from dispatcher.db import DbSettings
-from dispatcher.ledger import Answer, CommandRecord, Ledger, LedgerWriter, Writes
+from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, StormAnswer, Writes
 from schemas.messages import Ack
 
 
@@ -122,7 +122,7 @@ def test_a_failed_read_stops_the_answers_not_the_storm(
     assert drained(answers, storm) == [], "no more reads: the delivery wait takes over"
 
 
-def _wait_drain(answers: Answers) -> list[Answer]:
+def _wait_drain(answers: Answers) -> list[StormAnswer]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         got = answers.drain()

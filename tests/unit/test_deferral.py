@@ -15,9 +15,9 @@ from agent import deferral
 from agent.backends import SignalResult
 from agent.backends.simulated import SimulatedBackend
 from agent.config import DEFAULT_DISRUPTIVE, AgentConfig, SecurityConfig
-from agent.deferral import Answer, Deferrals
+from agent.deferral import Deferrals, Released
 from agent.guard import DistributionLock, Guard
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from agent.signatures import Signatures
 from agent.spool import Hold, Spool
@@ -75,7 +75,7 @@ class Client:
         """As :meth:`send`; None when nothing is answered (a command spooled for later)."""
         incoming = Delivery(encode(cmd), cmd.command_id, time.time(), time.monotonic())
         verdict = self.handler.admit(incoming)
-        if isinstance(verdict, Reply):
+        if isinstance(verdict, Settle):
             return None if verdict.ack is None else decode(verdict.ack, Ack)
         assert isinstance(verdict, Run)
         body = self.handler.execute(verdict.command, incoming)
@@ -83,7 +83,7 @@ class Client:
 
     def release(self, publish: bool = True) -> list[Ack]:
         """One release pass; with ``publish`` the entries are removed as the daemon does."""
-        handed: list[Answer] = []
+        handed: list[Released] = []
         self.handler.release(lambda answer: handed.append(answer) is None)
         if publish:
             for answer in handed:
@@ -410,7 +410,7 @@ def test_a_spooled_command_that_no_longer_verifies_is_refused_on_load(tmp_path: 
     assert (tmp_path / "spool" / (path.name + ".bad")).exists()
     deferrals = Deferrals(guard, reloaded, journal, CLIENT)
     assert deferrals.due()
-    handed: list[Answer] = []
+    handed: list[Released] = []
     config = AgentConfig(client_id=CLIENT, security=security)
     handler = Handler(config, SimulatedBackend(duration=0), journal, deferrals=deferrals)
     handler.release(lambda answer: handed.append(answer) is None)
@@ -460,7 +460,7 @@ def test_a_damaged_journal_entry_does_not_stop_the_release(client: Client) -> No
     client.send(command(2, "SMSAPM32_CLOSE"))
     client.handler.journal.record("cmd-1", b"\xc1 damaged", time.time() + 300)
     client.end_hold()
-    handed: list[Answer] = []
+    handed: list[Released] = []
     client.handler.release(lambda answer: handed.append(answer) is None)
     first, second = handed
     assert (first.entry.command_id, first.ack) == ("cmd-1", b"\xc1 damaged")

@@ -15,7 +15,7 @@ from agent.backends import SignalResult
 from agent.backends.exec import ExecBackend
 from agent.backends.simulated import SimulatedBackend
 from agent.config import AgentConfig
-from agent.handler import Delivery, Handler, Reply, Run
+from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from schemas import Ack, Command, decode, encode
 from schemas.catalog import DEFAULT_CATALOG, Catalog
@@ -85,7 +85,7 @@ def run(handler: Handler, cmd: Command) -> tuple[Delivery, bytes]:
 
 def rejected(handler: Handler, body: bytes, message_id: str | None = "msg-1") -> Ack:
     verdict = handler.admit(delivery(body, message_id))
-    assert isinstance(verdict, Reply)
+    assert isinstance(verdict, Settle)
     assert verdict.dead_letter is True
     assert verdict.ack is not None
     return decode(verdict.ack, Ack)
@@ -150,7 +150,7 @@ def test_a_done_command_is_answered_from_the_journal(tmp_path: Path) -> None:
     handler, record = make_handler(tmp_path)
     _, body = run(handler, command())
     verdict = handler.admit(delivery(encode(command())))
-    assert verdict == Reply(body, dead_letter=False)
+    assert verdict == Settle(body, dead_letter=False)
     assert starts(record) == ["cmd-1"]
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, StormRecord, Writes
+from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, SentMark, StormRecord, Writes
 
 
 def _storm(ledger: Ledger, storm_id: str, clients: list[str]) -> None:
@@ -24,8 +24,8 @@ def _storm(ledger: Ledger, storm_id: str, clients: list[str]) -> None:
     )
 
 
-def _mark(command_id: str, at: float) -> tuple[object, ...]:
-    return ("sent", at, at + 60, at + 0.1, command_id)
+def _mark(command_id: str, at: float) -> SentMark:
+    return SentMark("sent", at, at + 60, at + 0.1, command_id)
 
 
 def test_marks_by_row_and_by_id_write_the_same(tmp_path: Path) -> None:

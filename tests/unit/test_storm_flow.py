@@ -12,7 +12,7 @@ import pytest
 
 from broker.publisher import Outcome
 from dispatcher.flow import FlowLimits, Order, StormFlow, Target
-from dispatcher.ledger import Answer, Ledger, LedgerWriter
+from dispatcher.ledger import Ledger, LedgerWriter, StormAnswer
 from dispatcher.progress import StormView, bar
 from dispatcher.storm import Limit, StormOptions, parse_duration, parse_rate, spread_offset
 from schemas.codec import decode
@@ -55,9 +55,9 @@ class Feed:
     """Stands in for the ledger's answers: those the test hands over."""
 
     def __init__(self) -> None:
-        self.acks: list[Answer] = []
+        self.acks: list[StormAnswer] = []
 
-    def drain(self) -> list[Answer]:
+    def drain(self) -> list[StormAnswer]:
         acks, self.acks = self.acks, []
         return acks
 
@@ -76,9 +76,9 @@ def make_flow(
     return flow, feed, writer
 
 
-def ack(command_id: str, status: str = "done") -> Answer:
+def ack(command_id: str, status: str = "done") -> StormAnswer:
     reason = "signal-failed" if status == "failed" else None
-    return Answer(command_id, status, status != "deferred", time.time(), 0.1, reason, None)
+    return StormAnswer(command_id, status, status != "deferred", time.time(), 0.1, reason, None)
 
 
 def test_the_window_holds_unanswered_commands(ledger: Ledger) -> None:
