@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent import guard_cli, preflight, simulate_cli
+from agent import guard_cli, preflight
 from agent.backends import BackendConfigError, make_backend
 from agent.config import AgentConfig, ConfigError, load
 from agent.daemon import Agent
@@ -26,6 +26,7 @@ from broker.connection import explain
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
 from schemas import cli
+from simulator import cli as simulate_cli
 
 PROG = "setevnt-agent"
 

@@ -2,7 +2,7 @@
 
 KB Q174961: clients compared the site's ``CopyListVersion`` with the one stored locally
 (``Sms.ini``) and ran client setup on a difference. Here the agent reports its version in
-every heartbeat and the dispatcher compares (``dispatcher.drift``). The version is either
+every heartbeat and the dispatcher compares (``dispatcher.service.drift``). The version is either
 fixed in the configuration or read from a file the installer writes, at every heartbeat,
 so a rewrite by client setup is reported without restarting the agent. In the file, a
 ``CopyListVersion=V`` line (as in ``Sms.ini``) wins; otherwise its first non-empty line is

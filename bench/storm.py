@@ -33,8 +33,8 @@ planning included).
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
-flight as the storm does (dispatcher.storm.CONFIRM_WINDOW), split over as many channels
-of one connection (dispatcher.storm.CHANNELS): with ~900 broker file
+flight as the storm does (dispatcher.storms.storm.CONFIRM_WINDOW), split over as many channels
+of one connection (dispatcher.storms.storm.CHANNELS): with ~900 broker file
 handles a deeper window over 10,000 queues makes the file-handle cache thrash (raw with
 1,000 in flight collapsed to <100/s here). Prints ONE JSON line.
 """
@@ -66,9 +66,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_process
 from bench.node import own_node
 from broker import topology
-from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, StormRecord
-from dispatcher.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher.storms.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
 from schemas import Command, encode
 
 BIN = Path(sys.executable).parent

@@ -61,7 +61,7 @@ def main() -> int:
             cli = [
                 sys.executable,
                 "-m",
-                "dispatcher.cli",
+                "dispatcher.cli.setevnt",
                 "--client",
                 "BENCH-PC",
                 "CCIM32_STARTCYCLE",
@@ -69,7 +69,7 @@ def main() -> int:
                 "10",
                 "--json",
             ]
-            baseline = [sys.executable, "-c", "import dispatcher.cli"]
+            baseline = [sys.executable, "-c", "import dispatcher.cli.setevnt"]
             walls, acks, starts = [], [], []
             for _ in range(RUNS):
                 starts.append(timed(baseline, env)[0])

@@ -1,7 +1,7 @@
 """The central side of setevnt: publish commands, collect acks, serve metrics."""
 
-from dispatcher.api import Dispatcher, Receipt
-from dispatcher.client import Client, Handle, RequestTimeout
+from dispatcher.api.client import Client, Handle, RequestTimeout
+from dispatcher.api.dispatcher import Dispatcher, Receipt
 from schemas.refusals import RequestRefused
 
 __all__ = ["Client", "Dispatcher", "Handle", "Receipt", "RequestRefused", "RequestTimeout"]

@@ -1,5 +1,5 @@
 import sys
 
-from dispatcher.main import main
+from dispatcher.cli.main import main
 
 sys.exit(main())

@@ -86,7 +86,7 @@ def amqp_url(vhost: str) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def dispatcher_signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Every dispatcher a test starts signs with this key; test agents trust only it."""
-    from dispatcher import keys
+    from dispatcher.access import keys
 
     path = tmp_path_factory.mktemp("keys") / "dispatcher.key"
     keys.generate(path)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dispatcher.ledger_rows import ACK_FINAL
+from dispatcher.store.ledger_rows import ACK_FINAL
 from tests.integration.helpers import records
 
 COLUMNS = ("sent", "confirmed", "acked", "lost", "duplicate executions")

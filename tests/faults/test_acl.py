@@ -20,10 +20,10 @@ from broker import topology
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
-from dispatcher.enroll import enroll, revoke
-from dispatcher.ledger import Ledger
-from dispatcher.registry import SqliteRegistry
-from dispatcher.senders import Senders
+from dispatcher.access.enroll import enroll, revoke
+from dispatcher.service.senders import Senders
+from dispatcher.store.ledger import Ledger
+from dispatcher.store.registry import SqliteRegistry
 from schemas import Heartbeat, encode
 from tests.integration.collecting import collecting
 from tests.integration.helpers import wait_for

@@ -17,7 +17,7 @@ import pytest
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
-from dispatcher.waiter import AckWaiter
+from dispatcher.api.waiter import AckWaiter
 from tests.faults.proxy import Proxy
 from tests.integration.helpers import channel, drain, start_agent
 

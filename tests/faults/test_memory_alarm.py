@@ -27,7 +27,7 @@ from broker.errors import ConnectionLost
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher, keys
-from dispatcher.api import outgoing
+from dispatcher.api.dispatcher import outgoing
 from schemas.messages import Command
 from tests.faults.harness import (
     AckTap,

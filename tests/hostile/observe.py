@@ -23,9 +23,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher.ledger_metrics import IN_FLIGHT, STORM_STATES
-from dispatcher.ledger_rows import Status
-from dispatcher.metrics import PROBE_CLASSES
+from dispatcher.service.ledger_metrics import IN_FLIGHT, STORM_STATES
+from dispatcher.service.metrics import PROBE_CLASSES
+from dispatcher.store.ledger_rows import Status
 from schemas.catalog import DEFAULT_CATALOG
 from schemas.messages import AckStatus, Kind, Reason, RefusalReason, ReplyStatus
 

@@ -31,10 +31,10 @@ from broker import topology
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Client, Dispatcher, RequestRefused
-from dispatcher.client import RequestTimeout
-from dispatcher.enroll import enroll
-from dispatcher.ledger_rows import ACK_FINAL
-from dispatcher.services import enroll_service
+from dispatcher.access.enroll import enroll
+from dispatcher.access.services import enroll_service
+from dispatcher.api.client import RequestTimeout
+from dispatcher.store.ledger_rows import ACK_FINAL
 from tests.conftest import BROKER_HOST, management
 from tests.hostile.observe import Allowance, Snapshot, ledger_rows, read_series, rss_kb
 from tests.integration.fleet import Fleet

@@ -11,13 +11,13 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from broker.settings import BrokerSettings
-from dispatcher.collector import Collector
-from dispatcher.db import DbSettings
-from dispatcher.ledger import Ledger
-from dispatcher.metrics import DispatcherMetrics
-from dispatcher.recorder import Recorder
-from dispatcher.registry import SqliteRegistry
-from dispatcher.senders import Senders
+from dispatcher.service.collector import Collector
+from dispatcher.service.metrics import DispatcherMetrics
+from dispatcher.service.recorder import Recorder
+from dispatcher.service.senders import Senders
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import Ledger
+from dispatcher.store.registry import SqliteRegistry
 
 
 @dataclass(frozen=True)

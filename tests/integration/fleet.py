@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import PUBLIC_KEY_ENV
-from dispatcher import keys
-from dispatcher.db import DbSettings
-from dispatcher.registry import SqliteRegistry
+from dispatcher.access import keys
+from dispatcher.store.db import DbSettings
+from dispatcher.store.registry import SqliteRegistry
 from schemas.messages import Heartbeat
 from tests.integration.helpers import ROOT, Process, records, wait_for
 from tests.integration.monitoring import free_port
@@ -75,7 +75,7 @@ class Fleet:
         return _run([sys.executable, "-m", "dispatcher", *args], self.env, timeout)
 
     def setevnt(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return _run([sys.executable, "-m", "dispatcher.cli", *args], self.env, timeout)
+        return _run([sys.executable, "-m", "dispatcher.cli.setevnt", *args], self.env, timeout)
 
     def storm(self, *args: str) -> tuple[int, dict[str, Any]]:
         """Run a storm to its end; (exit code, its --json outcome)."""

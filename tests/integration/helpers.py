@@ -128,7 +128,7 @@ def start_agent(
 
 def security_toml() -> str:
     """The ``[security]`` table test agents run with: trust the test dispatcher's key."""
-    from dispatcher import keys
+    from dispatcher.access import keys
 
     signer = keys.load()
     assert signer is not None, "the dispatcher_signing_key fixture sets the key file"
@@ -137,7 +137,7 @@ def security_toml() -> str:
 
 def signed(body: bytes) -> dict[str, str]:
     """Signature headers for a command body, as the test dispatcher would send them."""
-    from dispatcher import keys
+    from dispatcher.access import keys
 
     signer = keys.load()
     assert signer is not None

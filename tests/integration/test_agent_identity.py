@@ -20,8 +20,8 @@ import pytest
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
-from dispatcher.agent_config import AgentConfig
-from dispatcher.enroll import enroll
+from dispatcher.access.agent_config import AgentConfig
+from dispatcher.access.enroll import enroll
 from schemas.signing import Signer
 from tests.conftest import management
 from tests.integration.helpers import ROOT, Process, guard_toml

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher import Dispatcher
-from dispatcher.waiter import AckWaiter
+from dispatcher.api.waiter import AckWaiter
 from tests.integration.helpers import ROOT, start_agent, wait_for
 
 pytestmark = pytest.mark.broker

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, StormRecord
-from dispatcher.registry import SqliteRegistry
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher.store.registry import SqliteRegistry
 from schemas.messages import Heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = {
-    "setevnt": "dispatcher.cli",
+    "setevnt": "dispatcher.cli.setevnt",
     "setevnt-dispatcher": "dispatcher",
     "setevnt-agent": "agent",
 }

@@ -76,7 +76,7 @@ def test_commands_sent_outside_storms_reach_the_ledger_through_the_collector(
 ) -> None:
     """`setevnt` from a host without the dispatcher's database: the collector learns of the
     commands before their acks (so the acks find rows) and of the broker's outcome."""
-    from dispatcher.ledger import Ledger
+    from dispatcher.store.ledger import Ledger
 
     with Dispatcher(amqp_url) as dispatcher:
         dispatcher.provision(["PC001"])
@@ -130,7 +130,7 @@ def test_agent_reconnects_after_its_connection_is_closed(
         agent.wait_line("connection lost", timeout=15, after=before)
         agent.wait_line("consuming setevnt.client.PC001", timeout=30, after=before)
         with Dispatcher(amqp_url) as dispatcher:
-            from dispatcher.waiter import AckWaiter
+            from dispatcher.api.waiter import AckWaiter
 
             with AckWaiter(dispatcher.settings, ["PC001"]) as waiter:
                 receipt = dispatcher.trigger(["PC001"], "CQMGR32_STARTCYCLE")[0]

@@ -15,7 +15,7 @@ import yaml
 
 from agent.cli import build_parser as agent_parser
 from dispatcher import Dispatcher
-from dispatcher.main import build_parser as dispatcher_parser
+from dispatcher.cli.main import build_parser as dispatcher_parser
 from tests.conftest import management
 from tests.integration.helpers import ROOT
 from tests.integration.monitoring import Imported

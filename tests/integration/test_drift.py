@@ -19,10 +19,10 @@ import pytest
 
 from broker import topology
 from dispatcher import Dispatcher
-from dispatcher.db import DbSettings
-from dispatcher.drift import CLISETUP_STARTCYCLE, storm_id_for
-from dispatcher.ledger import CommandRecord, Ledger
-from dispatcher.registry import SqliteRegistry
+from dispatcher.service.drift import CLISETUP_STARTCYCLE, storm_id_for
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger
+from dispatcher.store.registry import SqliteRegistry
 from schemas.messages import Heartbeat
 from tests.integration.fleet import Fleet, runs
 from tests.integration.helpers import (

@@ -11,8 +11,8 @@ import pytest
 
 from broker.management import Management
 from broker.settings import BrokerSettings
-from dispatcher.enroll import AGENT_LIMITS, AlreadyEnrolled, enroll
-from dispatcher.services import SERVICE_LIMITS, enroll_service
+from dispatcher.access.enroll import AGENT_LIMITS, AlreadyEnrolled, enroll
+from dispatcher.access.services import SERVICE_LIMITS, enroll_service
 from tests.conftest import management
 
 pytestmark = pytest.mark.broker

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bench.node import Node, own_node
-from dispatcher import keys
+from dispatcher.access import keys
 from tests.conftest import management
 from tests.integration.fleet import Fleet
 from tests.integration.helpers import ROOT, wait_for
@@ -267,7 +267,9 @@ def test_help_names_the_management_default() -> None:
 def test_publishing_without_a_key_is_refused(amqp_url: str, tmp_path: Path) -> None:
     db = tmp_path / "refused.db"
     env = {"SETEVNT_AMQP_URL": amqp_url, "SETEVNT_DB": str(db)}
-    trigger = run("dispatcher.cli", "--client", "PC1", "CCIM32_STARTCYCLE", env=env, key=False)
+    trigger = run(
+        "dispatcher.cli.setevnt", "--client", "PC1", "CCIM32_STARTCYCLE", env=env, key=False
+    )
     refused(trigger, "setevnt (no key)", "setevnt", NO_KEY)
     storm = run("dispatcher", "storm", "CCIM32_STARTCYCLE", "--client", "PC1", env=env, key=False)
     refused(storm, "storm (no key)", "setevnt-dispatcher", NO_KEY)
@@ -284,7 +286,9 @@ def test_publishing_without_a_key_is_refused(amqp_url: str, tmp_path: Path) -> N
         "setevnt-dispatcher",
         f"signing key {junk}: not a key `setevnt-dispatcher keygen` wrote",
     )
-    both = run("dispatcher.cli", "--client", "PC1", "--key", str(junk), "--unsigned", env=env)
+    both = run(
+        "dispatcher.cli.setevnt", "--client", "PC1", "--key", str(junk), "--unsigned", env=env
+    )
     refused(both, "setevnt --key K --unsigned", "setevnt", BOTH)
     assert not db.exists(), "no storm was planned"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher import Client, Dispatcher, RequestRefused
-from dispatcher.waiter import AckWaiter
+from dispatcher.api.waiter import AckWaiter
 from tests.integration.fleet import Fleet
 from tests.integration.helpers import Process, records, start_agent, start_hold, wait_for
 from tests.integration.monitoring import (

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.report_charts import latency_text
+from dispatcher.report.charts import latency_text
 from tests.integration.fleet import Fleet
 from tests.integration.test_storm import ids_file, sim_ids
 

@@ -26,9 +26,9 @@ from broker.errors import BrokerRefused
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Client, Dispatcher, RequestRefused
-from dispatcher.intake import MAX_RECIPIENTS
-from dispatcher.progress import STALE_AFTER
-from dispatcher.services import enroll_service
+from dispatcher.access.services import enroll_service
+from dispatcher.service.intake import MAX_RECIPIENTS
+from dispatcher.storms.progress import STALE_AFTER
 from schemas.codec import MAX_BODY, decode, encode
 from schemas.messages import TriggerReply, TriggerRequest
 from tests.integration.fleet import Fleet, wait_runs

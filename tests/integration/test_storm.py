@@ -13,7 +13,7 @@ import pytest
 
 from broker import topology
 from dispatcher import Dispatcher
-from dispatcher.storm import spread_offset
+from dispatcher.storms.storm import spread_offset
 from tests.integration.fleet import Fleet, runs, starts, storm_id_of, wait_runs
 from tests.integration.helpers import channel, queue_depth, wait_for
 

@@ -65,7 +65,7 @@ def test_trigger_end_to_end_over_tls(tls_node: TlsNode, tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "dispatcher.cli",
+                "dispatcher.cli.setevnt",
                 "--client",
                 "TLS-PC",
                 "cq",

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.broker
 
 def setevnt(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dispatcher.cli", "--url", url, *args],
+        [sys.executable, "-m", "dispatcher.cli.setevnt", "--url", url, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

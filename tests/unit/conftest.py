@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.db import DbSettings
-from dispatcher.ledger import Ledger, StormRecord
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import Ledger, StormRecord
 
 
 @pytest.fixture

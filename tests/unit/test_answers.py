@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import ledger as ledger_module
-from dispatcher.answers import Answers
-from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, StormAnswer, Writes
+from dispatcher.store import ledger as ledger_module
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger, LedgerWriter, StormAnswer, Writes
+from dispatcher.storms.answers import Answers
 from schemas.messages import Ack
 
 

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from agent.cli import build_parser as agent_parser
-from dispatcher.cli import build_parser as setevnt_parser
-from dispatcher.main import build_parser as dispatcher_parser
+from dispatcher.cli.main import build_parser as dispatcher_parser
+from dispatcher.cli.setevnt import build_parser as setevnt_parser
 from schemas import cli
 
 PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from broker.errors import BrokerRefused
-from dispatcher.crew import EXIT_FAILED, EXIT_REFUSED, Crew, Member
+from dispatcher.service.crew import EXIT_FAILED, EXIT_REFUSED, Crew, Member
 
 
 class Worker:

@@ -10,9 +10,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from broker.settings import BrokerSettings, redact
-from dispatcher import db
-from dispatcher.ledger_answers import Answered
-from dispatcher.metrics import DispatcherMetrics
+from dispatcher.service.metrics import DispatcherMetrics
+from dispatcher.store import db
+from dispatcher.store.ledger_answers import Answered
 from schemas.messages import Ack, PublishCount, PublishReport
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from agent.config import ConfigError, load
 from agent.copylist import CopyListVersion
-from dispatcher.db import DbSettings
-from dispatcher.drift import CLISETUP_STARTCYCLE, parse_event, storm_id_for
-from dispatcher.registry import Census, RegistrySettings, SqliteRegistry
-from dispatcher.site import Site
+from dispatcher.service.drift import CLISETUP_STARTCYCLE, parse_event, storm_id_for
+from dispatcher.store.db import DbSettings
+from dispatcher.store.registry import Census, RegistrySettings, SqliteRegistry
+from dispatcher.store.site import Site
 from schemas.messages import Heartbeat
 
 

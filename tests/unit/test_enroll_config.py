@@ -11,8 +11,8 @@ from agent import config_shape
 from agent.backends import BACKENDS as AGENT_BACKENDS
 from broker.management import Management, default_url
 from broker.settings import BrokerSettings
-from dispatcher import agent_config, keys
-from dispatcher.agent_config import AgentConfig
+from dispatcher.access import agent_config, keys
+from dispatcher.access.agent_config import AgentConfig
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 from broker.publisher import Outcome
-from dispatcher.fair_queue import FairQueue, Turn
-from dispatcher.ledger import Ledger
+from dispatcher.service.fair_queue import FairQueue, Turn
+from dispatcher.store.ledger import Ledger
 from tests.unit.test_storm_flow import make_flow
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import storm as storms
-from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher.storms import storm as storms
 
 
 def planned_storm(ledger: Ledger, storm_id: str) -> None:

@@ -5,8 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, LedgerWriter, SentMark, StormRecord, Writes
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import (
+    CommandRecord,
+    Ledger,
+    LedgerWriter,
+    SentMark,
+    StormRecord,
+    Writes,
+)
 
 
 def _storm(ledger: Ledger, storm_id: str, clients: list[str]) -> None:

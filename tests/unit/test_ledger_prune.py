@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.db import DbSettings
-from dispatcher.idempotency import IdempotencyKeys
-from dispatcher.ledger import CommandRecord, Ledger, Pruned, StormRecord
-from dispatcher.main import main
+from dispatcher.cli.main import main
+from dispatcher.store.db import DbSettings
+from dispatcher.store.idempotency import IdempotencyKeys
+from dispatcher.store.ledger import CommandRecord, Ledger, Pruned, StormRecord
 
 NOW = time.time()
 DAY = 86400.0

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.api import Dispatcher
-from dispatcher.main import main
-from dispatcher.policy import Limits, Policy
-from dispatcher.storm import MAX_EXPIRATION, QUEUE_TTL, StormOptions
+from dispatcher.api.dispatcher import Dispatcher
+from dispatcher.cli.main import main
+from dispatcher.service.policy import Limits, Policy
+from dispatcher.storms.storm import MAX_EXPIRATION, QUEUE_TTL, StormOptions
 from schemas.durations import format_duration, parse_duration
 
 

@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from broker.publisher import Outcome, Outgoing
-from dispatcher.flow import FlowLimits, Order, StormFlow, Target
-from dispatcher.ledger import Ledger, LedgerWriter
-from dispatcher.ledger_answers import Answered
-from dispatcher.ledger_metrics import LedgerMetrics
-from dispatcher.metrics import REPORTS_REMEMBERED, TRIGGER_BUCKETS, DispatcherMetrics
-from dispatcher.publish_reports import PublishReports
+from dispatcher.service.ledger_metrics import LedgerMetrics
+from dispatcher.service.metrics import REPORTS_REMEMBERED, TRIGGER_BUCKETS, DispatcherMetrics
+from dispatcher.store.ledger import Ledger, LedgerWriter
+from dispatcher.store.ledger_answers import Answered
+from dispatcher.storms.flow import FlowLimits, Order, StormFlow, Target
+from dispatcher.storms.publish_reports import PublishReports
 from schemas.catalog import DEFAULT_CATALOG
 from schemas.codec import decode
 from schemas.messages import Ack, PublishCount, PublishReport, Reason, RefusalReason

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.main import build_parser, main
+from dispatcher.cli.main import build_parser, main
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dispatcher.db import DbSettings
-from dispatcher.owed import Owed, Recipient
+from dispatcher.store.db import DbSettings
+from dispatcher.store.owed import Owed, Recipient
 
 
 def test_owed_storms_and_their_recipients_outlive_the_process(tmp_path: Path) -> None:

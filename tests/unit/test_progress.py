@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from dispatcher import progress
-from dispatcher.progress import Pacer, StormView
+from dispatcher.storms import progress
+from dispatcher.storms.progress import Pacer, StormView
 
 T0 = 1_700_000_000.0
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import targets
-from dispatcher.db import DatabaseMissing, DbSettings
-from dispatcher.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.db import DatabaseMissing, DbSettings
+from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.storms import targets
 from schemas.messages import Heartbeat
 
 

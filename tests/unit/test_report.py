@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import progress, report
-from dispatcher.db import DbSettings
-from dispatcher.ledger import (
+from dispatcher.report import page as report
+from dispatcher.report.charts import (
+    histogram_svg,
+    latency_bins,
+    latency_text,
+    nice_step,
+    timeline_svg,
+)
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import (
     ClientResult,
     CommandRecord,
     Ledger,
@@ -21,13 +28,7 @@ from dispatcher.ledger import (
     StormFigures,
     StormRecord,
 )
-from dispatcher.report_charts import (
-    histogram_svg,
-    latency_bins,
-    latency_text,
-    nice_step,
-    timeline_svg,
-)
+from dispatcher.storms import progress
 from schemas.messages import Ack
 
 T0 = 1_700_000_000.0

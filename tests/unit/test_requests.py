@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.db import DbSettings
-from dispatcher.idempotency import IdempotencyKeys
-from dispatcher.ledger import Ledger
-from dispatcher.policy import Limits, Policy
-from dispatcher.quotas import Quotas
-from dispatcher.registry import SqliteRegistry
-from dispatcher.requests import Desk, options, summarize
+from dispatcher.service.policy import Limits, Policy
+from dispatcher.service.quotas import Quotas
+from dispatcher.service.requests import Desk, options, summarize
+from dispatcher.store.db import DbSettings
+from dispatcher.store.idempotency import IdempotencyKeys
+from dispatcher.store.ledger import Ledger
+from dispatcher.store.registry import SqliteRegistry
 from schemas.codec import encode
 from schemas.messages import Heartbeat, RefusalReason, TriggerRequest
 from schemas.refusals import RequestRefused

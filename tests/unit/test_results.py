@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import results, tables
-from dispatcher.db import DbSettings
-from dispatcher.ledger import CommandRecord, Ledger, StormRecord
-from dispatcher.main import main
+from dispatcher.cli.main import main
+from dispatcher.report import results, tables
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
 from schemas.messages import Ack
 
 NOW = time.time()  # at collection: a long suite may reach the unit tests much later

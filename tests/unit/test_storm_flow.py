@@ -11,10 +11,10 @@ import time
 import pytest
 
 from broker.publisher import Outcome
-from dispatcher.flow import FlowLimits, Order, StormFlow, Target
-from dispatcher.ledger import Ledger, LedgerWriter, StormAnswer
-from dispatcher.progress import StormView, bar
-from dispatcher.storm import Limit, StormOptions, parse_duration, parse_rate, spread_offset
+from dispatcher.store.ledger import Ledger, LedgerWriter, StormAnswer
+from dispatcher.storms.flow import FlowLimits, Order, StormFlow, Target
+from dispatcher.storms.progress import StormView, bar
+from dispatcher.storms.storm import Limit, StormOptions, parse_duration, parse_rate, spread_offset
 from schemas.codec import decode
 from schemas.messages import Command
 

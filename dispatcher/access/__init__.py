@@ -1,0 +1,1 @@
+"""Who may do what on the broker: client and service users, signing keys, agent configs."""

@@ -1,0 +1,269 @@
+"""The dispatcher library: turn "run this event on these clients" into confirmed commands.
+
+>>> with Dispatcher() as d:
+...     receipts = d.trigger(["PC042"], "CCIM32_STARTCYCLE", silent=True, ttl=600)
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from broker import topology
+from broker.provisioning import provision_clients
+from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
+from broker.settings import BrokerSettings
+from dispatcher.access import keys
+from dispatcher.storms.publish_reports import make_report
+from schemas import DEFAULT_CATALOG, Catalog, Command, ComponentEvent, encode
+from schemas.messages import (
+    MAX_ISSUED,
+    Issued,
+    IssueStatus,
+    Message,
+)
+from schemas.signing import Signer
+from schemas.syntax import resolve_event
+
+DEFAULT_TTL = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What became of one command: ``sent`` (confirmed), ``unroutable`` or ``nacked``."""
+
+    command_id: str
+    client_id: str
+    component: str
+    event: str
+    status: str
+    issued_at: float
+    expires_at: float
+
+    @property
+    def sent(self) -> bool:
+        return self.status == Outcome.SENT
+
+    @property
+    def explanation(self) -> str:
+        if self.status == Outcome.UNROUTABLE:
+            return f"no queue for client {self.client_id}: unknown or not provisioned"
+        if self.status == Outcome.NACKED:
+            return f"the broker refused the command (queue of {self.client_id} full?)"
+        return "sent"
+
+
+def default_requester() -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}"[:128]
+
+
+class Dispatcher:
+    """Publishes commands to client queues with confirms; not thread-safe."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        catalog: Catalog = DEFAULT_CATALOG,
+        window: int = 1000,
+        hooks: PublishHooks | None = None,
+        name: str = "setevnt-dispatcher",
+        signer: Signer | None = None,
+        settings: BrokerSettings | None = None,
+        record: bool = True,
+        signing: keys.Signing | None = None,
+    ) -> None:
+        """``record=False``: the caller keeps the ledger rows of what it sends itself (a
+        storm's remediation); otherwise the service's collector is told (:class:`Issued`).
+        ``signing`` (the key a command line chose) wins over ``signer``."""
+        self.settings = (settings or BrokerSettings.from_env(url)).named(name)
+        self.catalog = catalog
+        self._record = record
+        stamp = signing.stamp() if signing else keys.command_stamp(signer)
+        self._publisher = ConfirmingPublisher(
+            self.settings, window=window, hooks=hooks, stamp=stamp
+        )
+
+    def __enter__(self) -> Dispatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._publisher.close()
+
+    def declare_topology(self) -> None:
+        """Declare the shared exchanges and queues (idempotent)."""
+        topology.declare_all(self.settings)
+
+    def provision(
+        self, client_ids: Iterable[str], limits: topology.QueueLimits | None = None
+    ) -> int:
+        """Create the command queues of newly known clients; returns how many were declared."""
+        ids = list(client_ids)
+        for client_id in ids:
+            topology.client_queue(client_id)  # validate all before declaring any
+        topology.declare_all(self.settings)
+        provision_clients(self.settings, ids, limits)
+        return len(ids)
+
+    def commands(
+        self,
+        client_ids: Sequence[str],
+        events: Sequence[ComponentEvent | str],
+        *,
+        silent: bool = False,
+        ttl: float = DEFAULT_TTL,
+        force: bool = False,
+        requested_by: str | None = None,
+        storm_id: str | None = None,
+        not_before: float | None = None,
+    ) -> list[Command]:
+        """Build (but do not send) one command per client and event, validating all."""
+        if not client_ids:
+            raise ValueError("no target clients given")
+        problem = topology.ttl_problem(ttl)
+        if problem:
+            raise ValueError(f"ttl {ttl:g} s {problem}")
+        resolved = [self._resolve(e) for e in events]
+        now = time.time()
+        requester = requested_by or default_requester()
+        return [
+            Command(
+                command_id=uuid.uuid4().hex,
+                client_id=client_id,
+                component=event.component,
+                event=event.event,
+                silent=silent,
+                issued_at=now,
+                expires_at=now + ttl,
+                requested_by=requester,
+                storm_id=storm_id,
+                not_before=not_before,
+                force=force,
+            )
+            for client_id in client_ids
+            for event in resolved
+        ]
+
+    def send(self, commands: Sequence[Command]) -> list[Receipt]:
+        """Publish commands; each receipt says whether the broker confirmed it.
+
+        The service's collector hears of them first, so that their acks find ledger rows
+        however fast they come, and then of what the broker did with each.
+        """
+        messages = [outgoing(command) for command in commands]
+        if self._record:
+            self._publish_issued(commands, lambda _command: IssueStatus.PLANNED)
+        outcomes = self._publisher.publish(messages)
+        if self._record:
+            self._publish_issued(commands, lambda c: IssueStatus(outcomes[c.command_id].value))
+        receipts = [
+            Receipt(
+                command_id=c.command_id,
+                client_id=c.client_id,
+                component=c.component,
+                event=c.event,
+                status=outcomes[c.command_id].value,
+                issued_at=c.issued_at,
+                expires_at=c.expires_at,
+            )
+            for c in commands
+        ]
+        self._report(receipts)
+        return receipts
+
+    def trigger(
+        self, client_ids: Sequence[str], event: ComponentEvent | str, **options: object
+    ) -> list[Receipt]:
+        """Build and send one command per client for one COMPONENT_EVENT."""
+        return self.send(self.commands(client_ids, [event], **options))  # type: ignore[arg-type]
+
+    def _resolve(self, event: ComponentEvent | str) -> ComponentEvent:
+        if isinstance(event, ComponentEvent):
+            if not self.catalog.has_event(event.component, event.event):
+                return resolve_event(event.name, self.catalog)
+            return event
+        return resolve_event(event, self.catalog)
+
+    def _report(self, receipts: Sequence[Receipt]) -> None:
+        """Tell the collector what was published, so its metrics cover every publisher."""
+        counts = Counter((r.component, r.event, r.status) for r in receipts)
+        if not counts:
+            return
+        report = make_report(self.settings.connection_name, counts)
+        self._publisher.publish([report_message(report, self.settings)])
+
+    def _publish_issued(
+        self, commands: Sequence[Command], status_of: Callable[[Command], IssueStatus]
+    ) -> None:
+        groups: defaultdict[_Group, dict[str, str]] = defaultdict(dict)
+        for c in commands:
+            group = _Group(status_of(c), c.component, c.event, c.issued_at, c.expires_at)
+            groups[group][c.command_id] = c.client_id
+        messages = [
+            report_message(
+                Issued(self.settings.connection_name, *group, commands=chunk), self.settings
+            )
+            for group, ids in groups.items()
+            for chunk in _chunks(ids, MAX_ISSUED)
+        ]
+        self._publisher.publish(messages)
+
+
+class _Group(NamedTuple):
+    """Commands one Issued message can list together."""
+
+    status: str
+    component: str
+    event: str
+    issued_at: float
+    expires_at: float
+
+
+def _chunks(ids: Mapping[str, str], size: int) -> Iterable[dict[str, str]]:
+    items = list(ids.items())
+    for start in range(0, len(items), size):
+        yield dict(items[start : start + size])
+
+
+def report_message(message: Message, settings: BrokerSettings) -> Outgoing:
+    """A message for the collector: the ack exchange, a report key, our broker user (the
+    collector counts reports only from dispatchers' users)."""
+    return Outgoing(
+        key=uuid.uuid4().hex,
+        exchange=topology.ACK_EXCHANGE,
+        routing_key=topology.report_routing_key(settings.connection_name),
+        body=encode(message),
+        message_type=message.WIRE_TYPE,
+        user_id=settings.username,
+    )
+
+
+def outgoing(command: Command) -> Outgoing:
+    """The publication of one command: default exchange, the client's queue, its TTL."""
+    ttl = command.expires_at - command.issued_at
+    return command_message(command.command_id, command.client_id, encode(command), ttl)
+
+
+def command_message(
+    command_id: str, client_id: str, body: bytes, ttl: float, persistent: bool = True
+) -> Outgoing:
+    """:func:`outgoing` of a command already encoded (a storm's, by ``codec.encoding``),
+    expiring ``ttl`` seconds from now; ``persistent=False`` for the fast lane."""
+    return Outgoing(
+        key=command_id,
+        exchange="",  # the default exchange: no binding look-up per client queue
+        routing_key=topology.client_queue(client_id),
+        body=body,
+        message_type=Command.WIRE_TYPE,
+        persistent=persistent,
+        expiration_ms=max(1, int(ttl * 1000)),
+    )

@@ -1,0 +1,1 @@
+"""The command lines: ``setevnt`` and ``setevnt-dispatcher``, parsing and printing only."""

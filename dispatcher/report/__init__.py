@@ -1,0 +1,1 @@
+"""What operators read about storms: results, dead letters, tables, the HTML report."""

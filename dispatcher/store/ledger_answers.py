@@ -1,0 +1,202 @@
+"""What the collector writes to the ledger: its clients' answers and what dispatchers issued.
+
+An ack only ever updates the row of its own command: the one whose command id *and*
+client id it names. It never creates a row, and the row, written by a dispatcher, not the
+ack, says which component, event and storm the command belongs to, so whatever a client
+sends, it can neither grow the ledger nor put names of its choosing into the metrics.
+A row that already holds a final answer keeps it (a redelivered ack changes nothing).
+
+Rows of commands published outside storms come from the dispatchers themselves, through
+:class:`schemas.messages.Issued`: ``planned`` before the commands go out (so their acks
+find the rows), then their broker outcome.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import NamedTuple
+
+from dispatcher.store import db
+from dispatcher.store.ledger_rows import Status
+from schemas.messages import Ack, Issued, IssueStatus
+
+# Statuses an ack may still change. A final answer and the dispatcher's own verdicts on
+# what never reached a queue (unroutable, nacked) stay; an ack proves that a command the
+# dispatcher gave up on (pending-offline, even cancelled) did arrive.
+ANSWERABLE = frozenset(
+    {Status.PLANNED, Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE, Status.CANCELLED}
+)
+
+
+class Ignored(Enum):
+    UNKNOWN = "unknown"  # no command with that id for that client
+    REPEATED = "repeated"  # the command already has that answer, or a final one
+
+
+class Known(NamedTuple):
+    """What the ledger holds about a command an ack names."""
+
+    client_id: str
+    status: str
+    component: str | None
+    event: str | None
+    storm_id: str | None
+    issued_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """An ack the ledger took, with its command's labels as the ledger knows them."""
+
+    ack: Ack
+    component: str
+    event: str
+    storm_id: str | None
+    previous: str  # the command's status before this ack
+    issued_at: float | None  # the dispatcher's, from the row (the ack's echo if unknown)
+    received_at: float
+    latency: float | None  # final acks: the command's issue to the ack's arrival
+
+    @property
+    def final(self) -> bool:
+        return self.ack.final
+
+
+@dataclass
+class Recorded:
+    answered: list[Answered] = field(default_factory=list)
+    unknown: int = 0  # no command with that id for that client: dropped
+    repeated: int = 0  # the command already had that answer or a final one
+
+
+_SELECT = (
+    "SELECT command_id, client_id, status, component, event, storm_id, issued_at "
+    "FROM commands WHERE command_id IN ({})"
+)
+_UPDATE = """
+UPDATE commands SET status = ?, acked_at = ?, latency = ?, reason = ?, detail = ?,
+    exit_code = ?, output = ?, answer_seq = ?
+WHERE command_id = ?
+"""
+
+
+def record_answers(connection: sqlite3.Connection, acks: Sequence[tuple[Ack, float]]) -> Recorded:
+    """Apply acks (each with when it was received) in one transaction, in their order.
+
+    Every batch takes the next number of the answer clock under the write lock, so a
+    storm reading the numbers above the last one it saw gets every answer once.
+    """
+    recorded = Recorded()
+    with db.transaction(connection):
+        known = _known(connection, [ack.command_id for ack, _ in acks])
+        updates = []
+        for ack, received_at in acks:
+            answered = _answer(known, ack, received_at)
+            if answered is Ignored.UNKNOWN:
+                recorded.unknown += 1
+            elif answered is Ignored.REPEATED:
+                recorded.repeated += 1
+            else:
+                recorded.answered.append(answered)
+                updates.append(answered)
+        if updates:
+            (seq,) = connection.execute(
+                "UPDATE answer_clock SET n = n + 1 WHERE id = 1 RETURNING n"
+            ).fetchone()
+            connection.executemany(_UPDATE, [_update_row(a, seq) for a in updates])
+    return recorded
+
+
+def _answer(known: dict[str, Known], ack: Ack, received_at: float) -> Answered | Ignored:
+    row = known.get(ack.command_id)
+    if row is None or row.client_id != ack.client_id:
+        return Ignored.UNKNOWN
+    if row.status not in ANSWERABLE or (row.status == ack.status == Status.DEFERRED):
+        return Ignored.REPEATED
+    issued_at = row.issued_at if row.issued_at is not None else ack.issued_at
+    latency = None
+    if ack.final and issued_at is not None:
+        latency = max(0.0, received_at - issued_at)
+    answered = Answered(
+        ack=ack,
+        component=row.component or "",
+        event=row.event or "",
+        storm_id=row.storm_id,
+        previous=row.status,
+        issued_at=issued_at,
+        received_at=received_at,
+        latency=latency,
+    )
+    known[ack.command_id] = row._replace(status=ack.status)  # a later ack sees this one
+    return answered
+
+
+def _known(connection: sqlite3.Connection, command_ids: list[str]) -> dict[str, Known]:
+    found: dict[str, Known] = {}
+    for chunk in db.chunks(sorted(set(command_ids))):
+        rows = connection.execute(_SELECT.format(",".join("?" * len(chunk))), chunk)
+        for command_id, *rest in rows:
+            found[command_id] = Known(*rest)
+    return found
+
+
+def _update_row(answered: Answered, seq: int) -> tuple[object, ...]:
+    ack = answered.ack
+    final = ack.final
+    return (
+        ack.status,
+        answered.received_at if final else None,
+        answered.latency,
+        ack.reason,
+        ack.detail,
+        ack.exit_code,
+        ack.output,
+        seq,
+        ack.command_id,
+    )
+
+
+_INSERT_PLANNED = """
+INSERT OR IGNORE INTO commands (command_id, client_id, component, event, status,
+                                issued_at, expires_at)
+VALUES (?, ?, ?, ?, 'planned', ?, ?)
+"""
+_OUTCOME = """
+UPDATE commands SET status = ?, sent_at = ? WHERE command_id = ? AND client_id = ?
+    AND status = 'planned'
+"""
+
+
+def record_issued(connection: sqlite3.Connection, issued: Sequence[tuple[Issued, float]]) -> None:
+    """Rows for commands dispatchers issued outside storms: planned ones are added (an
+    existing row is kept), outcomes settle rows still planned (an ack that came first
+    wins)."""
+    with db.transaction(connection):
+        for message, received_at in issued:
+            if message.status == IssueStatus.PLANNED:
+                connection.executemany(
+                    _INSERT_PLANNED,
+                    [
+                        (
+                            cid,
+                            client,
+                            message.component,
+                            message.event,
+                            message.issued_at,
+                            message.expires_at,
+                        )
+                        for cid, client in message.commands.items()
+                    ],
+                )
+            else:
+                sent_at = received_at if message.status == IssueStatus.SENT else None
+                connection.executemany(
+                    _OUTCOME,
+                    [
+                        (message.status, sent_at, cid, client)
+                        for cid, client in message.commands.items()
+                    ],
+                )

@@ -1,0 +1,1 @@
+"""Cycle storms: plan, pace, publish and follow one event at many clients."""
