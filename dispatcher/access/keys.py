@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,24 +60,6 @@ class Signing:
 
     def stamp(self) -> Stamp | None:
         return command_stamp(self.signer) if self.signer is not None else None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--key`` and ``--unsigned``, for every command that publishes commands."""
-    parser.add_argument(
-        "--key",
-        metavar="PATH",
-        help=f"the signing key `keygen` wrote (default: ${KEY_FILE_ENV}; required)",
-    )
-    parser.add_argument(
-        "--unsigned",
-        action="store_true",
-        help="send commands unsigned (only agents with allow_unsigned = true run them)",
-    )
-
-
-def from_arguments(args: argparse.Namespace) -> Signing:
-    return choose(args.key, args.unsigned)
 
 
 def choose(

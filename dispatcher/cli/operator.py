@@ -31,15 +31,15 @@ from typing import Any, TypeVar
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
-from dispatcher.cli import prune
-from dispatcher.report import dead, results
+from dispatcher.cli import dead, key_options, prune, results, targets
 from dispatcher.report import page as report
+from dispatcher.report.results import rejections
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger, StormRecord
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.registry import ClientRecord, RegistrySettings, SqliteRegistry
 from dispatcher.store.site import Site
-from dispatcher.storms import progress, targets
+from dispatcher.storms import progress
 from dispatcher.storms import storm as storms
 from dispatcher.storms.flow import StormFlow
 from schemas.catalog import DEFAULT_CATALOG
@@ -100,12 +100,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     targets.add_arguments(storm)
     results.add_retry_arguments(storm)
     _storm_options(storm)
-    keys.add_arguments(storm)
+    key_options.add_arguments(storm)
     resume = sub.add_parser(
         "resume", parents=[store], help="send what an interrupted storm did not"
     )
     resume.add_argument("storm_id", metavar="STORM_ID", help="the interrupted storm")
-    keys.add_arguments(resume)
+    key_options.add_arguments(resume)
     resume.add_argument("--json", action="store_true", help="print the outcome as JSON")
     cancel = sub.add_parser("cancel", parents=[store], help="stop publishing a storm")
     cancel.add_argument("storm_id", metavar="STORM_ID", help="the running storm")
@@ -261,7 +261,7 @@ def _storm(args: argparse.Namespace) -> int:
     event = resolve_event(name, DEFAULT_CATALOG)
     if args.dry_run:
         return targets.dry_run([event], ids, args.json)
-    signing = keys.from_arguments(args)  # before the storm is planned
+    signing = key_options.from_arguments(args)  # before the storm is planned
     targets.confirm(args, f"{event.name} to {len(ids)} client(s) as a storm", len(ids))
     with _stores(database, args.offline_after) as (registry, ledger):
         storm = storms.plan(ledger, event, ids, options)
@@ -270,7 +270,7 @@ def _storm(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    signing = keys.from_arguments(args)
+    signing = key_options.from_arguments(args)
     database = DbSettings.from_env(args.db)
     with _stores(database, args.offline_after, create=False) as (registry, ledger):
         storm = ledger.storm(args.storm_id)
@@ -317,7 +317,7 @@ def _drive(
     display.done()
     view = _view(ledger, storm.storm_id)
     progress.print_view(view, args.json)
-    rejected = results.rejections(ledger, storm.storm_id)
+    rejected = rejections(ledger, storm.storm_id)
     if rejected:
         print(f"setevnt-dispatcher: error: {rejected}", file=sys.stderr)
     return 0 if view.state == StormState.DONE and view.failed == 0 else 1

@@ -20,14 +20,12 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from dispatcher.access import keys
 from dispatcher.api.dispatcher import DEFAULT_TTL, Dispatcher, Receipt
 from dispatcher.api.waiter import AckWaiter, Answer
-from dispatcher.cli import completion
+from dispatcher.cli import completion, key_options, targets
 from dispatcher.cli.logs import broker_errors, configure
 from dispatcher.report import results, tables
 from dispatcher.store.db import DbSettings
-from dispatcher.storms import targets
 from schemas import cli
 from schemas.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from schemas.syntax import Invocation, parse_invocation
@@ -63,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"until a command expires unread (default {DEFAULT_TTL:g}s)",
     )
     parser.add_argument("--force", action="store_true", help="ask to bypass the agent guard")
-    keys.add_arguments(parser)
+    key_options.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON lines")
     targets.add_safety_options(parser, publishes="publish nothing")
     parser.add_argument(
@@ -87,7 +85,7 @@ def trigger(args: argparse.Namespace) -> int:
     clients = targets.from_command_line(args, DbSettings.from_env(args.db))
     if args.dry_run:
         return targets.dry_run(invocation.events, clients, args.json)
-    signing = keys.from_arguments(args)  # before anything is sent
+    signing = key_options.from_arguments(args)  # before anything is sent
     _check_size(args, invocation, clients)
     with Dispatcher(args.url, name="setevnt-cli", signing=signing) as dispatcher:
         commands = dispatcher.commands(

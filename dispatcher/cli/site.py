@@ -17,7 +17,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from dispatcher.api.dispatcher import default_requester
 from dispatcher.cli.operator import store_options
@@ -27,6 +27,7 @@ from dispatcher.service.drift import (
     parse_event,
     storm_id_for,
 )
+from dispatcher.service.serve import DriftOptions
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.registry import RegistrySettings, SqliteRegistry
@@ -41,14 +42,6 @@ EVENT_ENV = "SETEVNT_UPGRADE_EVENT"
 TTL_ENV = "SETEVNT_UPGRADE_TTL"
 SPREAD_ENV = "SETEVNT_UPGRADE_SPREAD"
 _TRUE = ("1", "true", "yes", "on")
-
-
-@dataclass(frozen=True, slots=True)
-class DriftOptions:
-    """What ``serve`` was told: the version to seed, and how to remediate."""
-
-    seed_version: str | None
-    remediation: RemediationSettings
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:

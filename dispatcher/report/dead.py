@@ -1,4 +1,4 @@
-"""``setevnt.dead``: why each message is in it, and ``setevnt-dispatcher dead`` to list them.
+"""``setevnt.dead``: why each message is in it.
 
 Two kinds of message end up there:
 
@@ -9,84 +9,36 @@ Two kinds of message end up there:
 - **Requests** the intake refused. The intake publishes them here itself, with the
   refusal's reason and detail and the requester in ``x-setevnt-*`` headers, then acks
   the original: a plain reject would leave only ``rejected`` in ``x-death``. A request's
-  body is kept up to :data:`MAX_BODY` bytes. Those headers are believed only on a message
-  that no queue dead-lettered (no ``x-death``): services cannot publish here, while a
+  body is kept up to 64 KiB (``dead_letters.MAX_BODY``). Those headers are believed only on a
+  message that no queue dead-lettered (no ``x-death``): services cannot publish here, while a
   request they sent may carry any header.
 
-``dead`` reads the queue without taking anything off it (:mod:`broker.peek`).
+``setevnt-dispatcher dead`` (:mod:`dispatcher.cli.dead`) reads the queue without taking
+anything off it (:mod:`broker.peek`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from broker import topology
-from broker.errors import BrokerError
-from broker.peek import Peeked, peek
-from broker.session import Incoming, Session
-from broker.settings import BrokerSettings
+from broker.peek import Peeked
 from dispatcher.report import results, tables
-from dispatcher.store.db import DbSettings
+from dispatcher.service.dead_letters import (
+    DETAIL,
+    REFUSAL,
+    REFUSED_AT,
+    REQUESTER,
+    TEXT_MAX,
+)
 from dispatcher.store.ledger import ClientResult, Ledger
-from schemas.messages import ID_PATTERN, TriggerRequest
-from schemas.refusals import RequestRefused
+from schemas.messages import ID_PATTERN
 
 log = logging.getLogger(__name__)
-
-REFUSAL = "x-setevnt-refusal"
-DETAIL = "x-setevnt-detail"
-REQUESTER = "x-setevnt-requester"
-REFUSED_AT = "x-setevnt-refused-at"
-BODY_BYTES = "x-setevnt-body-bytes"  # the request's size, when its body was cut
-MAX_BODY = 64 * 1024
-MAX_LIMIT = 10_000
-TEXT_MAX = 1024
-
-
-# -- the intake's side: a refused request, with why ------------------------------------
-
-
-def refusal_headers(refused: RequestRefused, requester: object, size: int) -> dict[str, object]:
-    headers: dict[str, object] = {
-        REFUSAL: refused.reason.value,
-        DETAIL: refused.detail[:TEXT_MAX],
-        REFUSED_AT: int(time.time()),
-    }
-    if isinstance(requester, str):
-        headers[REQUESTER] = requester
-    if size > MAX_BODY:
-        headers[BODY_BYTES] = size
-    return headers
-
-
-def dead_letter_refused(session: Session, incoming: Incoming, refused: RequestRefused) -> None:
-    """Put a refused request in ``setevnt.dead`` with why, then ack it; if that publish
-    fails, reject it into the dead letters without its reason rather than lose it."""
-    message_id = incoming.message_id if isinstance(incoming.message_id, str) else None
-    try:
-        session.publish(
-            topology.DEAD_EXCHANGE,
-            "",
-            incoming.body[:MAX_BODY],
-            message_type=TriggerRequest.WIRE_TYPE,
-            message_id=message_id,
-            headers=refusal_headers(refused, incoming.user_id, len(incoming.body)),
-        )
-    except BrokerError as exc:
-        log.warning("refused request dead-lettered without its reason: %s", exc)
-        session.settle(incoming.delivery_tag, dead_letter=True)
-        return
-    session.settle(incoming.delivery_tag)
-
-
-# -- reading the queue -----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,54 +124,6 @@ def _time(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**40:
         return float(value)
     return None
-
-
-# -- setevnt-dispatcher dead -----------------------------------------------------------
-
-
-def add_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], store: argparse.ArgumentParser
-) -> None:
-    dead = sub.add_parser(
-        "dead", parents=[store], help="what is in setevnt.dead and why (nothing is taken off)"
-    )
-    dead.add_argument(
-        "--limit", type=_limit, default=50, metavar="N", help="the first N messages (default 50)"
-    )
-    dead.add_argument("--json", action="store_true", help="one JSON object per message")
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text[:20]!r}: a count from 1 to {MAX_LIMIT}")
-    return value
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = BrokerSettings.from_env(args.url).named("setevnt-dead")
-    found = peek(settings, topology.DEAD_QUEUE, args.limit)
-    database = DbSettings.from_env(args.db)
-    now = time.time()
-    ledger = Ledger(database, create=False) if database.exists else None
-    try:
-        shown = [explain(n, m, ledger, now) for n, m in enumerate(found.messages, 1)]
-    finally:
-        if ledger is not None:
-            ledger.close()
-    if args.json:
-        tables.write(json.dumps(as_json(m), sort_keys=True) for m in shown)
-        return 0
-    print(
-        f"{topology.DEAD_QUEUE}: {found.depth} message(s)"
-        + (f"; the first {len(shown)}, left where they are:" if shown else "")
-    )
-    if shown:
-        tables.write(table(shown, tables.terminal_width(sys.stdout)))
-    return 0
 
 
 def as_json(message: DeadMessage) -> dict[str, Any]:

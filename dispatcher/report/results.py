@@ -1,4 +1,4 @@
-"""``setevnt-dispatcher results STORM_ID|COMMAND_ID``: what each client answered, and why.
+"""What each client answered to a storm, and why: rows for ``results`` and ``--retry-from``.
 
 One row per client: its command's status, the agent's reason and detail, the
 component's exit code and the end of its output, and the trigger latency. A table for
@@ -11,9 +11,6 @@ these rows name.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -24,7 +21,6 @@ from dispatcher.report import tables
 from dispatcher.report.charts import latency_text, status_order
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import ClientResult, Ledger, Status, StormRecord
-from dispatcher.storms import targets
 
 ALIASES = {"pending": frozenset({Status.SENT.value, Status.PENDING_OFFLINE.value})}
 STATUS_WORDS = (*(s.value for s in Status), *ALIASES)
@@ -33,8 +29,8 @@ DETAIL_SHOWN = 100  # characters of a detail in the table; --json has it whole
 OUTPUT_SHOWN = 80  # the last characters of the output in the table
 
 
-def status_filter(text: str) -> frozenset[str]:
-    """``failed,expired`` -> those statuses (an argparse type)."""
+def parse_statuses(text: str) -> frozenset[str]:
+    """``failed,expired`` -> those statuses; ``pending`` stands for its two."""
     chosen: set[str] = set()
     for word in (w.strip() for w in text.split(",") if w.strip()):
         if word in ALIASES:
@@ -42,44 +38,16 @@ def status_filter(text: str) -> frozenset[str]:
         elif word in STATUS_WORDS:
             chosen.add(word)
         else:
-            raise argparse.ArgumentTypeError(
-                f"{word[:40]!r} is not a status (one of {', '.join(STATUS_WORDS)})"
-            )
+            raise ValueError(f"{word[:40]!r} is not a status (one of {', '.join(STATUS_WORDS)})")
     if not chosen:
-        raise argparse.ArgumentTypeError("give at least one status, e.g. failed,expired")
+        raise ValueError("give at least one status, e.g. failed,expired")
     return frozenset(chosen)
 
 
-def add_command(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], store: argparse.ArgumentParser
-) -> None:
-    results = sub.add_parser(
-        "results", parents=[store], help="what each client answered to a storm, and why"
-    )
-    results.add_argument("id", metavar="STORM_ID|COMMAND_ID", help="a storm, or one command")
-    results.add_argument(
-        "--status",
-        type=status_filter,
-        metavar="S,S",
-        help="only these statuses, e.g. failed,expired (pending: sent and pending-offline)",
-    )
-    results.add_argument("--json", action="store_true", help="one JSON object per client")
-
-
-def run(args: argparse.Namespace) -> int:
-    now = time.time()
-    with Ledger(DbSettings.from_env(args.db), create=False) as ledger:
-        rows = _read(ledger, args.id, args.status, now)
-        if args.json:
-            tables.write(json.dumps(as_json(row), sort_keys=True) for row in rows)
-        else:
-            tables.write(table(list(rows), tables.terminal_width(sys.stdout)))
-    return 0
-
-
-def _read(
+def read(
     ledger: Ledger, ident: str, statuses: frozenset[str] | None, now: float
 ) -> Iterator[ClientResult]:
+    """The rows of a storm, or of one command, with only ``statuses`` when given."""
     if ledger.storm(ident) is not None:
         return ledger.results(ident, now, statuses)
     found = ledger.result(ident, now)
@@ -187,41 +155,6 @@ def retry_plan(database: DbSettings, storm_id: str, statuses: frozenset[str]) ->
         listed = ", ".join(sorted(statuses))
         raise ValueError(f"--retry-from: no client of storm {storm_id} is {listed}")
     return Retry(storm, clients)
-
-
-def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
-    retry = parser.add_argument_group("retrying a storm (combines with the targets above)")
-    retry.add_argument(
-        "--retry-from",
-        metavar="STORM_ID",
-        help="the clients of that storm whose command ended with --status",
-    )
-    retry.add_argument(
-        "--status",
-        type=status_filter,
-        metavar="S,S",
-        help="with --retry-from (default failed,expired; pending: sent and pending-offline)",
-    )
-
-
-def storm_targets(args: argparse.Namespace, database: DbSettings) -> tuple[str, list[str]]:
-    """A storm's event and clients: the targets given, and those ``--retry-from`` finds
-    (its event unless another is given)."""
-    if args.retry_from is None:
-        if args.status is not None:
-            raise ValueError("--status goes with --retry-from STORM_ID")
-        if args.event is None:
-            raise ValueError("give the COMPONENT_EVENT to send (e.g. CCIM32_STARTCYCLE)")
-        return args.event, targets.from_command_line(args, database)
-    retry = retry_plan(database, args.retry_from, args.status or RETRY_DEFAULT)
-    chosen = set(retry.clients)
-    if not targets.from_args(args).empty:
-        chosen.update(targets.from_command_line(args, database))
-    print(
-        f"retrying {len(retry.clients)} client(s) of storm {retry.storm.storm_id}",
-        file=sys.stderr,
-    )
-    return args.event or f"{retry.storm.component}_{retry.storm.event}", sorted(chosen)
 
 
 def rejections(ledger: Ledger, storm_id: str) -> str | None:

@@ -37,7 +37,7 @@ from broker.session import Incoming, Session
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
 from dispatcher.access.keys import Signing
-from dispatcher.report.dead import dead_letter_refused
+from dispatcher.service.dead_letters import dead_letter_refused
 from dispatcher.service.fair_queue import FairQueue
 from dispatcher.service.policy import Policy
 from dispatcher.service.requests import Accepted, Desk, settled, summarize

@@ -1,4 +1,4 @@
-"""Which clients a command goes to: ``--client``, ``--group``, ``--all``, ``--clients-file``.
+"""Which clients a command goes to: ids, groups, everyone, and files of ids.
 
 The forms combine (their union is targeted). Groups and ``--all`` are looked up in the
 fleet registry, offline clients included: their commands wait in their queues. Ids
@@ -8,20 +8,13 @@ a queue is reported ``unroutable``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dispatcher.store.db import DbSettings
 from dispatcher.store.registry import Registry, SqliteRegistry
-from schemas import cli
-from schemas.catalog import ComponentEvent
 from schemas.messages import ID_PATTERN
-
-SHOWN_IDS = 10  # the first target ids a dry run prints
 
 
 class TargetError(ValueError):
@@ -52,31 +45,6 @@ class TargetSpec:
         return ", ".join(parts)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("targets (at least one; they combine)")
-    group.add_argument(
-        "--client", action="append", default=[], metavar="ID", help="a client id (repeatable)"
-    )
-    group.add_argument(
-        "--group", action="append", default=[], metavar="G", help="every client in group G"
-    )
-    group.add_argument(
-        "--all", action="store_true", dest="everyone", help="every registered client"
-    )
-    group.add_argument(
-        "--clients-file", metavar="FILE", help="client ids, one per line ('#' comments, '-' stdin)"
-    )
-
-
-def from_args(args: argparse.Namespace) -> TargetSpec:
-    return TargetSpec(
-        clients=tuple(args.client),
-        groups=tuple(args.group),
-        everyone=bool(args.everyone),
-        clients_file=args.clients_file,
-    )
-
-
 def read_clients_file(path: str) -> list[str]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
@@ -93,10 +61,9 @@ def read_clients_file(path: str) -> list[str]:
     return ids
 
 
-def from_command_line(args: argparse.Namespace, database: DbSettings) -> list[str]:
-    """The command line's targets. The registry is read only when they need it, and must
+def lookup(spec: TargetSpec, database: DbSettings) -> list[str]:
+    """The targeted client ids. The registry is read only when they need it, and must
     exist then: a mistyped ``--db`` is an error, not an empty fleet and a new file."""
-    spec = from_args(args)
     if not spec.needs_registry:
         return resolve(spec, None)
     with SqliteRegistry(database, create=False) as registry:
@@ -134,49 +101,3 @@ def _from_registry(spec: TargetSpec, registry: Registry) -> set[str]:
             raise TargetError(f"--group {group}: no registered client is in that group")
         found |= members
     return found
-
-
-# -- safety rails: look before sending, ask before many ----------------------------------
-
-
-def add_safety_options(parser: argparse.ArgumentParser, *, publishes: str) -> None:
-    """``--dry-run``, ``--yes`` and ``--confirm-above``, as ``setevnt`` and storms take them."""
-    parser.add_argument(
-        "--dry-run", action="store_true", help=f"print the target count and first ids; {publishes}"
-    )
-    parser.add_argument(
-        "--yes", action="store_true", help="no confirmation for --all or many targets"
-    )
-    parser.add_argument(
-        "--confirm-above",
-        type=count,
-        default=100,
-        metavar="N",
-        help="ask first (or need --yes) above N targets, and always with --all (default 100)",
-    )
-
-
-def count(text: str) -> int:
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0, 1, 2, ...)")
-    return int(text)
-
-
-def confirm(args: argparse.Namespace, what: str, size: int) -> None:
-    """Ask before ``--all`` or more than ``--confirm-above`` targets (or take ``--yes``)."""
-    if args.everyone or size > args.confirm_above:
-        cli.confirm(f"send {what}?", yes=args.yes, refusal=f"this sends {what}")
-
-
-def dry_run(events: Sequence[ComponentEvent], clients: Sequence[str], as_json: bool) -> int:
-    """What would be sent, to how many, and the first few: nothing is published."""
-    names = [event.name for event in events]
-    shown = list(clients[:SHOWN_IDS])
-    if as_json:
-        row = {"dry_run": True, "events": names, "targets": len(clients), "first": shown}
-        print(json.dumps(row, sort_keys=True))
-        return cli.EXIT_OK
-    more = f", ... ({len(clients) - len(shown)} more)" if len(clients) > len(shown) else ""
-    print(f"dry run: would send {' and '.join(names)} to {len(clients)} client(s)")
-    print(f"  {', '.join(shown)}{more}")
-    return cli.EXIT_OK

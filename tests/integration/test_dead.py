@@ -17,7 +17,7 @@ import pytest
 
 from broker import topology
 from dispatcher import Dispatcher
-from dispatcher.report.dead import REFUSAL
+from dispatcher.service.dead_letters import REFUSAL
 from tests.integration.fleet import Fleet
 from tests.integration.helpers import channel, queue_depth, wait_for
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.cli.main import main
+from dispatcher.cli.results import status_filter
 from dispatcher.report import results, tables
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
@@ -44,8 +45,8 @@ def test_exit_codes_that_look_like_ntstatus_are_also_shown_in_hex(
 
 
 def test_a_status_filter_names_statuses_and_pending() -> None:
-    assert results.status_filter("failed, expired") == {"failed", "expired"}
-    assert results.status_filter("pending,done") == {"sent", "pending-offline", "done"}
+    assert status_filter("failed, expired") == {"failed", "expired"}
+    assert status_filter("pending,done") == {"sent", "pending-offline", "done"}
 
 
 def test_agents_text_becomes_one_printable_line() -> None:

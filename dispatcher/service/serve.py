@@ -1,0 +1,138 @@
+"""The dispatcher service as one process: collector, intake and remediation threads, and
+the metrics endpoint; it runs until a signal or until one of its threads ends."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass
+from types import FrameType
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from broker.settings import BrokerSettings
+from dispatcher.access import keys
+from dispatcher.service.collector import Collector
+from dispatcher.service.crew import Crew, Member
+from dispatcher.service.drift import RemediationSettings, Remediator
+from dispatcher.service.drift_metrics import DriftMetrics
+from dispatcher.service.intake import Intake, IntakeSettings
+from dispatcher.service.ledger_metrics import LedgerMetrics
+from dispatcher.service.metrics import DispatcherMetrics, known_events
+from dispatcher.service.policy import Policy
+from dispatcher.service.recorder import Recorder
+from dispatcher.service.senders import Senders
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import Ledger
+from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.site import Site
+
+log = logging.getLogger("setevnt.dispatcher")
+
+
+@dataclass(frozen=True, slots=True)
+class DriftOptions:
+    """What ``serve`` was told: the version to seed, and how to remediate."""
+
+    seed_version: str | None
+    remediation: RemediationSettings
+
+
+def serve(
+    settings: BrokerSettings,
+    addr: str,
+    port: int,
+    stores: tuple[DbSettings, float] | None = None,
+    *,
+    policy: Policy | None = None,
+    drift: DriftOptions | None = None,
+    signing: keys.Signing | None = None,
+) -> int:
+    registry = CollectorRegistry()
+    signing = signing or keys.Signing.from_env()
+    if signing.signer is None:
+        log.warning("commands go unsigned: only agents with allow_unsigned = true run them")
+    else:
+        log.info(
+            "signing commands with the key whose public key is %s", signing.signer.public_text()
+        )
+    database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
+    drift = drift or DriftOptions(None, RemediationSettings())
+    metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
+    registry.register(LedgerMetrics(database.path))
+    registry.register(DriftMetrics(database.path, offline_after, drift.remediation.event))
+    with (
+        SqliteRegistry(database, RegistrySettings(offline_after)) as fleet,
+        Ledger(database) as ledger,
+    ):
+        _seed_site(database, drift.seed_version)
+        recorder = Recorder(settings, fleet, ledger, metrics, signing=signing)
+        log.info("fleet registry and ledger in %s", database.path)
+        senders = Senders.from_env(settings.username)
+        collector = Collector(settings, metrics, recorder, senders=senders)
+        intake_settings = IntakeSettings(
+            database,
+            policy or Policy.load(),
+            RegistrySettings(offline_after),
+            signing=signing,
+        )
+        crew = [
+            Member("collector", collector.run, collector.stop),
+            _intake(Intake(settings, intake_settings, metrics)),
+        ]
+        remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
+        if remediator is not None:
+            crew.append(Member("remediation", remediator.run, remediator.stop))
+        return _serve(crew, registry, addr, port)
+
+
+def _intake(intake: Intake) -> Member:
+    return Member("intake", intake.run, intake.stop)
+
+
+def _seed_site(database: DbSettings, version: str | None) -> None:
+    """The configured CopyListVersion counts only when none is stored (`site set-version`
+    changes the stored one, which must survive a restart of the service)."""
+    with Site(database) as site:
+        if version is not None and site.seed_copylist_version(version, "serve configuration"):
+            log.info("site CopyListVersion set to %s from the configuration", version)
+        current = site.copylist_version()
+    if current is not None and current.value != version:
+        log.info("site CopyListVersion is %s (set by %s)", current.value, current.set_by)
+
+
+def _remediator(
+    settings: BrokerSettings,
+    database: DbSettings,
+    fleet: RegistrySettings,
+    drift: DriftOptions,
+    metrics: DispatcherMetrics,
+    signing: keys.Signing,
+) -> Remediator | None:
+    if not drift.remediation.enabled:
+        return None
+    remediator = Remediator(
+        settings, database, fleet, drift.remediation, hooks=metrics, signing=signing
+    )
+    log.info("remediating CopyListVersion drift with %s", drift.remediation.event.name)
+    return remediator
+
+
+def _serve(members: list[Member], registry: CollectorRegistry, addr: str, port: int) -> int:
+    """Run the service's threads until a signal, or until one of them ends."""
+    crew = Crew()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        crew.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
+    try:
+        for member in members:
+            crew.start(member)
+        return crew.wait()
+    finally:
+        server.shutdown()
