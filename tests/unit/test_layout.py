@@ -1,0 +1,118 @@
+"""The folders show the architecture: every package is in the README's map, command-line
+parsing stays in the CLI modules, and no two modules import each other, even indirectly."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOP = ("schemas", "broker", "dispatcher", "agent", "simulator")
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for top in TOP:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _imports(path: Path) -> set[str]:
+    """The project modules ``path`` imports at run time (``TYPE_CHECKING`` blocks aside)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for node in ast.walk(stmt)
+    }
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in names if name in MODULES}
+
+
+def test_every_package_is_on_the_readme_map() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `([a-z_/]+)/`", section, flags=re.M))
+    packages = {
+        str(init.parent.relative_to(ROOT))
+        for top in TOP
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    assert packages - listed == set()
+
+
+def test_only_command_line_modules_parse_arguments() -> None:
+    parsing = {name for name, path in MODULES.items() if "argparse" in _imports_any(path)}
+
+    def is_cli(name: str) -> bool:
+        return ".cli." in f"{name}." or name.endswith(("_cli", ".cli"))
+
+    assert {name for name in parsing if not is_cli(name)} == set()
+
+
+def _imports_any(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = {name: _imports(path) - {name} for name, path in MODULES.items()}
+    cycles = [component for component in _components(graph) if len(component) > 1]
+    assert cycles == []
+
+
+def _components(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components (Tarjan): a component of two or more is a cycle."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
