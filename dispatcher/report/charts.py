@@ -13,21 +13,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from dispatcher.store.ledger_rows import Status
+
 # Okabe & Ito's palette: tells statuses apart with every common colour-vision deficiency.
 # Statuses are always named next to their colour too (legend, tables, tooltips).
 STATUS_COLOURS: Mapping[str, str] = {
-    "done": "#009E73",
-    "deferred": "#F0E442",
-    "coalesced": "#56B4E9",
-    "sent": "#0072B2",
-    "pending-offline": "#999999",
-    "failed": "#D55E00",
-    "rejected": "#CC79A7",
-    "expired": "#E69F00",
-    "unroutable": "#000000",
-    "nacked": "#7F3C8D",
-    "cancelled": "#CCCCCC",
-    "planned": "#E8E8E8",
+    Status.DONE: "#009E73",
+    Status.DEFERRED: "#F0E442",
+    Status.COALESCED: "#56B4E9",
+    Status.SENT: "#0072B2",
+    Status.PENDING_OFFLINE: "#999999",
+    Status.FAILED: "#D55E00",
+    Status.REJECTED: "#CC79A7",
+    Status.EXPIRED: "#E69F00",
+    Status.UNROUTABLE: "#000000",
+    Status.NACKED: "#7F3C8D",
+    Status.CANCELLED: "#CCCCCC",
+    Status.PLANNED: "#E8E8E8",
 }
 OTHER_COLOUR = "#666666"
 BAR_COLOUR = "#0072B2"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -33,51 +33,54 @@ from dispatcher.store.ledger import (
     ReasonCount,
     StormRecord,
 )
-from dispatcher.store.ledger_rows import StormState
+from dispatcher.store.ledger_rows import Status, StormState
 from dispatcher.storms import progress
+from schemas.messages import Reason
 
 PERCENTILES = (50, 95, 99)
 FAILED_SHOWN = 100  # clients listed with their reasons; `results` lists them all
 DETAIL_SHOWN = 300
 OUTPUT_SHOWN = 300  # the last characters of a client's output
 
-STATUS_MEANINGS = {
-    "done": "the client ran the event and reported success",
-    "deferred": "the client holds it until a running software distribution ends",
-    "coalesced": "not sent: the same event was still pending for this client",
-    "sent": "published, no answer yet",
-    "pending-offline": "waiting in the client's queue: the client has not taken it",
-    "failed": "the client tried, and the component reported an error",
-    "rejected": "the client refused it (invalid, expired signature, not allowed)",
-    "expired": "its time to live ran out before the client ran it",
-    "unroutable": "the broker has no queue for this client",
-    "nacked": "the broker refused to take it",
-    "cancelled": "never sent: the storm was cancelled or halted first",
-    "planned": "not sent yet",
+STATUS_MEANINGS: Mapping[str, str] = {
+    Status.DONE: "the client ran the event and reported success",
+    Status.DEFERRED: "the client holds it until a running software distribution ends",
+    Status.COALESCED: "not sent: the same event was still pending for this client",
+    Status.SENT: "published, no answer yet",
+    Status.PENDING_OFFLINE: "waiting in the client's queue: the client has not taken it",
+    Status.FAILED: "the client tried, and the component reported an error",
+    Status.REJECTED: "the client refused it (invalid, expired signature, not allowed)",
+    Status.EXPIRED: "its time to live ran out before the client ran it",
+    Status.UNROUTABLE: "the broker has no queue for this client",
+    Status.NACKED: "the broker refused to take it",
+    Status.CANCELLED: "never sent: the storm was cancelled or halted first",
+    Status.PLANNED: "not sent yet",
 }
-REASON_MEANINGS = {
-    "bad-msgpack": "the agent could not decode the command's bytes",
-    "bad-message": "the command was not a valid setevnt command",
-    "unsupported-version": "the command's wire version is newer than the agent",
-    "wrong-client": "the command was addressed to another client",
-    "expired": "its time to live ran out before the client ran it",
-    "unknown-component": "the client does not know this component or event",
-    "wrong-platform": "the component does not run on the client's platform",
-    "not-permitted": "the agent does not allow it (e.g. forced commands)",
-    "signal-failed": "the component was signalled and reported an error",
-    "signal-timeout": "the component did not finish in time",
-    "busy": "a software distribution was running on the client",
-    "coalesced": "the client ran the same event for an earlier command",
-    "bad-signature": "the command's signature did not verify against the agent's key",
-    "clock-skew": "the client's clock is too far behind the dispatcher's",
+REASON_MEANINGS: Mapping[str, str] = {
+    Reason.BAD_MSGPACK: "the agent could not decode the command's bytes",
+    Reason.BAD_MESSAGE: "the command was not a valid setevnt command",
+    Reason.UNSUPPORTED_VERSION: "the command's wire version is newer than the agent",
+    Reason.WRONG_CLIENT: "the command was addressed to another client",
+    Reason.EXPIRED: "its time to live ran out before the client ran it",
+    Reason.UNKNOWN_COMPONENT: "the client does not know this component or event",
+    Reason.WRONG_PLATFORM: "the component does not run on the client's platform",
+    Reason.NOT_PERMITTED: "the agent does not allow it (e.g. forced commands)",
+    Reason.SIGNAL_FAILED: "the component was signalled and reported an error",
+    Reason.SIGNAL_TIMEOUT: "the component did not finish in time",
+    Reason.BUSY: "a software distribution was running on the client",
+    Reason.COALESCED: "the client ran the same event for an earlier command",
+    Reason.BAD_SIGNATURE: "the command's signature did not verify against the agent's key",
+    Reason.CLOCK_SKEW: "the client's clock is too far behind the dispatcher's",
 }
-STATE_MEANINGS = {
-    "running": "still sending commands or waiting for answers",
-    "done": "every command was sent and every answer the storm waits for has come",
-    "halted": "stopped early because too many commands failed (--max-errors)",
-    "cancelled": "stopped by an operator",
-    "failed": "the dispatcher gave up on it (see the reason)",
-    "interrupted": "its dispatcher process stopped; `setevnt-dispatcher resume` sends the rest",
+STATE_MEANINGS: Mapping[str, str] = {
+    StormState.RUNNING: "still sending commands or waiting for answers",
+    StormState.DONE: "every command was sent and every answer the storm waits for has come",
+    StormState.HALTED: "stopped early because too many commands failed (--max-errors)",
+    StormState.CANCELLED: "stopped by an operator",
+    StormState.FAILED: "the dispatcher gave up on it (see the reason)",
+    StormState.INTERRUPTED: (
+        "its dispatcher process stopped; `setevnt-dispatcher resume` sends the rest"
+    ),
 }
 
 CSS = """
@@ -309,7 +312,7 @@ def _reasons(data: StormData) -> str:
 
 def _reason_cell(status: str, reason: str | None) -> str:
     if reason is None:
-        return "no answer" if status == "expired" else "-"
+        return "no answer" if status == Status.EXPIRED else "-"
     meaning = REASON_MEANINGS.get(reason)
     return f"<code>{_e(reason)}</code>" + (f": {_e(meaning)}" if meaning else "")
 

@@ -160,7 +160,7 @@ def retry_plan(database: DbSettings, storm_id: str, statuses: frozenset[str]) ->
 def rejections(ledger: Ledger, storm_id: str) -> str | None:
     """Why agents refused the storm's command, e.g. "5 client(s) rejected the command:
     bad-signature": an unsigned storm must not read as a mere count of failures."""
-    counts = ledger.reasons(storm_id, time.time(), {"rejected"})
+    counts = ledger.reasons(storm_id, time.time(), {Status.REJECTED})
     total = sum(c.commands for c in counts)
     if not total:
         return None
