@@ -40,15 +40,28 @@ def encode(message: Message) -> bytes:
 
 
 def _wire_fields(message: Message) -> dict[str, Any]:
-    body: dict[str, Any] = {"t": message.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
-    for name, spec in field_specs(type(message)).items():
+    cls = type(message)
+    names = _WIRE_NAMES.get(cls) or _wire_names(cls)
+    body: dict[str, Any] = {"t": cls.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
+    for name, nested in names:
         value = getattr(message, name)
         if value is None:
             continue  # absent optional fields are left out, not sent as nil
-        if spec.kind == "counts":
+        if nested:
             value = [dataclasses.asdict(item) for item in value]
         body[name] = value
     return body
+
+
+def _wire_names(cls: type[Message]) -> tuple[tuple[str, bool], ...]:
+    """Each field's name in wire order, and whether it holds dataclasses to flatten."""
+    names = tuple((name, spec.kind == "counts") for name, spec in field_specs(cls).items())
+    _WIRE_NAMES[cls] = names
+    return names
+
+
+# Per class: encode() runs once per command of a storm.
+_WIRE_NAMES: dict[type[Message], tuple[tuple[str, bool], ...]] = {}
 
 
 def encoding(template: M, varying: Sequence[str]) -> Callable[..., bytes]:
