@@ -60,7 +60,7 @@ def _wire_names(cls: type[Message]) -> tuple[tuple[str, bool], ...]:
     return names
 
 
-# Per class: encode() runs once per command of a storm.
+# Derived once per class: encode() runs once per command of a storm.
 _WIRE_NAMES: dict[type[Message], tuple[tuple[str, bool], ...]] = {}
 
 
