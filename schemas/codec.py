@@ -16,6 +16,8 @@ from schemas.messages import (
     Reason,
     check_rule,
     field_rules,
+    field_specs,
+    needed_fields,
 )
 
 MAX_BODY = 64 * 1024
@@ -38,15 +40,28 @@ def encode(message: Message) -> bytes:
 
 
 def _wire_fields(message: Message) -> dict[str, Any]:
-    body: dict[str, Any] = {"t": message.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
-    for name, spec in message.SPEC.items():
+    cls = type(message)
+    names = _WIRE_NAMES.get(cls) or _wire_names(cls)
+    body: dict[str, Any] = {"t": cls.WIRE_TYPE, "v": list(SCHEMA_VERSION)}
+    for name, nested in names:
         value = getattr(message, name)
         if value is None:
             continue  # absent optional fields are left out, not sent as nil
-        if spec.kind == "counts":
+        if nested:
             value = [dataclasses.asdict(item) for item in value]
         body[name] = value
     return body
+
+
+def _wire_names(cls: type[Message]) -> tuple[tuple[str, bool], ...]:
+    """Each field's name in wire order, and whether it holds dataclasses to flatten."""
+    names = tuple((name, spec.kind == "counts") for name, spec in field_specs(cls).items())
+    _WIRE_NAMES[cls] = names
+    return names
+
+
+# Derived once per class: encode() runs once per command of a storm.
+_WIRE_NAMES: dict[type[Message], tuple[tuple[str, bool], ...]] = {}
 
 
 def encoding(template: M, varying: Sequence[str]) -> Callable[..., bytes]:
@@ -63,7 +78,7 @@ def encoding(template: M, varying: Sequence[str]) -> Callable[..., bytes]:
     shared = _wire_fields(template)
     # In wire order, as encode() writes them (msgpack keeps a map's order).
     base = {"t": shared["t"], "v": shared["v"]}
-    for name in cls.SPEC:
+    for name in field_specs(cls):
         if name in varying:
             base[name] = None
         elif name in shared:
@@ -174,18 +189,18 @@ def _check_version(body: dict[str, Any]) -> int:
 
 
 def _fields(cls: type[Message], body: dict[str, Any], newer_minor: bool) -> dict[str, Any]:
-    unknown = set(body) - set(cls.SPEC) - {"t", "v"}
+    specs = field_specs(cls)
+    unknown = set(body) - set(specs) - {"t", "v"}
     if unknown and not newer_minor:
         names = ", ".join(sorted(unknown))
         raise DecodeError(Reason.BAD_MESSAGE, f"unknown fields: {names}"[:200])
     fields: dict[str, Any] = {}
-    for name, spec in cls.SPEC.items():
+    for name, spec in specs.items():
         if name not in body:
             continue
         fields[name] = _from_wire(spec.kind, name, body[name])
-    missing = [n for n, s in cls.SPEC.items() if s.required and n not in fields]
-    # Required fields that the dataclass defaults (flags, lists) may still be absent.
-    missing = [n for n in missing if _no_default(cls, n)]
+    # Fields the dataclass defaults (flags, lists) may be absent though not nullable.
+    missing = [name for name in needed_fields(cls) if name not in fields]
     if missing:
         raise DecodeError(Reason.BAD_MESSAGE, f"missing fields: {', '.join(missing)}")
     return fields
@@ -208,10 +223,3 @@ def _count(name: str, item: Any) -> PublishCount:
         return PublishCount(**item)
     except (TypeError, ValueError) as exc:
         raise DecodeError(Reason.BAD_MESSAGE, f"{name}[]: {exc}") from None
-
-
-def _no_default(cls: type[Message], name: str) -> bool:
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name == name:
-            return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    return True

@@ -1,15 +1,14 @@
 """The JSON Schemas in ``schemas/json/`` as the message definitions imply them.
 
-Every rule a field's :class:`~schemas.messages.Spec` states (type, length, pattern,
-choices, ranges, which fields are required, which are known at each minor) is derived
-here, so the schemas cannot drift from the codec. What a spec cannot say stays in the
-committed schema and is carried over as it is: the prose (titles and descriptions) and
-the rules that span fields (``allOf``, ``anyOf``, ``$defs``).
+Every rule a message field's wire rule (its :class:`~schemas.messages.Spec`) states
+(type, length, pattern, choices, ranges, which fields are required, which are known at
+each minor) is derived here, so the schemas cannot drift from the codec. What a spec
+cannot say stays in the committed schema and is carried over as it is: the prose (titles
+and descriptions) and the rules that span fields (``allOf``, ``anyOf``, ``$defs``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,8 @@ from schemas.messages import (
     STATUS_PATTERN,
     Message,
     Spec,
+    field_specs,
+    needed_fields,
 )
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "json"
@@ -85,21 +86,15 @@ _MESSAGE_RULES: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def message_schema(cls: type[Message], committed: dict[str, Any]) -> dict[str, Any]:
-    """The schema of ``cls``: derived from its specs, with ``committed``'s prose."""
+    """The schema of ``cls``: derived from its fields' wire rules, with ``committed``'s prose."""
     schema = dict(committed)
-    defaulted = {
-        f.name
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    }
-    required = [n for n, s in cls.SPEC.items() if s.required and n not in defaulted]
-    schema["required"] = ["t", "v", *required]
+    schema["required"] = ["t", "v", *needed_fields(cls)]
     old = committed["properties"]
     properties = {
         "t": {"description": old["t"]["description"], "const": cls.WIRE_TYPE},
         "v": _version(old["v"]),
     }
-    for name, spec in cls.SPEC.items():
+    for name, spec in field_specs(cls).items():
         rules = field_schema(spec) | _MESSAGE_RULES.get((cls.WIRE_TYPE, name), {})
         properties[name] = {"description": old[name]["description"], **rules}
     schema["properties"] = properties

@@ -1,9 +1,10 @@
 """Versioned wire messages.
 
 Every message is a frozen dataclass whose constructor validates it, so an invalid
-message can neither be built nor decoded. The field specs below are the single source for
-validation, for the codec and for the JSON Schemas in ``schemas/json/``
-(:mod:`schemas.json_schema` derives them).
+message can neither be built nor decoded. Each field carries its wire rule (a
+:class:`Spec`, through ``field(metadata=wire(...))``), and the fields in their declared
+order are the one definition that validation, the codec (which writes them in that
+order) and the JSON Schemas in ``schemas/json/`` (:mod:`schemas.json_schema`) follow.
 
 Versioning: every message carries ``v = [major, minor]``. A decoder accepts any minor of
 a major it knows; fields it does not know are an error unless the message's minor is
@@ -12,11 +13,13 @@ newer than its own (then they are optional additions from a newer publisher).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 SCHEMA_VERSION = (1, 0)
@@ -116,13 +119,32 @@ class FieldError(ValueError):
         self.field = field_name
 
 
-_ID = Spec("str", pattern=ID_PATTERN)
-_OPT_ID = Spec("str", required=False, pattern=ID_PATTERN)
-_NAME = Spec("str", pattern=NAME_PATTERN, max_len=32)
-_TIME = Spec("time")
-_OPT_TIME = Spec("time", required=False)
-_OPT_SECONDS = Spec("seconds", required=False)
-_TEXT = Spec("str", required=False, max_len=TEXT_MAX)
+_WIRE = "setevnt.wire"  # the field metadata key that holds a field's Spec
+
+
+def wire(spec: Spec) -> Mapping[str, Spec]:
+    """Field metadata giving a message field its wire rule: ``field(metadata=wire(spec))``."""
+    return MappingProxyType({_WIRE: spec})
+
+
+_ID = wire(Spec("str", pattern=ID_PATTERN))
+_OPT_ID = wire(Spec("str", required=False, pattern=ID_PATTERN))
+_NAME = wire(Spec("str", pattern=NAME_PATTERN, max_len=32))
+_OPT_NAME = wire(Spec("str", required=False, pattern=NAME_PATTERN, max_len=32))
+_TIME = wire(Spec("time"))
+_OPT_TIME = wire(Spec("time", required=False))
+_OPT_SECONDS = wire(Spec("seconds", required=False))
+_TEXT = wire(Spec("str", required=False, max_len=TEXT_MAX))
+_BOOL = wire(Spec("bool"))
+_COUNT = wire(Spec("int"))
+_OPT_COUNT = wire(Spec("int", required=False))
+_PUBLISHER = wire(Spec("str", max_len=128))
+_VERSION = wire(Spec("str", max_len=32))
+
+
+def choice(values: Iterable[str], required: bool = True) -> Mapping[str, Spec]:
+    """The metadata of a field that holds one of ``values``."""
+    return wire(Spec("str", required=required, choices=tuple(str(v) for v in values)))
 
 
 def check(spec: Spec, name: str, value: Any) -> None:
@@ -269,9 +291,53 @@ def _accept_str(spec: Spec) -> Accept:
     return lambda value: isinstance(value, str) and len(value) <= limit
 
 
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """What a message class's fields say about its wire form, derived once per class."""
+
+    specs: Mapping[str, Spec]  # in declared order, which is the order on the wire
+    rules: tuple[FieldRule, ...]
+    needed: tuple[str, ...]  # what a body must carry: not nullable and no default
+
+
+_FIELDS: dict[type, _Fields] = {}
+
+
+def _fields_of(cls: type) -> _Fields:
+    found = _FIELDS.get(cls)
+    if found is None:
+        found = _FIELDS[cls] = _derive(cls)
+    return found
+
+
+def _derive(cls: type) -> _Fields:
+    specs: dict[str, Spec] = {}
+    needed: list[str] = []
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(_WIRE)
+        if not isinstance(spec, Spec):
+            raise TypeError(f"{cls.__name__}.{f.name} has no wire rule: field(metadata=wire(...))")
+        specs[f.name] = spec
+        defaulted = f.default is not dataclasses.MISSING
+        if spec.required and not defaulted and f.default_factory is dataclasses.MISSING:
+            needed.append(f.name)
+    rules = tuple((name, spec, _accept(spec)) for name, spec in specs.items())
+    return _Fields(MappingProxyType(specs), rules, tuple(needed))
+
+
+def field_specs(cls: type) -> Mapping[str, Spec]:
+    """Each field's wire rule by name, in wire order, as the fields of ``cls`` declare them."""
+    return _fields_of(cls).specs
+
+
+def needed_fields(cls: type) -> tuple[str, ...]:
+    """The fields a body of ``cls`` must carry: neither nullable nor defaulted."""
+    return _fields_of(cls).needed
+
+
 def field_rules(cls: type[Message], names: Sequence[str]) -> list[FieldRule]:
     """The rules of some fields of ``cls``: for code that checks them one by one."""
-    rules = {rule[0]: rule for rule in _rules(cls)}
+    rules = {rule[0]: rule for rule in _fields_of(cls).rules}
     return [rules[name] for name in names]
 
 
@@ -287,26 +353,17 @@ def check_expiry(issued_at: float, expires_at: float) -> None:
         raise FieldError("expires_at", "expires_at: earlier than issued_at")
 
 
-def _rules(cls: type[Message]) -> tuple[FieldRule, ...]:
-    rules = _RULES.get(cls)
-    if rules is None:
-        rules = _RULES[cls] = tuple((n, s, _accept(s)) for n, s in cls.SPEC.items())
-    return rules
-
-
-_RULES: dict[type[Message], tuple[FieldRule, ...]] = {}
-
-
 class Message:
-    """Base of the wire messages: a type tag and per-field specs."""
+    """Base of the wire messages: a type tag, and fields that carry their wire rules."""
 
     __slots__ = ()
 
     WIRE_TYPE: ClassVar[str]
-    SPEC: ClassVar[dict[str, Spec]]
 
     def __post_init__(self) -> None:
-        for name, spec, accept in _rules(type(self)):
+        cls = type(self)
+        found = _FIELDS.get(cls)
+        for name, spec, accept in (found or _fields_of(cls)).rules:
             value = getattr(self, name)
             if not accept(value):
                 check(spec, name, value)
@@ -321,31 +378,18 @@ class Command(Message):
     """Make one component on one client run one event."""
 
     WIRE_TYPE: ClassVar[str] = "command"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "command_id": _ID,
-        "client_id": _ID,
-        "component": _NAME,
-        "event": _NAME,
-        "silent": Spec("bool"),
-        "issued_at": _TIME,
-        "expires_at": _TIME,
-        "requested_by": Spec("str", max_len=128),
-        "storm_id": _OPT_ID,
-        "not_before": _OPT_TIME,
-        "force": Spec("bool"),
-    }
 
-    command_id: str
-    client_id: str
-    component: str
-    event: str
-    silent: bool
-    issued_at: float
-    expires_at: float
-    requested_by: str
-    storm_id: str | None = None
-    not_before: float | None = None
-    force: bool = False
+    command_id: str = field(metadata=_ID)
+    client_id: str = field(metadata=_ID)
+    component: str = field(metadata=_NAME)
+    event: str = field(metadata=_NAME)
+    silent: bool = field(metadata=_BOOL)
+    issued_at: float = field(metadata=_TIME)
+    expires_at: float = field(metadata=_TIME)
+    requested_by: str = field(metadata=_PUBLISHER)
+    storm_id: str | None = field(default=None, metadata=_OPT_ID)
+    not_before: float | None = field(default=None, metadata=_OPT_TIME)
+    force: bool = field(default=False, metadata=_BOOL)
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
@@ -371,46 +415,31 @@ class Ack(Message):
     """
 
     WIRE_TYPE: ClassVar[str] = "ack"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        # Empty when the command could not be decoded and carried no message id.
-        "command_id": Spec("str", pattern=re.compile(r"^(|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")),
-        "client_id": _ID,
-        "status": Spec("str", choices=tuple(s.value for s in AckStatus)),
-        "component": Spec("str", required=False, pattern=NAME_PATTERN, max_len=32),
-        "event": Spec("str", required=False, pattern=NAME_PATTERN, max_len=32),
-        "issued_at": _OPT_TIME,
-        "storm_id": _OPT_ID,
-        "received_at": _TIME,
-        "started_at": _OPT_TIME,
-        "finished_at": _OPT_TIME,
-        "wait_seconds": _OPT_SECONDS,
-        "run_seconds": _OPT_SECONDS,
-        "total_seconds": _OPT_SECONDS,
-        "reason": Spec("str", required=False, choices=tuple(r.value for r in Reason)),
-        "detail": _TEXT,
-        "exit_code": Spec("int", required=False),
-        "output": Spec("str", required=False, max_len=OUTPUT_MAX),
-        "agent_version": Spec("str", max_len=32),
-    }
 
-    command_id: str
-    client_id: str
-    status: str
-    received_at: float
-    agent_version: str
-    component: str | None = None
-    event: str | None = None
-    issued_at: float | None = None
-    storm_id: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    wait_seconds: float | None = None
-    run_seconds: float | None = None
-    total_seconds: float | None = None
-    reason: str | None = None
-    detail: str | None = None
-    exit_code: int | None = None
-    output: str | None = None
+    # Empty when the command could not be decoded and carried no message id.
+    command_id: str = field(
+        metadata=wire(Spec("str", pattern=re.compile(r"^(|[A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")))
+    )
+    client_id: str = field(metadata=_ID)
+    status: str = field(metadata=choice(AckStatus))
+    # On the wire the optional fields sit between required ones: they are keyword-only.
+    component: str | None = field(default=None, kw_only=True, metadata=_OPT_NAME)
+    event: str | None = field(default=None, kw_only=True, metadata=_OPT_NAME)
+    issued_at: float | None = field(default=None, kw_only=True, metadata=_OPT_TIME)
+    storm_id: str | None = field(default=None, kw_only=True, metadata=_OPT_ID)
+    received_at: float = field(metadata=_TIME)
+    started_at: float | None = field(default=None, kw_only=True, metadata=_OPT_TIME)
+    finished_at: float | None = field(default=None, kw_only=True, metadata=_OPT_TIME)
+    wait_seconds: float | None = field(default=None, kw_only=True, metadata=_OPT_SECONDS)
+    run_seconds: float | None = field(default=None, kw_only=True, metadata=_OPT_SECONDS)
+    total_seconds: float | None = field(default=None, kw_only=True, metadata=_OPT_SECONDS)
+    reason: str | None = field(default=None, kw_only=True, metadata=choice(Reason, required=False))
+    detail: str | None = field(default=None, kw_only=True, metadata=_TEXT)
+    exit_code: int | None = field(default=None, kw_only=True, metadata=_OPT_COUNT)
+    output: str | None = field(
+        default=None, kw_only=True, metadata=wire(Spec("str", required=False, max_len=OUTPUT_MAX))
+    )
+    agent_version: str = field(metadata=_VERSION)
 
     @property
     def final(self) -> bool:
@@ -422,39 +451,32 @@ class Heartbeat(Message):
     """An agent announcing itself (``hello``), staying alive, or leaving (``goodbye``)."""
 
     WIRE_TYPE: ClassVar[str] = "heartbeat"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "client_id": _ID,
-        "kind": Spec("str", choices=tuple(k.value for k in Kind)),
-        "sent_at": _TIME,
-        "platform": Spec("str", choices=("nt", "win9x")),
-        "groups": Spec("strs"),
-        "agent_version": Spec("str", max_len=32),
-        "components": Spec("strmap"),
-        "copylist_version": Spec("str", required=False, max_len=64),
-    }
 
-    client_id: str
-    kind: str
-    sent_at: float
-    platform: str
-    agent_version: str
-    groups: tuple[str, ...] = ()
-    components: dict[str, str] = field(default_factory=dict)
-    copylist_version: str | None = None
+    client_id: str = field(metadata=_ID)
+    kind: str = field(metadata=choice(Kind))
+    sent_at: float = field(metadata=_TIME)
+    platform: str = field(metadata=choice(("nt", "win9x")))
+    # On the wire groups comes before agent_version: the defaulted fields are keyword-only.
+    groups: tuple[str, ...] = field(default=(), kw_only=True, metadata=wire(Spec("strs")))
+    agent_version: str = field(metadata=_VERSION)
+    components: dict[str, str] = field(
+        default_factory=dict, kw_only=True, metadata=wire(Spec("strmap"))
+    )
+    copylist_version: str | None = field(
+        default=None, kw_only=True, metadata=wire(Spec("str", required=False, max_len=64))
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class PublishCount:
-    component: str
-    event: str
-    result: str  # sent | unroutable | nacked
-    count: int
+    component: str = field(metadata=_NAME)
+    event: str = field(metadata=_NAME)
+    result: str = field(metadata=choice(("sent", "unroutable", "nacked")))
+    count: int = field(metadata=_COUNT)
 
     def __post_init__(self) -> None:
-        check(_NAME, "component", self.component)
-        check(_NAME, "event", self.event)
-        check(Spec("str", choices=("sent", "unroutable", "nacked")), "result", self.result)
-        check(Spec("int"), "count", self.count)
+        for name, spec in field_specs(PublishCount).items():
+            check(spec, name, getattr(self, name))
         if self.count < 0:
             raise ValueError("count: must not be negative")
 
@@ -464,15 +486,10 @@ class PublishReport(Message):
     """What a publisher sent in one batch, so the collector's metrics see every publisher."""
 
     WIRE_TYPE: ClassVar[str] = "publish-report"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "publisher": Spec("str", max_len=128),
-        "published_at": _TIME,
-        "counts": Spec("counts"),
-    }
 
-    publisher: str
-    published_at: float
-    counts: tuple[PublishCount, ...]
+    publisher: str = field(metadata=_PUBLISHER)
+    published_at: float = field(metadata=_TIME)
+    counts: tuple[PublishCount, ...] = field(metadata=wire(Spec("counts")))
 
 
 class IssueStatus(StrEnum):
@@ -496,23 +513,14 @@ class Issued(Message):
     """
 
     WIRE_TYPE: ClassVar[str] = "issued"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "publisher": Spec("str", max_len=128),
-        "status": Spec("str", choices=tuple(s.value for s in IssueStatus)),
-        "component": _NAME,
-        "event": _NAME,
-        "issued_at": _TIME,
-        "expires_at": _TIME,
-        "commands": Spec("idmap", max_items=MAX_ISSUED),
-    }
 
-    publisher: str
-    status: str
-    component: str
-    event: str
-    issued_at: float
-    expires_at: float
-    commands: dict[str, str]
+    publisher: str = field(metadata=_PUBLISHER)
+    status: str = field(metadata=choice(IssueStatus))
+    component: str = field(metadata=_NAME)
+    event: str = field(metadata=_NAME)
+    issued_at: float = field(metadata=_TIME)
+    expires_at: float = field(metadata=_TIME)
+    commands: dict[str, str] = field(metadata=wire(Spec("idmap", max_items=MAX_ISSUED)))
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
@@ -526,8 +534,7 @@ class Issued(Message):
 # What a trigger request may ask for, at most (its body is also at most 64 KiB).
 MAX_REQUEST_CLIENTS = 1000
 DEFAULT_REQUEST_TTL = 3600.0
-_EVENT_NAME = Spec("str", pattern=EVENT_NAME_PATTERN, max_len=65)
-_COUNT = Spec("int")
+_EVENT_NAME = wire(Spec("str", pattern=EVENT_NAME_PATTERN, max_len=65))
 
 
 @dataclass(frozen=True, slots=True)
@@ -539,33 +546,21 @@ class TriggerRequest(Message):
     """
 
     WIRE_TYPE: ClassVar[str] = "trigger-request"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "event": _EVENT_NAME,
-        "clients": Spec("strs", max_items=MAX_REQUEST_CLIENTS),
-        "groups": Spec("strs"),
-        "all": Spec("bool"),
-        "silent": Spec("bool"),
-        "force": Spec("bool"),
-        "ttl": _OPT_SECONDS,
-        "rate": Spec("seconds", required=False),
-        "spread": _OPT_SECONDS,
-        "delivery_wait": _OPT_SECONDS,
-        "max_errors": Spec("int", required=False),
-        "idempotency_key": _OPT_ID,
-    }
 
-    event: str
-    clients: tuple[str, ...] = ()
-    groups: tuple[str, ...] = ()
-    all: bool = False
-    silent: bool = False
-    force: bool = False
-    ttl: float | None = None
-    rate: float | None = None
-    spread: float | None = None
-    delivery_wait: float | None = None
-    max_errors: int | None = None
-    idempotency_key: str | None = None
+    event: str = field(metadata=_EVENT_NAME)
+    clients: tuple[str, ...] = field(
+        default=(), metadata=wire(Spec("strs", max_items=MAX_REQUEST_CLIENTS))
+    )
+    groups: tuple[str, ...] = field(default=(), metadata=wire(Spec("strs")))
+    all: bool = field(default=False, metadata=_BOOL)
+    silent: bool = field(default=False, metadata=_BOOL)
+    force: bool = field(default=False, metadata=_BOOL)
+    ttl: float | None = field(default=None, metadata=_OPT_SECONDS)
+    rate: float | None = field(default=None, metadata=_OPT_SECONDS)
+    spread: float | None = field(default=None, metadata=_OPT_SECONDS)
+    delivery_wait: float | None = field(default=None, metadata=_OPT_SECONDS)
+    max_errors: int | None = field(default=None, metadata=_OPT_COUNT)
+    idempotency_key: str | None = field(default=None, metadata=_OPT_ID)
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
@@ -585,25 +580,15 @@ class TriggerReply(Message):
     """The dispatcher's immediate answer to a trigger request: accepted or refused."""
 
     WIRE_TYPE: ClassVar[str] = "trigger-reply"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "status": Spec("str", choices=tuple(s.value for s in ReplyStatus)),
-        "replied_at": _TIME,
-        "storm_id": _OPT_ID,
-        "targets": Spec("int", required=False),
-        "reason": Spec("str", required=False, choices=tuple(r.value for r in RefusalReason)),
-        "detail": _TEXT,
-        "idempotency_key": _OPT_ID,
-        "replayed": Spec("bool"),
-    }
 
-    status: str
-    replied_at: float
-    storm_id: str | None = None
-    targets: int | None = None
-    reason: str | None = None
-    detail: str | None = None
-    idempotency_key: str | None = None
-    replayed: bool = False
+    status: str = field(metadata=choice(ReplyStatus))
+    replied_at: float = field(metadata=_TIME)
+    storm_id: str | None = field(default=None, metadata=_OPT_ID)
+    targets: int | None = field(default=None, metadata=_OPT_COUNT)
+    reason: str | None = field(default=None, metadata=choice(RefusalReason, required=False))
+    detail: str | None = field(default=None, metadata=_TEXT)
+    idempotency_key: str | None = field(default=None, metadata=_OPT_ID)
+    replayed: bool = field(default=False, metadata=_BOOL)
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)
@@ -623,31 +608,18 @@ class TriggerSummary(Message):
     """What became of an accepted request, once every target answered or its command expired."""
 
     WIRE_TYPE: ClassVar[str] = "trigger-summary"
-    SPEC: ClassVar[dict[str, Spec]] = {
-        "storm_id": _ID,
-        "event": _EVENT_NAME,
-        "state": Spec("str", choices=("done", "halted", "cancelled", "failed")),
-        "targets": _COUNT,
-        "published": _COUNT,
-        "counts": Spec("tally"),
-        "finished_at": _TIME,
-        "latency_p50": _OPT_SECONDS,
-        "latency_p95": _OPT_SECONDS,
-        "latency_p99": _OPT_SECONDS,
-        "reason": _TEXT,
-    }
 
-    storm_id: str
-    event: str
-    state: str
-    targets: int
-    published: int
-    counts: dict[str, int]
-    finished_at: float
-    latency_p50: float | None = None
-    latency_p95: float | None = None
-    latency_p99: float | None = None
-    reason: str | None = None
+    storm_id: str = field(metadata=_ID)
+    event: str = field(metadata=_EVENT_NAME)
+    state: str = field(metadata=choice(("done", "halted", "cancelled", "failed")))
+    targets: int = field(metadata=_COUNT)
+    published: int = field(metadata=_COUNT)
+    counts: dict[str, int] = field(metadata=wire(Spec("tally")))
+    finished_at: float = field(metadata=_TIME)
+    latency_p50: float | None = field(default=None, metadata=_OPT_SECONDS)
+    latency_p95: float | None = field(default=None, metadata=_OPT_SECONDS)
+    latency_p99: float | None = field(default=None, metadata=_OPT_SECONDS)
+    reason: str | None = field(default=None, metadata=_TEXT)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {

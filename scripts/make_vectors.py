@@ -38,6 +38,7 @@ from schemas.messages import (  # noqa: E402
     TriggerReply,
     TriggerRequest,
     TriggerSummary,
+    field_specs,
 )
 from schemas.refusals import RequestRefused, read_request  # noqa: E402
 
@@ -109,7 +110,7 @@ def changed(body: Body, **changes: Any) -> Body:
 
 def fields_of(message: Message) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    for name in message.SPEC:
+    for name in field_specs(type(message)):
         value = getattr(message, name)
         if isinstance(value, tuple):
             value = [asdict(item) if isinstance(item, PublishCount) else item for item in value]

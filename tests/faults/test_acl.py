@@ -170,7 +170,17 @@ def test_collector_counts_only_acks_sent_by_their_own_client_for_their_own_comma
             rows_before = _rows(ledger)
 
         def ack(client: str, command_id: str) -> bytes:
-            return encode(Ack(command_id, client, "done", time.time(), "test", "CLISVCL", "CLOSE"))
+            return encode(
+                Ack(
+                    command_id,
+                    client,
+                    "done",
+                    time.time(),
+                    "test",
+                    component="CLISVCL",
+                    event="CLOSE",
+                )
+            )
 
         for body, user_id in (
             (ack(a, "genuine"), a),

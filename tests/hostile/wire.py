@@ -39,6 +39,7 @@ from schemas.messages import (
     TriggerReply,
     TriggerRequest,
     TriggerSummary,
+    field_specs,
 )
 
 T = Any
@@ -185,7 +186,7 @@ def shaped(
     kind = draw(st.sampled_from(kinds))
     command_id = draw(st.uuids()).hex
     body: dict[Any, Any] = msgpack.unpackb(encode(valid(kind, client_id, command_id)))
-    names = [n for n in [*body, *MESSAGE_TYPES[kind].SPEC] if n not in keep]
+    names = [n for n in [*body, *field_specs(MESSAGE_TYPES[kind])] if n not in keep]
     for _ in range(draw(st.integers(0, 3))):
         how = draw(st.sampled_from(["set", "set", "drop", "key", "tag", "version"]))
         name = draw(st.sampled_from(names))

@@ -42,6 +42,7 @@ from schemas.messages import (
     TriggerReply,
     TriggerRequest,
     TriggerSummary,
+    field_specs,
 )
 from schemas.refusals import RequestRefused, read_request
 
@@ -86,7 +87,7 @@ def message_from_fields(cls: type[Message], fields: dict[str, Any]) -> Message:
     """The message a vector's JSON ``fields`` describe."""
     args: dict[str, Any] = {}
     for name, value in fields.items():
-        kind = cls.SPEC[name].kind
+        kind = field_specs(cls)[name].kind
         if kind in ("time", "seconds"):
             value = float(value)
         elif kind == "strs":
@@ -217,7 +218,7 @@ def test_schema_is_draft_2020_12(wire_type: str) -> None:
 def test_schema_mirrors_spec(cls: type[Message]) -> None:
     schema = SCHEMAS[cls.WIRE_TYPE]
     properties = schema["properties"]
-    assert list(properties) == ["t", "v", *cls.SPEC]
+    assert list(properties) == ["t", "v", *field_specs(cls)]
     assert properties["t"]["const"] == cls.WIRE_TYPE
     # Required on the wire: required by the spec and not defaulted by the dataclass.
     defaulted = {
@@ -225,10 +226,10 @@ def test_schema_mirrors_spec(cls: type[Message]) -> None:
         for f in dataclasses.fields(cls)  # type: ignore[arg-type]
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
-    required = [n for n, spec in cls.SPEC.items() if spec.required and n not in defaulted]
+    required = [n for n, spec in field_specs(cls).items() if spec.required and n not in defaulted]
     assert schema["required"] == ["t", "v", *required]
     assert schema["then"]["propertyNames"]["enum"] == list(properties)
-    for name, spec in cls.SPEC.items():
+    for name, spec in field_specs(cls).items():
         prop = properties[name]
         assert prop["description"], name
         nullable = [] if spec.required else ["null"]
@@ -583,7 +584,7 @@ _ANY = st.recursive(
     max_leaves=20,
 )
 _FIELD_NAMES = st.sampled_from(
-    sorted({name for cls in MESSAGE_TYPES.values() for name in cls.SPEC} | {"t", "v"})
+    sorted({name for cls in MESSAGE_TYPES.values() for name in field_specs(cls)} | {"t", "v"})
 )
 
 

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import given, settings
@@ -14,17 +15,26 @@ from hypothesis import strategies as st
 from schemas.messages import (
     LATEST_TIME,
     MESSAGE_TYPES,
+    Ack,
     AckStatus,
+    Heartbeat,
+    Message,
+    PublishCount,
     Spec,
     _accept,
     check,
+    field_specs,
+    needed_fields,
 )
 
 FIELDS = [
     pytest.param(spec, id=f"{cls.WIRE_TYPE}.{name}")
     for cls in MESSAGE_TYPES.values()
-    for name, spec in cls.SPEC.items()
+    for name, spec in field_specs(cls).items()
 ]
+
+COMMAND_SPECS = field_specs(MESSAGE_TYPES["command"])
+ACK_SPECS = field_specs(MESSAGE_TYPES["ack"])
 
 
 class Shade(StrEnum):
@@ -114,14 +124,43 @@ def test_accepts_nothing_that_check_refuses_generated(value: Any) -> None:
 @pytest.mark.parametrize(
     ("spec", "value"),
     [
-        (Spec("str", pattern=MESSAGE_TYPES["command"].SPEC["client_id"].pattern), "PC042"),
-        (MESSAGE_TYPES["command"].SPEC["component"], "CCIM32"),
-        (MESSAGE_TYPES["ack"].SPEC["status"], "done"),
-        (MESSAGE_TYPES["ack"].SPEC["status"], AckStatus.DEFERRED),
-        (MESSAGE_TYPES["command"].SPEC["silent"], False),
-        (MESSAGE_TYPES["command"].SPEC["issued_at"], 1_790_000_000.25),
-        (MESSAGE_TYPES["command"].SPEC["not_before"], None),
+        (Spec("str", pattern=COMMAND_SPECS["client_id"].pattern), "PC042"),
+        (COMMAND_SPECS["component"], "CCIM32"),
+        (ACK_SPECS["status"], "done"),
+        (ACK_SPECS["status"], AckStatus.DEFERRED),
+        (COMMAND_SPECS["silent"], False),
+        (COMMAND_SPECS["issued_at"], 1_790_000_000.25),
+        (COMMAND_SPECS["not_before"], None),
     ],
 )
 def test_usual_values_take_the_fast_path(spec: Spec, value: Any) -> None:
     assert _accept(spec)(value)
+
+
+@pytest.mark.parametrize("cls", [*MESSAGE_TYPES.values(), PublishCount], ids=lambda c: c.__name__)
+def test_every_field_carries_its_wire_rule_in_declared_order(cls: type) -> None:
+    assert list(field_specs(cls)) == [f.name for f in dataclasses.fields(cls)]
+    assert all(spec.required for spec in map(field_specs(cls).__getitem__, needed_fields(cls)))
+
+
+def test_a_field_without_a_wire_rule_is_refused() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Loose(Message):
+        WIRE_TYPE: ClassVar[str] = "loose"
+        name: str
+
+    with pytest.raises(TypeError, match=r"Loose\.name has no wire rule"):
+        field_specs(Loose)
+
+
+def test_required_fields_stay_positional_and_optional_ones_are_named() -> None:
+    ack = Ack("c1", "PC042", "done", 1_700_000_001.5, "1.0.0", component="CCIM32")
+    assert (ack.received_at, ack.agent_version, ack.component) == (
+        1_700_000_001.5,
+        "1.0.0",
+        "CCIM32",
+    )
+    with pytest.raises(TypeError):
+        Ack("c1", "PC042", "done", 1_700_000_001.5, "1.0.0", "CCIM32")  # type: ignore[call-arg]
+    beat = Heartbeat("PC042", "hello", 1_700_000_000.75, "nt", "1.0.0", groups=("lab-7",))
+    assert (beat.agent_version, beat.groups) == ("1.0.0", ("lab-7",))
