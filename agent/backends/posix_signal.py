@@ -13,7 +13,7 @@ from schemas.messages import Command
 
 
 @dataclass(frozen=True, slots=True)
-class Target:
+class SignalTarget:
     pidfile: str
     signum: int
 
@@ -21,7 +21,7 @@ class Target:
 class SignalBackend:
     name = "posix-signal"
 
-    def __init__(self, targets: Mapping[str, Target]) -> None:
+    def __init__(self, targets: Mapping[str, SignalTarget]) -> None:
         self._targets = dict(targets)
 
     @classmethod
@@ -30,7 +30,9 @@ class SignalBackend:
         for event, spec in dict(options.get("events", {})).items():
             if not isinstance(spec, Mapping) or "pidfile" not in spec:
                 raise BackendConfigError(f"signal: {event} needs a pidfile")
-            targets[event] = Target(str(spec["pidfile"]), _signum(str(spec.get("signal", "USR1"))))
+            targets[event] = SignalTarget(
+                str(spec["pidfile"]), _signum(str(spec.get("signal", "USR1")))
+            )
         return cls(targets)
 
     def signal(self, command: Command) -> SignalResult:

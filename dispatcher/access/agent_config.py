@@ -24,7 +24,10 @@ DEFAULT_JOURNAL = "/var/lib/setevnt/journal"
 
 
 @dataclass(frozen=True, slots=True)
-class AgentConfig:
+class EnrolledConfig:
+    """An agent config as `enroll` writes it for a new client (the agent reads it as
+    :class:`agent.config.AgentConfig`)."""
+
     client_id: str
     url: str  # with the client's own broker user and password
     public_key: str | None  # None: the operator chose --unsigned

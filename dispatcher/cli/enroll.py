@@ -121,7 +121,7 @@ def _enroll(args: argparse.Namespace) -> int:
         dispatcher.provision([args.client])  # the agent may not declare its own queue
     enrolled = enroll(settings, management, args.client, rotate=args.rotate)
     signer = signing.signer
-    text = agent_config.AgentConfig(
+    text = agent_config.EnrolledConfig(
         client_id=args.client,
         url=enrolled.agent_url,
         public_key=signer.public_text() if signer else None,

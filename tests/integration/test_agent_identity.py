@@ -20,7 +20,7 @@ import pytest
 from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
-from dispatcher.access.agent_config import AgentConfig
+from dispatcher.access.agent_config import EnrolledConfig
 from dispatcher.access.enroll import enroll
 from schemas.signing import Signer
 from tests.conftest import management
@@ -45,7 +45,7 @@ def enrolled_config(amqp_url: str, client: str, tmp_path: Path) -> tuple[Path, s
     enrolled = enroll(settings, Management.for_broker(settings), client)
     with Dispatcher(amqp_url) as dispatcher:
         dispatcher.provision([client])
-    text = AgentConfig(client, enrolled.agent_url, key).toml()  # exec, no commands yet
+    text = EnrolledConfig(client, enrolled.agent_url, key).toml()  # exec, no commands yet
     text += "\n" + guard_toml(tmp_path, client)  # a private lock, not /run/setevnt's
     path = tmp_path / "agent.toml"
     path.write_text(text, encoding="utf-8")

@@ -12,7 +12,7 @@ from agent.backends import BACKENDS as AGENT_BACKENDS
 from broker.management import Management, default_url
 from broker.settings import BrokerSettings
 from dispatcher.access import agent_config, keys
-from dispatcher.access.agent_config import AgentConfig
+from dispatcher.access.agent_config import EnrolledConfig
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_backend_choices_are_the_agents() -> None:
 @pytest.mark.parametrize("backend", agent_config.BACKENDS)
 def test_every_backend_gives_valid_toml(backend: str) -> None:
     password = 'p"a\\ss#word'  # quoting is tomli-w's job
-    text = AgentConfig("PC042", f"amqp://PC042:{password}@h:5672/%2F", "KEY", backend).toml()
+    text = EnrolledConfig("PC042", f"amqp://PC042:{password}@h:5672/%2F", "KEY", backend).toml()
     config = tomllib.loads(text)
     assert config["broker"]["url"].endswith(f"{password}@h:5672/%2F")
     assert config["backend"]["type"] == backend
@@ -62,7 +62,7 @@ def test_every_backend_gives_valid_toml(backend: str) -> None:
 
 
 def test_exec_commands_are_an_empty_table_with_commented_examples() -> None:
-    text = AgentConfig("PC042", "amqp://u:p@h/%2F", None, "exec", ("CCIM32_CLOSE",)).toml()
+    text = EnrolledConfig("PC042", "amqp://u:p@h/%2F", None, "exec", ("CCIM32_CLOSE",)).toml()
     config = tomllib.loads(text)
     assert config["backend"]["exec"] == {"commands": {}}
     assert config["security"] == {"allow_unsigned": True}
@@ -97,5 +97,5 @@ def test_a_key_is_required_unless_unsigned(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", agent_config.BACKENDS)
 def test_every_backend_passes_the_agents_strict_shape(backend: str) -> None:
-    text = AgentConfig("PC042", "amqp://PC042:pw@h:5672/%2F", "KEY", backend).toml()
+    text = EnrolledConfig("PC042", "amqp://PC042:pw@h:5672/%2F", "KEY", backend).toml()
     assert config_shape.check(tomllib.loads(text))["backend"]["type"] == backend
