@@ -1,11 +1,10 @@
 """Provisioning many client queues at once: declares pipelined over parallel channels.
 
-Declaring a durable queue costs the broker a metadata write; one declare at a time on
-one channel managed ~430 queues/s here, 10,000 queues took 23 s. The broker handles
-channels in parallel, so the declares are spread over ``parallel`` channels of one
-connection without waiting for each reply (~1,800/s here). Still: provision when
-clients enroll, first appear or say hello (an agent's session start), never inside a
-storm.
+Declaring a durable queue costs the broker a metadata write, and one declare at a time
+is slow (docs/performance.md). The broker handles channels in parallel, so the declares
+are spread over ``parallel`` channels of one connection without waiting for each reply.
+Still: provision when clients enroll, first appear or say hello (an agent's session
+start), never inside a storm.
 """
 
 from __future__ import annotations
