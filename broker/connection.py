@@ -67,6 +67,25 @@ def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
         return pika.BlockingConnection(parameters(settings))
 
 
+def open_async(
+    params: pika.URLParameters,
+    *,
+    on_open: Callable[[Any], None],
+    on_open_error: Callable[[Any, BaseException], None],
+    on_closed: Callable[[Any, BaseException], None],
+    ioloop: Any = None,
+) -> pika.SelectConnection:
+    """Start opening an asynchronous connection (on ``ioloop``, else a loop of its own);
+    the callbacks follow on that loop."""
+    return pika.SelectConnection(
+        params,
+        on_open_callback=on_open,
+        on_open_error_callback=on_open_error,
+        on_close_callback=on_closed,
+        custom_ioloop=ioloop,
+    )
+
+
 def translate(exc: BaseException, doing: str = "") -> BrokerError:
     """Map one pika exception to :class:`BrokerRefused` or :class:`ConnectionLost`."""
     error = _translate(exc, doing)
