@@ -86,6 +86,37 @@ def open_async(
     )
 
 
+def message_properties(
+    settings: BrokerSettings,
+    message_type: str,
+    *,
+    persistent: bool = True,
+    message_id: str | None = None,
+    user_id: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    headers: dict[str, object] | None = None,
+    expiration_ms: int | None = None,
+) -> pika.BasicProperties:
+    """A setevnt message's properties, sent by ``settings``' connection.
+
+    ``user_id`` defaults to that connection's user: the broker refuses any other, so a
+    receiver can trust it to name the sender.
+    """
+    return pika.BasicProperties(
+        content_type="application/msgpack",
+        type=message_type,
+        message_id=message_id,
+        delivery_mode=2 if persistent else 1,
+        app_id=settings.connection_name,
+        user_id=user_id if user_id is not None else settings.username,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        headers=headers,
+        expiration=str(expiration_ms) if expiration_ms is not None else None,
+    )
+
+
 def translate(exc: BaseException, doing: str = "") -> BrokerError:
     """Map one pika exception to :class:`BrokerRefused` or :class:`ConnectionLost`."""
     error = _translate(exc, doing)

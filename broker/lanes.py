@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pika
 from pika.adapters.select_connection import IOLoop
 
 from broker import topology
 from broker.confirms import Unconfirmed, read_confirm
-from broker.connection import open_async, parameters, translate
+from broker.connection import message_properties, open_async, parameters, translate
 from broker.errors import BrokerError, BrokerRefused
 from broker.settings import BrokerSettings
 
@@ -144,14 +143,7 @@ class Lane:
         """Publish; ``on_confirm(acked)`` follows the broker's confirm. False when down."""
         if self._publish_ch is None:
             return False
-        properties = pika.BasicProperties(
-            content_type="application/msgpack",
-            type=message_type,
-            delivery_mode=2 if persistent else 1,
-            app_id=self._settings.connection_name,
-            # The broker checks it against the connection's user: receivers trust it.
-            user_id=self._settings.username,
-        )
+        properties = message_properties(self._settings, message_type, persistent=persistent)
         self._publish_ch.basic_publish(exchange, routing_key, body, properties)
         self._confirms.add(on_confirm)
         return True

@@ -11,10 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pika
-
 from broker import topology
-from broker.connection import Incoming, Link, translate_errors
+from broker.connection import Incoming, Link, message_properties, translate_errors
 from broker.settings import BrokerSettings
 
 
@@ -59,15 +57,13 @@ class RequestChannel:
         (406, raised as :class:`broker.BrokerRefused`), which is what makes it trustworthy.
         ``expiration_ms``: a request nobody took by then is dead-lettered, not run late.
         """
-        properties = pika.BasicProperties(
-            content_type="application/msgpack",
-            type=message_type,
-            delivery_mode=2,
+        properties = message_properties(
+            self._settings,
+            message_type,
             correlation_id=correlation_id,
             reply_to=topology.DIRECT_REPLY_TO,
-            user_id=user_id if user_id is not None else self._settings.username,
-            app_id=self._settings.connection_name,
-            expiration=str(expiration_ms) if expiration_ms is not None else None,
+            user_id=user_id,
+            expiration_ms=expiration_ms,
         )
         self._link.publish(
             topology.REQUEST_EXCHANGE,

@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import pika
-
-from broker.connection import Incoming, Link
+from broker.connection import Incoming, Link, message_properties
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
 
@@ -107,13 +105,12 @@ class Session:
         ``user_id`` defaults to this connection's user: the broker checks it, so a
         receiver can trust it to name the sender.
         """
-        properties = pika.BasicProperties(
-            content_type="application/msgpack",
-            type=message_type,
+        properties = message_properties(
+            self._settings,
+            message_type,
+            persistent=persistent,
             message_id=message_id,
-            delivery_mode=2 if persistent else 1,
-            app_id=self._settings.connection_name,
-            user_id=user_id if user_id is not None else self._settings.username,
+            user_id=user_id,
             correlation_id=correlation_id,
             headers=headers,
         )
