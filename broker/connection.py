@@ -244,7 +244,7 @@ class Link:
 
     ``prefetch`` bounds the deliveries not yet settled (None: no bound); ``confirms``
     makes every :meth:`publish` wait for the broker's confirm; ``role`` names the
-    channel in errors (``consuming``, ``publishing``).
+    channel in the errors that say the broker closed it.
     """
 
     def __init__(
@@ -255,7 +255,7 @@ class Link:
         confirms: bool = False,
         role: str = "consuming",
     ) -> None:
-        self.settings = settings
+        self._settings = settings
         self._prefetch = prefetch
         self._confirms = confirms
         self._role = role
@@ -263,12 +263,14 @@ class Link:
         self._channel: Any = None
         self._consumers: dict[str, str] = {}  # consumer tag -> queue
         self._cancelled: str | None = None  # a queue whose consumer the broker cancelled
+        self._settles = False  # a consumer acks its deliveries itself
 
     def open(self, doing: str = "opening a channel") -> None:
         """Connect and open the channel (raises a BrokerError; nothing is left open)."""
         self._cancelled = None
+        self._settles = False
         self._consumers.clear()
-        self._connection = open_blocking(self.settings)
+        self._connection = open_blocking(self._settings)
         try:
             with translate_errors(doing):
                 self._channel = self._connection.channel()
@@ -284,7 +286,7 @@ class Link:
     def close(self) -> None:
         """Close the connection, which may already be dead; a close failure changes nothing."""
         close_quietly(self._connection)
-        self._connection = None
+        self._connection = self._channel = None
 
     def __enter__(self) -> Link:
         self.open()
@@ -311,6 +313,7 @@ class Link:
         with translate_errors(f"consuming {queue}"):
             tag: str = self.channel.basic_consume(queue, deliver, auto_ack=auto_ack)
         self._consumers[tag] = queue
+        self._settles = self._settles or not auto_ack
         return tag
 
     def cancel(self, consumer_tag: str) -> None:
@@ -370,7 +373,7 @@ class Link:
         if self._channel is not None and self._channel.is_closed:
             why = (
                 " (a delivery held past its consumer_timeout, or a settle it refused)"
-                if self._consumers
+                if self._settles
                 else ""
             )
             raise ConnectionLost(f"the broker closed the {self._role} channel{why}")
