@@ -5,7 +5,7 @@ refuses (nack) one tag, or with ``multiple`` every tag up to it, and confirms fo
 different queues arrive in any order. :class:`Unconfirmed` keeps what was published by
 tag and hands back exactly what one confirm settles; :func:`read_confirm` turns pika's
 frame into a :class:`Confirm`. Blocking channels need neither: pika waits for each
-confirm inside ``basic_publish`` (:meth:`broker.connection.Link.publish`).
+confirm inside ``basic_publish`` (:meth:`broker.link.Link.publish`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Consuming on one connection: queues, handlers that see an :class:`Incoming`, settling.
 
 Used by the dispatcher's collector and ack waiter. A consumer is a
-:class:`broker.connection.Link` that declares the shared topology on opening: handlers
-get our own :class:`broker.connection.Incoming`, never a pika object, every pika failure
+:class:`broker.link.Link` that declares the shared topology on opening: handlers
+get our own :class:`broker.link.Incoming`, never a pika object, every pika failure
 leaves as a :class:`broker.errors.BrokerError`, and :meth:`Consumer.pump` raises
 ConnectionLost once the broker closed the channel or cancelled a consumer (a queue
 deleted under it). Everything runs on the thread that calls :meth:`Consumer.pump`.
@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from broker import topology
-from broker.connection import Incoming, Link, translate_errors
+from broker.connection import translate_errors
+from broker.link import Incoming, Link
 from broker.settings import BrokerSettings
 
 Handler = Callable[[Incoming], None]

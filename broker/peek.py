@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.connection import Link, translate_errors
+from broker.connection import translate_errors
+from broker.link import Link
 from broker.settings import BrokerSettings
 
 

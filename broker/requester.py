@@ -2,7 +2,7 @@
 
 Replies come through RabbitMQ's direct reply-to on the same channel the requests are
 published from, so a requester needs no queue of its own and no permission beyond
-writing to the request exchange. The channel is a :class:`broker.connection.Link` with
+writing to the request exchange. The channel is a :class:`broker.link.Link` with
 confirms. Not thread-safe: one thread publishes and pumps.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker import topology
-from broker.connection import Incoming, Link, message_properties, translate_errors
+from broker.connection import message_properties, translate_errors
+from broker.link import Incoming, Link
 from broker.settings import BrokerSettings
 
 

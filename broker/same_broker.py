@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from broker import topology
-from broker.connection import Link, translate_errors
+from broker.connection import translate_errors
+from broker.link import Link
 from broker.management import MANAGEMENT_ENV, Management
 from broker.settings import BrokerSettings
 

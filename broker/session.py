@@ -6,7 +6,7 @@ stall, but deliveries keep flowing and heartbeats on the consuming side keep bei
 answered. Everything runs on the thread that calls :meth:`pump`; workers hand results
 back with :meth:`call_threadsafe`, the only call that is safe from another thread.
 
-Both connections are :class:`broker.connection.Link` s, so a session that can no longer
+Both connections are :class:`broker.link.Link` s, so a session that can no longer
 consume says so: :meth:`pump` raises ConnectionLost when the broker closed a channel (a
 delivery held past its ``consumer_timeout``, a settle it refused) or cancelled the
 consumer (its queue was deleted), and the supervisor builds a new session. A consumer
@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from broker.connection import Incoming, Link, message_properties
+from broker.connection import message_properties
 from broker.errors import BrokerError
+from broker.link import Incoming, Link
 from broker.settings import BrokerSettings
 
 __all__ = ["Incoming", "Session"]

@@ -21,7 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.connection import Link, translate_errors
+from broker.connection import translate_errors
+from broker.link import Link
 from broker.settings import BrokerSettings
 
 CLIENT_QUEUE_PREFIX = "setevnt.client."
