@@ -1,11 +1,18 @@
-"""Opening connections and turning pika's exceptions into setevnt's."""
+"""Opening connections, the properties setevnt's messages carry, and pika's exceptions
+turned into setevnt's.
+
+Every connection of a process is opened here: blocking ones by
+:class:`broker.link.Link` through :func:`open_blocking`, asynchronous ones (the pipelined
+publisher, the simulator's lanes, bulk provisioning) through :func:`open_async`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pika
 import pika.exceptions as pe
@@ -51,6 +58,56 @@ def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
 def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
     with translate_errors(f"connecting to {settings.redacted()}"):
         return pika.BlockingConnection(parameters(settings))
+
+
+def open_async(
+    params: pika.URLParameters,
+    *,
+    on_open: Callable[[Any], None],
+    on_open_error: Callable[[Any, BaseException], None],
+    on_closed: Callable[[Any, BaseException], None],
+    ioloop: Any = None,
+) -> pika.SelectConnection:
+    """Start opening an asynchronous connection (on ``ioloop``, else a loop of its own);
+    the callbacks follow on that loop."""
+    return pika.SelectConnection(
+        params,
+        on_open_callback=on_open,
+        on_open_error_callback=on_open_error,
+        on_close_callback=on_closed,
+        custom_ioloop=ioloop,
+    )
+
+
+def message_properties(
+    settings: BrokerSettings,
+    message_type: str,
+    *,
+    persistent: bool = True,
+    message_id: str | None = None,
+    user_id: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    headers: dict[str, object] | None = None,
+    expiration_ms: int | None = None,
+) -> pika.BasicProperties:
+    """A setevnt message's properties, sent by ``settings``' connection.
+
+    ``user_id`` defaults to that connection's user: the broker refuses any other, so a
+    receiver can trust it to name the sender.
+    """
+    return pika.BasicProperties(
+        content_type="application/msgpack",
+        type=message_type,
+        message_id=message_id,
+        delivery_mode=2 if persistent else 1,
+        app_id=settings.connection_name,
+        user_id=user_id if user_id is not None else settings.username,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        headers=headers,
+        expiration=str(expiration_ms) if expiration_ms is not None else None,
+    )
 
 
 def translate(exc: BaseException, doing: str = "") -> BrokerError:

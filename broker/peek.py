@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.connection import translate_errors
+from broker.link import Link
 from broker.settings import BrokerSettings
 
 
@@ -38,31 +39,22 @@ class Peek:
 def consumers(settings: BrokerSettings, queue: str) -> int:
     """How many consumers ``queue`` has (a queue that does not exist is a
     :class:`broker.errors.BrokerRefused` with code 404)."""
-    connection = open_blocking(settings)
-    try:
-        with translate_errors(f"looking at {queue}"):
-            count: int = (
-                connection.channel().queue_declare(queue, passive=True).method.consumer_count
-            )
-    finally:
-        close_quietly(connection)
+    with Link(settings) as link, translate_errors(f"looking at {queue}"):
+        count: int = link.channel.queue_declare(queue, passive=True).method.consumer_count
     return count
 
 
 def peek(settings: BrokerSettings, queue: str, limit: int) -> Peek:
     """The first ``limit`` messages of ``queue``, left in it (raises a BrokerError; a
     queue that does not exist is a :class:`broker.errors.BrokerRefused` with code 404)."""
-    connection = open_blocking(settings)
-    try:
-        with translate_errors(f"reading {queue}"):
-            channel = connection.channel()
-            depth = channel.queue_declare(queue, passive=True).method.message_count
-            messages = _gets(channel, queue, min(limit, depth))
-            if messages:
-                channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
-            channel.close()
-    finally:
-        close_quietly(connection)  # closing the channel requeues them too
+    # Closing the link requeues them too, if the nack never went out.
+    with Link(settings) as link, translate_errors(f"reading {queue}"):
+        channel = link.channel
+        depth = channel.queue_declare(queue, passive=True).method.message_count
+        messages = _gets(channel, queue, min(limit, depth))
+        if messages:
+            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+        channel.close()
     return Peek(depth=depth, messages=messages)
 
 

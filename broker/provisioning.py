@@ -14,10 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pika
-
 from broker import topology
-from broker.connection import parameters, translate
+from broker.connection import open_async, parameters, translate
 from broker.errors import BrokerError, ConfirmTimeout
 from broker.settings import BrokerSettings
 
@@ -75,11 +73,11 @@ def provision_clients(
     if not ids:
         return
     work = _Provisioning(ids, limits, parallel)
-    work.connection = connection = pika.SelectConnection(
+    work.connection = connection = open_async(
         parameters(settings.named(f"{settings.connection_name} (provisioning)")),
-        on_open_callback=work.on_open,
-        on_open_error_callback=work.on_failed,
-        on_close_callback=work.on_failed,
+        on_open=work.on_open,
+        on_open_error=work.on_failed,
+        on_closed=work.on_failed,
     )
     started = time.monotonic()
 

@@ -40,7 +40,7 @@ import pika.exceptions as pe
 import pika.spec
 import tenacity
 
-from broker.connection import parameters, translate
+from broker.connection import open_async, parameters, translate
 from broker.errors import BrokerError, ConfirmTimeout, ConnectionLost
 from broker.settings import BrokerSettings
 
@@ -415,11 +415,11 @@ class ConfirmingPublisher:
         self._opening_error = None
         self._opening = True
         try:
-            self._connection = pika.SelectConnection(
+            self._connection = open_async(
                 self._params,
-                on_open_callback=self._on_open,
-                on_open_error_callback=self._on_open_error,
-                on_close_callback=self._on_closed,
+                on_open=self._on_open,
+                on_open_error=self._on_open_error,
+                on_closed=self._on_closed,
             )
             self._connection.ioloop.start()  # stops once every channel confirms, or on error
         finally:

@@ -2,21 +2,18 @@
 
 Replies come through RabbitMQ's direct reply-to on the same channel the requests are
 published from, so a requester needs no queue of its own and no permission beyond
-writing to the request exchange. Not thread-safe: one thread publishes and pumps.
+writing to the request exchange. The channel is a :class:`broker.link.Link` with
+confirms. Not thread-safe: one thread publishes and pumps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import pika
-import pika.exceptions as pe
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
-from broker.errors import BrokerRefused
+from broker.connection import message_properties, translate_errors
+from broker.link import Incoming, Link
 from broker.settings import BrokerSettings
 
 
@@ -30,24 +27,21 @@ class RequestChannel:
     def __init__(self, settings: BrokerSettings, on_reply: Callable[[Reply], None]) -> None:
         self._settings = settings
         self._on_reply = on_reply
-        self._connection: pika.BlockingConnection | None = None
-        self._channel: Any = None
+        self._link = Link(settings, confirms=True, role="request")
 
     def open(self) -> None:
-        self._connection = open_blocking(self._settings)
+        doing = "opening the request channel"
+        self._link.open(doing)
         try:
-            with translate_errors("opening the request channel"):
-                self._channel = self._connection.channel()
+            with translate_errors(doing):
                 # Direct reply-to: consume (no-ack, as it requires) before publishing.
-                self._channel.basic_consume(topology.DIRECT_REPLY_TO, self._deliver, auto_ack=True)
-                self._channel.confirm_delivery()
+                self._link.consume(topology.DIRECT_REPLY_TO, self._deliver, auto_ack=True)
         except BaseException:
             self.close()
             raise
 
     def close(self) -> None:
-        close_quietly(self._connection)
-        self._connection = None
+        self._link.close()
 
     def publish(
         self,
@@ -64,36 +58,30 @@ class RequestChannel:
         (406, raised as :class:`broker.BrokerRefused`), which is what makes it trustworthy.
         ``expiration_ms``: a request nobody took by then is dead-lettered, not run late.
         """
-        properties = pika.BasicProperties(
-            content_type="application/msgpack",
-            type=message_type,
-            delivery_mode=2,
+        properties = message_properties(
+            self._settings,
+            message_type,
             correlation_id=correlation_id,
             reply_to=topology.DIRECT_REPLY_TO,
-            user_id=user_id if user_id is not None else self._settings.username,
-            app_id=self._settings.connection_name,
-            expiration=str(expiration_ms) if expiration_ms is not None else None,
+            user_id=user_id,
+            expiration_ms=expiration_ms,
         )
-        with translate_errors(f"publishing to {topology.REQUEST_EXCHANGE}"):
-            try:
-                self._channel.basic_publish(
-                    topology.REQUEST_EXCHANGE, "", body, properties, mandatory=True
-                )
-            except pe.UnroutableError:
-                raise BrokerRefused(
-                    f"{topology.REQUEST_EXCHANGE} has no queue: is the dispatcher's topology "
-                    "declared (setevnt-dispatcher declare)?"
-                ) from None
-            except pe.NackError:
-                raise BrokerRefused(
-                    f"the broker refused the request ({topology.REQUEST_QUEUE} full?)"
-                ) from None
+        self._link.publish(
+            topology.REQUEST_EXCHANGE,
+            "",
+            body,
+            properties,
+            mandatory=True,
+            unroutable=(
+                f"{topology.REQUEST_EXCHANGE} has no queue: is the dispatcher's topology "
+                "declared (setevnt-dispatcher declare)?"
+            ),
+            nacked=f"the broker refused the request ({topology.REQUEST_QUEUE} full?)",
+        )
 
     def pump(self, seconds: float) -> None:
         """Receive replies for up to ``seconds``."""
-        assert self._connection is not None, "open() first"
-        with translate_errors("waiting for replies"):
-            self._connection.process_data_events(time_limit=seconds)
+        self._link.pump(seconds, "waiting for replies")
 
-    def _deliver(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._on_reply(Reply(properties.correlation_id, body))
+    def _deliver(self, message: Incoming) -> None:
+        self._on_reply(Reply(message.correlation_id, message.body))

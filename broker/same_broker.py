@@ -12,7 +12,8 @@ from __future__ import annotations
 import time
 
 from broker import topology
-from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.connection import translate_errors
+from broker.link import Link
 from broker.management import MANAGEMENT_ENV, Management
 from broker.settings import BrokerSettings
 
@@ -29,18 +30,15 @@ def check(settings: BrokerSettings, management: Management, look_for: float = LO
     """Raise :class:`DifferentBroker` unless ``management`` is the API of ``settings``'
     broker; a broker or an API that cannot be reached raises :class:`BrokerError`."""
     name = topology.probe_queue()
-    connection = open_blocking(settings.named("setevnt (same-broker check)"))
-    try:
+    with Link(settings.named("setevnt (same-broker check)")) as link:
         with translate_errors("declaring a probe queue"):
-            connection.channel().queue_declare(name, exclusive=True, auto_delete=True)
+            link.channel.queue_declare(name, exclusive=True, auto_delete=True)
         if not _found(management, settings.vhost, name, look_for):
             raise DifferentBroker(
                 f"the management API at {management.base_url} is not the broker of "
                 f"{settings.redacted()}: pass --management-url (or ${MANAGEMENT_ENV}) "
                 "of that broker"
             )
-    finally:
-        close_quietly(connection)
 
 
 def _found(management: Management, vhost: str, name: str, look_for: float) -> bool:

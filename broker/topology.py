@@ -21,7 +21,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.connection import close_quietly, open_blocking, translate_errors
+from broker.connection import translate_errors
+from broker.link import Link
 from broker.settings import BrokerSettings
 
 CLIENT_QUEUE_PREFIX = "setevnt.client."
@@ -188,12 +189,8 @@ def declare_core(channel: Channel) -> None:
 def declare_all(settings: BrokerSettings, *, doing: str = "declaring the topology") -> None:
     """Open a connection, declare the shared exchanges and queues, close it (raises a
     BrokerError)."""
-    connection = open_blocking(settings)
-    try:
-        with translate_errors(doing):
-            declare_core(connection.channel())
-    finally:
-        close_quietly(connection)
+    with Link(settings) as link, translate_errors(doing):
+        declare_core(link.channel)
 
 
 def declare_client(

@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pika
-import pika.spec
 from pika.adapters.select_connection import IOLoop
 
 from broker import topology
-from broker.connection import parameters, translate
+from broker.confirms import Unconfirmed, read_confirm
+from broker.connection import message_properties, open_async, parameters, translate
 from broker.errors import BrokerError, BrokerRefused
 from broker.settings import BrokerSettings
 
@@ -106,9 +105,7 @@ class Lane:
         self._consume_ch: Any = None
         self._probe_ch: Any = None
         self._publish_ch: Any = None
-        self._confirms: dict[int, Callable[[bool], None] | None] = {}
-        self._next_tag = 0
-        self._lowest = 1
+        self._confirms: Unconfirmed[Callable[[bool], None] | None] = Unconfirmed()
         self._backoff = 0.5
         self._closing = False
         self._restarting = False
@@ -146,17 +143,9 @@ class Lane:
         """Publish; ``on_confirm(acked)`` follows the broker's confirm. False when down."""
         if self._publish_ch is None:
             return False
-        properties = pika.BasicProperties(
-            content_type="application/msgpack",
-            type=message_type,
-            delivery_mode=2 if persistent else 1,
-            app_id=self._settings.connection_name,
-            # The broker checks it against the connection's user: receivers trust it.
-            user_id=self._settings.username,
-        )
+        properties = message_properties(self._settings, message_type, persistent=persistent)
         self._publish_ch.basic_publish(exchange, routing_key, body, properties)
-        self._next_tag += 1
-        self._confirms[self._next_tag] = on_confirm
+        self._confirms.add(on_confirm)
         return True
 
     def answer(
@@ -217,12 +206,12 @@ class Lane:
     # -- connections ------------------------------------------------------------------
 
     def _connect(self, settings: BrokerSettings, on_open: Callable[[Any], None]) -> Any:
-        return pika.SelectConnection(
+        return open_async(
             parameters(settings),
-            on_open_callback=on_open,
-            on_open_error_callback=self._on_connection_lost,
-            on_close_callback=self._on_connection_lost,
-            custom_ioloop=self._loop.ioloop,
+            on_open=on_open,
+            on_open_error=self._on_connection_lost,
+            on_closed=self._on_connection_lost,
+            ioloop=self._loop.ioloop,
         )
 
     def _reset_state(self) -> None:
@@ -230,8 +219,7 @@ class Lane:
         self._probing = None
         self.consuming.clear()
         self._to_probe = deque(self._queues)
-        self._confirms.clear()
-        self._next_tag, self._lowest = 0, 1
+        self._confirms.reset()
 
     def _on_consume_open(self, connection: Any) -> None:
         connection.channel(on_open_callback=self._on_consume_channel)
@@ -373,15 +361,7 @@ class Lane:
         self._on_delivery(self, delivery)
 
     def _on_confirm(self, frame: Any) -> None:
-        method = frame.method
-        acked = not isinstance(method, pika.spec.Basic.Nack)
-        if method.multiple:
-            tags: range | list[int] = range(self._lowest, method.delivery_tag + 1)
-        else:
-            tags = [method.delivery_tag]
-        for tag in tags:
-            callback = self._confirms.pop(tag, None)
+        confirm = read_confirm(frame)
+        for callback in self._confirms.settle(confirm):
             if callback is not None:
-                callback(acked)
-        while self._lowest <= self._next_tag and self._lowest not in self._confirms:
-            self._lowest += 1
+                callback(not confirm.nacked)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pika
 import pytest
 
 from broker import topology
 from broker.consumer import Consumer
+from broker.errors import ConnectionLost
 from broker.peek import consumers
 from broker.session import Incoming
 from broker.settings import BrokerSettings
@@ -75,3 +78,41 @@ def test_private_queue_gets_a_copy_of_what_its_keys_route(amqp_url: str) -> None
         assert [m.body for m in got] == [b"a"]
     # the durable ack queue still has both: the private queue took copies
     assert queue_depth(amqp_url, topology.ACK_QUEUE) == 2
+
+
+def pump_until_lost(consumer: Consumer, timeout: float = 20) -> ConnectionLost:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            consumer.pump(0.2)
+        except ConnectionLost as lost:
+            return lost
+    raise AssertionError(f"pump went on idling for {timeout} s")
+
+
+def test_a_consumer_whose_queue_is_deleted_raises_connection_lost(amqp_url: str) -> None:
+    settings = BrokerSettings.from_env(amqp_url)
+    with Consumer(settings, prefetch=10) as consumer:
+        consumer.open()
+        consumer.consume(topology.FLEET_QUEUE, lambda incoming: None)
+        consumer.pump(0.1)
+        connection, ch = channel(amqp_url)
+        try:
+            ch.queue_delete(topology.FLEET_QUEUE)
+        finally:
+            connection.close()
+        lost = pump_until_lost(consumer)
+    assert f"cancelled the consumer of {topology.FLEET_QUEUE}" in str(lost)
+
+
+def test_a_consumer_whose_channel_the_broker_closes_raises_connection_lost(
+    amqp_url: str,
+) -> None:
+    settings = BrokerSettings.from_env(amqp_url)
+    with Consumer(settings, prefetch=10) as consumer:
+        consumer.open()
+        consumer.consume(topology.FLEET_QUEUE, lambda incoming: None)
+        consumer.pump(0.1)
+        consumer.ack_through(4242)  # an unknown delivery tag: the broker closes the channel
+        lost = pump_until_lost(consumer)
+    assert "closed the consuming channel" in str(lost)
