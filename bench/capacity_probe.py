@@ -6,8 +6,9 @@ processes, file descriptors, sockets and memory from the management API after ea
 step; restarts the node's application (`rabbitmqctl stop_app; start_app`) after each
 step and times the recovery; then opens agents' connections the way
 `broker/session.py` does (one consuming: channel, prefetch, consumer on its client
-queue; one publishing: channel in confirm mode) and reads the node again. Prints one
-JSON line, then the same figures as readable lines.
+queue; one publishing: channel in confirm mode) and reads the node again. Before the
+node starts, it times the ledger's writes for a storm (bench/ledger_rates.py). Prints
+one JSON line, then the same figures as readable lines.
 
     python -m bench.capacity_probe --queues 5000,10000 --agents 1000
 """
@@ -28,6 +29,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from bench.ledger_rates import ledger_rates
 from bench.node import Node, ctl, own_node
 from broker import topology
 from broker.connection import close_quietly, open_blocking
@@ -241,6 +243,13 @@ def readable(result: dict[str, Any]) -> Iterator[str]:
                 f"{_unit_text(unit)}, {unit['sockets_used']} sockets"
             )
         yield f"connections opened per s: {agents['opened_per_s']}"
+    if "ledger" in result:
+        ledger = result["ledger"]
+        yield (
+            f"SQLite ledger, {ledger['commands']} commands: planned {ledger['planned_per_s']}/s, "
+            f"sent marks {ledger['sent_marks_per_s']}/s, answers {ledger['answers_per_s']}/s, "
+            f"{ledger['bytes_per_command']} bytes per command"
+        )
 
 
 def _unit_text(unit: dict[str, float]) -> str:
@@ -257,6 +266,12 @@ def main() -> int:
         "--queues", default="5000,10000", help="cumulative queue counts, comma-separated"
     )
     parser.add_argument(
+        "--ledger",
+        type=int,
+        default=100_000,
+        help="commands for the ledger's write rates (0: skip)",
+    )
+    parser.add_argument(
         "--agents", type=int, default=1000, help="agents to connect (2 connections each)"
     )
     args = parser.parse_args()
@@ -265,8 +280,11 @@ def main() -> int:
         parser.error("--queues must rise, and --agents may not exceed the last count")
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # two sockets per agent here
+    ledger = ledger_rates(args.ledger) if args.ledger else None
     with own_node() as node:
         result = probe(node, steps, args.agents)
+    if ledger is not None:
+        result["ledger"] = ledger
     print(json.dumps(result, sort_keys=True))
     for line in readable(result):
         print(line)
