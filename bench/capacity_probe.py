@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pika
@@ -39,7 +40,7 @@ from broker.provisioning import provision_clients
 from broker.settings import BrokerSettings
 
 READY_TIMEOUT = 900.0
-FIELDS = ("proc_used", "fd_used", "sockets_used", "mem_rss")
+FIELDS = ("proc_used", "fd_used", "sockets_used", "mem_rss", "disk_bytes")
 # Memory the node's own breakdown gives to queues and to connections, summed per kind.
 KINDS = {
     "mem_queue_procs": ("queue_procs",),
@@ -77,18 +78,25 @@ def sample(node: Node) -> dict[str, int]:
         "sockets_total": status["file_descriptors"]["sockets_limit"],
         "mem_rss": memory["total"]["rss"],
         "mem_limit": status["vm_memory_high_watermark_limit"],
+        "disk_bytes": _tree_bytes(node.home / "mnesia"),
     }
     for kind, parts in KINDS.items():
         figures[kind] = sum(memory[part] for part in parts)
     return {key: int(value) for key, value in figures.items()}
 
 
+def _tree_bytes(top: Path) -> int:
+    """What the node's data directory takes on disk (allocated blocks)."""
+    return sum(p.lstat().st_blocks * 512 for p in top.rglob("*"))
+
+
 def per_unit(before: dict[str, int], after: dict[str, int], units: int) -> dict[str, float]:
     """Each counter's growth per unit; memory in KiB."""
-    out = {}
+    out = {}  # memory and disk in KiB
     for key in FIELDS + tuple(KINDS):
         growth = (after[key] - before[key]) / units
-        out[key] = round(growth / 1024, 1) if key.startswith("mem_") else round(growth, 2)
+        in_kib = key.startswith("mem_") or key == "disk_bytes"
+        out[key] = round(growth / 1024, 1) if in_kib else round(growth, 2)
     return out
 
 
@@ -254,7 +262,7 @@ def readable(result: dict[str, Any]) -> Iterator[str]:
 
 def _unit_text(unit: dict[str, float]) -> str:
     return (
-        f"{unit['proc_used']} processes, {unit['fd_used']} fds, "
+        f"{unit['proc_used']} processes, {unit['fd_used']} fds, disk {unit['disk_bytes']} KiB, "
         f"RSS {unit['mem_rss']} KiB (queue processes {unit['mem_queue_procs']}, "
         f"connections {unit['mem_connections']}, management {unit['mem_mgmt_metrics']})"
     )
