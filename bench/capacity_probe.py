@@ -2,15 +2,17 @@
 
 On a node of the bench's own (bench/node.py, never the machine's broker) it provisions
 client queues in steps through `broker/provisioning.py`, reading the node's Erlang
-processes, file descriptors, sockets and memory from the management API after each
-step; restarts the node's application (`rabbitmqctl stop_app; start_app`) after each
-step and times the recovery; then opens agents' connections the way
-`broker/session.py` does (one consuming: channel, prefetch, consumer on its client
-queue; one publishing: channel in confirm mode) and reads the node again. Before the
-node starts, it times the ledger's writes for a storm (bench/ledger_rates.py). Prints
-one JSON line, then the same figures as readable lines.
+processes, file descriptors, sockets, memory and data on disk after each step;
+restarts the node's application (`rabbitmqctl stop_app; start_app`) after each step
+and times the recovery; then opens agents' connections the way `broker/session.py`
+does (one consuming: channel, prefetch, consumer on its client queue; one publishing:
+channel in confirm mode) and reads the node again. Before the node starts, it times
+the ledger's writes for a storm (bench/ledger_rates.py). Prints one JSON line, then
+the same figures as readable lines.
 
-    python -m bench.capacity_probe --queues 5000,10000 --agents 1000
+    python -m bench.capacity_probe --queues 5000,10000,20000 --agents 1000
+
+docs/capacity.md holds the figures and the sizing built on them.
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def _tree_bytes(top: Path) -> int:
 
 
 def per_unit(before: dict[str, int], after: dict[str, int], units: int) -> dict[str, float]:
-    """Each counter's growth per unit; memory in KiB."""
-    out = {}  # memory and disk in KiB
+    """Each counter's growth per unit; memory and disk in KiB."""
+    out = {}
     for key in FIELDS + tuple(KINDS):
         growth = (after[key] - before[key]) / units
         in_kib = key.startswith("mem_") or key == "disk_bytes"
