@@ -30,6 +30,7 @@ from pathlib import Path
 from bench.common import stop_process
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 WANTED_FDS = 65_536
 START_TIMEOUT = 120.0
 
@@ -40,6 +41,7 @@ class Node:
     amqp_address: str  # host:port
     management_url: str
     fd_limit: int
+    home: Path  # its data, logs and Erlang cookie
 
 
 def fd_limit() -> int:
@@ -80,7 +82,7 @@ def own_node() -> Iterator[Node]:
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
     )
     try:
-        node = Node(name, f"127.0.0.1:{amqp}", f"http://127.0.0.1:{management}", limit)
+        node = Node(name, f"127.0.0.1:{amqp}", f"http://127.0.0.1:{management}", limit, directory)
         _wait_ready(node, process, directory)
         print(f"bench: own node on {node.amqp_address}, {limit} file descriptors", file=sys.stderr)
         yield node
@@ -88,6 +90,19 @@ def own_node() -> Iterator[Node]:
         stop_process(process, 60)
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def ctl(node: Node, *args: str, timeout: float = 600.0) -> str:
+    """Run ``rabbitmqctl`` against the bench's node, with the node's own cookie."""
+    done = subprocess.run(
+        [RABBITMQCTL, "-n", node.name, *args],
+        env={**os.environ, "HOME": str(node.home)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    return done.stdout
 
 
 def _wait_ready(node: Node, process: subprocess.Popen[bytes], directory: Path) -> None:
