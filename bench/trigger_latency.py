@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, agent_argv, agent_ready, scratch_vhost, wait_line
-from dispatcher import Dispatcher, keys
+from dispatcher import Dispatcher
+from dispatcher.access import keys
 
 RUNS = int(os.environ.get("BENCH_RUNS", "20"))
 

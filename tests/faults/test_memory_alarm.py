@@ -26,7 +26,8 @@ from broker import topology
 from broker.errors import ConnectionLost
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
-from dispatcher import Dispatcher, keys
+from dispatcher import Dispatcher
+from dispatcher.access import keys
 from dispatcher.api.dispatcher import outgoing
 from schemas.messages import Command
 from tests.faults.harness import (

@@ -29,7 +29,8 @@ from broker import topology
 from broker.errors import ConnectionLost
 from broker.session import Incoming, Session
 from broker.settings import BrokerSettings
-from dispatcher import Dispatcher, keys
+from dispatcher import Dispatcher
+from dispatcher.access import keys
 from schemas import Ack, Command, encode
 from tests.conftest import management
 from tests.integration.fleet import Fleet

@@ -13,7 +13,8 @@ import pytest
 from broker.connection import open_blocking
 from broker.errors import BrokerError, BrokerRefused, ConnectionLost
 from broker.settings import BrokerSettings
-from dispatcher import Dispatcher, keys
+from dispatcher import Dispatcher
+from dispatcher.access import keys
 from tests.integration.helpers import ROOT, Process, wait_for
 from tests.integration.tls_node import TlsNode, clean_tls_env
 
