@@ -66,9 +66,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_process
 from bench.node import own_node
 from broker import topology
+from dispatcher.api.dispatcher import default_requester
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
-from dispatcher.storms.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
+from dispatcher.storms.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW, new_storm_id
 from schemas import Command, encode
 
 BIN = Path(sys.executable).parent
@@ -88,6 +89,35 @@ STALLED = 120.0  # seconds without a confirm before a raw pass gives up
 # than when idle, two seconds in a row; waiting at most:
 QUIET_CPU = 0.25
 QUIET_WAIT = 300.0
+STORM_APP_ID = "setevnt-storm"  # the storm's connection name, in its commands' app_id
+
+
+def code_path() -> str:
+    """PYTHONPATH for the service, the fleet and the storms: this checkout first.
+
+    The venv's editable install points at the checkout it was made from; without this, a
+    bench run from another worktree would time that checkout's storm against its own raw
+    publisher.
+    """
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def code_version() -> str:
+    """The commit measured, ``+dirty`` when the checkout has changes."""
+    git = ["git", "-C", str(ROOT)]
+    try:
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
 
 
 def start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -117,8 +147,10 @@ def scalar(db: Path, sql: str, *args: Any) -> float:
 
 
 def bodies(clients: list[str], tag: str) -> list[tuple[str, str, bytes]]:
-    """(command id, queue, body) per client: what the storm sends, built the same way."""
+    """(command id, queue, body) per client: what the storm sends, built the same way
+    (a storm id of a storm's length, the storm's requester), so every body is its size."""
     now = time.time()
+    requester = default_requester()
     out = []
     for client in clients:
         command = Command(
@@ -129,7 +161,7 @@ def bodies(clients: list[str], tag: str) -> list[tuple[str, str, bytes]]:
             silent=False,
             issued_at=now,
             expires_at=now + TTL,
-            requested_by="bench",
+            requested_by=requester,
             storm_id=tag,
         )
         out.append((command.command_id, topology.client_queue(client), encode(command)))
@@ -137,6 +169,7 @@ def bodies(clients: list[str], tag: str) -> list[tuple[str, str, bytes]]:
 
 
 def properties(command_id: str, persistent: bool = True) -> pika.BasicProperties:
+    """The properties a storm's command carries (its app id is the storm's connection name)."""
     return pika.BasicProperties(
         message_id=command_id,
         type="command",
@@ -144,7 +177,7 @@ def properties(command_id: str, persistent: bool = True) -> pika.BasicProperties
         delivery_mode=2 if persistent else 1,
         expiration=str(int(TTL * 1000)),
         timestamp=int(time.time()),
-        app_id="bench",
+        app_id=STORM_APP_ID,
     )
 
 
@@ -156,7 +189,7 @@ def naive(url: str, messages: list[tuple[str, str, bytes]]) -> float:
         channel.confirm_delivery()
         started = time.perf_counter()
         for command_id, queue, body in messages:
-            channel.basic_publish("", queue, body, properties(command_id))
+            channel.basic_publish("", queue, body, properties(command_id), mandatory=True)
         return time.perf_counter() - started
     finally:
         connection.close()
@@ -237,7 +270,9 @@ class _Raw:
     def pump(self, lane: _RawLane) -> None:
         while len(lane.outstanding) < self.share and self.next < len(self.messages):
             command_id, queue, body = self.messages[self.next]
-            lane.channel.basic_publish("", queue, body, properties(command_id, self.persistent))
+            lane.channel.basic_publish(
+                "", queue, body, properties(command_id, self.persistent), mandatory=True
+            )
             self.next += 1
             lane.tag += 1
             lane.outstanding.add(lane.tag)
@@ -306,15 +341,16 @@ def run_storm(
 
 def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tuple[float, float]:
     """(commands/s, CPU seconds of this process while publishing)."""
-    messages = bodies(clients, f"bench-{name}")
-    register(db, f"bench-{name}", clients, messages)
-    print(f"bench: {name} publishing", file=sys.stderr, flush=True)
+    tag = new_storm_id(time.time())  # the length of a storm's id, in every body
+    messages = bodies(clients, tag)
+    register(db, tag, clients, messages)
+    print(f"bench: {name} publishing ({tag})", file=sys.stderr, flush=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
     per_second = round(len(messages) / publish(url, messages), 1)
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     print(f"bench: {name} {per_second}/s", file=sys.stderr)
-    phase_acked(db, f"bench-{name}", len(messages), 300)
+    phase_acked(db, tag, len(messages), 300)
     return per_second, round(cpu, 2)
 
 
@@ -387,7 +423,7 @@ def main() -> int:
                 where, node_name = {}, None
                 broker = {"node": "machine", "fd_limit": _fd_limit(_beam_pid(None))}
             url = stack.enter_context(scratch_vhost("setevnt-bench-storm", **where))
-            result = {"broker": broker} | bench(args, url, work, node_name)
+            result = {"broker": broker, "code": code_version()} | bench(args, url, work, node_name)
             # Printed before the vhost goes: deleting 10,000 queues takes a while.
             print(json.dumps(result, sort_keys=True), flush=True)
     finally:
@@ -401,6 +437,7 @@ def bench(args: argparse.Namespace, url: str, work: Path, node_name: str | None)
     # The simulated fleet answers for 10,000 clients as one broker user (guest): its acks
     # count only from a trusted sender. Commands go unsigned unless a key is configured.
     env = {"SETEVNT_AMQP_URL": url, "SETEVNT_DB": str(db), "SETEVNT_TRUSTED_SENDERS": "guest"}
+    env["PYTHONPATH"] = code_path()
     clients = [f"BENCH{n:05d}" for n in range(args.clients)]
     started: list[subprocess.Popen[bytes]] = []
     try:

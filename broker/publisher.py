@@ -26,7 +26,6 @@ everything a storm does runs on one thread, between confirms.
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import time
 from collections import deque
@@ -344,14 +343,19 @@ class ConfirmingPublisher:
         # Confirms for different queues arrive in any order (an unroutable message is
         # confirmed at once, a persistent one after its disk write): settle exactly the
         # tag, or with ``multiple`` every tag up to it.
+        inflight = lane.inflight
         if multiple:
             # ``inflight`` holds tags in ascending (insertion) order: stop at the first
             # one above, instead of scanning the whole window for every confirm.
-            tags = list(itertools.takewhile(lambda t: t <= delivery_tag, lane.inflight))
+            tags = []
+            for tag in inflight:
+                if tag > delivery_tag:
+                    break
+                tags.append(tag)
         else:
-            tags = [delivery_tag] if delivery_tag in lane.inflight else []
+            tags = [delivery_tag] if delivery_tag in inflight else []
         for tag in tags:
-            message, started = lane.inflight.pop(tag)
+            message, started = inflight.pop(tag)
             self._settle(run, message, nacked, now - started)
         run.last_progress = now
         if lane.room >= self._refill_at:

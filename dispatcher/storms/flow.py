@@ -52,6 +52,8 @@ from schemas.messages import Command
 
 # What differs between a storm's commands.
 _VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
+_PLANNED, _SENT = Status.PLANNED.value, Status.SENT.value
+_PENDING_OFFLINE = Status.PENDING_OFFLINE.value
 
 
 @dataclass(slots=True)
@@ -158,6 +160,8 @@ class StormFlow:
             ),
             _VARYING,
         )
+        self._ttl = limits.ttl
+        self._persistent = order.persistent
         self._bucket = _Bucket(limits.rate)
         self._deadlines: list[tuple[float, str]] = []
         self._writes = Writes()
@@ -245,12 +249,13 @@ class StormFlow:
         if self.first_sent_at is None:
             self.first_sent_at = now
         self.last_sent_at = now
-        status = Status.PENDING_OFFLINE if target.offline else Status.SENT
+        # The statuses' plain strings: an enum's ``.value`` is a property call per command.
+        status = _PENDING_OFFLINE if target.offline else _SENT
         issued = target.issued_at
         self._writes.sent.append(
-            SentMark(status.value, issued, issued + self.limits.ttl, now, target.command_id)
+            SentMark(status, issued, issued + self._ttl, now, target.command_id)
         )
-        if target.status == Status.PLANNED:
+        if target.status == _PLANNED:
             self._settle(target, status)
         if target.in_window:
             # Counted from the client's start time: with --spread, a late start is no
@@ -324,7 +329,7 @@ class StormFlow:
             target.in_window = True
             self.window += 1
         now = target.issued_at = time.time()
-        ttl = self.limits.ttl
+        ttl = self._ttl
         body = self._encode(
             command_id=target.command_id,
             client_id=target.client_id,
@@ -332,9 +337,7 @@ class StormFlow:
             expires_at=now + ttl,
             not_before=target.not_before,
         )
-        return command_message(
-            target.command_id, target.client_id, body, ttl, self.order.persistent
-        )
+        return command_message(target.command_id, target.client_id, body, ttl, self._persistent)
 
     def _absorb(self) -> None:
         # The collector already wrote these answers to the ledger: only the flow learns.

@@ -64,13 +64,14 @@ class PublishReports:
 
     def owed(self) -> bool:
         """Counts not reported yet, or a report not confirmed yet."""
-        return self._in_flight is not None or bool(+self._counts)
+        # Counts only grow, so any entry is one to report (no ``+counter`` copy per call).
+        return self._in_flight is not None or bool(self._counts)
 
     def take(self, *, last: bool) -> Outgoing | None:
         """The report that is due now, if any; ``last``: nothing more will be published,
         so whatever was counted is due at once."""
         now = self._clock()
-        if self._in_flight is not None or not +self._counts or (not last and now < self._next):
+        if self._in_flight is not None or not self._counts or (not last and now < self._next):
             return None
         counts, self._counts = self._counts, Counter()
         self._next = now + self._every
