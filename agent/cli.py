@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from agent import guard_cli, preflight
 from agent.backends import BackendConfigError, make_backend
-from agent.config import AgentConfig, ConfigError, load
+from agent.config import AgentConfig, ConfigError, default_path, load
 from agent.daemon import Agent
 from agent.deferral import Deferrals
 from agent.files import UnsafeFile
@@ -97,7 +97,7 @@ def command(args: argparse.Namespace) -> int:
     if args.command in guard_cli.COMMANDS:
         return guard_cli.main(args, config_overrides(args) if args.command == "check" else {})
     try:
-        config = load(args.config, overrides=config_overrides(args))
+        config = load(default_path(args.config), overrides=config_overrides(args))
         handler = build_handler(config)
     except (ConfigError, BackendConfigError, GuardConfigError, UnsafeFile) as exc:
         print(f"setevnt-agent: {exc}", file=sys.stderr)
