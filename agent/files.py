@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 from agent.windows import acl
@@ -62,7 +63,7 @@ def check_private(path: Path) -> None:
 
 def fsync_directory(directory: Path) -> None:
     """Make a rename or unlink in ``directory`` durable."""
-    if os.name == "nt":  # directories cannot be opened there; NTFS journals renames
+    if sys.platform == "win32":  # directories cannot be opened there; NTFS journals renames
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

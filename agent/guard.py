@@ -24,6 +24,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -346,6 +347,8 @@ class Guard:
 
 def _private(fd: int, path: Path) -> None:
     """Make a lock file of ours 0600 (one an earlier release left 0644, say)."""
+    if sys.platform == "win32":  # an ACL decides there (agent.windows.acl), not a mode
+        return
     info = os.fstat(fd)
     loose = stat.S_IMODE(info.st_mode) & 0o077
     if not loose or not hasattr(os, "getuid") or info.st_uid != os.getuid():
@@ -359,6 +362,8 @@ def _private(fd: int, path: Path) -> None:
 
 def lock_holders(path: Path) -> list[int]:
     """Pids holding an flock on ``path`` (from /proc/locks; empty when unknown)."""
+    if sys.platform == "win32":  # no lock table to read
+        return []
     try:
         stat = path.stat()
         lines = (PROC / "locks").read_text().splitlines()
