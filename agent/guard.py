@@ -151,6 +151,19 @@ class DistributionLock:
             raise
         return fd
 
+    def release(self, fd: int) -> None:
+        """Let go of a lock hold_shared took.
+
+        POSIX: only close, as unlocking would also free it for any process the command left
+        behind with the inherited descriptor. Windows: unlock first, as the system may
+        release a closed handle's lock only some time later.
+        """
+        try:
+            if sys.platform == "win32":
+                self._locker.unlock(fd)
+        finally:
+            os.close(fd)
+
     def holders(self) -> str:
         """Who holds the lock, from /proc/locks where there is one (best effort)."""
         pids = lock_holders(self.path)

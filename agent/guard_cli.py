@@ -100,7 +100,7 @@ def hold(lock_path: str | None, config_path: str | None, argv: Sequence[str]) ->
     try:
         return _run_holding(argv, fd)
     finally:
-        os.close(fd)
+        lock.release(fd)
 
 
 def _run_holding(argv: list[str], fd: int) -> int:

@@ -29,6 +29,7 @@ from schemas.messages import Command
 PASSED = ("PATH", "LANG", "TZ")
 PASSED_ON_WINDOWS = ("SYSTEMROOT", "COMSPEC", "PATHEXT", "TEMP")
 PRIVATE_PREFIX = "SETEVNT_"
+KILL_WAIT = 5.0  # seconds for the output of a killed tree to drain
 
 
 class ExecBackend:
@@ -99,7 +100,10 @@ class ExecBackend:
                 stdout, _ = child.communicate(timeout=self._timeout)
             except subprocess.TimeoutExpired:
                 kill_tree(child.pid)
-                stdout, _ = child.communicate()
+                try:
+                    stdout, _ = child.communicate(timeout=KILL_WAIT)
+                except subprocess.TimeoutExpired as exc:  # an escaped daemon holds the pipe
+                    stdout = exc.output or b""
                 output = tail(stdout.decode("utf-8", "replace"))
                 detail = f"exec: {argv[0]} ran over {self._timeout:g} s"
                 return SignalResult(False, detail, None, output, True)
