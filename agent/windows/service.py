@@ -61,8 +61,9 @@ class AgentService(win32serviceutil.ServiceFramework):
 
 
 def install() -> None:
+    # By file path, not module name: pythonservice.exe does not start with the venv's path.
     win32serviceutil.InstallService(
-        f"{AgentService.__module__}.{AgentService.__name__}",
+        win32serviceutil.GetServiceClassString(AgentService),
         NAME,
         DISPLAY_NAME,
         startType=win32service.SERVICE_AUTO_START,
