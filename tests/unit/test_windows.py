@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent import files, service_cli
+from agent import files, guard, guard_cli, service_cli
 from agent.backends.exec import ExecBackend, finished
 from agent.config import DEFAULT_DISRUPTIVE, ConfigError
 from agent.guard import DistributionLock, Guard, ProcessProbe
@@ -107,6 +107,34 @@ def test_the_agent_does_not_import_portalocker_on_linux() -> None:
     probe = "import sys, agent.cli, agent.guard; print('portalocker' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_hold_as_on_windows_keeps_the_lock_itself_and_returns_the_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows' path through hold: portalocker, no descriptor passed to the installer."""
+    monkeypatch.setattr(guard_cli, "WINDOWS", True)
+    monkeypatch.setattr(guard, "default_locker", PortaLocker)
+    lock_path = tmp_path / "run" / "distribution.lock"
+    observer = DistributionLock(lock_path, FlockLocker())
+    seen: list[str | None] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.append(observer.check())
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        status = guard_cli.hold(str(lock_path), None, ["--", "sh", "-c", "sleep 0.8; exit 3"])
+    finally:
+        done.set()
+        watcher.join(5)
+    assert status == 3
+    assert any(s is not None for s in seen)  # held while the installer ran
+    assert observer.check() is None  # and released when it ended
 
 
 # -- the process probe --------------------------------------------------------------------
