@@ -1,12 +1,13 @@
 # make demo   - set everything up on a fresh machine and show a trigger end to end
 # make test   - the whole test suite against the real local broker
-# make lint   - ruff (lint + format check) and mypy --strict
+# make lint   - ruff (lint + format check) and mypy --strict (also as on Windows, for agent/)
+# make windows-bundle - dist/setevnt-windows-*.zip: an offline install for Windows clients
 # make bench  - benchmarks that print their figures
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: all demo test lint format bench bench-machine broker tools venv clean
+.PHONY: all demo test lint format bench bench-machine broker tools venv clean windows-bundle
 
 all: lint test
 
@@ -34,6 +35,8 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	# The agent as it type-checks on Windows: its pywin32 service and the Windows branches.
+	$(VENV)/bin/mypy --platform win32 -p agent
 
 format: venv
 	$(VENV)/bin/ruff format .
@@ -48,6 +51,10 @@ bench: venv broker
 # everything else (see docs/performance.md).
 bench-machine: venv broker
 	$(PY) bench/storm.py
+
+# The wheels are downloaded from PyPI; the client installs with no network.
+windows-bundle: venv
+	$(PY) scripts/windows_bundle.py --out dist
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,9 @@ setevnt-agent run [--config agent.toml] [--client ID] [--url URL] [--backend KIN
 setevnt-agent simulate --clients N [--connections K] [--groups G,...] [--provision]
 setevnt-agent hold [--lock PATH | --config agent.toml] -- CMD ARGS...
 setevnt-agent check [--config agent.toml] [--json] [run's --client --url --backend --journal]
+setevnt-agent service install|remove|start|stop   (Windows; elsewhere: the systemd unit)
+
+On Windows, without --config, run and check read %ProgramData%\\setevnt\\agent.toml.
 """
 
 from __future__ import annotations
@@ -13,15 +16,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from agent import guard_cli, preflight
-from agent.backends import BackendConfigError, make_backend
-from agent.config import AgentConfig, ConfigError, load
+from agent import guard_cli, service_cli
+from agent.assembly import build_handler
+from agent.backends import BackendConfigError
+from agent.config import ConfigError, default_path, load
 from agent.daemon import Agent
-from agent.deferral import Deferrals
 from agent.files import UnsafeFile
 from agent.guard import GuardConfigError
-from agent.handler import Handler
-from agent.journal import Journal
 from broker.connection import explain
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(run)
     simulate_cli.add_parser(sub)
     guard_cli.add_commands(sub, add_config_options)
+    service_cli.add_command(sub)
     cli.share_globals(parser)
     return parser
 
@@ -94,10 +96,12 @@ def _broker_errors(url: str | None) -> cli.Explain:
 def command(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         return simulate_cli.main(args)
+    if args.command == "service":
+        return service_cli.main(args)
     if args.command in guard_cli.COMMANDS:
         return guard_cli.main(args, config_overrides(args) if args.command == "check" else {})
     try:
-        config = load(args.config, overrides=config_overrides(args))
+        config = load(default_path(args.config), overrides=config_overrides(args))
         handler = build_handler(config)
     except (ConfigError, BackendConfigError, GuardConfigError, UnsafeFile) as exc:
         print(f"setevnt-agent: {exc}", file=sys.stderr)
@@ -114,16 +118,6 @@ def command(args: argparse.Namespace) -> int:
         print(f"setevnt-agent: broker: {exc}", file=sys.stderr)
         return 3
     return 0
-
-
-def build_handler(config: AgentConfig) -> Handler:
-    """What `run` needs before it connects; raises what main reports in one line."""
-    preflight.require(config)
-    assert config.backend is not None and config.journal is not None
-    backend = make_backend(config.backend, config.backend_options)
-    journal = Journal(config.journal, max_lifetime=config.max_command_lifetime)
-    deferrals = Deferrals.from_config(config, journal)
-    return Handler(config, backend, journal, deferrals=deferrals)
 
 
 if __name__ == "__main__":

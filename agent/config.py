@@ -17,6 +17,7 @@ from typing import Any
 
 from agent import config_shape
 from agent.config_shape import BACKEND_NAMES, ShapeError
+from agent.windows.paths import defaults
 from broker.settings import DEFAULT_URL, URL_ENV, BrokerSettings
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
 from schemas.messages import ID_PATTERN
@@ -50,7 +51,8 @@ class ConfigError(ValueError):
 
 
 PROBES = ("lock", "process", "marker", "command")
-DEFAULT_LOCK = "/run/setevnt/distribution.lock"
+PLATFORM_DEFAULTS = defaults()  # %ProgramData%\setevnt on Windows (agent.windows.paths)
+DEFAULT_LOCK = PLATFORM_DEFAULTS.lock
 DEFAULT_PROCESSES = ("smsapm32", "msiexec", "dpkg", "apt", "apt-get", "rpm", "yum")
 # KB Q283130: these stop a running distribution; CQMGR32 and the other cycles do not.
 # Client setup (a site component, the drift remediation's upgrade event, KB Q174961)
@@ -183,6 +185,14 @@ class AgentConfig:
             raise ConfigError(f"guard.disruptive: unknown event {unknown[0]}{hint}")
 
 
+def default_path(given: str | None) -> str | None:
+    """The config file to read: the one given, else the platform's when it exists (Windows)."""
+    if given is not None:
+        return given
+    fallback = PLATFORM_DEFAULTS.config
+    return fallback if fallback is not None and Path(fallback).is_file() else None
+
+
 def load(
     path: str | Path | None = None,
     *,
@@ -220,7 +230,9 @@ def _build(
         raise ConfigError(f"{said}: {client_id!r} is not a client id: {ID_RULE}")
     broker = _broker(data.get("broker", {}), env, options.pop("url", None), where)
     kind, options_table = _backend(data.get("backend", {}), options.pop("backend", None), where)
-    journal = options.pop("journal", None) or agent_table.get("journal")
+    journal = (
+        options.pop("journal", None) or agent_table.get("journal") or PLATFORM_DEFAULTS.journal
+    )
     try:
         return _config(data, client_id, broker, kind, options_table, journal, env)
     except ValueError as exc:  # the dataclasses' own checks, of values from the file

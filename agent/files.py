@@ -5,14 +5,18 @@ later; a journalled one is never signalled again), and the agent runs as root, s
 another local user could write or replace is a way in. Directories are created 0700 and
 files 0600; at start-up a directory or file that belongs to another user, is writable by
 group or others, or is a symbolic link makes the agent refuse to start. The checks are
-POSIX only: where ``os.getuid`` does not exist (Windows) ACLs decide, not modes.
+POSIX only: where ``os.getuid`` does not exist (Windows) ACLs decide, not modes, and a
+directory the agent creates there is given one for SYSTEM and Administrators only.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import sys
 from pathlib import Path
+
+from agent.windows import acl
 
 # Not following a link planted where a state file should be; 0 where the OS has no flag.
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -24,9 +28,18 @@ class UnsafeFile(ValueError):
 
 
 def private_directory(path: Path) -> None:
-    """Create ``path`` (0700) when missing; raise UnsafeFile when others could write in it."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create ``path`` (agent-only) when missing; raise UnsafeFile when others could write in it."""
+    create_private(path)
     check_private(path)
+
+
+def create_private(path: Path, *, windows: bool = os.name == "nt") -> None:
+    """Create ``path`` when missing: 0700 on POSIX, SYSTEM and Administrators only on Windows."""
+    if path.is_dir():
+        return
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if windows:
+        acl.restrict(path)
 
 
 def check_private(path: Path) -> None:
@@ -50,7 +63,7 @@ def check_private(path: Path) -> None:
 
 def fsync_directory(directory: Path) -> None:
     """Make a rename or unlink in ``directory`` durable."""
-    if os.name == "nt":  # directories cannot be opened there; NTFS journals renames
+    if sys.platform == "win32":  # directories cannot be opened there; NTFS journals renames
         return
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:

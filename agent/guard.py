@@ -5,10 +5,11 @@ advertised program stops the install abruptly, with no error. So before a disrup
 event the agent asks the guard, and any probe that reports busy makes it wait.
 
 Probes:
-  ``lock``    an advisory ``flock`` file that distributions hold shared (``setevnt-agent
+  ``lock``    an advisory lock file that distributions hold shared (``setevnt-agent
               hold -- CMD``). The agent takes it exclusively, without blocking, and keeps it
               while it signals: a distribution cannot start between check and signal.
-  ``process`` named processes running (from /proc).
+              ``flock`` on POSIX, ``LockFileEx`` on Windows (agent.locking).
+  ``process`` named processes running (psutil: /proc on Linux, the process list on Windows).
   ``marker``  files matching globs exist.
   ``command`` a probe program's exit status says busy.
 Only the lock is race-free; the others are snapshots, taken while the lock is held.
@@ -23,18 +24,18 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agent.config import GuardConfig
+import psutil
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, so no lock probe (see DistributionLock)
-    fcntl = None  # type: ignore[assignment]
+from agent.config import GuardConfig
+from agent.files import create_private
+from agent.locking import Locker, default_locker
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,9 @@ class DistributionLock:
 
     name = "lock"
 
-    def __init__(self, path: str | Path) -> None:
-        if fcntl is None:
-            raise GuardConfigError("lock probe: needs POSIX flock; use the other probes here")
+    def __init__(self, path: str | Path, locker: Locker | None = None) -> None:
         self.path = Path(path)
+        self._locker = default_locker() if locker is None else locker
         # flock conflicts between two descriptors of one process too: without this, the
         # watcher's quick look could make the worker's signal attempt see "busy".
         self._mutex = threading.Lock()
@@ -88,10 +88,11 @@ class DistributionLock:
 
         Only the agent's user (and root) may open it: a user who could take it shared
         could hold every disruptive event back for ever. So it is created 0600 in a
-        directory created 0700, and an existing file of ours with a looser mode is fixed.
+        directory created 0700 (on Windows: for SYSTEM and Administrators only), and an
+        existing file of ours with a looser mode is fixed.
         """
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            create_private(self.path.parent)
             fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | NOFOLLOW, 0o600)
         except OSError as exc:
             log.warning(
@@ -124,33 +125,47 @@ class DistributionLock:
                 yield True
                 return
             try:
+                held = self._locker.try_lock(fd, shared=False)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    yield False
-                    return
-                yield True
+                    yield held
+                finally:
+                    if held:
+                        self._locker.unlock(fd)
             finally:
-                os.close(fd)  # closing the last descriptor releases the lock
+                os.close(fd)
 
     def hold_shared(self, on_wait: Callable[[], None] | None = None) -> int:
-        """Take the lock shared, waiting while the agent signals; return the descriptor."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Take the lock shared, waiting while the agent signals; return the descriptor.
+
+        Closing the descriptor (or the holding process ending) releases the lock.
+        """
+        create_private(self.path.parent)
         fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | NOFOLLOW, 0o600)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not self._locker.try_lock(fd, shared=True):
                 if on_wait is not None:
                     on_wait()
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                self._locker.lock(fd, shared=True)
         except BaseException:
             os.close(fd)
             raise
         return fd
 
+    def release(self, fd: int) -> None:
+        """Let go of a lock hold_shared took.
+
+        POSIX: only close, as unlocking would also free it for any process the command left
+        behind with the inherited descriptor. Windows: unlock first, as the system may
+        release a closed handle's lock only some time later.
+        """
+        try:
+            if sys.platform == "win32":
+                self._locker.unlock(fd)
+        finally:
+            os.close(fd)
+
     def holders(self) -> str:
-        """Who holds the lock, from /proc/locks (best effort: pids may be stale)."""
+        """Who holds the lock, from /proc/locks where there is one (best effort)."""
         pids = lock_holders(self.path)
         who = ", ".join(f"pid {pid} ({_cmdline(pid) or '?'})" for pid in pids[:3])
         return f"{self.path} is held by a distribution" + (f": {who}" if who else "")
@@ -167,16 +182,16 @@ class DistributionLock:
 
 
 class ProcessProbe:
-    """Busy while a process of a configured name runs (comm or argv[0], any case)."""
+    """Busy while a process of a configured name runs (its name or argv[0], any case).
+
+    Names match without ``.exe``: ``msiexec`` is msiexec.exe on Windows.
+    """
 
     name = "process"
 
-    def __init__(self, names: Sequence[str], proc: Path = PROC) -> None:
-        if not proc.is_dir():
-            raise GuardConfigError(f"process probe: {proc} is missing, cannot list processes")
+    def __init__(self, names: Sequence[str]) -> None:
         self.names = tuple(names)
-        self._wanted = {n.lower() for n in names}
-        self._proc = proc
+        self._wanted = {n.lower().removesuffix(".exe") for n in names}
 
     def describe(self) -> str:
         return ", ".join(self.names)
@@ -190,23 +205,21 @@ class ProcessProbe:
 
     def running(self) -> Iterator[tuple[int, str]]:
         me = os.getpid()
-        for entry in self._proc.iterdir():
-            if not entry.name.isdigit() or int(entry.name) == me:
+        for process in psutil.process_iter(["name", "cmdline"]):
+            if process.pid == me:
                 continue
-            name = self._match(entry)
+            name = self.match(process.info["name"], process.info["cmdline"])
             if name is not None:
-                yield int(entry.name), name
+                yield process.pid, name
 
-    def _match(self, entry: Path) -> str | None:
-        try:
-            comm = (entry / "comm").read_text(errors="replace").strip().lower()
-            argv0 = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
-        except OSError:  # the process exited meanwhile, or is not ours to read
-            return None
+    def match(self, name: str | None, cmdline: Sequence[str] | None) -> str | None:
+        """The configured name this process answers to, if any (None: unknown or not ours)."""
+        argv0 = cmdline[0] if cmdline else ""
         base = re.split(r"[\\/]", argv0)[-1].lower()
-        names = {comm, base, base.removesuffix(".exe")}
+        comm = (name or "").lower()
+        names = {comm, comm.removesuffix(".exe"), base, base.removesuffix(".exe")} - {""}
         for wanted in self._wanted:
-            # The kernel cuts comm to 15 characters.
+            # Linux cuts a process name to 15 characters.
             if wanted in names or (len(wanted) > 15 and wanted[:15] == comm):
                 return wanted
         return None
@@ -347,6 +360,8 @@ class Guard:
 
 def _private(fd: int, path: Path) -> None:
     """Make a lock file of ours 0600 (one an earlier release left 0644, say)."""
+    if sys.platform == "win32":  # an ACL decides there (agent.windows.acl), not a mode
+        return
     info = os.fstat(fd)
     loose = stat.S_IMODE(info.st_mode) & 0o077
     if not loose or not hasattr(os, "getuid") or info.st_uid != os.getuid():
@@ -360,6 +375,8 @@ def _private(fd: int, path: Path) -> None:
 
 def lock_holders(path: Path) -> list[int]:
     """Pids holding an flock on ``path`` (from /proc/locks; empty when unknown)."""
+    if sys.platform == "win32":  # no lock table to read
+        return []
     try:
         stat = path.stat()
         lines = (PROC / "locks").read_text().splitlines()
@@ -377,7 +394,6 @@ def lock_holders(path: Path) -> list[int]:
 
 def _cmdline(pid: int) -> str:
     try:
-        raw = (PROC / str(pid) / "cmdline").read_bytes()
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline()).strip()[:80]
+    except psutil.Error:  # gone meanwhile, or not ours to read
         return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:80]

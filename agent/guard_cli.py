@@ -2,10 +2,13 @@
 
 hold [--lock PATH | --config FILE] -- CMD ARGS...
     Run CMD holding the distribution lock shared and exit with CMD's status, so an
-    existing installer is protected without changing it. CMD inherits the lock, so it
-    stays held while CMD runs even if ``hold`` itself is killed. Only the agent's user
-    and root may take the lock (it is 0600 in a 0700 directory). Exit 125: the lock could
-    not be taken; 126: CMD cannot be run; 127: CMD not found (as ``env`` and ``timeout``).
+    existing installer is protected without changing it. On POSIX CMD inherits the lock,
+    so it stays held while CMD runs even if ``hold`` itself is killed; on Windows a lock
+    belongs to the process that took it, so ``hold`` keeps it while it waits for CMD (and
+    a killed ``hold`` releases it). Only the agent's user and root may take the lock (it
+    is 0600 in a 0700 directory; on Windows: SYSTEM and Administrators). Exit 125: the
+    lock could not be taken; 126: CMD cannot be run; 127: CMD not found (as ``env`` and
+    ``timeout``); CMD's status otherwise (on Windows the signed 32-bit value it reports).
 check [--config FILE] [--json] [--client ID] [--url URL] [--backend KIND] [--journal PATH]
     Refuse, in the same one line and with exit 2, whatever ``run`` would refuse to start
     with (agent.preflight); otherwise show those start-up checks, what each probe sees now
@@ -27,12 +30,20 @@ from types import FrameType
 from typing import Any
 
 from agent import preflight
-from agent.config import DEFAULT_LOCK, AgentConfig, ConfigError, load
+from agent.backends.base import int32_exit_code
+from agent.config import DEFAULT_LOCK, AgentConfig, ConfigError, default_path, load
 from agent.guard import DistributionLock, Guard, GuardConfigError, Probe
 from agent.spool import SUFFIX
 
 COMMANDS = ("hold", "check")
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WINDOWS = os.name == "nt"
+# POSIX: passed on to CMD. Windows: a console's Ctrl+C or Ctrl+Break reaches CMD itself,
+# so hold only ignores them and keeps the lock until CMD exits.
+FORWARDED = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK")
+    if hasattr(signal, name)
+)
 
 
 def add_commands(sub: Any, config_options: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -57,7 +68,7 @@ def add_commands(sub: Any, config_options: Callable[[argparse.ArgumentParser], N
 def main(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if args.command == "hold":
         return hold(args.lock, args.config, args.argv)
-    return check(args.config, overrides, as_json=args.json)
+    return check(default_path(args.config), overrides, as_json=args.json)
 
 
 # -- hold ---------------------------------------------------------------------------------
@@ -89,19 +100,21 @@ def hold(lock_path: str | None, config_path: str | None, argv: Sequence[str]) ->
     try:
         return _run_holding(argv, fd)
     finally:
-        os.close(fd)
+        lock.release(fd)
 
 
 def _run_holding(argv: list[str], fd: int) -> int:
     try:
-        child = subprocess.Popen(argv, pass_fds=(fd,))
+        # A Windows lock stays with this process, which waits for CMD below.
+        child = subprocess.Popen(argv, pass_fds=() if WINDOWS else (fd,))
     except FileNotFoundError:
         return _fail(f"hold: {argv[0]}: command not found", 127)
     except OSError as exc:
         return _fail(f"hold: {argv[0]}: {exc.strerror}", 126)
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        child.send_signal(signum)  # the installer decides; the lock stays until it exits
+        if not WINDOWS:  # Windows' send_signal knows only terminate and console events
+            child.send_signal(signum)  # the installer decides; the lock stays until it exits
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
@@ -109,7 +122,17 @@ def _run_holding(argv: list[str], fd: int) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    return status if status >= 0 else 128 - status
+    return exit_status(status, windows=WINDOWS)
+
+
+def exit_status(returncode: int, *, windows: bool) -> int:
+    """hold's own exit status for CMD's: the shell's 128+N for a signal on POSIX; on
+    Windows the signed 32-bit value (0xC0000005 is -1073741819), which exit() hands back
+    as the same 32 bits."""
+    if windows:
+        code = int32_exit_code(returncode)
+        return 1 if code is None else code
+    return returncode if returncode >= 0 else 128 - returncode
 
 
 # -- check --------------------------------------------------------------------------------

@@ -6,14 +6,22 @@ it. It gets ``PATH``, ``LANG``, ``LC_*`` and ``TZ`` (on Windows also ``SYSTEMROO
 ``COMSPEC``, ``PATHEXT`` and ``TEMP``), the names listed in ``[backend.exec] env``, and
 the command's own ``SETEVNT_COMMAND_ID``, ``SETEVNT_COMPONENT``, ``SETEVNT_EVENT`` and
 ``SETEVNT_SILENT``; never another ``SETEVNT_*`` variable.
+
+A program that runs over the timeout is killed with every process it started (psutil's
+view of its descendants): on Windows killing the program alone leaves its children
+running, and on either platform a child still holding the output pipe would keep the
+agent waiting after the program is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import psutil
 
 from agent.backends.base import BackendConfigError, SignalResult, int32_exit_code, tail
 from schemas.messages import Command
@@ -21,6 +29,7 @@ from schemas.messages import Command
 PASSED = ("PATH", "LANG", "TZ")
 PASSED_ON_WINDOWS = ("SYSTEMROOT", "COMSPEC", "PATHEXT", "TEMP")
 PRIVATE_PREFIX = "SETEVNT_"
+KILL_WAIT = 5.0  # seconds for the output of a killed tree to drain
 
 
 class ExecBackend:
@@ -77,28 +86,51 @@ class ExecBackend:
                 False, detail=f"exec: no program configured for {command.event_name}"
             )
         try:
-            done = subprocess.run(
+            child = subprocess.Popen(
                 argv,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.environment(command),
-                timeout=self._timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = (exc.output or b"").decode("utf-8", "replace")
-            return SignalResult(
-                False, f"exec: {argv[0]} ran over {self._timeout:g} s", None, tail(output), True
             )
         except OSError as exc:
             return SignalResult(False, detail=f"exec: cannot run {argv[0]}: {exc.strerror}")
-        output = tail(done.stdout.decode("utf-8", "replace"))
-        if done.returncode != 0:
-            code = int32_exit_code(done.returncode)
-            shown = done.returncode if code is None else code
-            detail = f"exec: {argv[0]} exited with status {shown}"
-            if code is not None and code != done.returncode:
-                detail += f" (0x{done.returncode:08X})"
-            return SignalResult(False, detail, code, output)
-        return SignalResult(True, f"exec: {argv[0]} exited 0", 0, output)
+        with child:
+            try:
+                stdout, _ = child.communicate(timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                kill_tree(child.pid)
+                try:
+                    stdout, _ = child.communicate(timeout=KILL_WAIT)
+                except subprocess.TimeoutExpired as exc:  # an escaped daemon holds the pipe
+                    stdout = exc.output or b""
+                output = tail(stdout.decode("utf-8", "replace"))
+                detail = f"exec: {argv[0]} ran over {self._timeout:g} s"
+                return SignalResult(False, detail, None, output, True)
+        return finished(argv[0], child.returncode, stdout)
+
+
+def finished(program: str, returncode: int, stdout: bytes) -> SignalResult:
+    """The result of a program that exited: Windows' unsigned statuses as signed int32."""
+    output = tail(stdout.decode("utf-8", "replace"))
+    if returncode == 0:
+        return SignalResult(True, f"exec: {program} exited 0", 0, output)
+    code = int32_exit_code(returncode)
+    shown = returncode if code is None else code
+    detail = f"exec: {program} exited with status {shown}"
+    if code is not None and code != returncode:
+        detail += f" (0x{returncode:08X})"
+    return SignalResult(False, detail, code, output)
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a process and all its descendants (listed first: once it dies they are orphans)."""
+    try:
+        parent = psutil.Process(pid)
+        family = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.Error):  # gone already, or not ours to kill
+            process.kill()
+    psutil.wait_procs(family, timeout=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +32,9 @@ class Win32EventBackend:
     def signal(self, command: Command) -> SignalResult:  # pragma: no cover - Windows only
         import ctypes
 
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        if sys.platform != "win32":
+            return SignalResult(False, detail="win32-event: Windows only")
+        kernel32 = ctypes.windll.kernel32
         name = self.event_name(command)
         handle = kernel32.OpenEventW(EVENT_MODIFY_STATE, False, name)
         if not handle:
