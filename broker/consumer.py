@@ -41,7 +41,7 @@ class Consumer:
         try:
             with translate_errors(doing):
                 self._channel = self._connection.channel()
-                topology.declare_core(self._channel)
+                topology.declare_core(self._channel, quorum=self._settings.cluster)
                 if self._prefetch is not None:
                     self._channel.basic_qos(prefetch_count=self._prefetch)
         except BaseException:

@@ -135,6 +135,10 @@ class Cluster:
         if node.log is not None:
             node.log.close()
 
+    def running(self) -> ClusterNode:
+        """A node whose process is alive, to ask the management API through."""
+        return next(n for n in self.nodes if n.process is not None and n.process.poll() is None)
+
     def running_nodes(self, via: ClusterNode) -> int:
         return sum(1 for n in management(via, "GET", "/nodes") if n.get("running"))
 
