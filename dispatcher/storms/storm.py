@@ -32,6 +32,7 @@ from broker import topology
 from broker.errors import BrokerError
 from broker.peek import consumers
 from broker.publisher import ConfirmingPublisher, Stamp
+from broker.queue_probe import QueueProbe
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import default_requester, report_message
@@ -250,6 +251,8 @@ def run(
     commands = ledger.storm_commands(storm.storm_id)
     answers = Answers(storm.storm_id)
     writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=answers.read)
+    # On a cluster: tells a queue whose node is down from a missing one (waiting-node).
+    probe = QueueProbe(settings) if settings.cluster else None
     try:
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
@@ -264,6 +267,7 @@ def run(
             answers,
             on_progress=on_progress,
             reports=_reports(settings, storm),
+            nodes=probe,
         )
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
@@ -271,6 +275,8 @@ def run(
         _publish(settings, ledger, storm, options, flow, writer, stamp)
     finally:
         writer.close()
+        if probe is not None:
+            probe.close()
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
 
