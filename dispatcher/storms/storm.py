@@ -277,6 +277,12 @@ def run(
         writer.close()
         if probe is not None:
             probe.close()
+    if flow.waiting is not None and flow.waiting.parked:
+        log.warning(
+            "%d command(s) found their queue's broker node down (waiting-node) and were "
+            "held for it",
+            flow.waiting.parked,
+        )
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
 
