@@ -1,20 +1,25 @@
 """On a private 3-node cluster: connections fail over, client queues are spread over the
-nodes, the shared queues are quorum queues."""
+nodes, the shared queues are quorum queues, and a single node's classic shared queues
+move to quorum queues with their messages."""
 
 from __future__ import annotations
 
 import urllib.parse
 from collections import Counter
 
+import pika
 import pytest
 
 from broker import topology
 from broker.connection import close_quietly, open_blocking
+from broker.errors import BrokerRefused
+from broker.migration import move_to_quorum
 from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from tests.cluster.conftest import vhost_url
 from tests.cluster.nodes import Cluster, management
+from tests.integration.helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -64,7 +69,9 @@ def test_client_queues_are_spread_over_the_nodes(
     )
     assert sum(homes.values()) == len(ids)
     assert set(homes) == {node.name for node in cluster.nodes}
-    assert max(homes.values()) - min(homes.values()) <= 3, homes
+    # min-masters counts the queues each node homes when a declare arrives; declares in
+    # flight on parallel channels see the same counts, so the spread is even, not exact.
+    assert min(homes.values()) >= len(ids) // 5, homes
 
 
 def test_shared_queues_are_quorum_queues_on_a_cluster(cluster: Cluster, cluster_vhost: str) -> None:
@@ -73,3 +80,65 @@ def test_shared_queues_are_quorum_queues_on_a_cluster(cluster: Cluster, cluster_
     topology.declare_all(settings)  # idempotent
     types = {str(q["name"]): q["type"] for q in queues(cluster, cluster_vhost)}
     assert types == {name: "quorum" for name in topology.shared_queues()}
+
+
+def test_a_single_node_deployments_classic_shared_queues_move_to_quorum(
+    cluster: Cluster, cluster_vhost: str
+) -> None:
+    """What a deployment that grows from one node to a cluster runs once
+    (``setevnt-dispatcher move-to-quorum``): every message stays, with its properties."""
+    url = vhost_url(cluster, cluster_vhost)
+    single = BrokerSettings.from_env(url, cluster_flag=False)
+    topology.declare_all(single)  # the classic queues of a single-node deployment
+    waiting = {
+        topology.ACK_QUEUE: (topology.ACK_EXCHANGE, topology.ack_routing_key("PC1"), 3),
+        topology.FLEET_QUEUE: (topology.ACK_EXCHANGE, topology.hello_routing_key("PC1"), 2),
+        topology.REQUEST_QUEUE: (topology.REQUEST_EXCHANGE, "", 1),
+        topology.DEAD_QUEUE: (topology.DEAD_EXCHANGE, "", 0),
+    }
+    connection = open_blocking(single)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for queue, (exchange, key, count) in waiting.items():
+            for n in range(count):
+                properties = pika.BasicProperties(
+                    message_id=f"{queue}-{n}", user_id="guest", headers={"h": n}, delivery_mode=2
+                )
+                channel.basic_publish(exchange, key, b"body", properties, mandatory=True)
+    finally:
+        close_quietly(connection)
+    clustered = BrokerSettings.from_env(url)
+    with pytest.raises(BrokerRefused, match="x-queue-type"):
+        topology.declare_all(clustered)  # why the move is needed
+    moved = move_to_quorum(clustered)
+    assert moved == {queue: count for queue, (_e, _k, count) in waiting.items()}
+    assert move_to_quorum(clustered) == {}, "a second run finds quorum queues only"
+    topology.declare_all(clustered)
+    listed = {str(q["name"]): q for q in queues(cluster, cluster_vhost)}
+    assert {name: q["type"] for name, q in listed.items()} == dict.fromkeys(waiting, "quorum")
+    connection = open_blocking(clustered)
+    try:
+        channel = connection.channel()
+        _method, properties, body = channel.basic_get(topology.ACK_QUEUE, auto_ack=True)
+        assert (properties.message_id, properties.user_id, body) == (
+            "setevnt.acks-0",
+            "guest",
+            b"body",
+        )
+        # A quorum queue counts deliveries in x-delivery-count; the sender's headers stay.
+        assert properties.headers == {"h": 0, "x-delivery-count": 0}
+        for queue, (_e, _k, count) in waiting.items():
+            depth = channel.queue_declare(queue, passive=True).method.message_count
+            assert depth == count - (queue == topology.ACK_QUEUE)
+        # Still routed: an ack published now reaches the quorum queue.
+        channel.basic_publish(topology.ACK_EXCHANGE, topology.ack_routing_key("PC2"), b"new")
+        wait_for(
+            lambda: (
+                channel.queue_declare(topology.ACK_QUEUE, passive=True).method.message_count == 3
+            ),
+            10,
+            "the new ack in the quorum queue",
+        )
+    finally:
+        close_quietly(connection)
