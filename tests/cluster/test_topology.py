@@ -4,8 +4,10 @@ move to quorum queues with their messages."""
 
 from __future__ import annotations
 
+import time
 import urllib.parse
 from collections import Counter
+from pathlib import Path
 
 import pika
 import pytest
@@ -17,9 +19,10 @@ from broker.migration import move_to_quorum
 from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
+from dispatcher import Dispatcher
 from tests.cluster.conftest import vhost_url
 from tests.cluster.nodes import Cluster, management
-from tests.integration.helpers import wait_for
+from tests.integration.helpers import records, start_agent, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -142,3 +145,53 @@ def test_a_single_node_deployments_classic_shared_queues_move_to_quorum(
         )
     finally:
         close_quietly(connection)
+
+
+def test_an_agent_whose_queues_node_dies_consumes_again_when_it_is_back(
+    cluster: Cluster, cluster_vhost: str, tmp_path: Path
+) -> None:
+    """SIGKILL the node that homes the agent's queue: the agent's consumer goes with it,
+    consuming answers `404 home node ... is down` while it is away, and the agent keeps
+    reconnecting (to the other nodes) until the queue is back, then runs what comes."""
+    url = vhost_url(cluster, cluster_vhost)
+    victim = cluster.nodes[2]
+    client = "AGENT1"
+    settings = BrokerSettings.from_env(url)
+    home = settings.node(settings.urls[2])  # vhost_url lists the nodes in order
+    connection = open_blocking(home)  # declared through the victim: homed on it
+    try:
+        topology.declare_core(connection.channel(), quorum=True)
+        topology.declare_client(connection.channel(), client)
+    finally:
+        close_quietly(connection)
+    homed = {str(q["name"]): q["node"] for q in queues(cluster, cluster_vhost)}
+    assert homed[topology.client_queue(client)] == victim.name
+    agent = start_agent(url, client, tmp_path)
+    consuming = f"agent {client} consuming {topology.client_queue(client)}"
+    try:
+        with Dispatcher(url) as dispatcher:
+            before = dispatcher.trigger([client], "CCIM32_STARTCYCLE")[0].command_id
+        wait_for(lambda: finished(tmp_path, client, before), 30, "the first command's run")
+        cluster.kill(victim)
+        time.sleep(5)
+        assert agent.proc.poll() is None, "the agent waits for its queue's node"
+        seen = sum(consuming in line for line in agent.lines)
+        cluster.start(victim)
+        wait_for(
+            lambda: sum(consuming in line for line in agent.lines) > seen,
+            90,
+            "the agent consuming its queue again",
+        )
+        with Dispatcher(url) as dispatcher:
+            after = dispatcher.trigger([client], "CCIM32_STARTCYCLE")[0].command_id
+        wait_for(lambda: finished(tmp_path, client, after), 30, "the command after the return")
+    finally:
+        agent.terminate()
+    assert any("home node" in line for line in agent.lines), agent.output[-2000:]
+
+
+def finished(tmp: Path, client: str, command_id: str) -> bool:
+    return any(
+        r["phase"] == "finish" and r["command_id"] == command_id
+        for r in records(tmp / f"{client}.record")
+    )
