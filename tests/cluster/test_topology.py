@@ -164,7 +164,7 @@ def test_an_agent_whose_queues_node_dies_consumes_again_when_it_is_back(
         topology.declare_client(connection.channel(), client)
     finally:
         close_quietly(connection)
-    homed = {str(q["name"]): q["node"] for q in queues(cluster, cluster_vhost)}
+    homed = {str(q["name"]): q.get("node") for q in queues(cluster, cluster_vhost)}
     assert homed[topology.client_queue(client)] == victim.name
     agent = start_agent(url, client, tmp_path)
     consuming = f"agent {client} consuming {topology.client_queue(client)}"
