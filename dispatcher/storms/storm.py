@@ -256,7 +256,7 @@ def run(
     try:
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
-            Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, c.status)
+            Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, _status(c))
             for c in commands
         ]
         flow = StormFlow(
@@ -285,6 +285,11 @@ def run(
         )
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
+
+
+def _status(command: CommandRecord) -> str:
+    """A resumed storm sends again what waited for a node: it was never confirmed."""
+    return Status.PLANNED if command.status == Status.WAITING_NODE else command.status
 
 
 def warn_without_collector(settings: BrokerSettings) -> None:
