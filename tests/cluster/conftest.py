@@ -15,8 +15,6 @@ import pytest
 
 from tests.cluster.nodes import RABBITMQ_SERVER, Cluster, management, start_cluster
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
