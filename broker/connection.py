@@ -9,7 +9,9 @@ publisher, the simulator's lanes, bulk provisioning) through :func:`open_async`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import random
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,8 +28,32 @@ log = logging.getLogger(__name__)
 _REFUSAL_CODES = {402, 403, 404, 405, 406, 530, 540}
 
 
+# Where the next connection starts in a list of nodes: each connection starts one node
+# further, from a random first node, so that a fleet's connections spread over the
+# cluster and a retry after a failure goes to another node first.
+_turn = itertools.count(random.randrange(1 << 16))
+
+
+def node_order(urls: tuple[str, ...]) -> list[str]:
+    """``urls`` rotated to start at the next node in turn."""
+    start = next(_turn) % len(urls)
+    return list(urls[start:] + urls[:start])
+
+
 def parameters(settings: BrokerSettings) -> pika.URLParameters:
-    params = pika.URLParameters(settings.url)
+    """Parameters for one connection: the next node in turn when there are several
+    (for pika's ``SelectConnection``, which takes one node; a retry takes the next)."""
+    return _node_parameters(settings, node_order(settings.urls)[0])
+
+
+def all_parameters(settings: BrokerSettings) -> list[pika.URLParameters]:
+    """Parameters for every node, starting with the next in turn: pika's
+    ``BlockingConnection`` tries them in this order until one answers."""
+    return [_node_parameters(settings, url) for url in node_order(settings.urls)]
+
+
+def _node_parameters(settings: BrokerSettings, url: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
     if settings.tls:
         params.ssl_options = pika.SSLOptions(tls_context(settings), settings.host)
     params.heartbeat = settings.heartbeat
@@ -57,7 +83,7 @@ def tls_context(settings: BrokerSettings) -> ssl.SSLContext:
 
 def open_blocking(settings: BrokerSettings) -> pika.BlockingConnection:
     with translate_errors(f"connecting to {settings.redacted()}"):
-        return pika.BlockingConnection(parameters(settings))
+        return pika.BlockingConnection(all_parameters(settings))
 
 
 def open_async(

@@ -32,12 +32,13 @@ class Consumer:
 
     def __init__(self, settings: BrokerSettings, *, prefetch: int | None = None) -> None:
         self._link = Link(settings, prefetch=prefetch)
+        self._cluster = settings.cluster
 
     def open(self, doing: str = "opening a consumer") -> None:
         self._link.open(doing)
         try:
             with translate_errors(doing):
-                topology.declare_core(self._link.channel)
+                topology.declare_core(self._link.channel, quorum=self._cluster)
         except BaseException:
             self.close()
             raise

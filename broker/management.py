@@ -41,7 +41,7 @@ class Management:
 
         Default: ``$SETEVNT_MANAGEMENT_URL``, else :func:`default_url`.
         """
-        amqp = urlsplit(settings.url)
+        amqp = urlsplit(settings.first_url)
         chosen = url or os.environ.get(MANAGEMENT_ENV) or default_url(settings)
         return cls(
             chosen.rstrip("/"), unquote(amqp.username or "guest"), unquote(amqp.password or "")
@@ -141,7 +141,7 @@ class Management:
 def default_url(settings: BrokerSettings) -> str:
     """The management API beside the AMQP listener, by RabbitMQ's own convention: port
     5672 + 10000 = 15672 (5671 -> https 15671), so a node on 5673 is found on 15673."""
-    amqp = urlsplit(settings.url)
+    amqp = urlsplit(settings.first_url)
     tls = amqp.scheme == "amqps"
     port = (amqp.port or (5671 if tls else 5672)) + PORT_OFFSET
     host = amqp.hostname or "127.0.0.1"

@@ -17,6 +17,7 @@ from typing import Any
 from broker import topology
 from broker.connection import open_async, parameters, translate
 from broker.errors import BrokerError, ConfirmTimeout
+from broker.placement import ensure_placement
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def provision_clients(
         topology.client_queue(client_id)  # validate all before declaring any
     if not ids:
         return
+    ensure_placement(settings)  # on a cluster: spread the queues before declaring any
     work = _Provisioning(ids, limits, parallel)
     work.connection = connection = open_async(
         parameters(settings.named(f"{settings.connection_name} (provisioning)")),

@@ -148,7 +148,6 @@ class ConfirmingPublisher:
         self.channels = channels
         self._stamp = stamp
         self._settings = settings
-        self._params = parameters(settings)
         self.window = window
         self._refill_at = max(1, window // channels // REFILL_FRACTION)
         self._attempts = attempts
@@ -420,7 +419,7 @@ class ConfirmingPublisher:
         self._opening = True
         try:
             self._connection = open_async(
-                self._params,
+                parameters(self._settings),  # the next node of a cluster on each reconnect
                 on_open=self._on_open,
                 on_open_error=self._on_open_error,
                 on_closed=self._on_closed,

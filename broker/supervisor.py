@@ -18,7 +18,7 @@ from broker.errors import BrokerRefused, ConnectionLost
 log = logging.getLogger(__name__)
 
 # 404: the queue does not exist yet because the dispatcher has not provisioned this
-# client; it will, so this is worth waiting for rather than fatal.
+# client, or (on a cluster) its home node is down; either is worth waiting for.
 RETRYABLE_REFUSALS = frozenset({404})
 
 
@@ -45,7 +45,8 @@ def supervise(
             if exc.code not in RETRYABLE_REFUSALS:
                 log.error("%s: broker refused, giving up: %s", what, exc)
                 raise
-            log.warning("%s: %s; waiting to be provisioned", what, exc)
+            waiting = "for its node" if "home node" in str(exc) else "to be provisioned"
+            log.warning("%s: %s; waiting %s", what, exc, waiting)
         if time.monotonic() - started > healthy_after:
             delay = initial_delay  # the session had been fine: start the backoff over
         pause = random.uniform(delay / 2, delay)

@@ -1,8 +1,12 @@
 """The one place that names and declares setevnt's exchanges and queues.
 
-Every declaration is idempotent (same arguments every time). All queues are classic
+Every declaration is idempotent (same arguments every time). Client queues are classic
 queues: RabbitMQ 3.10 crashes under a storm with classic queue version 2, so no
-``x-queue-version`` is ever asked for (see docs/operator.md).
+``x-queue-version`` is ever asked for (see docs/operator.md). On a cluster the shared
+queues are quorum queues (replicated: a node's loss loses no ack nor request), and a
+policy spreads the client queues over the nodes (``min-masters``) instead of homing them
+all on the node that provisions them; a single node keeps classic shared queues, and
+:mod:`broker.migration` moves them to quorum queues when it becomes a cluster.
 
     dispatcher --(default exchange, key setevnt.client.<id>)--> setevnt.client.<id> --> agent
         expired / rejected commands --> setevnt.dead (exchange, fanout) --> setevnt.dead
@@ -128,20 +132,56 @@ def reply_address_ok(reply_to: str) -> bool:
     return _REPLY_ADDRESS.fullmatch(reply_to) is not None
 
 
-def request_queue_arguments() -> dict[str, Any]:
+# Client queues on a cluster: each is homed on the node with the fewest queues when it is
+# declared. A policy, not a queue argument: an argument would make every existing queue
+# "inequivalent" to its next declare, a policy applies to whoever declares.
+PLACEMENT_POLICY = "setevnt-client-placement"
+PLACEMENT_PATTERN = r"^setevnt\.client\."
+PLACEMENT_DEFINITION: dict[str, Any] = {"queue-master-locator": "min-masters"}
+
+QUORUM = "quorum"
+CLASSIC = "classic"
+
+
+def shared_queue_type(quorum: bool) -> str:
+    return QUORUM if quorum else CLASSIC
+
+
+def shared_queues(quorum: bool = False) -> dict[str, dict[str, Any]]:
+    """The shared queues and their arguments, by name."""
+    kind = shared_queue_type(quorum)
+    return {
+        DEAD_QUEUE: {"x-queue-type": kind, "x-max-length": 100_000},
+        ACK_QUEUE: ack_queue_arguments(quorum),
+        # Heartbeats are only worth their latest value: bound the backlog when nobody reads.
+        FLEET_QUEUE: {"x-queue-type": kind, "x-message-ttl": 3600 * 1000, "x-max-length": 100_000},
+        REQUEST_QUEUE: request_queue_arguments(quorum),
+    }
+
+
+# Each shared queue's bindings: (exchange, routing key).
+SHARED_BINDINGS: dict[str, tuple[tuple[str, str], ...]] = {
+    DEAD_QUEUE: ((DEAD_EXCHANGE, ""),),
+    ACK_QUEUE: ((ACK_EXCHANGE, f"{ACK_KEY}.#"), (ACK_EXCHANGE, f"{REPORT_KEY}.#")),
+    FLEET_QUEUE: ((ACK_EXCHANGE, f"{HELLO_KEY}.#"),),
+    REQUEST_QUEUE: ((REQUEST_EXCHANGE, ""),),
+}
+
+
+def request_queue_arguments(quorum: bool = False) -> dict[str, Any]:
     # Refused requests are rejected into the dead letters; a flood beyond the bound is
     # refused at publish (the requester's confirm is a nack) instead of dropped silently.
     return {
-        "x-queue-type": "classic",
+        "x-queue-type": shared_queue_type(quorum),
         "x-dead-letter-exchange": DEAD_EXCHANGE,
         "x-max-length": REQUEST_QUEUE_MAX,
         "x-overflow": "reject-publish",
     }
 
 
-def ack_queue_arguments() -> dict[str, Any]:
+def ack_queue_arguments(quorum: bool = False) -> dict[str, Any]:
     return {
-        "x-queue-type": "classic",
+        "x-queue-type": shared_queue_type(quorum),
         "x-max-length": ACK_QUEUE_MAX,
         "x-overflow": "reject-publish",
     }
@@ -157,40 +197,32 @@ def client_queue_arguments(limits: QueueLimits) -> dict[str, Any]:
     }
 
 
-def declare_core(channel: Channel) -> None:
-    """Declare the shared exchanges and queues (ack, fleet and request paths, dead letters)."""
+def declare_exchanges(channel: Channel) -> None:
     channel.exchange_declare(DEAD_EXCHANGE, exchange_type="fanout", durable=True)
-    channel.queue_declare(
-        DEAD_QUEUE,
-        durable=True,
-        arguments={"x-queue-type": "classic", "x-max-length": 100_000},
-    )
-    channel.queue_bind(DEAD_QUEUE, DEAD_EXCHANGE, routing_key="")
     channel.exchange_declare(ACK_EXCHANGE, exchange_type="topic", durable=True)
-    channel.queue_declare(ACK_QUEUE, durable=True, arguments=ack_queue_arguments())
-    channel.queue_bind(ACK_QUEUE, ACK_EXCHANGE, routing_key=f"{ACK_KEY}.#")
-    channel.queue_bind(ACK_QUEUE, ACK_EXCHANGE, routing_key=f"{REPORT_KEY}.#")
-    # Heartbeats are only worth their latest value: bound the backlog when nobody reads.
-    channel.queue_declare(
-        FLEET_QUEUE,
-        durable=True,
-        arguments={
-            "x-queue-type": "classic",
-            "x-message-ttl": 3600 * 1000,
-            "x-max-length": 100_000,
-        },
-    )
-    channel.queue_bind(FLEET_QUEUE, ACK_EXCHANGE, routing_key=f"{HELLO_KEY}.#")
     channel.exchange_declare(REQUEST_EXCHANGE, exchange_type="fanout", durable=True)
-    channel.queue_declare(REQUEST_QUEUE, durable=True, arguments=request_queue_arguments())
-    channel.queue_bind(REQUEST_QUEUE, REQUEST_EXCHANGE, routing_key="")
+
+
+def declare_shared_queue(channel: Channel, name: str, *, quorum: bool = False) -> None:
+    """Declare one shared queue and its bindings."""
+    channel.queue_declare(name, durable=True, arguments=shared_queues(quorum)[name])
+    for exchange, key in SHARED_BINDINGS[name]:
+        channel.queue_bind(name, exchange, routing_key=key)
+
+
+def declare_core(channel: Channel, *, quorum: bool = False) -> None:
+    """Declare the shared exchanges and queues (ack, fleet and request paths, dead
+    letters); ``quorum`` on a cluster."""
+    declare_exchanges(channel)
+    for name in shared_queues(quorum):
+        declare_shared_queue(channel, name, quorum=quorum)
 
 
 def declare_all(settings: BrokerSettings, *, doing: str = "declaring the topology") -> None:
     """Open a connection, declare the shared exchanges and queues, close it (raises a
     BrokerError)."""
     with Link(settings) as link, translate_errors(doing):
-        declare_core(link.channel)
+        declare_core(link.channel, quorum=settings.cluster)
 
 
 def declare_client(

@@ -12,7 +12,9 @@ A lane consumes only once both connections are ready, so every command it takes 
 answered. A client's queue is consumed only once a declare says it exists: passive by
 default (the dispatcher provisions a queue when the client's hello arrives), or a real
 declare when the lane provisions queues itself. A missing queue closes only the lane's
-probe channel, which is reopened after a pause, never the channel that consumes.
+probe channel, which is reopened after a pause, never the channel that consumes. On a
+cluster, a queue whose node went down cancels its consumer and answers the probe "home
+node is down": it is probed again, behind the others, until its node is back.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from broker import topology
 from broker.confirms import Unconfirmed, read_confirm
 from broker.connection import message_properties, open_async, parameters, translate
 from broker.errors import BrokerError, BrokerRefused
+from broker.queue_probe import QueueState, classify_not_found
 from broker.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
@@ -227,6 +230,7 @@ class Lane:
 
     def _on_consume_channel(self, channel: Any) -> None:
         channel.add_on_close_callback(self._on_channel_lost)
+        channel.add_on_cancel_callback(self._on_cancelled)
         # Per consumer (global_qos=False): each simulated client holds one command at a
         # time, like an agent.
         channel.basic_qos(prefetch_count=1, callback=lambda _f: self._consume_ready(channel))
@@ -338,7 +342,7 @@ class Lane:
         error = translate(reason, f"declaring {queue}")
         if queue is not None:
             if isinstance(error, BrokerRefused) and error.code == 404:
-                self._to_probe.appendleft(queue)  # not provisioned yet: ask again later
+                self._probe_again(queue, getattr(reason, "reply_text", ""))
             else:
                 log.error("cannot consume %s: %s", queue, error)
         connection = self._consume_conn
@@ -348,6 +352,26 @@ class Lane:
                 connection.is_open and connection.channel(on_open_callback=self._on_probe_channel)
             ),
         )
+
+    def _probe_again(self, queue: str, reply_text: str) -> None:
+        if classify_not_found(reply_text).state is QueueState.NODE_DOWN:
+            self._to_probe.append(queue)  # its node is down: the others go first
+        else:
+            self._to_probe.appendleft(queue)  # not provisioned yet: ask again later
+
+    def _on_cancelled(self, frame: Any) -> None:
+        """The broker cancelled a consumer: its queue's node went down (or it was
+        deleted). Probe it again after a pause; it is consumed once it is back."""
+        queue = frame.method.consumer_tag
+        self.consuming.discard(queue)
+        generation = self.generation
+
+        def again() -> None:
+            if generation == self.generation and queue not in self.consuming:
+                self._to_probe.append(queue)
+                self._probe_next()
+
+        self._loop.call_later(PROBE_PAUSE, again)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         delivery = LaneDelivery(

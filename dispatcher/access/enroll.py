@@ -108,7 +108,12 @@ def revoke(management: Management, client_id: str) -> int:
 
 
 def agent_url(settings: BrokerSettings, user: str, password: str) -> str:
-    parts = urlsplit(settings.url)
+    """The agent's URL: every node of a cluster, with the agent's own credentials."""
+    return ",".join(_node_url(url, user, password) for url in settings.urls)
+
+
+def _node_url(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     if parts.port:

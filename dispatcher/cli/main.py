@@ -10,6 +10,8 @@ setevnt-dispatcher provision CLIENT_ID ...         create clients' command queue
 setevnt-dispatcher keygen|enroll|enroll-service|revoke
                                                    signing key, broker users (dispatcher.cli.enroll)
 setevnt-dispatcher declare                         declare the shared topology
+setevnt-dispatcher move-to-quorum                  a single node's classic shared queues
+                                                   become quorum queues (broker.migration)
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from broker.migration import move_to_quorum
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import Dispatcher
@@ -64,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     provision.add_argument("--json", action="store_true", help="print the outcome as JSON")
     declare = sub.add_parser("declare", help="declare the shared exchanges and queues")
     declare.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    move = sub.add_parser(
+        "move-to-quorum",
+        help="replace classic shared queues by quorum queues, keeping their messages "
+        "(stop `serve` first; run as a broker user tagged impersonator)",
+    )
+    move.add_argument("--json", action="store_true", help="print the outcome as JSON")
     keygen = sub.add_parser("keygen", help="create the command-signing key, print its public key")
     keygen.add_argument("--out", required=True, help="private key file to create (mode 0600)")
     keygen.add_argument("--json", action="store_true", help="print the key file and public key")
@@ -101,6 +110,11 @@ def command(args: argparse.Namespace) -> int:
         return enroll_cli.run(args)
     if args.command == "keygen":
         return keygen(args.out, as_json=args.json)
+    if args.command == "move-to-quorum":
+        moved = move_to_quorum(BrokerSettings.from_env(args.url))
+        text = "\n".join(f"{q}: quorum queue, {n} message(s) moved" for q, n in moved.items())
+        print(json.dumps({"moved": moved}) if args.json else text or "already quorum queues")
+        return 0
     with Dispatcher(args.url) as dispatcher:
         if args.command == "provision":
             count = dispatcher.provision(args.clients)

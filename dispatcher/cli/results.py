@@ -40,7 +40,8 @@ def add_command(
         "--status",
         type=status_filter,
         metavar="S,S",
-        help="only these statuses, e.g. failed,expired (pending: sent and pending-offline)",
+        help="only these statuses, e.g. failed,expired "
+        "(pending: sent, pending-offline, waiting-node)",
     )
     results.add_argument("--json", action="store_true", help="one JSON object per client")
 
@@ -67,7 +68,8 @@ def add_retry_arguments(parser: argparse.ArgumentParser) -> None:
         "--status",
         type=status_filter,
         metavar="S,S",
-        help="with --retry-from (default failed,expired; pending: sent and pending-offline)",
+        help="with --retry-from (default failed,expired; "
+        "pending: sent, pending-offline, waiting-node)",
     )
 
 

@@ -23,6 +23,7 @@ STATUS_COLOURS: Mapping[str, str] = {
     Status.COALESCED: "#56B4E9",
     Status.SENT: "#0072B2",
     Status.PENDING_OFFLINE: "#999999",
+    Status.WAITING_NODE: "#BBBBBB",
     Status.FAILED: "#D55E00",
     Status.REJECTED: "#CC79A7",
     Status.EXPIRED: "#E69F00",

@@ -48,6 +48,7 @@ STATUS_MEANINGS: Mapping[str, str] = {
     Status.COALESCED: "not sent: the same event was still pending for this client",
     Status.SENT: "published, no answer yet",
     Status.PENDING_OFFLINE: "waiting in the client's queue: the client has not taken it",
+    Status.WAITING_NODE: "the broker node of the client's queue is down: sent when it is back",
     Status.FAILED: "the client tried, and the component reported an error",
     Status.REJECTED: "the client refused it (invalid, expired signature, not allowed)",
     Status.EXPIRED: "its time to live ran out before the client ran it",

@@ -4,9 +4,9 @@ One row per client: its command's status, the agent's reason and detail, the
 component's exit code and the end of its output, and the trigger latency. A table for
 people (agents' text cut to one printable line), or JSON lines (``--json``) that carry
 every field whole. ``--status failed,expired`` keeps only those statuses; ``pending``
-stands for ``sent`` and ``pending-offline``. A command still pending past its expiry is
-``expired``: the broker dropped it unanswered. ``storm --retry-from`` targets the clients
-these rows name.
+stands for ``sent``, ``pending-offline`` and ``waiting-node``. A command still pending
+past its expiry is ``expired``: the broker dropped it unanswered. ``storm --retry-from``
+targets the clients these rows name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ from dispatcher.report.charts import latency_text, status_order
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import ClientResult, Ledger, Status, StormRecord
 
-ALIASES = {"pending": frozenset({Status.SENT.value, Status.PENDING_OFFLINE.value})}
+ALIASES = {
+    "pending": frozenset(
+        {Status.SENT.value, Status.PENDING_OFFLINE.value, Status.WAITING_NODE.value}
+    )
+}
 STATUS_WORDS = (*(s.value for s in Status), *ALIASES)
 RETRY_DEFAULT = frozenset({Status.FAILED.value, Status.EXPIRED.value})
 DETAIL_SHOWN = 100  # characters of a detail in the table; --json has it whole

@@ -22,7 +22,7 @@ from dispatcher.store.ledger_rows import Status, StormState
 from dispatcher.storms.progress import STALE_AFTER
 
 STORM_STATES = tuple(StormState)
-IN_FLIGHT = (Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE)
+IN_FLIGHT = (Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE, Status.WAITING_NODE)
 RECENT = 15 * 60  # a finished storm's progress stays on the dashboard this long
 
 

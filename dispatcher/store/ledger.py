@@ -124,7 +124,7 @@ CREATE INDEX IF NOT EXISTS commands_by_answer ON commands (storm_id, answer_seq)
 # verdict written when a storm is planned, carry no answer number).
 _ANSWER_COLUMNS = "answer_seq, command_id, status, acked_at, latency, reason, detail"
 _MARK_SENT = """
-UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
+UPDATE commands SET status = CASE WHEN status IN ('planned', 'waiting-node') THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
 WHERE command_id = ?
 """
@@ -132,12 +132,13 @@ WHERE command_id = ?
 # index; the id is still compared, so a row that is not that command's (a rebuilt table)
 # is left alone.
 _MARK_SENT_ROW = """
-UPDATE commands SET status = CASE WHEN status = 'planned' THEN ? ELSE status END,
+UPDATE commands SET status = CASE WHEN status IN ('planned', 'waiting-node') THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
 WHERE rowid = ? AND command_id = ?
 """
 _SET_STATUS = """
-UPDATE commands SET status = ? WHERE command_id = ? AND status IN ('planned', 'sent')
+UPDATE commands SET status = ?
+WHERE command_id = ? AND status IN ('planned', 'sent', 'waiting-node')
 """
 _STORM_COLUMNS = (
     "storm_id, component, event, options, targets, state, reason, requested_by, "

@@ -27,7 +27,14 @@ from schemas.messages import Ack, Issued, IssueStatus
 # what never reached a queue (unroutable, nacked) stay; an ack proves that a command the
 # dispatcher gave up on (pending-offline, even cancelled) did arrive.
 ANSWERABLE = frozenset(
-    {Status.PLANNED, Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE, Status.CANCELLED}
+    {
+        Status.PLANNED,
+        Status.SENT,
+        Status.DEFERRED,
+        Status.PENDING_OFFLINE,
+        Status.WAITING_NODE,
+        Status.CANCELLED,
+    }
 )
 
 

@@ -19,6 +19,8 @@ class Status(StrEnum):
     SENT = "sent"
     DEFERRED = "deferred"  # the agent holds it (a distribution is running)
     PENDING_OFFLINE = "pending-offline"  # queued for a client that did not take it
+    # Its client's queue is on a cluster node that is down: sent again when it is back.
+    WAITING_NODE = "waiting-node"
     DONE = "done"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -41,7 +43,7 @@ class StormState(StrEnum):
 ACK_FINAL = frozenset(
     {Status.DONE, Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.COALESCED}
 )
-PENDING = frozenset({Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE})
+PENDING = frozenset({Status.SENT, Status.DEFERRED, Status.PENDING_OFFLINE, Status.WAITING_NODE})
 ERRORS = frozenset(
     {Status.FAILED, Status.REJECTED, Status.EXPIRED, Status.UNROUTABLE, Status.NACKED}
 )

@@ -19,6 +19,9 @@ runs on the publisher's thread, between confirms and on its ticks: no locks.
   publishing, and nobody waits on the publisher's thread for the last answers.
 - What it published is reported to the service's collector as it goes
   (:mod:`dispatcher.storms.publish_reports`), through the same publisher, between commands.
+- On a cluster, a command whose client's queue is on a node that is down is
+  ``waiting-node``, not failed: :mod:`dispatcher.storms.waiting` sends it again when the
+  node is back, within its time to live.
 - In the fast lane (transient commands) a broker restart loses what sat in the queues:
   when the publisher reconnects, every command confirmed but not answered yet is sent
   again, with its id (an agent that already ran it answers from its journal).
@@ -47,6 +50,7 @@ from dispatcher.store.ledger import (
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.storms.answers import Answers
 from dispatcher.storms.publish_reports import PublishReports
+from dispatcher.storms.waiting import NodeWait, Prober
 from schemas.codec import encoding
 from schemas.messages import Command
 
@@ -69,6 +73,7 @@ class Target:
     issued_at: float = 0.0
     published: bool = False  # confirmed at least once
     deadline: float = 0.0  # monotonic: pending-offline when unanswered by then
+    expires_at: float = 0.0  # set once it waited for a node: a re-send keeps its expiry
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,7 @@ class StormFlow:
         *,
         on_progress: Callable[[StormFlow], None] | None = None,
         reports: PublishReports | None = None,
+        nodes: Prober | None = None,
         flush_every: float = 0.25,
         progress_every: float = 0.5,
     ) -> None:
@@ -167,6 +173,7 @@ class StormFlow:
         self._writes = Writes()
         self._on_progress = on_progress
         self._reports = reports
+        self.waiting: NodeWait[Target] | None = NodeWait(nodes) if nodes is not None else None
         self._flush_every = flush_every
         self._progress_every = progress_every
         self._next_flush = self._next_progress = time.monotonic()
@@ -205,6 +212,8 @@ class StormFlow:
     def tick(self) -> None:
         self._absorb()
         self._expire()
+        if self.waiting is not None and self.state == StormState.RUNNING:
+            self.waiting.recheck(self._release, self._expire_waiting)
         if self.stop_requested and self.state == StormState.RUNNING:
             self.halt(self.stop_requested, state=StormState.CANCELLED)
         if self.suspend_requested and self.state == StormState.RUNNING:
@@ -224,6 +233,8 @@ class StormFlow:
             return False
         if self.state != StormState.RUNNING:
             return True
+        if self.waiting is not None and len(self.waiting):
+            return False
         return not self._queue and (self.window == 0 or not self.await_answers)
 
     # -- outcomes -----------------------------------------------------------------------
@@ -234,6 +245,8 @@ class StormFlow:
             reports.settled(outcome)
             return
         target = self._targets[message.key]
+        if outcome is not Outcome.SENT and self._park(target, outcome):
+            return
         if outcome is not Outcome.SENT or not target.published:
             self._count(outcome)  # a re-sent command counts once, as its first publish
         if outcome is not Outcome.SENT:
@@ -328,16 +341,43 @@ class StormFlow:
         if not target.offline:
             target.in_window = True
             self.window += 1
-        now = target.issued_at = time.time()
-        ttl = self._ttl
+        if target.expires_at:  # sent again after waiting for a node: same expiry
+            now, expires = target.issued_at, target.expires_at
+            ttl = max(expires - time.time(), 0.001)
+        else:
+            now = target.issued_at = time.time()
+            ttl = self._ttl
+            expires = now + ttl
         body = self._encode(
             command_id=target.command_id,
             client_id=target.client_id,
             issued_at=now,
-            expires_at=now + ttl,
+            expires_at=expires,
             not_before=target.not_before,
         )
         return command_message(target.command_id, target.client_id, body, ttl, self._persistent)
+
+    def _park(self, target: Target, outcome: Outcome) -> bool:
+        """``waiting-node`` instead of failed when the queue's node is down."""
+        if self.waiting is None or not self.waiting.park(target, outcome):
+            return False
+        self._leave(target)
+        if not target.expires_at:
+            target.expires_at = target.issued_at + self.limits.ttl
+        self._settle(target, Status.WAITING_NODE)
+        self._writes.statuses.append(StatusMark(Status.WAITING_NODE.value, target.command_id))
+        return True
+
+    def _release(self, target: Target) -> None:
+        if target.status == Status.WAITING_NODE:
+            self._settle(target, Status.PLANNED)
+            self._queue.appendleft(target)
+
+    def _expire_waiting(self, target: Target) -> None:
+        if target.status == Status.WAITING_NODE:
+            self._settle(target, Status.EXPIRED)
+            self._writes.statuses.append(StatusMark(Status.EXPIRED.value, target.command_id))
+            self._failed(target, Status.EXPIRED, "its queue's broker node stayed down")
 
     def _absorb(self) -> None:
         # The collector already wrote these answers to the ledger: only the flow learns.

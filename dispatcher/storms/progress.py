@@ -64,7 +64,7 @@ class StormView:
 
     @property
     def pending(self) -> int:
-        return self.count("sent", "pending-offline")
+        return self.count("sent", "pending-offline", "waiting-node")
 
     @property
     def unsent(self) -> int:
@@ -126,6 +126,7 @@ class StormView:
             "failed": self.failed,
             "pending": self.pending,
             "pending_offline": self.count("pending-offline"),
+            "waiting_node": self.count("waiting-node"),
             "coalesced": self.count("coalesced"),
             "cancelled": self.count("cancelled"),
             "unsent": self.unsent,
@@ -208,7 +209,8 @@ def lines(view: StormView) -> list[str]:
         + (f" ({view.reason})" if view.reason else ""),
         f"  published {view.published}  acked {view.acked}  deferred {view.count('deferred')}  "
         f"failed {view.failed}  pending {view.pending} "
-        f"(offline {view.count('pending-offline')})  coalesced {view.count('coalesced')}  "
+        f"(offline {view.count('pending-offline')}, node down {view.count('waiting-node')})  "
+        f"coalesced {view.count('coalesced')}  "
         f"cancelled {view.count('cancelled')}  not sent {view.unsent}",
     ]
     if view.latencies:

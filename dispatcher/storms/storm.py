@@ -32,6 +32,7 @@ from broker import topology
 from broker.errors import BrokerError
 from broker.peek import consumers
 from broker.publisher import ConfirmingPublisher, Stamp
+from broker.queue_probe import QueueProbe
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import default_requester, report_message
@@ -250,10 +251,12 @@ def run(
     commands = ledger.storm_commands(storm.storm_id)
     answers = Answers(storm.storm_id)
     writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=answers.read)
+    # On a cluster: tells a queue whose node is down from a missing one (waiting-node).
+    probe = QueueProbe(settings) if settings.cluster else None
     try:
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
-            Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, c.status)
+            Target(c.command_id, c.client_id, c.not_before, c.client_id in offline, _status(c))
             for c in commands
         ]
         flow = StormFlow(
@@ -264,6 +267,7 @@ def run(
             answers,
             on_progress=on_progress,
             reports=_reports(settings, storm),
+            nodes=probe,
         )
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
@@ -271,8 +275,21 @@ def run(
         _publish(settings, ledger, storm, options, flow, writer, stamp)
     finally:
         writer.close()
+        if probe is not None:
+            probe.close()
+    if flow.waiting is not None and flow.waiting.parked:
+        log.warning(
+            "%d command(s) found their queue's broker node down (waiting-node) and were "
+            "held for it",
+            flow.waiting.parked,
+        )
     ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
+
+
+def _status(command: CommandRecord) -> str:
+    """A resumed storm sends again what waited for a node: it was never confirmed."""
+    return Status.PLANNED if command.status == Status.WAITING_NODE else command.status
 
 
 def warn_without_collector(settings: BrokerSettings) -> None:

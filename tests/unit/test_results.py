@@ -46,7 +46,7 @@ def test_exit_codes_that_look_like_ntstatus_are_also_shown_in_hex(
 
 def test_a_status_filter_names_statuses_and_pending() -> None:
     assert status_filter("failed, expired") == {"failed", "expired"}
-    assert status_filter("pending,done") == {"sent", "pending-offline", "done"}
+    assert status_filter("pending,done") == {"sent", "pending-offline", "waiting-node", "done"}
 
 
 def test_agents_text_becomes_one_printable_line() -> None:

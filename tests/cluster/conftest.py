@@ -1,0 +1,53 @@
+"""A private 3-node cluster per test module, and a virtual host of its own per test.
+
+The nodes are the tests' own (tests/cluster/nodes.py), started once per module and
+stopped with their data deleted afterwards; the machine's broker is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cluster.nodes import RABBITMQ_SERVER, Cluster, management, start_cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    if not os.path.exists(RABBITMQ_SERVER):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI needs {RABBITMQ_SERVER} for a private cluster", pytrace=False)
+        pytest.skip(f"{RABBITMQ_SERVER} is needed for a private cluster")
+    started = start_cluster(3)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture
+def cluster_vhost(cluster: Cluster) -> Iterator[str]:
+    name = f"setevnt-test-{uuid.uuid4().hex[:10]}"
+    quoted = urllib.parse.quote(name, safe="")
+    first = cluster.nodes[0]
+    management(first, "PUT", f"/vhosts/{quoted}")
+    try:
+        management(
+            first,
+            "PUT",
+            f"/permissions/{quoted}/guest",
+            {"configure": ".*", "write": ".*", "read": ".*"},
+        )
+        yield name
+    finally:
+        management(cluster.running(), "DELETE", f"/vhosts/{quoted}")
+
+
+def vhost_url(cluster: Cluster, vhost: str) -> str:
+    """Every node's URL for ``vhost``, comma-separated."""
+    quoted = urllib.parse.quote(vhost, safe="")
+    return ",".join(node.url.replace("/%2F", f"/{quoted}") for node in cluster.nodes)
