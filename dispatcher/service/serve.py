@@ -22,6 +22,7 @@ from dispatcher.service.metrics import DispatcherMetrics, known_events
 from dispatcher.service.policy import Policy
 from dispatcher.service.recorder import Recorder
 from dispatcher.service.senders import Senders
+from dispatcher.service.takeover import Takeover
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.registry import RegistrySettings, SqliteRegistry
@@ -76,9 +77,12 @@ def serve(
             RegistrySettings(offline_after),
             signing=signing,
         )
+        intake = Intake(settings, intake_settings, metrics)
+        takeover = Takeover(database, intake)
         crew = [
             Member("collector", collector.run, collector.stop),
-            _intake(Intake(settings, intake_settings, metrics)),
+            _intake(intake),
+            Member("takeover", takeover.run, takeover.stop),
         ]
         remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:

@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,6 +33,7 @@ from broker.publisher import ConfirmingPublisher, Stamp
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import default_requester, report_message
+from dispatcher.store.leases import RESUMED, TAKEN_OVER, Leases, owner_id
 from dispatcher.store.ledger import (
     RESUMABLE,
     CommandRecord,
@@ -224,7 +223,7 @@ def plan(
         created_at=now,
         finished_at=None,
         heartbeat_at=now,
-        owner=_owner(),
+        owner=owner_id(),
         cancel_requested=False,
     )
     ledger.create_storm(storm, commands)
@@ -351,12 +350,19 @@ def resumable(storm: StormRecord, now: float | None = None) -> str | None:
     return None
 
 
-def claim(ledger: Ledger, storm: StormRecord) -> StormRecord:
-    ledger.claim_storm(storm.storm_id, _owner(), time.time())
-    claimed = ledger.storm(storm.storm_id)
-    assert claimed is not None
-    return claimed
-
-
-def _owner() -> str:
-    return f"pid {os.getpid()} on {socket.gethostname()}"
+def claim(ledger: Ledger, storm: StormRecord, *, resume: bool = False) -> StormRecord | None:
+    """Win the storm's lease for this process, as it was when read (``storm``); None when
+    another dispatcher holds it or took it first. ``resume``: an operator's ``resume``,
+    which may also take a failed storm and forgets an earlier cancel request."""
+    now = time.time()
+    seen = None if storm.alive(now, STALE_AFTER) else storm
+    with Leases(ledger.settings) as leases:
+        won = leases.claim(
+            storm.storm_id,
+            owner_id(),
+            now,
+            seen=seen,
+            states=RESUMED if resume else TAKEN_OVER,
+            reset_cancel=resume,
+        )
+    return ledger.storm(storm.storm_id) if won else None
