@@ -344,6 +344,9 @@ class Intake:
         was interrupted (this service is stopping: the next one resumes it, and owes it)."""
         assert self._desk is not None and self._owed is not None
         record = self._desk.ledger.storm(storm_id)
+        if record is not None and record.owner != owner_id():
+            self._recipients.pop(storm_id, None)  # taken over: its summary is the new owner's
+            return
         if record is not None and record.state == StormState.INTERRUPTED:
             return
         if record is not None and storm_id in self._recipients:

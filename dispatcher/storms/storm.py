@@ -46,6 +46,7 @@ from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.registry import Registry
 from dispatcher.storms.answers import Answers
 from dispatcher.storms.flow import FlowLimits, Order, StormFlow, Target
+from dispatcher.storms.lease_watch import LeaseWatch
 from dispatcher.storms.progress import STALE_AFTER
 from dispatcher.storms.publish_reports import PublishReports
 from schemas.catalog import ComponentEvent
@@ -248,7 +249,16 @@ def run(
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
     answers = Answers(storm.storm_id)
-    writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=answers.read)
+    watch = LeaseWatch(storm.storm_id, storm.owner)
+    flows: list[StormFlow] = []
+
+    def after_write(ledger: Ledger) -> None:
+        answers.read(ledger)
+        lost = watch.check(ledger)
+        if lost is not None and flows:
+            flows[0].suspend_requested = lost  # read on the publishing thread, at its tick
+
+    writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=after_write)
     try:
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
@@ -264,13 +274,15 @@ def run(
             on_progress=on_progress,
             reports=_reports(settings, storm),
         )
+        flows.append(flow)
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
         stamp = (signing or keys.Signing.from_env()).stamp()
         _publish(settings, ledger, storm, options, flow, writer, stamp)
     finally:
         writer.close()
-    ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
+    if watch.lost is None:  # else the storm's row is its new owner's
+        ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
     return flow
 
 

@@ -13,6 +13,7 @@ from dispatcher.store.db import DbSettings
 from dispatcher.store.leases import LEASE, RESUMED, Leases, owner_gone, owner_id
 from dispatcher.store.ledger import Ledger, StormRecord
 from dispatcher.store.owed import Owed
+from dispatcher.storms.lease_watch import LeaseWatch
 
 RACERS = 8
 ROUNDS = 20
@@ -152,3 +153,15 @@ def test_takeover_takes_owed_storms_whose_lease_ran_out_and_nothing_else(tmp_pat
             assert record is not None and record.owner == owner_id()
         done = ledger.storm("done-unsummarized")
         assert done is not None and done.state == "done"
+
+
+def test_a_run_sees_its_storm_taken_over(tmp_path: Path) -> None:
+    database = DbSettings(str(tmp_path / "setevnt.db"))
+    old = time.time() - 2 * LEASE
+    with Ledger(database) as ledger, Leases(database) as leases:
+        ledger.create_storm(storm("s", "pid 1 on a #a", old), [])
+        watch = LeaseWatch("s", "pid 1 on a #a")
+        assert watch.check(ledger) is None
+        assert leases.claim("s", "pid 2 on b #b", time.time())
+        watch = LeaseWatch("s", "pid 1 on a #a")
+        assert watch.check(ledger) == "taken over by pid 2 on b #b"

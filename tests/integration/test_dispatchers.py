@@ -1,0 +1,165 @@
+"""Several dispatchers on one database and one broker: competing consumers, takeover.
+
+Real ``serve`` processes in the test's vhost sharing one SQLite database, simulated
+fleets that record every run, and a requester enrolled as a real broker user (deleted
+afterwards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sqlite3
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.management import Management
+from broker.settings import BrokerSettings
+from dispatcher import Client
+from dispatcher.access.services import enroll_service
+from tests.integration.fleet import Fleet, runs, wait_runs
+from tests.integration.helpers import Process, wait_for
+
+pytestmark = pytest.mark.broker
+
+POLICY = """
+[users.{ops}]
+events = ["*"]
+targets = ["client"]
+max_targets = 1000
+"""
+SHARED_CLIENTS = 300
+TAKEOVER_CLIENTS = 200
+TAKEOVER_RATE = 25.0  # commands/s: ~8 s of publishing, for its dispatcher to die in
+TAKEOVER_WAIT = 15.0  # the lease (10 s) and a takeover look (2 s), with room
+
+
+def metric(serve: Process, name: str, **labels: str) -> float:
+    """The sum of a counter's samples with these labels on one dispatcher's /metrics."""
+    port = re.search(r"metrics on http://[\d.]+:(\d+)/", serve.output)
+    assert port, serve.output
+    with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics") as page:
+        text = page.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith(f"{name}{{") or line.startswith(f"{name} ")
+        if named and all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.split()[-1])
+    return total
+
+
+def command_rows(fleet: Fleet, storm_id: str) -> list[tuple[str, str, str, int | None]]:
+    """(client id, command id, status, answer batch) of each of the storm's commands."""
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db:
+        return db.execute(
+            "SELECT client_id, command_id, status, answer_seq FROM commands WHERE storm_id = ?",
+            (storm_id,),
+        ).fetchall()
+
+
+def storm_row(fleet: Fleet, storm_id: str) -> tuple[str, str]:
+    """(state, owner) of a storm."""
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db:
+        row = db.execute(
+            "SELECT state, owner FROM storms WHERE storm_id = ?", (storm_id,)
+        ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def test_two_dispatchers_record_every_outcome_once(fleet: Fleet, tmp_path: Path) -> None:
+    """Two services share the ack and fleet queues: both collect, and each of a storm's
+    300 outcomes is recorded once (one answer batch, counted by one of them)."""
+    dispatchers = [fleet.serve(), fleet.serve()]
+    record = tmp_path / "runs.jsonl"
+    fleet.simulate(SHARED_CLIENTS, "--connections", "3", "--record", str(record))
+    wait_for(
+        lambda: len(fleet.clients()) == SHARED_CLIENTS, 30, "every client registered"
+    )  # through the shared fleet queue
+    targets = tmp_path / "targets.txt"
+    targets.write_text("".join(f"SIM{n:05d}\n" for n in range(SHARED_CLIENTS)))
+    code, outcome = fleet.storm("CCIM32_STARTCYCLE", "--clients-file", str(targets))
+    assert code == 0, outcome
+    assert outcome["counts"] == {"done": SHARED_CLIENTS}
+    storm_id = outcome["storm_id"]
+    rows = command_rows(fleet, storm_id)
+    assert len(rows) == SHARED_CLIENTS == len({command for _, command, _, _ in rows})
+    assert {status for _, _, status, _ in rows} == {"done"}
+    assert all(seq is not None for *_, seq in rows)
+    done = [metric(serve, "setevnt_command_outcomes_total", status="done") for serve in dispatchers]
+    assert sum(done) == SHARED_CLIENTS, f"outcomes counted per dispatcher: {done}"
+    assert all(share > 0 for share in done), f"one dispatcher took every ack: {done}"
+    ran = runs(record)
+    assert len(ran) == SHARED_CLIENTS and all(len(ids) == 1 for ids in ran.values())
+    shown = fleet.status(storm_id)
+    assert (shown["state"], shown["acked"]) == ("done", SHARED_CLIENTS)
+
+
+@pytest.fixture
+def requester(amqp_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A service allowed to storm clients (its broker URL) and the policy file naming it."""
+    settings = BrokerSettings(url=amqp_url)
+    management = Management.for_broker(settings)
+    name = f"ops-{uuid.uuid4().hex[:8]}"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY.format(ops=name))
+    try:
+        yield enroll_service(settings, management, name).url, policy
+    finally:
+        if management.user_exists(name):
+            management.delete_user(name)
+
+
+def test_a_killed_dispatchers_storm_is_taken_over_and_nothing_is_sent_twice(
+    fleet: Fleet, requester: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The service running a request storm is SIGKILLed mid-storm: the other one takes
+    it over within the lease, resumes it with the same command ids, and sends the
+    requester the summary; no client runs a command twice, every command is acked."""
+    url, policy = requester
+    dispatchers = [fleet.serve("--policy", str(policy)) for _ in range(2)]
+    for serve in dispatchers:
+        serve.wait_line("taking requests from setevnt.requests")
+    record = tmp_path / "runs.jsonl"
+    clients = [f"TKO{n:05d}" for n in range(TAKEOVER_CLIENTS)]
+    fleet.simulate(TAKEOVER_CLIENTS, "--record", str(record), prefix="TKO")
+    wait_for(lambda: len(fleet.clients()) == TAKEOVER_CLIENTS, 30, "the clients registered")
+    with Client(url, accept_timeout=15) as client:
+        handle = client.trigger("CCIM32_STARTCYCLE", clients=clients, rate=TAKEOVER_RATE)
+        wait_runs(record, 40, timeout=60)  # well under way
+        _, owner = storm_row(fleet, handle.storm_id)
+        pid = int(owner.split()[1])
+        running, survivor = sorted(dispatchers, key=lambda s: s.proc.pid != pid)
+        assert running.proc.pid == pid, f"{owner} is neither dispatcher"
+        running.proc.send_signal(signal.SIGKILL)  # the dispatcher dies mid-storm
+        killed = time.monotonic()
+        running.kill()
+        unsent = [s for _, _, s, _ in command_rows(fleet, handle.storm_id) if s == "planned"]
+        assert unsent, "the storm ended before its dispatcher was killed"
+
+        def taken_over() -> str | None:
+            _state, holder = storm_row(fleet, handle.storm_id)
+            return holder if holder != owner else None
+
+        holder = wait_for(taken_over, TAKEOVER_WAIT, "the other dispatcher to take it over")
+        took = time.monotonic() - killed
+        assert holder.split()[1] == str(survivor.proc.pid)
+        summary = handle.wait(timeout=90)
+    print(f"taken over {took:.1f} s after the kill; {len(unsent)} commands were unsent")
+    assert (summary.state, summary.published) == ("done", TAKEOVER_CLIENTS)
+    assert summary.counts == {"done": TAKEOVER_CLIENTS}
+    rows = command_rows(fleet, handle.storm_id)
+    assert len(rows) == TAKEOVER_CLIENTS == len({command for _, command, _, _ in rows})
+    assert {status for _, _, status, _ in rows} == {"done"}
+    ran = wait_runs(record, TAKEOVER_CLIENTS)
+    assert sorted(ran) == clients
+    assert all(len(ids) == 1 for ids in ran.values()), "a client ran its command twice"
+    again = metric(survivor, "setevnt_duplicate_acks_total")
+    print(f"commands delivered twice (answered again from an agent's journal): {again:.0f}")
+    assert "resuming request storm" in survivor.output
