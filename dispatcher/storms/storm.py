@@ -281,8 +281,10 @@ def run(
         _publish(settings, ledger, storm, options, flow, writer, stamp)
     finally:
         writer.close()
-    if watch.lost is None:  # else the storm's row is its new owner's
+    if watch.lost is None:
         ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
+    else:  # the storm's row is its new owner's
+        log.warning("storm %s %s: stopped publishing it", storm.storm_id, watch.lost)
     return flow
 
 
