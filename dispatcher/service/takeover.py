@@ -9,8 +9,11 @@ intake: a run that had not ended is resumed the way ``resume`` does it (only com
 never confirmed are sent, with their original ids), an ended one gets its summary sent.
 The first look, as the service starts, is how a restarted service finishes what it owed.
 
-Storms an operator started (``storm``) are the operator's to ``resume``; drift
-remediation's storm is taken by the next remediating service's own round.
+Storms an operator started (``storm``) are the operator's to ``resume``, unless the
+service runs with ``--take-over-storms``: then one whose process died (its lease ran out,
+or its process is gone from this host) is claimed the same way and resumed by
+:mod:`dispatcher.service.resumer`. Drift remediation's storm is taken by the next
+remediating service's own round.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import time
 from typing import Protocol
 
+from dispatcher.service.drift import REQUESTED_BY
 from dispatcher.store.db import DbSettings
 from dispatcher.store.leases import TAKEN_OVER, Leases, owner_gone, owner_id
 from dispatcher.store.ledger import Ledger, StormRecord
@@ -40,10 +44,16 @@ class Takeover:
     """A member of the service's crew; :meth:`run` blocks until :meth:`stop`."""
 
     def __init__(
-        self, database: DbSettings, adopter: Adopter, *, every: float = TAKEOVER_EVERY
+        self,
+        database: DbSettings,
+        adopter: Adopter,
+        *,
+        every: float = TAKEOVER_EVERY,
+        operators: Adopter | None = None,
     ) -> None:
         self._database = database
         self._adopter = adopter
+        self._operators = operators  # None: operators' storms wait for `resume`
         self._every = every
         self._stop = threading.Event()
 
@@ -65,19 +75,34 @@ class Takeover:
                     return
 
     def scan(self, ledger: Ledger, leases: Leases, owed: Owed, now: float) -> list[str]:
-        """Claim every owed storm nobody holds; the ids this process won."""
+        """Claim every storm to take over that nobody holds; the ids this process won."""
+        requests = owed.storms()
+        won = self._take_all(ledger, leases, list(requests), self._adopter, now)
+        if self._operators is not None:
+            others = [s for s in leases.candidates(now) if s not in requests]
+            won += self._take_all(ledger, leases, others, self._operators, now)
+        return won
+
+    def _take_all(
+        self, ledger: Ledger, leases: Leases, storm_ids: list[str], to: Adopter, now: float
+    ) -> list[str]:
         me = owner_id()
         won = []
-        for storm_id in owed.storms():
+        for storm_id in storm_ids:
             record = ledger.storm(storm_id)
-            if record is None or record.owner == me:
+            if record is None or record.owner == me or _remediation(record):
                 continue
             if _take(leases, record, me, now):
                 why = f"taken over from {record.owner}: {record.reason or 'its lease ran out'}"
                 log.info("storm %s %s", storm_id, why)
-                self._adopter.adopt(storm_id, why)
+                to.adopt(storm_id, why)
                 won.append(storm_id)
         return won
+
+
+def _remediation(record: StormRecord) -> bool:
+    """Drift remediation's storm: the remediating service's round takes it."""
+    return record.requested_by.startswith(REQUESTED_BY)
 
 
 def _take(leases: Leases, record: StormRecord, me: str, now: float) -> bool:

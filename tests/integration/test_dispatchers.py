@@ -24,7 +24,7 @@ from broker.settings import BrokerSettings
 from dispatcher import Client
 from dispatcher.access.services import enroll_service
 from dispatcher.store.leases import LEASE
-from tests.integration.fleet import Fleet, runs, wait_runs
+from tests.integration.fleet import Fleet, runs, storm_id_of, wait_runs
 from tests.integration.helpers import Process, wait_for
 
 pytestmark = pytest.mark.broker
@@ -143,6 +143,8 @@ def test_a_dead_dispatchers_storm_is_taken_over_and_no_command_runs_twice(
         assert running.proc.pid == pid, f"{owner} is neither dispatcher"
         running.proc.send_signal(signal.SIGKILL if fate == "killed" else signal.SIGSTOP)
         stopped = time.monotonic()
+        if fate == "killed":
+            running.kill()  # reaped, as its service manager would: its process is gone
         unsent = [s for _, _, s, _ in command_rows(fleet, handle.storm_id) if s == "planned"]
         assert unsent, "the storm ended before its dispatcher was stopped"
 
@@ -185,3 +187,49 @@ def test_a_dead_dispatchers_storm_is_taken_over_and_no_command_runs_twice(
     print(f"{fate}: commands delivered twice (answered again from the journal): {again:.0f}")
     if holder is not None:
         assert "resuming request storm" in survivor.output
+
+
+def test_an_operators_storm_whose_process_died_is_finished_by_a_service(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """``serve --take-over-storms``: a ``storm`` process SIGKILLed mid-storm is taken
+    over by the service, which sends the rest with the same ids; nobody runs twice."""
+    serve = fleet.serve("--take-over-storms")
+    record = tmp_path / "runs.jsonl"
+    fleet.simulate(TAKEOVER_CLIENTS, "--record", str(record), prefix="OPS")
+    wait_for(lambda: len(fleet.clients()) == TAKEOVER_CLIENTS, 30, "the clients registered")
+    targets = tmp_path / "targets.txt"
+    clients = [f"OPS{n:05d}" for n in range(TAKEOVER_CLIENTS)]
+    targets.write_text("".join(f"{c}\n" for c in clients))
+    storm = fleet.start_storm(
+        "CCIM32_STARTCYCLE", "--clients-file", str(targets), "--rate", f"{TAKEOVER_RATE}/s"
+    )
+    storm.wait_line("storm storm-", timeout=20)
+    storm_id = storm_id_of(storm.lines)
+    assert storm_id is not None, storm.output
+    wait_runs(record, 40, timeout=60)
+    storm.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    storm.kill()
+    _, owner = storm_row(fleet, storm_id)
+    assert owner.split()[1] == str(storm.proc.pid)
+
+    def taken_over() -> str | None:
+        _state, holder = storm_row(fleet, storm_id)
+        return holder if holder != owner else None
+
+    holder = wait_for(taken_over, TAKEOVER_WAIT, "the service to take it over")
+    took = time.monotonic() - killed
+    assert holder.split()[1] == str(serve.proc.pid)
+    wait_for(lambda: fleet.status(storm_id)["state"] == "done", 60, "the storm done")
+    wait_for(lambda: fleet.status(storm_id)["acked"] == TAKEOVER_CLIENTS, 30, "every ack")
+    print(f"operator's storm: taken over {took:.1f} s after the kill")
+    rows = command_rows(fleet, storm_id)
+    assert len(rows) == TAKEOVER_CLIENTS == len({command for _, command, _, _ in rows})
+    assert {status for _, _, status, _ in rows} == {"done"}
+    ran = wait_runs(record, TAKEOVER_CLIENTS)
+    assert sorted(ran) == clients
+    assert all(len(ids) == 1 for ids in ran.values()), "a client ran its command twice"
+    again = metric(serve, "setevnt_duplicate_acks_total")
+    print(f"operator's storm: commands delivered twice (answered from the journal): {again:.0f}")
+    assert f"resuming storm {storm_id}" in serve.output
