@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
-HEARTBEAT_EVERY = STALE_AFTER / 4  # queued storms' heartbeat, well inside staleness
+HEARTBEAT_EVERY = STALE_AFTER / 4  # held storms' lease renewal, well inside the lease
 SUSPENDED = "the dispatcher service stopped; the next one resumes it"
 # A summary goes to at most this many askers (a request and its replays): replays spend no
 # quota, so without a bound they could grow memory and the owed table without end.
