@@ -46,7 +46,7 @@ from dispatcher.service.policy import Policy
 from dispatcher.service.requests import Accepted, Desk, settled, summarize
 from dispatcher.store.db import DbSettings
 from dispatcher.store.idempotency import DEFAULT_WINDOW, IdempotencyKeys
-from dispatcher.store.leases import Leases, owner_id
+from dispatcher.store.leases import LEASE, Leases, owner_gone, owner_id
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.owed import Owed, Recipient
@@ -255,6 +255,14 @@ class Intake:
 
     def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
         """A retry gets the summary too, when the original's is due (now if it was)."""
+        if self._held_elsewhere(storm_id):  # its owner sends the summary (or a takeover)
+            assert self._owed is not None
+            kept = self._owed.storms().get(storm_id, [])
+            if recipient in kept or len(kept) >= MAX_RECIPIENTS:
+                log.info("storm %s: replay's reply_to not kept for the summary", storm_id)
+            else:
+                self._owe(storm_id, recipient)
+            return
         owed = storm_id in self._recipients
         waiting = self._recipients[storm_id]
         if recipient in waiting or len(waiting) >= MAX_RECIPIENTS:
@@ -269,6 +277,14 @@ class Intake:
         if stored is not None and stored.state != StormState.RUNNING:
             self._settling.add(storm_id)
             self._next_settle = 0.0  # look now: it has likely settled long ago
+
+    def _held_elsewhere(self, storm_id: str) -> bool:
+        """Another live service runs the storm or owes its summary."""
+        assert self._desk is not None
+        stored = self._desk.ledger.storm(storm_id)
+        if stored is None or stored.owner == owner_id() or owner_gone(stored.owner):
+            return False
+        return time.time() - stored.heartbeat_at <= LEASE
 
     def _reply(self, session: Session, recipient: Recipient | None, reply: TriggerReply) -> None:
         if recipient is not None:
@@ -315,9 +331,19 @@ class Intake:
             if settled(counts):
                 self._settling.discard(storm_id)
                 summary = summarize(self._desk.ledger, storm_id, counts)
-                for recipient in self._recipients.pop(storm_id, []):
+                for recipient in self._summary_recipients(storm_id):
                     self._send(session, recipient, summary)
                 self._owed.forget(storm_id)
+
+    def _summary_recipients(self, storm_id: str) -> list[Recipient]:
+        """Who asked here, and who asked another service (a replay it left in the database
+        for this one, which runs the storm)."""
+        assert self._owed is not None
+        recipients = self._recipients.pop(storm_id, [])
+        for recipient in self._owed.storms().get(storm_id, []):
+            if recipient not in recipients and len(recipients) < MAX_RECIPIENTS:
+                recipients.append(recipient)
+        return recipients
 
     def _renew(self, now: float) -> None:
         """Storms waiting for a worker or for their last answers belong to this service:

@@ -23,6 +23,7 @@ from broker.management import Management
 from broker.settings import BrokerSettings
 from dispatcher import Client
 from dispatcher.access.services import enroll_service
+from dispatcher.api.client import Handle
 from dispatcher.store.leases import LEASE
 from tests.integration.fleet import Fleet, runs, storm_id_of, wait_runs
 from tests.integration.helpers import Process, wait_for
@@ -233,3 +234,38 @@ def test_an_operators_storm_whose_process_died_is_finished_by_a_service(
     again = metric(serve, "setevnt_duplicate_acks_total")
     print(f"operator's storm: commands delivered twice (answered from the journal): {again:.0f}")
     assert f"resuming storm {storm_id}" in serve.output
+
+
+def test_a_retry_taken_by_the_other_dispatcher_gets_the_summary_too(
+    fleet: Fleet, requester: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Retries of one request (same idempotency key) reach either service: the one that
+    does not run the storm leaves the retry's reply address to the one that does, and
+    every asker gets the one summary."""
+    url, policy = requester
+    dispatchers = [fleet.serve("--policy", str(policy)) for _ in range(2)]
+    for serve in dispatchers:
+        serve.wait_line("taking requests from setevnt.requests")
+    clients = [f"RTY{n:05d}" for n in range(40)]
+    fleet.simulate(len(clients), prefix="RTY")
+    wait_for(lambda: len(fleet.clients()) == len(clients), 30, "the clients registered")
+    key = f"K-{uuid.uuid4().hex}"
+    with Client(url, accept_timeout=15) as client:
+
+        def ask() -> Handle:
+            return client.trigger(
+                "CCIM32_STARTCYCLE", clients=clients, idempotency_key=key, rate=10
+            )
+
+        first = ask()
+        _, owner = storm_row(fleet, first.storm_id)
+        (other,) = [s for s in dispatchers if str(s.proc.pid) != owner.split()[1]]
+        retries = []
+        while metric(other, "setevnt_requests_total", outcome="replayed") == 0:
+            assert len(retries) < 10, "no retry reached the other dispatcher"
+            retries.append(ask())
+        summary = first.wait(timeout=60)
+        assert (summary.state, summary.counts) == ("done", {"done": len(clients)})
+        for retry in retries:
+            assert retry.replayed and retry.storm_id == first.storm_id
+            assert retry.wait(timeout=15) == summary
