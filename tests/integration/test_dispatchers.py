@@ -269,3 +269,30 @@ def test_a_retry_taken_by_the_other_dispatcher_gets_the_summary_too(
         for retry in retries:
             assert retry.replayed and retry.storm_id == first.storm_id
             assert retry.wait(timeout=15) == summary
+
+
+def test_two_remediating_dispatchers_run_one_upgrade_storm(fleet: Fleet, tmp_path: Path) -> None:
+    """Both services remediate drift: the one holding the version's storm sends each
+    drifted client one upgrade; the other stays out (it cannot take a live lease)."""
+    record = tmp_path / "runs.jsonl"
+    dispatchers = [fleet.serve("--copylist-version", "V2", "--remediate") for _ in range(2)]
+    fleet.simulate(
+        30,
+        *("--copylist-version", "V1", "--upgrade-to", "V2", "--hello-interval", "0.3"),
+        *("--record", str(record)),
+        prefix="DRF",
+    )
+
+    def upgraded() -> bool:
+        shown = fleet.clients()
+        return len(shown) == 30 and {c["copylist_version"] for c in shown} == {"V2"}
+
+    wait_for(upgraded, 30, "every client upgraded")
+    time.sleep(2.5)  # more rounds of both services: nothing is sent again
+    ran = runs(record)
+    assert len(ran) == 30 and all(len(ids) == 1 for ids in ran.values()), ran
+    with contextlib.closing(sqlite3.connect(fleet.db)) as db:
+        storms = db.execute("SELECT storm_id, owner FROM storms").fetchall()
+        commands = db.execute("SELECT count(*) FROM commands").fetchone()[0]
+    assert len(storms) == 1 and commands == 30, (storms, commands)
+    assert all(s.proc.poll() is None for s in dispatchers), "a remediation thread failed"
