@@ -165,3 +165,23 @@ def test_a_run_sees_its_storm_taken_over(tmp_path: Path) -> None:
         assert leases.claim("s", "pid 2 on b #b", time.time())
         watch = LeaseWatch("s", "pid 1 on a #a")
         assert watch.check(ledger) == "taken over by pid 2 on b #b"
+
+
+def test_operators_storms_are_taken_over_only_when_asked_and_never_remediation(
+    tmp_path: Path,
+) -> None:
+    database = DbSettings(str(tmp_path / "setevnt.db"))
+    stale = time.time() - LEASE - 1
+    with Ledger(database) as ledger, Leases(database) as leases, Owed(database) as owed:
+        ledger.create_storm(storm("cli", "pid 1 on a #a", stale), [])
+        upgrade = StormRecord(
+            "drift", "CLISETUP", "STARTCYCLE", {}, 0, "running", None,
+            "drift-remediation to V2", stale, None, stale, "pid 1 on a #a", False,
+        )  # fmt: skip
+        ledger.create_storm(upgrade, [])
+        assert sorted(leases.candidates(time.time())) == ["cli", "drift"]
+        assert Takeover(database, _Adopted()).scan(ledger, leases, owed, time.time()) == []
+        operators = _Adopted()
+        takeover = Takeover(database, _Adopted(), operators=operators)
+        assert takeover.scan(ledger, leases, owed, time.time()) == ["cli"]
+        assert operators.storms == ["cli"]
