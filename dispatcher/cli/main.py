@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="who may trigger what through setevnt.requests, a TOML file (default: "
         "$SETEVNT_POLICY_FILE; without one every request is refused)",
     )
+    serve.add_argument(
+        "--take-over-storms",
+        action="store_true",
+        help="also finish storms started with `storm` whose process died (default: they "
+        "wait for `resume`); request storms are always taken over",
+    )
     provision = sub.add_parser("provision", help="create the command queues of clients")
     provision.add_argument("clients", nargs="+", metavar="CLIENT_ID", help="the clients' ids")
     provision.add_argument("--json", action="store_true", help="print the outcome as JSON")
@@ -101,6 +107,7 @@ def command(args: argparse.Namespace) -> int:
             policy=Policy.load(args.policy),
             drift=site_cli.drift_options(args),
             signing=signing,
+            take_over_storms=args.take_over_storms,
         )
     if args.command == "site":
         return site_cli.run(args)

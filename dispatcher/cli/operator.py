@@ -279,8 +279,12 @@ def _resume(args: argparse.Namespace) -> int:
         refusal = storms.resumable(storm)
         if refusal is not None:
             raise ValueError(refusal)
+        claimed = storms.claim(ledger, storm, resume=True)
+        if claimed is None:
+            now = ledger.storm(storm.storm_id) or storm
+            raise ValueError(f"storm {storm.storm_id} was taken up by {now.owner} meanwhile")
         print(f"resuming storm {storm.storm_id}", file=sys.stderr)
-        return _drive(args, ledger, registry, storms.claim(ledger, storm), signing)
+        return _drive(args, ledger, registry, claimed, signing)
 
 
 def _drive(

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
 import sqlite3
 import threading
 import time
@@ -46,6 +44,7 @@ from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
 from dispatcher.api.dispatcher import Dispatcher, Receipt
 from dispatcher.store.db import DbSettings
+from dispatcher.store.leases import Leases, owner_gone, owner_id
 from dispatcher.store.ledger import CommandRecord, Ledger, SentMark, Status, StormRecord, Writes
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.registry import RegistrySettings, SqliteRegistry
@@ -104,6 +103,7 @@ class _Stores(NamedTuple):
     site: Site
     registry: SqliteRegistry
     ledger: Ledger
+    leases: Leases
 
 
 class Remediator:
@@ -130,7 +130,7 @@ class Remediator:
         self._stop = threading.Event()
         self._owned: str | None = None  # the storm this process runs
         self._unsent = True  # look for planned rows (left by a failure, or a crash) next round
-        self._owner = f"pid {os.getpid()} on {socket.gethostname()}"  # as storms say it
+        self._owner = owner_id()
 
     def stop(self) -> None:
         self._stop.set()
@@ -141,6 +141,7 @@ class Remediator:
             Site(self._database),
             SqliteRegistry(self._database, self._registry),
             Ledger(self._database),
+            Leases(self._database),
         )
         try:
             while not self._stop.wait(self._every):
@@ -167,13 +168,13 @@ class Remediator:
             return
         if stores.registry.census(version, now).drifted == 0:
             left = stores.ledger.storm(storm_id)  # owned, or left running by a stopped service
-            if left is not None and left.state == StormState.RUNNING:
+            if left is not None and self._holds(stores.leases, left, now):
                 self._owned = storm_id
                 self._finish(
                     stores.ledger, StormState.DONE, f"no client reports other than {version}"
                 )
             return
-        storm = self._own(stores.ledger, storm_id, version, now)
+        storm = self._own(stores, storm_id, version, now)
         if storm is None:
             return
         added = self._add(stores, storm, version, now)
@@ -181,20 +182,41 @@ class Remediator:
 
     # -- the storm ------------------------------------------------------------------------
 
-    def _own(self, ledger: Ledger, storm_id: str, version: str, now: float) -> StormRecord | None:
+    def _own(self, stores: _Stores, storm_id: str, version: str, now: float) -> StormRecord | None:
+        """The version's storm, if this service runs it (several remediating services on
+        one database: the one holding its lease)."""
+        ledger = stores.ledger
         storm = ledger.storm(storm_id)
         if storm is None:
             storm = self._new_storm(storm_id, version, now)
-            ledger.create_storm(storm, [])
+            try:
+                ledger.create_storm(storm, [])
+            except sqlite3.IntegrityError:  # another service created it first: its storm
+                return None
             log.info("remediation: storm %s upgrades clients to %s", storm_id, version)
         elif storm.cancel_requested:  # an operator cancelled it: stay out
             if self._owned == storm_id:
                 self._finish(ledger, StormState.CANCELLED, "cancelled by an operator")
             return None
-        elif self._owned != storm_id:
-            ledger.claim_storm(storm_id, self._owner, now)
+        elif not self._holds(stores.leases, storm, now, revive=True):
+            if self._owned == storm_id:
+                log.warning("remediation: storm %s taken over by %s", storm_id, storm.owner)
+                self._owned = None
+            return None
         self._owned = storm_id
         return storm
+
+    def _holds(
+        self, leases: Leases, storm: StormRecord, now: float, *, revive: bool = False
+    ) -> bool:
+        """Whether this service holds the storm's lease, claiming it if it ran out (or, with
+        ``revive``, if the storm had ended: drifted clients are back)."""
+        if storm.owner == self._owner and storm.state == StormState.RUNNING:
+            return True
+        if storm.state != StormState.RUNNING and not revive:
+            return False
+        seen = storm if owner_gone(storm.owner) else None
+        return leases.claim(storm.storm_id, self._owner, now, seen=seen, states=list(StormState))
 
     def _new_storm(self, storm_id: str, version: str, now: float) -> StormRecord:
         return StormRecord(

@@ -15,9 +15,12 @@ still-queued one is waited for there, not on a worker.
 
 A restart loses nothing accepted: a service that stops leaves its request storms
 ``interrupted`` (unsent commands stay planned), and what it owed is in the database
-(:mod:`dispatcher.store.owed`), so the next service resumes those storms and sends the
-summaries owed, to requesters still connected. A storm whose service died shows as
-running until its heartbeat is stale (or its process is gone), and is resumed then.
+(:mod:`dispatcher.store.owed`), so the next service, or another one running beside it,
+resumes those storms and sends the summaries owed, to requesters still connected. A storm
+whose service died shows as running until its lease runs out (or its process is gone);
+:mod:`dispatcher.service.takeover` wins the lease and hands the storm here
+(:meth:`Intake.adopt`). The intake renews the leases of the storms it holds without
+publishing them (waiting their turn, or their summary), so no other service takes those.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from dispatcher.service.policy import Policy
 from dispatcher.service.requests import Accepted, Desk, settled, summarize
 from dispatcher.store.db import DbSettings
 from dispatcher.store.idempotency import DEFAULT_WINDOW, IdempotencyKeys
+from dispatcher.store.leases import LEASE, Leases, owner_gone, owner_id
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.owed import Owed, Recipient
@@ -58,7 +62,7 @@ log = logging.getLogger(__name__)
 
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
-HEARTBEAT_EVERY = STALE_AFTER / 4  # queued storms' heartbeat, well inside staleness
+HEARTBEAT_EVERY = STALE_AFTER / 4  # held storms' lease renewal, well inside the lease
 SUSPENDED = "the dispatcher service stopped; the next one resumes it"
 # A summary goes to at most this many askers (a request and its replays): replays spend no
 # quota, so without a bound they could grow memory and the owed table without end.
@@ -93,7 +97,8 @@ class Intake:
         self._ran: queue.SimpleQueue[str] = queue.SimpleQueue()  # from the workers
         self._recipients: defaultdict[str, list[Recipient]] = defaultdict(list)
         self._settling: set[str] = set()  # ran, summary owed once every target settled
-        self._stale: set[str] = set()  # to resume once their last service's heartbeat is old
+        self._adopted: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()  # takeover's
+        self._leases: Leases | None = None
         self._owed: Owed | None = None
         self._next_settle = 0.0
         self._next_heartbeat = 0.0
@@ -124,12 +129,13 @@ class Intake:
                 SqliteRegistry(database, self._settings.registry) as registry,
                 IdempotencyKeys(database, self._settings.idempotency_window) as keys,
                 Owed(database) as owed,
+                Leases(database) as leases,
             ):
                 self._desk = Desk(self._settings.policy, ledger, registry, keys)
                 self._owed = owed
+                self._leases = leases
                 for worker in self._workers:
                     worker.start()
-                self._recover()
                 supervise(self._session, self._stop.is_set, what="intake")
         finally:
             self.stop()
@@ -249,6 +255,14 @@ class Intake:
 
     def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
         """A retry gets the summary too, when the original's is due (now if it was)."""
+        if self._held_elsewhere(storm_id):  # its owner sends the summary (or a takeover)
+            assert self._owed is not None
+            kept = self._owed.storms().get(storm_id, [])
+            if recipient in kept or len(kept) >= MAX_RECIPIENTS:
+                log.info("storm %s: replay's reply_to not kept for the summary", storm_id)
+            else:
+                self._owe(storm_id, recipient)
+            return
         owed = storm_id in self._recipients
         waiting = self._recipients[storm_id]
         if recipient in waiting or len(waiting) >= MAX_RECIPIENTS:
@@ -263,6 +277,14 @@ class Intake:
         if stored is not None and stored.state != StormState.RUNNING:
             self._settling.add(storm_id)
             self._next_settle = 0.0  # look now: it has likely settled long ago
+
+    def _held_elsewhere(self, storm_id: str) -> bool:
+        """Another live service runs the storm or owes its summary."""
+        assert self._desk is not None
+        stored = self._desk.ledger.storm(storm_id)
+        if stored is None or stored.owner == owner_id() or owner_gone(stored.owner):
+            return False
+        return time.time() - stored.heartbeat_at <= LEASE
 
     def _reply(self, session: Session, recipient: Recipient | None, reply: TriggerReply) -> None:
         if recipient is not None:
@@ -279,6 +301,11 @@ class Intake:
             correlation_id=recipient.correlation_id,
         )
 
+    def adopt(self, storm_id: str, why: str) -> None:
+        """A request storm whose lease this process won: resume it, or owe its summary
+        (from any thread)."""
+        self._adopted.put((storm_id, why))
+
     def _settle(self, session: Session) -> None:
         """Send the summaries of storms whose every target answered or expired."""
         while True:
@@ -287,42 +314,65 @@ class Intake:
             except queue.Empty:
                 break
             self._ran_storm(storm_id)
+        while True:
+            try:
+                adopted = self._adopted.get_nowait()
+            except queue.Empty:
+                break
+            self._take_up(*adopted)
         now = time.time()
-        self._heartbeat_queued(now)
-        if not (self._settling or self._stale) or now < self._next_settle:
+        self._renew(now)
+        if not self._settling or now < self._next_settle:
             return
         self._next_settle = now + SETTLE_EVERY
         assert self._desk is not None and self._owed is not None
-        for storm_id in sorted(self._stale):
-            self._take_up(storm_id, now)
         for storm_id in sorted(self._settling):
             counts = self._desk.ledger.counts_at(storm_id, now)
             if settled(counts):
                 self._settling.discard(storm_id)
                 summary = summarize(self._desk.ledger, storm_id, counts)
-                for recipient in self._recipients.pop(storm_id, []):
+                for recipient in self._summary_recipients(storm_id):
                     self._send(session, recipient, summary)
                 self._owed.forget(storm_id)
 
-    def _heartbeat_queued(self, now: float) -> None:
-        """Storms waiting for a worker belong to this service: keep them from reading as
-        interrupted (and being taken up by another process) while they wait their turn."""
+    def _summary_recipients(self, storm_id: str) -> list[Recipient]:
+        """Who asked here, and who asked another service (a replay it left in the database
+        for this one, which runs the storm)."""
+        assert self._owed is not None
+        recipients = self._recipients.pop(storm_id, [])
+        for recipient in self._owed.storms().get(storm_id, []):
+            if recipient not in recipients and len(recipients) < MAX_RECIPIENTS:
+                recipients.append(recipient)
+        return recipients
+
+    def _renew(self, now: float) -> None:
+        """Storms waiting for a worker or for their last answers belong to this service:
+        keep them from reading as interrupted (and being taken over by another service)."""
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + HEARTBEAT_EVERY
-        assert self._desk is not None
-        queued = self._turns.queued()
-        if queued:
-            try:
-                self._desk.ledger.heartbeat(queued, now)
-            except sqlite3.Error as exc:
-                log.error("request storms waiting their turn: heartbeat not kept: %s", exc)
+        assert self._leases is not None
+        held = sorted({*self._turns.queued(), *self._settling})
+        if not held:
+            return
+        try:
+            lost = self._leases.renew(held, owner_id(), now)
+        except sqlite3.Error as exc:
+            log.error("request storms held: heartbeat not kept: %s", exc)
+            return
+        for storm_id in lost & self._settling:  # another service owes its summary now
+            log.warning("request storm %s: taken over by another service", storm_id)
+            self._settling.discard(storm_id)
+            self._recipients.pop(storm_id, None)
 
     def _ran_storm(self, storm_id: str) -> None:
         """A storm's run ended: its summary is due once its targets settled, unless the run
         was interrupted (this service is stopping: the next one resumes it, and owes it)."""
         assert self._desk is not None and self._owed is not None
         record = self._desk.ledger.storm(storm_id)
+        if record is not None and record.owner != owner_id():
+            self._recipients.pop(storm_id, None)  # taken over: its summary is the new owner's
+            return
         if record is not None and record.state == StormState.INTERRUPTED:
             return
         if record is not None and storm_id in self._recipients:
@@ -332,37 +382,21 @@ class Intake:
             self._recipients.pop(storm_id, None)
             self._owed.forget(storm_id)
 
-    # -- what the last service owed (intake thread) -------------------------------------
+    # -- what another service owed (intake thread) ------------------------------------
 
-    def _recover(self) -> None:
-        """Take up what the last service owed: resume its unfinished request storms, send
-        the summaries it had not sent."""
-        assert self._owed is not None
-        owed = self._owed.storms()
-        if owed:
-            log.info("finishing %d request storm(s) accepted before a restart", len(owed))
-        now = time.time()
-        for storm_id, recipients in owed.items():
-            self._recipients[storm_id].extend(recipients)
-            self._take_up(storm_id, now)
-
-    def _take_up(self, storm_id: str, now: float) -> None:
-        """Resume an owed storm once no other process runs it (its last service's heartbeat
-        is stale, or its process is gone; until then, look again at the next settle), or
-        owe its summary if it ended meanwhile."""
+    def _take_up(self, storm_id: str, why: str) -> None:
+        """A storm whose lease the takeover won for this process: resume its run, or owe
+        its summary if the run had ended."""
         assert self._desk is not None and self._owed is not None
         record = self._desk.ledger.storm(storm_id)
-        if record is not None and record.alive(now, STALE_AFTER):
-            self._stale.add(storm_id)
-            return
-        self._stale.discard(storm_id)
-        if record is not None and record.state in (StormState.RUNNING, StormState.INTERRUPTED):
-            storms.claim(self._desk.ledger, record)
-            why = record.reason or "its service died"
+        self._recipients[storm_id] = self._owed.storms().get(storm_id, [])
+        if record is not None and record.state == StormState.RUNNING:
             log.info("resuming request storm %s (%s)", storm_id, why)
             self._turns.put(record.requested_by, storm_id)
-        elif record is not None and self._recipients.get(storm_id):
-            self._settling.add(storm_id)  # it ended (`resume` finished it): summary due
+        elif record is not None and self._recipients[storm_id]:
+            log.info("request storm %s ended (%s): its summary is owed here", storm_id, why)
+            self._settling.add(storm_id)
+            self._next_settle = 0.0
         else:  # pruned, or nobody waits for its summary
             self._recipients.pop(storm_id, None)
             self._owed.forget(storm_id)
@@ -386,6 +420,9 @@ class Intake:
         ):
             try:
                 record = ledger.storm(storm_id)
+                if record is not None and record.owner != owner_id():
+                    log.warning("request storm %s: taken over by %s", storm_id, record.owner)
+                    return  # its summary is the new owner's too
                 if record is not None:  # else pruned meanwhile: nothing to run or summarize
                     storms.run(
                         self._storms,

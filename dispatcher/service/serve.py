@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
@@ -21,7 +22,9 @@ from dispatcher.service.ledger_metrics import LedgerMetrics
 from dispatcher.service.metrics import DispatcherMetrics, known_events
 from dispatcher.service.policy import Policy
 from dispatcher.service.recorder import Recorder
+from dispatcher.service.resumer import Resumer
 from dispatcher.service.senders import Senders
+from dispatcher.service.takeover import Takeover
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.registry import RegistrySettings, SqliteRegistry
@@ -47,6 +50,7 @@ def serve(
     policy: Policy | None = None,
     drift: DriftOptions | None = None,
     signing: keys.Signing | None = None,
+    take_over_storms: bool = False,
 ) -> int:
     registry = CollectorRegistry()
     signing = signing or keys.Signing.from_env()
@@ -76,14 +80,32 @@ def serve(
             RegistrySettings(offline_after),
             signing=signing,
         )
+        intake = Intake(settings, intake_settings, metrics)
+        resumer = None
+        if take_over_storms:
+            resumer = Resumer(settings, database, RegistrySettings(offline_after), signing)
+            log.info("taking over operators' storms whose process died")
+        takeover = Takeover(database, intake, operators=resumer)
         crew = [
             Member("collector", collector.run, collector.stop),
-            _intake(Intake(settings, intake_settings, metrics)),
+            _intake(intake),
+            Member("takeover", takeover.run, _stopping(takeover, resumer)),
         ]
         remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:
             crew.append(Member("remediation", remediator.run, remediator.stop))
         return _serve(crew, registry, addr, port)
+
+
+def _stopping(takeover: Takeover, resumer: Resumer | None) -> Callable[[], None]:
+    """Stop taking storms over, then stop those taken (they end interrupted)."""
+
+    def stop() -> None:
+        takeover.stop()
+        if resumer is not None:
+            resumer.stop()
+
+    return stop
 
 
 def _intake(intake: Intake) -> Member:

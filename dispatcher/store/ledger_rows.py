@@ -80,7 +80,7 @@ class StormRecord:
         """
         if self.state != StormState.RUNNING or now - self.heartbeat_at > stale_after:
             return False
-        match = re.fullmatch(r"pid (\d+) on (.+)", self.owner)
+        match = re.fullmatch(r"pid (\d+) on (\S+)(?: #\w+)?", self.owner)
         if match is None or match.group(2) != socket.gethostname():
             return True
         try:

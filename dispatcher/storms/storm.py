@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -36,6 +34,7 @@ from broker.queue_probe import QueueProbe
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import default_requester, report_message
+from dispatcher.store.leases import RESUMED, TAKEN_OVER, Leases, owner_id
 from dispatcher.store.ledger import (
     RESUMABLE,
     CommandRecord,
@@ -48,6 +47,7 @@ from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.registry import Registry
 from dispatcher.storms.answers import Answers
 from dispatcher.storms.flow import FlowLimits, Order, StormFlow, Target
+from dispatcher.storms.lease_watch import LeaseWatch
 from dispatcher.storms.progress import STALE_AFTER
 from dispatcher.storms.publish_reports import PublishReports
 from schemas.catalog import ComponentEvent
@@ -225,7 +225,7 @@ def plan(
         created_at=now,
         finished_at=None,
         heartbeat_at=now,
-        owner=_owner(),
+        owner=owner_id(),
         cancel_requested=False,
     )
     ledger.create_storm(storm, commands)
@@ -250,7 +250,16 @@ def run(
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
     answers = Answers(storm.storm_id)
-    writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=answers.read)
+    watch = LeaseWatch(storm.storm_id, storm.owner)
+    flows: list[StormFlow] = []
+
+    def after_write(ledger: Ledger) -> None:
+        answers.read(ledger)
+        lost = watch.check(ledger)
+        if lost is not None and flows:
+            flows[0].suspend_requested = lost  # read on the publishing thread, at its tick
+
+    writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=after_write)
     # On a cluster: tells a queue whose node is down from a missing one (waiting-node).
     probe = QueueProbe(settings) if settings.cluster else None
     try:
@@ -269,6 +278,7 @@ def run(
             reports=_reports(settings, storm),
             nodes=probe,
         )
+        flows.append(flow)
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
         stamp = (signing or keys.Signing.from_env()).stamp()
@@ -283,7 +293,10 @@ def run(
             "held for it",
             flow.waiting.parked,
         )
-    ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
+    if watch.lost is None:
+        ledger.finish_storm(storm.storm_id, flow.state, flow.reason, time.time())
+    else:  # the storm's row is its new owner's
+        log.warning("storm %s %s: stopped publishing it", storm.storm_id, watch.lost)
     return flow
 
 
@@ -368,12 +381,19 @@ def resumable(storm: StormRecord, now: float | None = None) -> str | None:
     return None
 
 
-def claim(ledger: Ledger, storm: StormRecord) -> StormRecord:
-    ledger.claim_storm(storm.storm_id, _owner(), time.time())
-    claimed = ledger.storm(storm.storm_id)
-    assert claimed is not None
-    return claimed
-
-
-def _owner() -> str:
-    return f"pid {os.getpid()} on {socket.gethostname()}"
+def claim(ledger: Ledger, storm: StormRecord, *, resume: bool = False) -> StormRecord | None:
+    """Win the storm's lease for this process, as it was when read (``storm``); None when
+    another dispatcher holds it or took it first. ``resume``: an operator's ``resume``,
+    which may also take a failed storm and forgets an earlier cancel request."""
+    now = time.time()
+    seen = None if storm.alive(now, STALE_AFTER) else storm
+    with Leases(ledger.settings) as leases:
+        won = leases.claim(
+            storm.storm_id,
+            owner_id(),
+            now,
+            seen=seen,
+            states=RESUMED if resume else TAKEN_OVER,
+            reset_cancel=resume,
+        )
+    return ledger.storm(storm.storm_id) if won else None
