@@ -46,6 +46,7 @@ bench: venv broker
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/trigger_latency.py
 	$(PY) bench/storm.py --own-node
+	$(PY) bench/cluster_storm.py
 
 # The storm bench on the machine's shared broker: 10,000 queues there stall it for
 # everything else (see docs/performance.md).

@@ -1,6 +1,6 @@
 """A private 3-node cluster per test module, and a virtual host of its own per test.
 
-The nodes are the tests' own (tests/cluster/nodes.py), started once per module and
+The nodes are the tests' own (bench/cluster.py), started once per module and
 stopped with their data deleted afterwards; the machine's broker is never touched.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.nodes import RABBITMQ_SERVER, Cluster, management, start_cluster
+from bench.cluster import RABBITMQ_SERVER, Cluster, management, start_cluster
 
 
 @pytest.fixture(scope="module")

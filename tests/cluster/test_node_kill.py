@@ -23,7 +23,7 @@ import pytest
 
 from broker import topology
 from tests.cluster.conftest import vhost_url
-from tests.cluster.nodes import Cluster, management
+from bench.cluster import Cluster, management
 from tests.faults.harness import finished_runs, start_storm, wait_finished
 from tests.faults.tally import ledger, run_records, tally
 from tests.integration.fleet import Fleet, storm_id_of

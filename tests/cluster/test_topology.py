@@ -21,7 +21,7 @@ from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
 from tests.cluster.conftest import vhost_url
-from tests.cluster.nodes import Cluster, management
+from bench.cluster import Cluster, management
 from tests.integration.helpers import records, start_agent, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

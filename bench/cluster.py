@@ -1,4 +1,4 @@
-"""A private RabbitMQ cluster for tests: nodes of its own beside the machine's broker.
+"""A private RabbitMQ cluster for tests and benches: nodes of its own beside the machine's.
 
 Each node has its own name, ports and data directory; all share one Erlang cookie of
 their own (never the machine broker's) and are joined to the first one. A node can be
