@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.cluster import Cluster, management
 from broker import topology
 from tests.cluster.conftest import vhost_url
-from bench.cluster import Cluster, management
 from tests.faults.harness import finished_runs, start_storm, wait_finished
 from tests.faults.tally import ledger, run_records, tally
 from tests.integration.fleet import Fleet, storm_id_of

@@ -12,6 +12,7 @@ from pathlib import Path
 import pika
 import pytest
 
+from bench.cluster import Cluster, management
 from broker import topology
 from broker.connection import close_quietly, open_blocking
 from broker.errors import BrokerRefused
@@ -21,7 +22,6 @@ from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
 from tests.cluster.conftest import vhost_url
-from bench.cluster import Cluster, management
 from tests.integration.helpers import records, start_agent, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
