@@ -20,7 +20,7 @@ from agent.config_shape import BACKEND_NAMES, ShapeError
 from agent.windows.paths import defaults
 from broker.settings import DEFAULT_URL, URL_ENV, BrokerSettings
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
-from schemas.messages import ID_PATTERN
+from schemas.rules import ID_PATTERN
 from schemas.signing import Verifier
 
 log = logging.getLogger(__name__)

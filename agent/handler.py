@@ -24,7 +24,8 @@ from agent.journal import Journal
 from agent.outbound import make_ack
 from agent.signatures import Signatures
 from schemas.codec import DecodeError, decode, encode
-from schemas.messages import ID_PATTERN, Ack, AckStatus, Command, Reason
+from schemas.messages import Ack, AckStatus, Command, Reason
+from schemas.rules import ID_PATTERN
 
 if TYPE_CHECKING:  # only a type here: the daemon wires the spool in
     from agent.deferral import Deferrals, OnAck

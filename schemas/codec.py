@@ -8,17 +8,8 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from schemas.messages import (
-    MESSAGE_TYPES,
-    SCHEMA_VERSION,
-    Message,
-    PublishCount,
-    Reason,
-    check_rule,
-    field_rules,
-    field_specs,
-    needed_fields,
-)
+from schemas.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message, PublishCount, Reason
+from schemas.rules import check_rule, field_rules, field_specs, needed_fields
 
 MAX_BODY = 64 * 1024
 M = TypeVar("M", bound=Message)

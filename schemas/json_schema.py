@@ -14,14 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemas.messages import (
+from schemas.messages import MESSAGE_TYPES, SCHEMA_VERSION, Message
+from schemas.rules import (
     ID_PATTERN,
     LATEST_TIME,
-    MESSAGE_TYPES,
     NAME_PATTERN,
-    SCHEMA_VERSION,
     STATUS_PATTERN,
-    Message,
     Spec,
     field_specs,
     needed_fields,

@@ -38,9 +38,9 @@ from schemas.messages import (  # noqa: E402
     TriggerReply,
     TriggerRequest,
     TriggerSummary,
-    field_specs,
 )
 from schemas.refusals import RequestRefused, read_request  # noqa: E402
+from schemas.rules import field_specs  # noqa: E402
 
 VECTOR_DIR = ROOT / "schemas" / "vectors"
 Vector = dict[str, Any]

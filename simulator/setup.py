@@ -13,7 +13,8 @@ import threading
 from agent.backends.base import Backend, SignalResult
 from agent.config import valid_copylist
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog, Component
-from schemas.messages import EVENT_NAME_PATTERN, Command
+from schemas.messages import Command
+from schemas.rules import EVENT_NAME_PATTERN
 
 UPGRADE_EVENT = "CLISETUP_STARTCYCLE"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from schemas.messages import OUTPUT_MAX, Command
+from schemas.messages import Command
+from schemas.rules import OUTPUT_MAX
 
 
 class BackendConfigError(ValueError):

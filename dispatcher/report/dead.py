@@ -36,7 +36,7 @@ from dispatcher.service.dead_letters import (
     TEXT_MAX,
 )
 from dispatcher.store.ledger import ClientResult, Ledger
-from schemas.messages import ID_PATTERN
+from schemas.rules import ID_PATTERN
 
 log = logging.getLogger(__name__)
 

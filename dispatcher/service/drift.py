@@ -51,7 +51,8 @@ from dispatcher.store.registry import RegistrySettings, SqliteRegistry
 from dispatcher.store.site import Site
 from dispatcher.storms.storm import CONFIRM_WINDOW, StormOptions, spread_offset
 from schemas.catalog import ComponentEvent
-from schemas.messages import EVENT_NAME_PATTERN, Command
+from schemas.messages import Command
+from schemas.rules import EVENT_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 

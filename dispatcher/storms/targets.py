@@ -14,7 +14,7 @@ from pathlib import Path
 
 from dispatcher.store.db import DbSettings
 from dispatcher.store.registry import Registry, SqliteRegistry
-from schemas.messages import ID_PATTERN
+from schemas.rules import ID_PATTERN
 
 
 class TargetError(ValueError):

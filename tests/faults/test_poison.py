@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from broker import topology
 from dispatcher import Dispatcher
 from schemas.codec import MAX_BODY
-from schemas.messages import Command, Reason, field_specs
+from schemas.messages import Command, Reason
+from schemas.rules import field_specs
 from schemas.signing import KEY_ID_HEADER, SIGNATURE_HEADER, Signer
 from tests.faults.harness import AckTap
 from tests.faults.tally import run_records, tally

@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from schemas.codec import encode
 from schemas.messages import (
-    LATEST_TIME,
     MESSAGE_TYPES,
     Ack,
     Command,
@@ -39,8 +38,8 @@ from schemas.messages import (
     TriggerReply,
     TriggerRequest,
     TriggerSummary,
-    field_specs,
 )
+from schemas.rules import LATEST_TIME, field_specs
 
 T = Any
 

@@ -19,7 +19,8 @@ from agent.backends.file import FileBackend
 from agent.backends.posix_signal import SignalBackend
 from agent.backends.simulated import SimulatedBackend
 from agent.backends.win32_event import Win32EventBackend
-from schemas.messages import OUTPUT_MAX, Command
+from schemas.messages import Command
+from schemas.rules import OUTPUT_MAX
 
 EVENT = "CCIM32_STARTCYCLE"
 

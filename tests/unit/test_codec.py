@@ -27,12 +27,9 @@ from hypothesis import strategies as st
 
 from schemas.codec import MAX_BODY, DecodeError, decode, decode_any, encode, encoding
 from schemas.messages import (
-    ID_PATTERN,
     MESSAGE_TYPES,
-    NAME_PATTERN,
     Ack,
     Command,
-    FieldError,
     Heartbeat,
     Message,
     PublishCount,
@@ -42,9 +39,9 @@ from schemas.messages import (
     TriggerReply,
     TriggerRequest,
     TriggerSummary,
-    field_specs,
 )
 from schemas.refusals import RequestRefused, read_request
+from schemas.rules import ID_PATTERN, NAME_PATTERN, FieldError, field_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTOR_DIR = ROOT / "schemas" / "vectors"

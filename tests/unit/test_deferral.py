@@ -22,7 +22,7 @@ from agent.journal import Journal
 from agent.signatures import Signatures
 from agent.spool import Hold, Spool
 from schemas import Ack, Command, decode, encode
-from schemas.messages import OUTPUT_MAX
+from schemas.rules import OUTPUT_MAX
 from schemas.signing import Signer
 
 CLIENT = "PC042"

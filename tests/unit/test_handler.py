@@ -19,7 +19,7 @@ from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from schemas import Ack, Command, decode, encode
 from schemas.catalog import DEFAULT_CATALOG, Catalog
-from schemas.messages import OUTPUT_MAX
+from schemas.rules import OUTPUT_MAX
 
 CLIENT = "PC042"
 DURATION = 0.05
