@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import socket
-import sqlite3
 import threading
 import time
 import uuid
@@ -45,10 +44,10 @@ from broker.publisher import PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
 from dispatcher.api.dispatcher import Dispatcher, Receipt
-from dispatcher.store.db import DbSettings
+from dispatcher.store.db import DbSettings, StoreUnavailable
 from dispatcher.store.ledger import CommandRecord, Ledger, SentMark, Status, StormRecord, Writes
 from dispatcher.store.ledger_rows import StormState
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site
 from dispatcher.storms.storm import CONFIRM_WINDOW, StormOptions, spread_offset
 from schemas.catalog import ComponentEvent
@@ -102,7 +101,7 @@ class RemediationSettings:
 
 class _Stores(NamedTuple):
     site: Site
-    registry: SqliteRegistry
+    registry: StoreRegistry
     ledger: Ledger
 
 
@@ -139,7 +138,7 @@ class Remediator:
         """Reconcile every round until :meth:`stop` (blocking: the service's thread)."""
         stores = _Stores(
             Site(self._database),
-            SqliteRegistry(self._database, self._registry),
+            StoreRegistry(self._database, self._registry),
             Ledger(self._database),
         )
         try:
@@ -148,7 +147,7 @@ class Remediator:
                     self.round(stores, time.time())
                 except BrokerError as exc:  # planned commands stay planned: next round
                     log.warning("remediation: broker: %s; trying again", exc)
-                except sqlite3.OperationalError as exc:  # locked: next round
+                except StoreUnavailable as exc:  # locked: next round
                     log.warning("remediation: database: %s; trying again", exc)
         finally:
             for store in stores:

@@ -24,7 +24,7 @@ from dispatcher.service.recorder import Recorder
 from dispatcher.service.senders import Senders
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site
 
 log = logging.getLogger("setevnt.dispatcher")
@@ -59,10 +59,10 @@ def serve(
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
     drift = drift or DriftOptions(None, RemediationSettings())
     metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
-    registry.register(LedgerMetrics(database.path))
-    registry.register(DriftMetrics(database.path, offline_after, drift.remediation.event))
+    registry.register(LedgerMetrics(database))
+    registry.register(DriftMetrics(database, offline_after, drift.remediation.event))
     with (
-        SqliteRegistry(database, RegistrySettings(offline_after)) as fleet,
+        StoreRegistry(database, RegistrySettings(offline_after)) as fleet,
         Ledger(database) as ledger,
     ):
         _seed_site(database, drift.seed_version)

@@ -263,7 +263,7 @@ def test_a_report_message_says_what_the_collector_counts(ledger: Ledger) -> None
 def test_a_storm_whose_process_stopped_heartbeating_counts_as_interrupted(
     ledger: Ledger,
 ) -> None:
-    metrics = LedgerMetrics(ledger.settings.path)
+    metrics = LedgerMetrics(ledger.settings)
     registry = CollectorRegistry()
     registry.register(metrics)
     assert value(registry, "setevnt_storms", state="running") == 1

@@ -15,7 +15,7 @@ from dispatcher.service.requests import Desk, options, summarize
 from dispatcher.store.db import DbSettings
 from dispatcher.store.idempotency import IdempotencyKeys
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 from schemas.codec import encode
 from schemas.messages import Heartbeat, RefusalReason, TriggerRequest
 from schemas.refusals import RequestRefused
@@ -96,7 +96,7 @@ def desk(tmp_path: Path) -> Iterator[Desk]:
     database = DbSettings(str(tmp_path / "setevnt.db"))
     with (
         Ledger(database) as ledger,
-        SqliteRegistry(database) as registry,
+        StoreRegistry(database) as registry,
         IdempotencyKeys(database, window=60) as keys,
     ):
         beat = Heartbeat(
