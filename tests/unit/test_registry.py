@@ -27,8 +27,8 @@ def beat(client: str, kind: str = "heartbeat", groups: tuple[str, ...] = ()) -> 
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[StoreRegistry]:
-    with StoreRegistry(DbSettings(str(tmp_path / "db")), RegistrySettings(60)) as opened:
+def registry(store_db: DbSettings) -> Iterator[StoreRegistry]:
+    with StoreRegistry(store_db, RegistrySettings(60)) as opened:
         yield opened
 
 
