@@ -242,8 +242,8 @@ class Ledger:
 
     def answers(self, storm_id: str, after: Mapping[int, int] | None = None) -> Iterator[AnswerRow]:
         """The storm's commands whose client answered in a batch numbered, by the writer
-        that recorded it, above that writer's number in ``after``; each row's first field
-        is (writer, number). See :mod:`dispatcher.store.ledger_answers`."""
+        that recorded it, above that writer's number in ``after``; each row's first two
+        fields are the writer and that number. See :mod:`dispatcher.store.ledger_answers`."""
         return ledger_answers.answers_after(self._db, storm_id, after or {}, _ANSWER_COLUMNS)
 
     def rows_of(self, storm_id: str) -> dict[str, int]:

@@ -146,19 +146,19 @@ def answers_after(
     connection: db.Connection, storm_id: str, after: Mapping[int, int], columns: str
 ) -> Iterator[AnswerRow]:
     """The storm's rows answered in a batch numbered above ``after[writer]`` (0 for a
-    writer not in it), with ``columns`` after its (writer, number)."""
+    writer not in it): its writer and that number, then ``columns``."""
     writers = [int(row[0]) for row in connection.execute("SELECT writer_id FROM answer_writers")]
+    # Each term names the storm, so each is a range of the index (storm, writer, number).
+    term = "(storm_id = ? AND answer_writer = ? AND answer_seq > ?)"
     for chunk in db.chunks(sorted(writers), 200):
-        terms = " OR ".join(["(answer_writer = ? AND answer_seq > ?)"] * len(chunk))
-        params: list[object] = [storm_id]
+        params: list[object] = []
         for writer in chunk:
-            params += (writer, after.get(writer, 0))
-        rows = connection.execute(
-            f"SELECT answer_writer, {columns} FROM commands WHERE storm_id = ? AND ({terms})",
+            params += (storm_id, writer, after.get(writer, 0))
+        yield from connection.execute(
+            f"SELECT answer_writer, {columns} FROM commands WHERE "
+            + " OR ".join([term] * len(chunk)),
             params,
         )
-        for writer, seq, *rest in rows:
-            yield ((writer, seq), *rest)
 
 
 def _answer(known: dict[str, Known], ack: Ack, received_at: float) -> Answered | Ignored:

@@ -109,9 +109,9 @@ class CommandRecord:
     coalesced_into: str | None = None
 
 
-# ((writer, its answer batch number), command id, status, received at, latency, reason,
+# (writer, its answer batch number, command id, status, received at, latency, reason,
 # detail), as Ledger.answers reads it.
-AnswerRow = tuple[tuple[int, int], str, str, float | None, float | None, str | None, str | None]
+AnswerRow = tuple[int, int, str, str, float | None, float | None, str | None, str | None]
 
 
 class StormAnswer(NamedTuple):

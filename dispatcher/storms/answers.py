@@ -59,7 +59,7 @@ class Answers:
             self._stopped = True
             log.exception("reading the storm's answers from the ledger stopped")
             return
-        for (writer, seq), command_id, status, received_at, latency, reason, detail in rows:
+        for writer, seq, command_id, status, received_at, latency, reason, detail in rows:
             self._last[writer] = max(self._last.get(writer, 0), seq)
             final = status != Status.DEFERRED
             self._answers.append(

@@ -71,4 +71,4 @@ def test_answers_of_concurrent_writers_are_each_read_once(store_db: DbSettings) 
     assert failures == []
     assert sorted(seen) == sorted(ids)  # every answer, none twice
     with Ledger(store_db) as ledger:  # each writer numbered its own batches
-        assert len({row[0][0] for row in ledger.answers("s")}) == WRITERS
+        assert len({row[0] for row in ledger.answers("s")}) == WRITERS
