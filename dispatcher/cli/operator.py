@@ -70,7 +70,8 @@ def store_options(*, nested: bool = False) -> argparse.ArgumentParser:
     parent.add_argument(
         "--db",
         default=argparse.SUPPRESS if nested else None,
-        help="SQLite database (default: $SETEVNT_DB or ./setevnt.db)",
+        help="database: a SQLite file or a postgresql:// URL (default: $SETEVNT_DB or "
+        "./setevnt.db)",
     )
     parent.add_argument(
         "--offline-after",
