@@ -127,7 +127,11 @@ def connect(settings: DbSettings, *, read_only: bool = False) -> PostgresConnect
         raise StoreError(
             "a postgresql:// database needs psycopg: pip install 'setevnt[postgres]'"
         ) from exc
-    options = "-c default_transaction_read_only=on" if read_only else None
+    # A lock waited for past the busy timeout fails the statement (StoreUnavailable), as
+    # SQLite's busy timeout does, instead of holding a collector's batch forever.
+    options = f"-c lock_timeout={round(settings.busy_timeout * 1000)}"
+    if read_only:
+        options += " -c default_transaction_read_only=on"
     try:
         connection = psycopg.connect(
             settings.path,
