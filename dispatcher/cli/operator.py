@@ -276,7 +276,7 @@ def _resume(args: argparse.Namespace) -> int:
     with _stores(database, args.offline_after, create=False) as (registry, ledger):
         storm = ledger.storm(args.storm_id)
         if storm is None:
-            raise ValueError(f"no storm {args.storm_id} in {database.path}")
+            raise ValueError(f"no storm {args.storm_id} in {database}")
         refusal = storms.resumable(storm)
         if refusal is not None:
             raise ValueError(refusal)

@@ -67,7 +67,7 @@ def serve(
     ):
         _seed_site(database, drift.seed_version)
         recorder = Recorder(settings, fleet, ledger, metrics, signing=signing)
-        log.info("fleet registry and ledger in %s", database.path)
+        log.info("fleet registry and ledger in %s", database)
         senders = Senders.from_env(settings.username)
         collector = Collector(settings, metrics, recorder, senders=senders)
         intake_settings = IntakeSettings(
