@@ -25,7 +25,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _admin() -> Any:
+def admin_connection() -> Any:
     """An autocommit connection to the server's ``postgres`` database, or skip/fail."""
     try:
         import psycopg
@@ -44,7 +44,7 @@ def _admin() -> Any:
 @contextmanager
 def postgres_database() -> Iterator[DbSettings]:
     """A new, empty database of its own, force-dropped afterwards."""
-    admin = _admin()
+    admin = admin_connection()
     name = f"setevnt_test_{uuid.uuid4().hex[:12]}"
     try:
         admin.execute(f"CREATE DATABASE {name}")

@@ -65,17 +65,33 @@ def _error(exc: Exception) -> StoreError:
 
 
 class PostgresConnection:
+    """A server connection that is opened again, between transactions, once it broke (a
+    restarted server, a dropped link): the failed statement raises StoreUnavailable, the
+    next one runs on a new connection."""
+
     dialect = DIALECT
 
-    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+    def __init__(self, settings: DbSettings, *, read_only: bool = False) -> None:
         import psycopg
 
-        self._c = connection
+        self._settings = settings
+        self._read_only = read_only
         self._errors: type[Exception] = psycopg.Error
+        self._in_transaction = False
+        self._closing = False  # closed by its owner: never opened again
+        self._c = _open(settings, read_only)
+
+    def _live(self) -> psycopg.Connection[Any]:
+        # Inside a transaction a new connection would run the rest outside it: fail instead.
+        if self._c.closed and not self._in_transaction and not self._closing:
+            self._c = _open(self._settings, self._read_only)
+        return self._c
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
         try:
-            return self._c.execute(translate(sql), params or None)
+            if not params:  # no parameters: psycopg sends the text as it is
+                return self._live().execute(sql)
+            return self._live().execute(translate(sql), params)
         except self._errors as exc:
             raise _error(exc) from exc
 
@@ -84,7 +100,7 @@ class PostgresConnection:
         if not rows:
             return
         try:
-            with self._c.cursor() as cursor:
+            with self._live().cursor() as cursor:
                 cursor.executemany(translate(sql), rows)
         except self._errors as exc:
             raise _error(exc) from exc
@@ -92,7 +108,7 @@ class PostgresConnection:
     def copy_rows(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         try:
             with (
-                self._c.cursor() as cursor,
+                self._live().cursor() as cursor,
                 cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
             ):
                 for row in rows:
@@ -103,8 +119,12 @@ class PostgresConnection:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         try:
-            with self._c.transaction():
-                yield
+            with self._live().transaction():
+                self._in_transaction = True
+                try:
+                    yield
+                finally:
+                    self._in_transaction = False
         except self._errors as exc:
             raise _error(exc) from exc
 
@@ -117,23 +137,30 @@ class PostgresConnection:
         return found is not None
 
     def close(self) -> None:
+        self._closing = True
         self._c.close()
 
 
 def connect(settings: DbSettings, *, read_only: bool = False) -> PostgresConnection:
     try:
-        import psycopg
+        import psycopg  # noqa: F401  (only to say what is missing, before connecting)
     except ImportError as exc:
         raise StoreError(
             "a postgresql:// database needs psycopg: pip install 'setevnt[postgres]'"
         ) from exc
+    return PostgresConnection(settings, read_only=read_only)
+
+
+def _open(settings: DbSettings, read_only: bool) -> psycopg.Connection[Any]:
+    import psycopg
+
     # A lock waited for past the busy timeout fails the statement (StoreUnavailable), as
     # SQLite's busy timeout does, instead of holding a collector's batch forever.
     options = f"-c lock_timeout={round(settings.busy_timeout * 1000)}"
     if read_only:
         options += " -c default_transaction_read_only=on"
     try:
-        connection = psycopg.connect(
+        return psycopg.connect(
             settings.path,
             autocommit=True,
             connect_timeout=max(1, round(settings.busy_timeout)),
@@ -141,4 +168,3 @@ def connect(settings: DbSettings, *, read_only: bool = False) -> PostgresConnect
         )
     except psycopg.Error as exc:
         raise _error(exc) from exc
-    return PostgresConnection(connection)
