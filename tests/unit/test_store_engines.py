@@ -38,3 +38,12 @@ def test_a_broken_server_connection_fails_one_statement_then_reconnects() -> Non
         with pytest.raises(StoreUnavailable):
             ledger.storms()
         assert ledger.storms() == []  # on a new connection
+
+
+def test_the_stores_parameters_become_psycopgs_outside_quoted_text() -> None:
+    from dispatcher.store.postgres import translate
+
+    sql = "SELECT ':x', 'it''s ?', ?, :name, options::jsonb, 5 % 2 WHERE a = :a_1"
+    assert translate(sql) == (
+        "SELECT ':x', 'it''s ?', %s, %(name)s, options::jsonb, 5 %% 2 WHERE a = %(a_1)s"
+    )
