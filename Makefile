@@ -1,5 +1,5 @@
 # make demo   - set everything up on a fresh machine and show a trigger end to end
-# make test   - the whole test suite against the real local broker
+# make test   - the whole test suite against the real local broker and PostgreSQL
 # make lint   - ruff (lint + format check) and mypy --strict (also as on Windows, for agent/)
 # make windows-bundle - dist/setevnt-windows-*.zip: an offline install for Windows clients
 # make bench  - benchmarks that print their figures
@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: all demo test lint format bench bench-machine broker tools venv clean windows-bundle
+.PHONY: all demo test lint format bench bench-machine broker postgres tools venv clean windows-bundle
 
 all: lint test
 
@@ -22,13 +22,16 @@ venv: $(VENV)/.installed
 broker:
 	bash scripts/ensure-broker.sh
 
+postgres:
+	bash scripts/ensure-postgres.sh
+
 tools:
 	bash scripts/ensure-tools.sh
 
 demo: venv broker
 	$(PY) scripts/demo.py
 
-test: venv broker tools
+test: venv broker postgres tools
 	$(PY) -m pytest
 
 lint: venv
@@ -42,7 +45,8 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: venv broker
+bench: venv broker postgres
+	$(PY) bench/ledger_write.py
 	$(PY) bench/agent_footprint.py
 	$(PY) bench/trigger_latency.py
 	$(PY) bench/storm.py --own-node

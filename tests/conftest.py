@@ -110,3 +110,13 @@ def private_database(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a test starts (`serve`, `setevnt`, storms) keeps its SQLite database in the
     test's own directory, never ./setevnt.db in the checkout."""
     monkeypatch.setenv("SETEVNT_DB", str(tmp_path / "setevnt.db"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+    """The dispatcher's database on each engine: a file of the test's own (SQLite), a
+    database of its own on the machine's PostgreSQL, dropped after the test."""
+    from tests.databases import database
+
+    with database(request.param, tmp_path) as settings:
+        yield settings

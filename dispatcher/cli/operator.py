@@ -37,7 +37,7 @@ from dispatcher.report.results import rejections
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger, StormRecord
 from dispatcher.store.ledger_rows import StormState
-from dispatcher.store.registry import ClientRecord, RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import ClientRecord, RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site
 from dispatcher.storms import progress
 from dispatcher.storms import storm as storms
@@ -70,7 +70,8 @@ def store_options(*, nested: bool = False) -> argparse.ArgumentParser:
     parent.add_argument(
         "--db",
         default=argparse.SUPPRESS if nested else None,
-        help="SQLite database (default: $SETEVNT_DB or ./setevnt.db)",
+        help="database: a SQLite file or a postgresql:// URL (default: $SETEVNT_DB or "
+        "./setevnt.db)",
     )
     parent.add_argument(
         "--offline-after",
@@ -199,7 +200,7 @@ def _clients(args: argparse.Namespace) -> int:
         desired = site.copylist_version()
     if args.drifted and desired is None:
         raise ValueError("no site CopyListVersion to drift from: `site set-version V` first")
-    with SqliteRegistry(database, registry_settings, create=False) as reg:
+    with StoreRegistry(database, registry_settings, create=False) as reg:
         now = time.time()
         records = reg.clients(group=args.group, online=False if args.offline else None, now=now)
     version = desired.value if desired is not None else None
@@ -275,7 +276,7 @@ def _resume(args: argparse.Namespace) -> int:
     with _stores(database, args.offline_after, create=False) as (registry, ledger):
         storm = ledger.storm(args.storm_id)
         if storm is None:
-            raise ValueError(f"no storm {args.storm_id} in {database.path}")
+            raise ValueError(f"no storm {args.storm_id} in {database}")
         refusal = storms.resumable(storm)
         if refusal is not None:
             raise ValueError(refusal)
@@ -290,7 +291,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _drive(
     args: argparse.Namespace,
     ledger: Ledger,
-    registry: SqliteRegistry,
+    registry: StoreRegistry,
     storm: StormRecord,
     signing: keys.Signing,
 ) -> int:
@@ -409,9 +410,9 @@ def _command_status(ledger: Ledger, args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _stores(
     database: DbSettings, offline_after: float, *, create: bool = True
-) -> Iterator[tuple[SqliteRegistry, Ledger]]:
+) -> Iterator[tuple[StoreRegistry, Ledger]]:
     with (
-        SqliteRegistry(database, RegistrySettings(offline_after), create=create) as registry,
+        StoreRegistry(database, RegistrySettings(offline_after), create=create) as registry,
         Ledger(database, create=create) as ledger,
     ):
         yield registry, ledger

@@ -62,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     verb = "would forget" if args.dry_run else "forgot"
     print(
         f"{verb} {pruned.storms} storm(s) and {pruned.commands} command(s) "
-        f"from before {cutoff} in {database.path}"
+        f"from before {cutoff} in {database}"
     )
     return 0

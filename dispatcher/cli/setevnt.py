@@ -49,7 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_global_options(parser, log_default="ERROR")  # failures are reported in one line
     completion.add_option(parser)
     targets.add_arguments(parser)
-    parser.add_argument("--db", help="dispatcher database (default: $SETEVNT_DB, ./setevnt.db)")
+    parser.add_argument(
+        "--db",
+        help="dispatcher database: a SQLite file or a postgresql:// URL "
+        "(default: $SETEVNT_DB, ./setevnt.db)",
+    )
     parser.add_argument(
         "--wait", type=cli.duration, metavar="DURATION", help="wait this long for the acks (30s)"
     )

@@ -30,7 +30,7 @@ from dispatcher.service.drift import (
 from dispatcher.service.serve import DriftOptions
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site, check_version
 from dispatcher.storms import progress
 from dispatcher.storms.storm import parse_duration
@@ -132,7 +132,7 @@ def _show(args: argparse.Namespace, database: DbSettings) -> int:
     if setting is None:
         raise ValueError("no site CopyListVersion: `setevnt-dispatcher site set-version V`")
     registry_settings = RegistrySettings(args.offline_after)
-    with SqliteRegistry(database, registry_settings, create=False) as registry:
+    with StoreRegistry(database, registry_settings, create=False) as registry:
         fleet = registry.census(setting.value, time.time())
     storm_id = storm_id_for(event, setting.value)
     with Ledger(database, create=False) as ledger:

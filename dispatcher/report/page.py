@@ -146,7 +146,7 @@ class StormData:
 def collect(ledger: Ledger, storm_id: str, now: float | None = None) -> StormData:
     storm = ledger.storm(storm_id)
     if storm is None:
-        raise ValueError(f"no storm {storm_id} in {ledger.settings.path}")
+        raise ValueError(f"no storm {storm_id} in {ledger.settings}")
     now = time.time() if now is None else now
     view = progress.from_ledger(storm, ledger.figures(storm_id), now)
     return StormData(

@@ -153,7 +153,7 @@ def retry_plan(database: DbSettings, storm_id: str, statuses: frozenset[str]) ->
     with Ledger(database, create=False) as ledger:
         storm = ledger.storm(storm_id)
         if storm is None:
-            raise ValueError(f"--retry-from: no storm {storm_id} in {database.path}")
+            raise ValueError(f"--retry-from: no storm {storm_id} in {database}")
         clients = sorted({r.client_id for r in ledger.results(storm_id, time.time(), statuses)})
     if not clients:
         listed = ", ".join(sorted(statuses))

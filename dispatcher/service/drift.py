@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -43,11 +42,11 @@ from broker.publisher import PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
 from dispatcher.api.dispatcher import Dispatcher, Receipt
-from dispatcher.store.db import DbSettings
+from dispatcher.store.db import DbSettings, StoreConflict, StoreUnavailable
 from dispatcher.store.leases import Leases, owner_gone, owner_id
 from dispatcher.store.ledger import CommandRecord, Ledger, SentMark, Status, StormRecord, Writes
 from dispatcher.store.ledger_rows import StormState
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site
 from dispatcher.storms.storm import CONFIRM_WINDOW, StormOptions, spread_offset
 from schemas.catalog import ComponentEvent
@@ -102,7 +101,7 @@ class RemediationSettings:
 
 class _Stores(NamedTuple):
     site: Site
-    registry: SqliteRegistry
+    registry: StoreRegistry
     ledger: Ledger
     leases: Leases
 
@@ -140,7 +139,7 @@ class Remediator:
         """Reconcile every round until :meth:`stop` (blocking: the service's thread)."""
         stores = _Stores(
             Site(self._database),
-            SqliteRegistry(self._database, self._registry),
+            StoreRegistry(self._database, self._registry),
             Ledger(self._database),
             Leases(self._database),
         )
@@ -150,7 +149,7 @@ class Remediator:
                     self.round(stores, time.time())
                 except BrokerError as exc:  # planned commands stay planned: next round
                     log.warning("remediation: broker: %s; trying again", exc)
-                except sqlite3.OperationalError as exc:  # locked: next round
+                except StoreUnavailable as exc:  # locked: next round
                     log.warning("remediation: database: %s; trying again", exc)
         finally:
             for store in stores:
@@ -192,7 +191,7 @@ class Remediator:
             storm = self._new_storm(storm_id, version, now)
             try:
                 ledger.create_storm(storm, [])
-            except sqlite3.IntegrityError:  # another service created it first: its storm
+            except StoreConflict:  # another service created it first: its storm
                 return None
             log.info("remediation: storm %s upgrades clients to %s", storm_id, version)
         elif storm.cancel_requested:  # an operator cancelled it: stay out

@@ -9,14 +9,15 @@ Every series is exported (as 0) before there is anything to count.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dispatcher.service.drift import storm_id_for
+from dispatcher.store.db import Connection, DatabaseMissing, DbSettings, StoreError, connect
 from dispatcher.store.ledger import Status
 from dispatcher.store.registry import Census, census
 from dispatcher.store.site import COPYLIST_VERSION
@@ -26,8 +27,8 @@ _NOTHING: tuple[Census, dict[str, int]] = (Census(0, 0, 0, 0), {})
 
 
 class DriftMetrics(Collector):
-    def __init__(self, path: str, offline_after: float, event: ComponentEvent) -> None:
-        self._path = path
+    def __init__(self, database: DbSettings, offline_after: float, event: ComponentEvent) -> None:
+        self._database = database
         self._offline_after = offline_after
         self._event = event
 
@@ -57,16 +58,16 @@ class DriftMetrics(Collector):
 
     def _read(self, now: float) -> tuple[Census, dict[str, int]]:
         try:
-            db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=2)
-        except sqlite3.Error:
+            db = connect(replace(self._database, busy_timeout=2), read_only=True)
+        except (DatabaseMissing, StoreError):
             return _NOTHING  # no database yet: no client has been heard from
         with contextlib.closing(db):
             try:
                 return self._query(db, now)
-            except sqlite3.Error:  # tables not created yet, or busy past the timeout
+            except StoreError:  # tables not created yet, or busy past the timeout
                 return _NOTHING
 
-    def _query(self, db: sqlite3.Connection, now: float) -> tuple[Census, dict[str, int]]:
+    def _query(self, db: Connection, now: float) -> tuple[Census, dict[str, int]]:
         row = db.execute("SELECT value FROM site WHERE name = ?", (COPYLIST_VERSION,)).fetchone()
         if row is None:
             return _NOTHING

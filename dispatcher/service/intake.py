@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -44,13 +43,13 @@ from dispatcher.service.dead_letters import dead_letter_refused
 from dispatcher.service.fair_queue import FairQueue
 from dispatcher.service.policy import Policy
 from dispatcher.service.requests import Accepted, Desk, settled, summarize
-from dispatcher.store.db import DbSettings
+from dispatcher.store.db import DbSettings, StoreError
 from dispatcher.store.idempotency import DEFAULT_WINDOW, IdempotencyKeys
 from dispatcher.store.leases import LEASE, Leases, owner_gone, owner_id
 from dispatcher.store.ledger import Ledger
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.store.owed import Owed, Recipient
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.storms import storm as storms
 from dispatcher.storms.flow import StormFlow
 from dispatcher.storms.progress import STALE_AFTER
@@ -126,7 +125,7 @@ class Intake:
         try:
             with (
                 Ledger(database) as ledger,
-                SqliteRegistry(database, self._settings.registry) as registry,
+                StoreRegistry(database, self._settings.registry) as registry,
                 IdempotencyKeys(database, self._settings.idempotency_window) as keys,
                 Owed(database) as owed,
                 Leases(database) as leases,
@@ -250,7 +249,7 @@ class Intake:
         assert self._owed is not None
         try:
             self._owed.add(storm_id, recipient, time.time())
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             log.error("request storm %s: not kept for a restart: %s", storm_id, exc)
 
     def _replayed(self, session: Session, storm_id: str, recipient: Recipient) -> None:
@@ -357,7 +356,7 @@ class Intake:
             return
         try:
             lost = self._leases.renew(held, owner_id(), now)
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             log.error("request storms held: heartbeat not kept: %s", exc)
             return
         for storm_id in lost & self._settling:  # another service owes its summary now
@@ -416,7 +415,7 @@ class Intake:
         database = self._settings.database
         with (
             Ledger(database) as ledger,
-            SqliteRegistry(database, self._settings.registry) as registry,
+            StoreRegistry(database, self._settings.registry) as registry,
         ):
             try:
                 record = ledger.storm(storm_id)
@@ -432,7 +431,7 @@ class Intake:
                         on_flow=self._started,
                         signing=self._settings.signing,
                     )
-            except (BrokerError, sqlite3.Error) as exc:  # the ledger says it failed
+            except (BrokerError, StoreError) as exc:  # the ledger says it failed
                 log.error("request storm %s: %s", storm_id, exc)
             except ValueError as exc:  # its stored options, which today's rules refuse
                 log.error("request storm %s: %s", storm_id, exc)

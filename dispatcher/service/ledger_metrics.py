@@ -2,7 +2,7 @@
 
 Storms run in their own processes (``setevnt-dispatcher storm``) and write the shared
 ledger; the service reads it at scrape time, so the gauges are right whoever published.
-Each scrape opens its own read-only connection: SQLite connections are per thread.
+Each scrape opens its own read-only connection: a store's connection is one thread's.
 A storm ``running`` in the ledger whose process stopped heartbeating counts as
 ``interrupted``, as ``status`` shows it: it waits for ``resume``.
 """
@@ -10,14 +10,14 @@ A storm ``running`` in the ledger whose process stopped heartbeating counts as
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from dispatcher.store.db import Connection, DatabaseMissing, DbSettings, StoreError, connect
 from dispatcher.store.ledger_rows import Status, StormState
 from dispatcher.storms.progress import STALE_AFTER
 
@@ -35,8 +35,8 @@ class _Reading:
 
 
 class LedgerMetrics(Collector):
-    def __init__(self, path: str) -> None:
-        self._path = path
+    def __init__(self, database: DbSettings) -> None:
+        self._database = database
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         storms = GaugeMetricFamily(
@@ -69,17 +69,17 @@ class LedgerMetrics(Collector):
 
     def _read(self, now: float) -> _Reading:
         try:
-            db = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=2)
-        except sqlite3.Error:
+            db = connect(replace(self._database, busy_timeout=2), read_only=True)
+        except (DatabaseMissing, StoreError):
             return _Reading()  # no ledger yet: nothing has been stormed
         with contextlib.closing(db):
             try:
                 return self._query(db, now)
-            except sqlite3.Error:  # tables not created yet, or busy past the timeout
+            except StoreError:  # tables not created yet, or busy past the timeout
                 return _Reading()
 
     @staticmethod
-    def _query(db: sqlite3.Connection, now: float) -> _Reading:
+    def _query(db: Connection, now: float) -> _Reading:
         by_state = dict(
             db.execute(
                 "SELECT CASE WHEN state = 'running' AND heartbeat_at < ? THEN 'interrupted' "

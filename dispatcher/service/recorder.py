@@ -17,7 +17,6 @@ queues of fast-lane (transient) commands: they are re-sent from the ledger
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from broker.provisioning import provision_clients
 from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
 from dispatcher.service.resend import resend_fast_lane
+from dispatcher.store.db import StoreUnavailable
 from dispatcher.store.ledger import Answered, Ledger
 from dispatcher.store.registry import Registry, Sighting
 from schemas.messages import Ack, Heartbeat, Issued, PublishReport
@@ -125,7 +125,7 @@ class Recorder:
             return
         try:
             self._write(batch)
-        except sqlite3.OperationalError as exc:  # locked or full: the broker keeps them
+        except StoreUnavailable as exc:  # locked or full: the broker keeps them
             log.warning("database: %s; %d message(s) wait unacked", exc, len(batch.acks))
             return
         for report in batch.reports:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dispatcher.service.policy import Limits, Policy
 from dispatcher.service.quotas import Quotas
+from dispatcher.store.db import StoreError
 from dispatcher.store.idempotency import IdempotencyKeys, Remembered
 from dispatcher.store.ledger import PENDING, Ledger, StormRecord
 from dispatcher.store.ledger_rows import StormState
@@ -112,7 +112,7 @@ class Desk:
             return None
         try:
             return self.keys.find(user_id, key, now)
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             raise _unavailable(exc) from None
 
     def _targets(self, request: TriggerRequest) -> list[str]:
@@ -123,7 +123,7 @@ class Desk:
             return targets.resolve(spec, self.registry)
         except targets.TargetError as exc:
             raise RequestRefused(RefusalReason.UNKNOWN_TARGET, str(exc)) from None
-        except sqlite3.Error as exc:
+        except StoreError as exc:
             raise _unavailable(exc) from None
 
     def _plan(
@@ -139,7 +139,7 @@ class Desk:
             storm = storms.plan(self.ledger, event, client_ids, chosen, requested_by=user_id)
             if key:
                 self.keys.remember(user_id, key, storm.storm_id, storm.targets, now)
-        except sqlite3.Error as exc:  # locked or full: the requester may retry (same key)
+        except StoreError as exc:  # locked or full: the requester may retry (same key)
             raise _unavailable(exc) from None
         return storm
 
@@ -151,7 +151,7 @@ def _options(request: TriggerRequest, limits: Limits) -> storms.StormOptions:
         raise RequestRefused(RefusalReason.BAD_REQUEST, str(exc)) from None
 
 
-def _unavailable(exc: sqlite3.Error) -> RequestRefused:
+def _unavailable(exc: StoreError) -> RequestRefused:
     return RequestRefused(RefusalReason.UNAVAILABLE, f"ledger: {exc}")
 
 

@@ -10,16 +10,15 @@ A service that stops leaves such a storm ``interrupted``, for the next one to ta
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
-from dispatcher.store.db import DbSettings
+from dispatcher.store.db import DbSettings, StoreError
 from dispatcher.store.leases import owner_id
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.storms import storm as storms
 from dispatcher.storms.flow import StormFlow
 
@@ -67,7 +66,7 @@ class Resumer:
     def _run(self, storm_id: str) -> None:
         with (
             Ledger(self._database) as ledger,
-            SqliteRegistry(self._database, self._registry) as registry,
+            StoreRegistry(self._database, self._registry) as registry,
         ):
             record = ledger.storm(storm_id)
             if record is None or record.owner != owner_id():
@@ -82,7 +81,7 @@ class Resumer:
                     signing=self._signing,
                 )
                 log.info("storm %s %s (%s)", storm_id, flow.state, flow.reason or "resumed here")
-            except (BrokerError, sqlite3.Error, ValueError) as exc:  # the ledger says it
+            except (BrokerError, StoreError, ValueError) as exc:  # the ledger says it
                 log.error("storm %s: %s", storm_id, exc)
             finally:
                 self._flows.pop(storm_id, None)

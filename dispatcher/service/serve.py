@@ -27,7 +27,7 @@ from dispatcher.service.senders import Senders
 from dispatcher.service.takeover import Takeover
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site
 
 log = logging.getLogger("setevnt.dispatcher")
@@ -63,15 +63,15 @@ def serve(
     database, offline_after = stores or (DbSettings.from_env(), RegistrySettings().offline_after)
     drift = drift or DriftOptions(None, RemediationSettings())
     metrics = DispatcherMetrics(registry, known_events([drift.remediation.event]))
-    registry.register(LedgerMetrics(database.path))
-    registry.register(DriftMetrics(database.path, offline_after, drift.remediation.event))
+    registry.register(LedgerMetrics(database))
+    registry.register(DriftMetrics(database, offline_after, drift.remediation.event))
     with (
-        SqliteRegistry(database, RegistrySettings(offline_after)) as fleet,
+        StoreRegistry(database, RegistrySettings(offline_after)) as fleet,
         Ledger(database) as ledger,
     ):
         _seed_site(database, drift.seed_version)
         recorder = Recorder(settings, fleet, ledger, metrics, signing=signing)
-        log.info("fleet registry and ledger in %s", database.path)
+        log.info("fleet registry and ledger in %s", database)
         senders = Senders.from_env(settings.username)
         collector = Collector(settings, metrics, recorder, senders=senders)
         intake_settings = IntakeSettings(

@@ -19,13 +19,12 @@ remediating service's own round.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from typing import Protocol
 
 from dispatcher.service.drift import REQUESTED_BY
-from dispatcher.store.db import DbSettings
+from dispatcher.store.db import DbSettings, StoreUnavailable
 from dispatcher.store.leases import TAKEN_OVER, Leases, owner_gone, owner_id
 from dispatcher.store.ledger import Ledger, StormRecord
 from dispatcher.store.ledger_rows import StormState
@@ -69,7 +68,7 @@ class Takeover:
             while True:
                 try:
                     self.scan(ledger, leases, owed, time.time())
-                except sqlite3.OperationalError as exc:  # locked: next look
+                except StoreUnavailable as exc:  # locked: next look
                     log.warning("takeover: database: %s; trying again", exc)
                 if self._stop.wait(self._every):
                     return

@@ -16,18 +16,6 @@ from dispatcher.store import db
 
 DEFAULT_WINDOW = 24 * 3600.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS request_keys (
-    requester TEXT NOT NULL,
-    idempotency_key TEXT NOT NULL,
-    storm_id TEXT NOT NULL,
-    targets INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (requester, idempotency_key)
-)
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Remembered:
@@ -43,7 +31,7 @@ class IdempotencyKeys:
         if window <= 0:
             raise ValueError("the idempotency window must be positive")
         self.window = window
-        self._db = db.open_store(database, SCHEMA)
+        self._db = db.open_store(database)
 
     def close(self) -> None:
         self._db.close()
@@ -67,6 +55,10 @@ class IdempotencyKeys:
         with db.transaction(self._db):
             self._db.execute("DELETE FROM request_keys WHERE expires_at <= ?", (now,))
             self._db.execute(
-                "INSERT OR REPLACE INTO request_keys VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO request_keys (requester, idempotency_key, storm_id, targets, "
+                "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (requester, idempotency_key) DO UPDATE SET "
+                "storm_id = excluded.storm_id, targets = excluded.targets, "
+                "created_at = excluded.created_at, expires_at = excluded.expires_at",
                 (requester, key, storm_id, targets, now, now + self.window),
             )

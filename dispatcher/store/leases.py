@@ -22,7 +22,7 @@ import socket
 import uuid
 from collections.abc import Collection, Sequence
 
-from dispatcher.store import db, ledger
+from dispatcher.store import db
 from dispatcher.store.ledger_rows import RESUMABLE, STALE_AFTER, StormRecord, StormState
 
 # A lease lasts this long after its last heartbeat: the storms' staleness.
@@ -77,7 +77,7 @@ class Leases:
 
     def __init__(self, database: db.DbSettings, *, lease: float = LEASE) -> None:
         self.lease = lease
-        self._db = db.open_store(database, ledger.SCHEMA)
+        self._db = db.open_store(database)
 
     def close(self) -> None:
         self._db.close()

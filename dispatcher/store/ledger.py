@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from dispatcher.store import db, ledger_answers, ledger_results
+from dispatcher.store import db, ledger_answers, ledger_results, migrations
 from dispatcher.store.ledger_answers import Answered, Recorded
 from dispatcher.store.ledger_results import ClientResult, ReasonCount
 from dispatcher.store.ledger_rows import (
@@ -67,58 +66,9 @@ __all__ = [
 ]
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS storms (
-    storm_id TEXT PRIMARY KEY,
-    component TEXT NOT NULL,
-    event TEXT NOT NULL,
-    options TEXT NOT NULL,
-    targets INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    requested_by TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    finished_at REAL,
-    heartbeat_at REAL NOT NULL,
-    owner TEXT NOT NULL,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    publishing_at REAL
-);
-CREATE TABLE IF NOT EXISTS commands (
-    command_id TEXT PRIMARY KEY,
-    storm_id TEXT,
-    client_id TEXT NOT NULL,
-    component TEXT,
-    event TEXT,
-    status TEXT NOT NULL,
-    not_before REAL,
-    issued_at REAL,
-    expires_at REAL,
-    sent_at REAL,
-    acked_at REAL,
-    latency REAL,
-    reason TEXT,
-    detail TEXT,
-    coalesced_into TEXT,
-    answer_seq INTEGER
-);
-CREATE INDEX IF NOT EXISTS commands_pending ON commands (component, event, status);
-CREATE TABLE IF NOT EXISTS answer_clock (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    n INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO answer_clock VALUES (1, 0)
-"""
-# Columns a database of an earlier release lacks, then what needs them. A storm's rows
-# are found through commands_by_answer (its first column is the storm); the old index on
-# (storm_id, status) is dropped because every mark and ack had to move it
-# (docs/performance.md).
-_ADDED = {"answer_seq": "INTEGER", "exit_code": "INTEGER", "output": "TEXT"}
-_AFTER_ADDED = """
-DROP INDEX IF EXISTS commands_answered;
-DROP INDEX IF EXISTS commands_by_storm;
-CREATE INDEX IF NOT EXISTS commands_by_answer ON commands (storm_id, answer_seq)
-"""
+# The SQLite ledger tables of the releases before schema versions (dispatcher.store.migrations
+# has every engine's).
+SCHEMA = migrations.SQLITE_LEDGER
 
 # What a storm reads of its clients' answers (``coalesced`` rows, the dispatcher's own
 # verdict written when a storm is planned, carry no answer number).
@@ -148,6 +98,7 @@ _COMMAND_COLUMNS = (
     "command_id, storm_id, client_id, component, event, status, not_before, issued_at, "
     "expires_at, sent_at, acked_at, latency, reason, detail, coalesced_into"
 )
+_COMMAND_NAMES = tuple(name.strip() for name in _COMMAND_COLUMNS.split(","))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +139,8 @@ class Writes:
 class Ledger:
     def __init__(self, database: db.DbSettings, *, create: bool = True) -> None:
         self.settings = database
-        self._db = db.open_store(database, SCHEMA, create=create)
-        try:
-            db.add_columns(self._db, "commands", _ADDED)
-            db.ensure_schema(self._db, _AFTER_ADDED)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = db.open_store(database, create=create)
+        self._numbering = ledger_answers.Numbering()
 
     def close(self) -> None:
         self._db.close()
@@ -295,16 +241,17 @@ class Ledger:
         )
         return dict(rows.fetchall())
 
-    def answers(self, storm_id: str, after: int = 0) -> Iterator[AnswerRow]:
-        """The storm's commands whose client answered in a batch numbered above ``after``
-        (each row's first field is that number); rows as they are read."""
-        return self._db.execute(
-            f"SELECT {_ANSWER_COLUMNS} FROM commands WHERE storm_id = ? AND answer_seq > ?",
-            (storm_id, after),
-        )
+    def answers(self, storm_id: str, after: Mapping[int, int] | None = None) -> Iterator[AnswerRow]:
+        """The storm's commands whose client answered in a batch numbered, by the writer
+        that recorded it, above that writer's number in ``after``; each row's first two
+        fields are the writer and that number. See :mod:`dispatcher.store.ledger_answers`."""
+        return ledger_answers.answers_after(self._db, storm_id, after or {}, _ANSWER_COLUMNS)
 
     def rows_of(self, storm_id: str) -> dict[str, int]:
-        """Command id -> row of every command the storm has now."""
+        """Command id -> row of every command the storm has now (none where the engine has
+        no row numbers: marks go by command id there)."""
+        if not self._db.dialect.row_numbers:
+            return {}
         rows = self._db.execute(
             "SELECT command_id, rowid FROM commands WHERE storm_id = ?", (storm_id,)
         )
@@ -312,7 +259,8 @@ class Ledger:
 
     def storm_commands(self, storm_id: str) -> list[CommandRecord]:
         rows = self._db.execute(
-            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE storm_id = ? ORDER BY rowid",
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE storm_id = ? "
+            f"ORDER BY {self._db.dialect.insert_order}",
             (storm_id,),
         )
         return [CommandRecord(*row) for row in rows]
@@ -370,22 +318,19 @@ class Ledger:
         """
         old_storms = (
             "SELECT storm_id FROM storms s WHERE CASE WHEN state = 'running' "
-            "THEN heartbeat_at < min(:before, :stale) "
+            "THEN heartbeat_at < :cutoff "
             "ELSE coalesce(finished_at, heartbeat_at) < :before END "
             "AND NOT EXISTS (SELECT 1 FROM commands c WHERE c.storm_id = s.storm_id "
-            "AND c.expires_at > :now)"
+            "AND c.expires_at > :now) "
+            "AND storm_id NOT IN (SELECT storm_id FROM request_keys WHERE expires_at > :now)"
         )
-        if self._has_table("request_keys"):
-            old_storms += (
-                " AND storm_id NOT IN (SELECT storm_id FROM request_keys WHERE expires_at > :now)"
-            )
         # Commands of no storm the ledger knows: single triggers, and acks the collector
         # recorded for commands it had no row of.
         loose = (
             "coalesce(expires_at, acked_at, issued_at) < :before AND (storm_id IS NULL "
             "OR storm_id NOT IN (SELECT storm_id FROM storms))"
         )
-        params = {"before": before, "now": now, "stale": now - STALE_AFTER}
+        params = {"before": before, "now": now, "cutoff": min(before, now - STALE_AFTER)}
         with db.transaction(self._db):
             storms = self._count("storms", f"storm_id IN ({old_storms})", params)
             commands = self._count("commands", f"storm_id IN ({old_storms})", params)
@@ -401,12 +346,6 @@ class Ledger:
             self._db.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0]
         )
 
-    def _has_table(self, name: str) -> bool:
-        found = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-        ).fetchone()
-        return found is not None
-
     # -- commands -----------------------------------------------------------------------
 
     def record_commands(self, commands: Sequence[CommandRecord]) -> None:
@@ -419,7 +358,7 @@ class Ledger:
 
     def record_answers(self, acks: Sequence[tuple[Ack, float]]) -> Recorded:
         """Acks with when each was received: see :mod:`dispatcher.store.ledger_answers`."""
-        return ledger_answers.record_answers(self._db, acks)
+        return ledger_answers.record_answers(self._db, acks, self._numbering)
 
     def record_issued(self, issued: Sequence[tuple[Issued, float]]) -> None:
         ledger_answers.record_issued(self._db, issued)
@@ -471,7 +410,7 @@ class Ledger:
         rows = self._db.execute(
             f"SELECT {_prefixed('c', _COMMAND_COLUMNS)}, {_prefixed('s', _STORM_COLUMNS)} "
             "FROM storms s JOIN commands c ON c.storm_id = s.storm_id "
-            "WHERE json_extract(s.options, '$.fast') AND "
+            f"WHERE {self._db.dialect.flag('s.options', 'fast')} AND "
             "c.status IN ('sent', 'pending-offline') AND c.expires_at > ? "
             "AND NOT (s.state = 'running' AND s.heartbeat_at >= ?)",
             (now, live_since),
@@ -485,10 +424,14 @@ class Ledger:
         return CommandRecord(*row) if row is not None else None
 
     def _insert(self, commands: Iterable[CommandRecord], *, ignore_existing: bool = False) -> None:
-        verb = "INSERT OR IGNORE" if ignore_existing else "INSERT"
+        rows = [_command_row(c) for c in commands]
+        if not ignore_existing:
+            self._db.copy_rows("commands", _COMMAND_NAMES, rows)
+            return
         self._db.executemany(
-            f"{verb} INTO commands ({_COMMAND_COLUMNS}) VALUES ({','.join('?' * 15)})",
-            [_command_row(c) for c in commands],
+            f"INSERT INTO commands ({_COMMAND_COLUMNS}) VALUES ({','.join('?' * 15)}) "
+            "ON CONFLICT DO NOTHING",
+            rows,
         )
 
 
@@ -515,7 +458,7 @@ def _storm_row(storm: StormRecord) -> tuple[Any, ...]:
     )
 
 
-def _storm(row: sqlite3.Row | tuple[Any, ...]) -> StormRecord:
+def _storm(row: Sequence[Any]) -> StormRecord:
     values = list(row)
     values[3] = json.loads(values[3])
     values[12] = bool(values[12])

@@ -9,18 +9,28 @@ A row that already holds a final answer keeps it (a redelivered ack changes noth
 Rows of commands published outside storms come from the dispatchers themselves, through
 :class:`schemas.messages.Issued`: ``planned`` before the commands go out (so their acks
 find the rows), then their broker outcome.
+
+Storms read the answers back in commit order without a counter every writer updates:
+each writer of answers (a collector's ledger) registers once in ``answer_writers`` and
+numbers its own batches, which it commits one after the other, so its numbers are in
+its commit order; a storm keeps the last number it read per writer. A writer's batch
+numbered n is therefore never visible after one numbered n + 1, on either engine and
+with any number of collectors, where a shared sequence could be taken in one order and
+committed in another (and a single clock row made every ack writer wait for the others).
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
 
 from dispatcher.store import db
-from dispatcher.store.ledger_rows import Status
+from dispatcher.store.ledger_rows import AnswerRow, Status
 from schemas.messages import Ack, Issued, IssueStatus
 
 # Statuses an ack may still change. A final answer and the dispatcher's own verdicts on
@@ -85,17 +95,30 @@ _SELECT = (
 )
 _UPDATE = """
 UPDATE commands SET status = ?, acked_at = ?, latency = ?, reason = ?, detail = ?,
-    exit_code = ?, output = ?, answer_seq = ?
+    exit_code = ?, output = ?, answer_writer = ?, answer_seq = ?
 WHERE command_id = ?
 """
 
 
-def record_answers(connection: sqlite3.Connection, acks: Sequence[tuple[Ack, float]]) -> Recorded:
+@dataclass
+class Numbering:
+    """A writer of answers: its id (registered on its first batch) and last batch number."""
+
+    writer: int | None = None
+    seq: int = 0
+
+
+def record_answers(
+    connection: db.Connection, acks: Sequence[tuple[Ack, float]], numbering: Numbering
+) -> Recorded:
     """Apply acks (each with when it was received) in one transaction, in their order.
 
-    Every batch takes the next number of the answer clock under the write lock, so a
-    storm reading the numbers above the last one it saw gets every answer once.
+    Every batch takes its writer's next number, so a storm reading the numbers above the
+    last one it saw of each writer gets every answer once.
     """
+    if numbering.writer is None:
+        numbering.writer = _register(connection)
+    writer, seq = numbering.writer, numbering.seq + 1
     recorded = Recorded()
     with db.transaction(connection):
         known = _known(connection, [ack.command_id for ack, _ in acks])
@@ -110,11 +133,39 @@ def record_answers(connection: sqlite3.Connection, acks: Sequence[tuple[Ack, flo
                 recorded.answered.append(answered)
                 updates.append(answered)
         if updates:
-            (seq,) = connection.execute(
-                "UPDATE answer_clock SET n = n + 1 WHERE id = 1 RETURNING n"
-            ).fetchone()
-            connection.executemany(_UPDATE, [_update_row(a, seq) for a in updates])
+            rows = [_update_row(a, writer, seq) for a in updates]
+            connection.executemany(_UPDATE, rows)
+    if updates:
+        numbering.seq = seq  # committed: a failed batch leaves its number to the next
     return recorded
+
+
+def _register(connection: db.Connection) -> int:
+    with db.transaction(connection):
+        (writer,) = connection.execute(
+            "INSERT INTO answer_writers (started_at, owner) VALUES (?, ?) RETURNING writer_id",
+            (time.time(), f"pid {os.getpid()} on {socket.gethostname()}"),
+        ).fetchone()
+    return int(writer)
+
+
+def answers_after(
+    connection: db.Connection, storm_id: str, after: Mapping[int, int], columns: str
+) -> Iterator[AnswerRow]:
+    """The storm's rows answered in a batch numbered above ``after[writer]`` (0 for a
+    writer not in it): its writer and that number, then ``columns``."""
+    writers = [int(row[0]) for row in connection.execute("SELECT writer_id FROM answer_writers")]
+    # Each term names the storm, so each is a range of the index (storm, writer, number).
+    term = "(storm_id = ? AND answer_writer = ? AND answer_seq > ?)"
+    for chunk in db.chunks(sorted(writers), 200):
+        params: list[object] = []
+        for writer in chunk:
+            params += (storm_id, writer, after.get(writer, 0))
+        yield from connection.execute(
+            f"SELECT answer_writer, {columns} FROM commands WHERE "
+            + " OR ".join([term] * len(chunk)),
+            params,
+        )
 
 
 def _answer(known: dict[str, Known], ack: Ack, received_at: float) -> Answered | Ignored:
@@ -141,7 +192,7 @@ def _answer(known: dict[str, Known], ack: Ack, received_at: float) -> Answered |
     return answered
 
 
-def _known(connection: sqlite3.Connection, command_ids: list[str]) -> dict[str, Known]:
+def _known(connection: db.Connection, command_ids: list[str]) -> dict[str, Known]:
     found: dict[str, Known] = {}
     for chunk in db.chunks(sorted(set(command_ids))):
         rows = connection.execute(_SELECT.format(",".join("?" * len(chunk))), chunk)
@@ -150,7 +201,7 @@ def _known(connection: sqlite3.Connection, command_ids: list[str]) -> dict[str, 
     return found
 
 
-def _update_row(answered: Answered, seq: int) -> tuple[object, ...]:
+def _update_row(answered: Answered, writer: int, seq: int) -> tuple[object, ...]:
     ack = answered.ack
     final = ack.final
     return (
@@ -161,15 +212,16 @@ def _update_row(answered: Answered, seq: int) -> tuple[object, ...]:
         ack.detail,
         ack.exit_code,
         ack.output,
+        writer,
         seq,
         ack.command_id,
     )
 
 
 _INSERT_PLANNED = """
-INSERT OR IGNORE INTO commands (command_id, client_id, component, event, status,
-                                issued_at, expires_at)
+INSERT INTO commands (command_id, client_id, component, event, status, issued_at, expires_at)
 VALUES (?, ?, ?, ?, 'planned', ?, ?)
+ON CONFLICT DO NOTHING
 """
 _OUTCOME = """
 UPDATE commands SET status = ?, sent_at = ? WHERE command_id = ? AND client_id = ?
@@ -177,7 +229,7 @@ UPDATE commands SET status = ?, sent_at = ? WHERE command_id = ? AND client_id =
 """
 
 
-def record_issued(connection: sqlite3.Connection, issued: Sequence[tuple[Issued, float]]) -> None:
+def record_issued(connection: db.Connection, issued: Sequence[tuple[Issued, float]]) -> None:
     """Rows for commands dispatchers issued outside storms: planned ones are added (an
     existing row is kept), outcomes settle rows still planned (an ack that came first
     wins)."""

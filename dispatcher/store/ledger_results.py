@@ -8,10 +8,11 @@ here was written by an agent, so it is cut to a bounded length in the query itse
 
 from __future__ import annotations
 
-import sqlite3
+import functools
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
+from dispatcher.store.db import Connection, Dialect
 from dispatcher.store.ledger_rows import PENDING
 
 DETAIL_MAX = 1024
@@ -22,11 +23,15 @@ _PENDING = ", ".join(f"'{s}'" for s in sorted(PENDING))
 _EFFECTIVE = (
     f"CASE WHEN status IN ({_PENDING}) AND expires_at <= :now THEN 'expired' ELSE status END"
 )
-_COLUMNS = (
-    f"command_id, storm_id, client_id, component, event, {_EFFECTIVE}, status, reason, "
-    f"substr(detail, 1, {DETAIL_MAX}), exit_code, substr(output, -{OUTPUT_TAIL}), latency, "
-    "acked_at, expires_at"
-)
+
+
+@functools.cache
+def _columns(dialect: Dialect) -> str:
+    return (
+        f"command_id, storm_id, client_id, component, event, {_EFFECTIVE}, status, reason, "
+        f"substr(detail, 1, {DETAIL_MAX}), exit_code, {dialect.tail_of('output', OUTPUT_TAIL)}, "
+        "latency, acked_at, expires_at"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,37 +68,37 @@ class ReasonCount:
 
 
 def of_storm(
-    connection: sqlite3.Connection,
+    connection: Connection,
     storm_id: str,
     now: float,
     statuses: Collection[str] | None = None,
     limit: int | None = None,
 ) -> Iterator[ClientResult]:
     """The storm's commands by client, only those whose status is in ``statuses`` if given."""
-    params: dict[str, object] = {"storm": storm_id, "now": now, "limit": limit or -1}
+    params: dict[str, object] = {"storm": storm_id, "now": now, "limit": limit}
     where = "storm_id = :storm"
     if statuses is not None:
         names = sorted(statuses)
         params.update({f"s{n}": name for n, name in enumerate(names)})
         where += f" AND {_EFFECTIVE} IN ({','.join(f':s{n}' for n in range(len(names)))})"
     rows = connection.execute(
-        f"SELECT {_COLUMNS} FROM commands WHERE {where} "
-        "ORDER BY client_id, command_id LIMIT :limit",
+        f"SELECT {_columns(connection.dialect)} FROM commands WHERE {where} "
+        f"ORDER BY client_id, command_id{' LIMIT :limit' if limit else ''}",
         params,
     )
     return (ClientResult(*row) for row in rows)
 
 
-def of_command(connection: sqlite3.Connection, command_id: str, now: float) -> ClientResult | None:
+def of_command(connection: Connection, command_id: str, now: float) -> ClientResult | None:
     row = connection.execute(
-        f"SELECT {_COLUMNS} FROM commands WHERE command_id = :command",
+        f"SELECT {_columns(connection.dialect)} FROM commands WHERE command_id = :command",
         {"command": command_id, "now": now},
     ).fetchone()
     return ClientResult(*row) if row is not None else None
 
 
 def reasons(
-    connection: sqlite3.Connection, storm_id: str, now: float, statuses: Collection[str]
+    connection: Connection, storm_id: str, now: float, statuses: Collection[str]
 ) -> list[ReasonCount]:
     """The storm's commands with these statuses, counted by status and reason, most first."""
     names = sorted(statuses)

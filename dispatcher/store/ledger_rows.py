@@ -111,9 +111,9 @@ class CommandRecord:
     coalesced_into: str | None = None
 
 
-# (answer batch number, command id, status, received at, latency, reason, detail), as
-# Ledger.answers reads it.
-AnswerRow = tuple[int, str, str, float | None, float | None, str | None, str | None]
+# (writer, its answer batch number, command id, status, received at, latency, reason,
+# detail), as Ledger.answers reads it.
+AnswerRow = tuple[int, int, str, str, float | None, float | None, str | None, str | None]
 
 
 class StormAnswer(NamedTuple):

@@ -14,16 +14,6 @@ from dataclasses import dataclass
 
 from dispatcher.store import db
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS request_storms (
-    storm_id TEXT NOT NULL,
-    reply_to TEXT,
-    correlation_id TEXT,
-    added_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS request_storms_by_storm ON request_storms (storm_id);
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
@@ -35,7 +25,7 @@ class Owed:
     """Used by one thread (the intake's)."""
 
     def __init__(self, database: db.DbSettings) -> None:
-        self._db = db.open_store(database, SCHEMA)
+        self._db = db.open_store(database)
 
     def close(self) -> None:
         self._db.close()
@@ -52,7 +42,8 @@ class Owed:
         correlation_id = recipient.correlation_id if recipient else None
         with db.transaction(self._db):
             self._db.execute(
-                "INSERT INTO request_storms VALUES (?, ?, ?, ?)",
+                "INSERT INTO request_storms (storm_id, reply_to, correlation_id, added_at) "
+                "VALUES (?, ?, ?, ?)",
                 (storm_id, reply_to, correlation_id, now),
             )
 

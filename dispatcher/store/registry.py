@@ -6,13 +6,13 @@ A client is offline once it said goodbye or nothing was heard from it for
 ``offline_after`` seconds; that is decided when the registry is read, so nothing has to
 sweep the table and the answer is never stale.
 
-Storage sits behind :class:`Registry`; :class:`SqliteRegistry` is the embedded default.
+Storage sits behind :class:`Registry`; :class:`StoreRegistry` keeps it in the dispatcher's
+database, SQLite or PostgreSQL (:mod:`dispatcher.store.db`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,29 +20,6 @@ from typing import Any, NamedTuple, Protocol
 
 from dispatcher.store import db
 from schemas.messages import Heartbeat, Kind
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS clients (
-    client_id TEXT PRIMARY KEY,
-    platform TEXT NOT NULL,
-    agent_version TEXT NOT NULL,
-    groups TEXT NOT NULL,
-    components TEXT NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    last_kind TEXT NOT NULL,
-    provisioned_at REAL,
-    copylist_version TEXT
-);
-CREATE TABLE IF NOT EXISTS client_groups (
-    group_name TEXT NOT NULL,
-    client_id TEXT NOT NULL,
-    PRIMARY KEY (group_name, client_id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS client_groups_by_client ON client_groups (client_id)
-"""
-# Columns added after the first release: an older database gets them when opened.
-_ADDED = {"copylist_version": "TEXT"}
 
 _UPSERT = """
 INSERT INTO clients (client_id, platform, agent_version, groups, components,
@@ -135,7 +112,7 @@ class Census:
 
 
 def census(
-    connection: sqlite3.Connection, desired: str | None, now: float, offline_after: float
+    connection: db.Connection, desired: str | None, now: float, offline_after: float
 ) -> Census:
     """Count the fleet against ``desired`` (None: nothing drifted or current, only unknown)."""
     row = connection.execute(
@@ -161,7 +138,7 @@ class Registry(Protocol):
 
     def record(self, sightings: Sequence[Sighting]) -> list[str]:
         """Store heartbeats; return the ids whose queue has to be declared: clients never
-        provisioned, and clients saying hello (see :meth:`SqliteRegistry.record`)."""
+        provisioned, and clients saying hello (see :meth:`StoreRegistry.record`)."""
         ...
 
     def mark_provisioned(self, client_ids: Iterable[str], at: float) -> None: ...
@@ -189,7 +166,7 @@ class Registry(Protocol):
     def close(self) -> None: ...
 
 
-class SqliteRegistry:
+class StoreRegistry:
     def __init__(
         self,
         database: db.DbSettings,
@@ -198,17 +175,12 @@ class SqliteRegistry:
         create: bool = True,
     ) -> None:
         self.settings = settings or RegistrySettings()
-        self._db = db.open_store(database, SCHEMA, create=create)
-        try:
-            db.add_columns(self._db, "clients", _ADDED)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = db.open_store(database, create=create)
 
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> SqliteRegistry:
+    def __enter__(self) -> StoreRegistry:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -280,7 +252,8 @@ class SqliteRegistry:
     def counts(self, now: float | None = None) -> tuple[int, int]:
         now = time.time() if now is None else now
         online, total = self._db.execute(
-            "SELECT sum(last_kind != ? AND last_seen >= ?), count(*) FROM clients",
+            "SELECT count(CASE WHEN last_kind != ? AND last_seen >= ? THEN 1 END), count(*) "
+            "FROM clients",
             (Kind.GOODBYE.value, now - self.settings.offline_after),
         ).fetchone()
         return int(online or 0), int(total) - int(online or 0)
@@ -319,7 +292,8 @@ class SqliteRegistry:
     def _set_groups(self, client_id: str, groups: Sequence[str]) -> None:
         self._db.execute("DELETE FROM client_groups WHERE client_id = ?", (client_id,))
         self._db.executemany(
-            "INSERT OR IGNORE INTO client_groups (group_name, client_id) VALUES (?, ?)",
+            "INSERT INTO client_groups (group_name, client_id) VALUES (?, ?) "
+            "ON CONFLICT DO NOTHING",
             [(group, client_id) for group in groups],
         )
 
@@ -338,7 +312,7 @@ def _row(beat: Heartbeat, at: float) -> tuple[Any, ...]:
     )
 
 
-def _record(row: sqlite3.Row | tuple[Any, ...]) -> ClientRecord:
+def _record(row: Sequence[Any]) -> ClientRecord:
     client_id, platform, version, groups, components, first, last, kind, provisioned, copylist = row
     return ClientRecord(
         client_id=client_id,

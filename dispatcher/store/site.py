@@ -15,15 +15,6 @@ from dataclasses import dataclass
 
 from dispatcher.store import db
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS site (
-    name TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
-    set_at REAL NOT NULL,
-    set_by TEXT NOT NULL
-)
-"""
-
 COPYLIST_VERSION = "copylist_version"
 VERSION_MAX = 64  # what a heartbeat may carry
 
@@ -46,7 +37,7 @@ class Setting:
 
 class Site:
     def __init__(self, database: db.DbSettings, *, create: bool = True) -> None:
-        self._db = db.open_store(database, SCHEMA, create=create)
+        self._db = db.open_store(database, create=create)
 
     def close(self) -> None:
         self._db.close()
@@ -77,7 +68,8 @@ class Site:
         returns whether it was stored."""
         with db.transaction(self._db):
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO site (name, value, set_at, set_by) VALUES (?, ?, ?, ?)",
+                "INSERT INTO site (name, value, set_at, set_by) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (COPYLIST_VERSION, check_version(version), time.time(), by),
             )
         return cursor.rowcount == 1

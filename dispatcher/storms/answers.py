@@ -8,13 +8,13 @@ no answer is lost to a dropped connection.
 The storm's ledger thread (:class:`dispatcher.store.ledger.LedgerWriter`) reads them after
 each batch of the storm's own writes, every 0.25 s, on its connection: answers arrive
 one collector flush (0.1 s) plus one storm flush later, well inside a delivery wait;
-one thread for both needs no second connection. The collector numbers each batch of
-answers it writes, in the order the batches commit
-(:meth:`dispatcher.store.ledger.Ledger.record_acks`), so each read takes only the answers
-numbered above the last one it saw: every answer once, however late the collector could
-write it down. Without a running collector a storm sees no answers at all: its commands
-count ``pending-offline`` after the delivery wait, and their outcome reaches the ledger
-once ``setevnt-dispatcher serve`` runs (``setevnt-dispatcher storm`` warns up front).
+one thread for both needs no second connection. Each collector numbers the batches of
+answers it writes, in the order they commit (:mod:`dispatcher.store.ledger_answers`),
+so each read takes only the answers numbered above the last one it saw of that
+collector: every answer once, however late a collector could write it down. Without a
+running collector a storm sees no answers at all: its commands count ``pending-offline``
+after the delivery wait, and their outcome reaches the ledger once ``setevnt-dispatcher
+serve`` runs (``setevnt-dispatcher storm`` warns up front).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Answers:
     def __init__(self, storm_id: str) -> None:
         self._storm_id = storm_id
         self._answers: deque[StormAnswer] = deque()
-        self._last = 0  # the number of the last batch of answers read
+        self._last: dict[int, int] = {}  # writer -> the number of its last batch read
         self._stopped = False
 
     def drain(self) -> list[StormAnswer]:
@@ -59,8 +59,8 @@ class Answers:
             self._stopped = True
             log.exception("reading the storm's answers from the ledger stopped")
             return
-        for seq, command_id, status, received_at, latency, reason, detail in rows:
-            self._last = max(self._last, seq)
+        for writer, seq, command_id, status, received_at, latency, reason, detail in rows:
+            self._last[writer] = max(self._last.get(writer, 0), seq)
             final = status != Status.DEFERRED
             self._answers.append(
                 StormAnswer(command_id, status, final, received_at, latency, reason, detail)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispatcher.store.db import DbSettings
-from dispatcher.store.registry import Registry, SqliteRegistry
+from dispatcher.store.registry import Registry, StoreRegistry
 from schemas.rules import ID_PATTERN
 
 
@@ -66,7 +66,7 @@ def lookup(spec: TargetSpec, database: DbSettings) -> list[str]:
     exist then: a mistyped ``--db`` is an error, not an empty fleet and a new file."""
     if not spec.needs_registry:
         return resolve(spec, None)
-    with SqliteRegistry(database, create=False) as registry:
+    with StoreRegistry(database, create=False) as registry:
         return resolve(spec, registry)
 
 

@@ -23,7 +23,7 @@ from dispatcher import Dispatcher
 from dispatcher.access.enroll import enroll, revoke
 from dispatcher.service.senders import Senders
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 from schemas import Heartbeat, encode
 from tests.integration.collecting import collecting
 from tests.integration.helpers import wait_for
@@ -271,7 +271,7 @@ def test_registry_records_only_heartbeats_sent_by_their_own_client(
             15,
             "two heartbeats from the wrong sender and one without a sender dropped",
         )
-        with SqliteRegistry(running.database) as reader:  # the collector's thread owns its own
+        with StoreRegistry(running.database) as reader:  # the collector's thread owns its own
             wait_for(lambda: reader.get(a) is not None, 10, f"{a} registered")
             assert reader.get(b) is None, "a heartbeat that claims B registered B"
             assert reader.get("NEVER-SEEN") is None

@@ -17,7 +17,7 @@ from dispatcher.service.recorder import Recorder
 from dispatcher.service.senders import Senders
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def collecting(
     registry = CollectorRegistry()
     metrics = DispatcherMetrics(registry)
     chosen = senders or Senders(trusted=frozenset({"guest"}), dispatchers=frozenset({"guest"}))
-    with SqliteRegistry(database) as fleet, Ledger(database) as ledger:
+    with StoreRegistry(database) as fleet, Ledger(database) as ledger:
         recorder = Recorder(settings, fleet, ledger, metrics)
         collector = Collector(settings, metrics, recorder, senders=chosen)
         thread = threading.Thread(target=collector.run, daemon=True)

@@ -18,7 +18,7 @@ from typing import Any
 from agent.config import PUBLIC_KEY_ENV
 from dispatcher.access import keys
 from dispatcher.store.db import DbSettings
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 from schemas.messages import Heartbeat
 from tests.integration.helpers import ROOT, Process, records, wait_for
 from tests.integration.monitoring import free_port
@@ -113,7 +113,7 @@ class Fleet:
             )
             for c in client_ids
         ]
-        with SqliteRegistry(DbSettings(str(self.db))) as registry:
+        with StoreRegistry(DbSettings(str(self.db))) as registry:
             registry.record(beats)
 
 

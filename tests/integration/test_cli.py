@@ -20,7 +20,7 @@ import pytest
 
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 from schemas.messages import Heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def fleet_db(path: Path, count: int) -> str:
         )
         for n in range(1, count + 1)
     ]  # fmt: skip
-    with SqliteRegistry(DbSettings(str(path))) as registry:
+    with StoreRegistry(DbSettings(str(path))) as registry:
         registry.record(beats)
     return str(path)
 

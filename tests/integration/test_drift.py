@@ -22,7 +22,7 @@ from dispatcher import Dispatcher
 from dispatcher.service.drift import CLISETUP_STARTCYCLE, storm_id_for
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 from schemas.messages import Heartbeat
 from tests.integration.fleet import Fleet, runs
 from tests.integration.helpers import (
@@ -92,7 +92,7 @@ def register(fleet: Fleet, clients: set[str], version: str) -> None:
         (Heartbeat(c, "heartbeat", now, "nt", "0.1.0", copylist_version=version), now)
         for c in sorted(clients)
     ]
-    with SqliteRegistry(DbSettings(str(fleet.db))) as registry:
+    with StoreRegistry(DbSettings(str(fleet.db))) as registry:
         registry.record(beats)
     with Dispatcher(fleet.url) as dispatcher:
         dispatcher.provision(sorted(clients))

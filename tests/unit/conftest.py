@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,10 @@ from dispatcher.store.ledger import Ledger, StormRecord
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    """A temporary ledger holding one running storm, ``storm-t``, with no commands yet."""
-    with Ledger(DbSettings(str(tmp_path / "db"))) as opened:
+def ledger(store_db: DbSettings) -> Iterator[Ledger]:
+    """A temporary ledger (on each engine) holding one running storm, ``storm-t``, with no
+    commands yet."""
+    with Ledger(store_db) as opened:
         now = time.time()
         storm = StormRecord(
             "storm-t",

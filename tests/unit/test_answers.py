@@ -149,7 +149,7 @@ def test_a_ledger_of_an_earlier_release_gains_the_answer_numbers(tmp_path: Path)
     connection.close()
     with Ledger(DbSettings(str(path))) as upgraded:
         record(upgraded, "c0", "done", time.time())
-        assert [row[1:3] for row in upgraded.answers("storm-t")] == [("c0", "done")]
+        assert [row[2:4] for row in upgraded.answers("storm-t")] == [("c0", "done")]
     with sqlite3.connect(path) as connection:
         indexes = {row[1] for row in connection.execute("PRAGMA index_list(commands)")}
     connection.close()

@@ -12,7 +12,7 @@ from agent.config import ConfigError, load
 from agent.copylist import CopyListVersion
 from dispatcher.service.drift import CLISETUP_STARTCYCLE, parse_event, storm_id_for
 from dispatcher.store.db import DbSettings
-from dispatcher.store.registry import Census, RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import Census, RegistrySettings, StoreRegistry
 from dispatcher.store.site import Site
 from schemas.messages import Heartbeat
 
@@ -43,8 +43,8 @@ def test_agent_config_takes_a_version_or_a_file(tmp_path: Path) -> None:
         load(path, environ={})
 
 
-def test_the_configured_version_only_seeds_an_empty_site(tmp_path: Path) -> None:
-    with Site(DbSettings(str(tmp_path / "db"))) as site:
+def test_the_configured_version_only_seeds_an_empty_site(store_db: DbSettings) -> None:
+    with Site(store_db) as site:
         assert site.copylist_version() is None
         assert site.seed_copylist_version("V1", "serve")
         site.set_copylist_version("V2", "operator")
@@ -59,9 +59,9 @@ def _beat(client_id: str, version: str | None, kind: str = "heartbeat") -> Heart
     return Heartbeat(client_id, kind, time.time(), "nt", "0.1.0", copylist_version=version)
 
 
-def test_census_counts_drifted_current_and_unknown_clients(tmp_path: Path) -> None:
+def test_census_counts_drifted_current_and_unknown_clients(store_db: DbSettings) -> None:
     now = time.time()
-    with SqliteRegistry(DbSettings(str(tmp_path / "db")), RegistrySettings(60)) as registry:
+    with StoreRegistry(store_db, RegistrySettings(60)) as registry:
         registry.record(
             [
                 (_beat("A", "V1"), now),
@@ -91,7 +91,7 @@ def test_an_older_registry_gets_the_copylist_column(tmp_path: Path) -> None:
         )
         old.execute("INSERT INTO clients VALUES ('OLD', 'nt', '0.1', '[]', '{}', 1, 1, 'hello', 1)")
     old.close()
-    with SqliteRegistry(DbSettings(str(path))) as registry:
+    with StoreRegistry(DbSettings(str(path))) as registry:
         record = registry.get("OLD")
         assert record is not None and record.copylist_version is None
         registry.record([(_beat("OLD", "V1"), time.time())])

@@ -1,5 +1,6 @@
 """The folders show the architecture: every package is in the README's map, command-line
-parsing stays in the CLI modules, and no two modules import each other, even indirectly."""
+parsing stays in the CLI modules, only the store's engines touch a database driver, and no
+two modules import each other, even indirectly."""
 
 from __future__ import annotations
 
@@ -76,6 +77,16 @@ def _imports_any(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
     return found
+
+
+def test_only_the_store_touches_a_database_driver() -> None:
+    drivers = {"sqlite3", "psycopg"}
+    touching = {
+        name
+        for name, path in MODULES.items()
+        if {module.split(".")[0] for module in _imports_any(path)} & drivers
+    }
+    assert touching == {"dispatcher.store.sqlite", "dispatcher.store.postgres"}
 
 
 def test_no_import_cycles() -> None:

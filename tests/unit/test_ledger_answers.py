@@ -2,40 +2,40 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger
 from schemas.messages import Ack, Issued
+from tests.databases import query
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    opened = Ledger(DbSettings(str(tmp_path / "db")))
+def ledger(store_db: DbSettings) -> Iterator[Ledger]:
+    opened = Ledger(store_db)
     now = time.time()
     for status in ("planned", "sent"):
         commands = {"c1": "PC1", "c2": "PC2"}
         opened.record_issued(
             [(Issued("t", status, "CCIM32", "STARTCYCLE", now, now + 60, commands), now)]
         )
-    return opened
+    with opened:
+        yield opened
 
 
-def rows(ledger: Ledger, tmp_path: Path) -> int:
-    with sqlite3.connect(tmp_path / "db") as db:
-        return int(db.execute("SELECT count(*) FROM commands").fetchone()[0])
+def rows(ledger: Ledger) -> int:
+    return int(query(ledger.settings, "SELECT count(*) FROM commands")[0][0])
 
 
 def ack(command_id: str, client: str, status: str = "done", **fields: object) -> Ack:
     return Ack(command_id, client, status, time.time(), "t", **fields)  # type: ignore[arg-type]
 
 
-def test_an_ack_never_creates_a_row(ledger: Ledger, tmp_path: Path) -> None:
-    before = rows(ledger, tmp_path)
+def test_an_ack_never_creates_a_row(ledger: Ledger) -> None:
+    before = rows(ledger)
     recorded = ledger.record_answers(
         [
             (ack(f"forged-{n}", "PC1", "deferred", storm_id="storm-x"), time.time())
@@ -43,7 +43,7 @@ def test_an_ack_never_creates_a_row(ledger: Ledger, tmp_path: Path) -> None:
         ]
     )
     assert (recorded.unknown, recorded.answered) == (50, [])
-    assert rows(ledger, tmp_path) == before
+    assert rows(ledger) == before
 
 
 def test_an_ack_for_another_clients_command_changes_nothing(ledger: Ledger) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -37,9 +36,9 @@ def planned_storm(ledger: Ledger, storm_id: str) -> None:
     ],
 )
 def test_only_a_resumable_end_keeps_unsent_commands_planned(
-    tmp_path: Path, state: str, left: str, resumable: bool
+    store_db: DbSettings, state: str, left: str, resumable: bool
 ) -> None:
-    with Ledger(DbSettings(str(tmp_path / "setevnt.db"))) as ledger:
+    with Ledger(store_db) as ledger:
         planned_storm(ledger, "s")
         ledger.finish_storm("s", state, "why", time.time())
         command = ledger.command("s-left")

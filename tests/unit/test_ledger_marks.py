@@ -68,8 +68,8 @@ def test_a_row_that_is_not_the_commands_is_left_alone(tmp_path: Path) -> None:
             assert command is not None and command.status == "planned"
 
 
-def test_the_writer_marks_what_it_is_given(tmp_path: Path) -> None:
-    settings = DbSettings(str(tmp_path / "setevnt.db"))
+def test_the_writer_marks_what_it_is_given(store_db: DbSettings) -> None:
+    settings = store_db
     with Ledger(settings) as ledger:
         _storm(ledger, "s", ["PC1", "PC2"])
     writer = LedgerWriter(settings, "s")

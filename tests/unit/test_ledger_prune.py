@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -13,6 +11,7 @@ from dispatcher.cli.main import main
 from dispatcher.store.db import DbSettings
 from dispatcher.store.idempotency import IdempotencyKeys
 from dispatcher.store.ledger import CommandRecord, Ledger, Pruned, StormRecord
+from tests.databases import query
 
 NOW = time.time()
 DAY = 86400.0
@@ -39,8 +38,8 @@ def command(
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> DbSettings:
-    settings = DbSettings(str(tmp_path / "setevnt.db"))
+def database(store_db: DbSettings) -> DbSettings:
+    settings = store_db
     with Ledger(settings) as ledger:
         ledger.create_storm(storm("old-done", "done", 40), [command("a1", "old-done", 40)])
         ledger.create_storm(storm("old-halted", "halted", 31), [command("b1", "old-halted", 31)])
@@ -81,8 +80,7 @@ def database(tmp_path: Path) -> DbSettings:
 
 
 def rows(settings: DbSettings, table: str, column: str) -> set[str]:
-    with sqlite3.connect(settings.path) as connection:
-        return {row[0] for row in connection.execute(f"SELECT {column} FROM {table}")}
+    return {row[0] for row in query(settings, f"SELECT {column} FROM {table}")}
 
 
 def test_prune_forgets_finished_storms_and_expired_commands_only(database: DbSettings) -> None:
@@ -126,8 +124,8 @@ def test_a_dry_run_counts_the_same_and_deletes_nothing(database: DbSettings) -> 
         assert ledger.prune(BEFORE, NOW) == counted
 
 
-def test_a_ledger_without_request_keys_prunes_too(tmp_path: Path) -> None:
-    settings = DbSettings(str(tmp_path / "plain.db"))
+def test_a_ledger_without_request_keys_prunes_too(store_db: DbSettings) -> None:
+    settings = store_db
     with Ledger(settings) as ledger:
         ledger.create_storm(storm("old", "cancelled", 60), [command("x", "old", 60)])
         assert ledger.prune(BEFORE, NOW) == Pruned(storms=1, commands=1)

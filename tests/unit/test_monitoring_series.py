@@ -5,10 +5,8 @@ storms reported as they publish."""
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
 import random
-import sqlite3
 import time
 
 import pytest
@@ -24,6 +22,7 @@ from dispatcher.storms.publish_reports import PublishReports
 from schemas.catalog import DEFAULT_CATALOG
 from schemas.codec import decode
 from schemas.messages import Ack, PublishCount, PublishReport, Reason, RefusalReason
+from tests.databases import query
 from tests.unit.test_storm_flow import Feed
 
 
@@ -263,14 +262,13 @@ def test_a_report_message_says_what_the_collector_counts(ledger: Ledger) -> None
 def test_a_storm_whose_process_stopped_heartbeating_counts_as_interrupted(
     ledger: Ledger,
 ) -> None:
-    metrics = LedgerMetrics(ledger.settings.path)
+    metrics = LedgerMetrics(ledger.settings)
     registry = CollectorRegistry()
     registry.register(metrics)
     assert value(registry, "setevnt_storms", state="running") == 1
     started = value(registry, "setevnt_storm_last_started_timestamp_seconds")
     assert started is not None and abs(started - time.time()) < 60
-    db = sqlite3.connect(ledger.settings.path)
-    with contextlib.closing(db), db:  # its process died a minute ago
-        db.execute("UPDATE storms SET heartbeat_at = heartbeat_at - 60")
+    # Its process died a minute ago.
+    query(ledger.settings, "UPDATE storms SET heartbeat_at = heartbeat_at - 60")
     assert value(registry, "setevnt_storms", state="running") == 0
     assert value(registry, "setevnt_storms", state="interrupted") == 1

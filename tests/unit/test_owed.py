@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from dispatcher.store.db import DbSettings
 from dispatcher.store.owed import Owed, Recipient
 
 
-def test_owed_storms_and_their_recipients_outlive_the_process(tmp_path: Path) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+def test_owed_storms_and_their_recipients_outlive_the_process(store_db: DbSettings) -> None:
+    database = store_db
     first, retry = Recipient("amq.rabbitmq.reply-to.a", "1"), Recipient("amq.gen-x", None)
     with Owed(database) as owed:
         owed.add("storm-b", first, now=2.0)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.store.db import DatabaseMissing, DbSettings
-from dispatcher.store.registry import RegistrySettings, SqliteRegistry
+from dispatcher.store.registry import RegistrySettings, StoreRegistry
 from dispatcher.storms import targets
 from schemas.messages import Heartbeat
 
@@ -27,12 +27,12 @@ def beat(client: str, kind: str = "heartbeat", groups: tuple[str, ...] = ()) -> 
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[SqliteRegistry]:
-    with SqliteRegistry(DbSettings(str(tmp_path / "db")), RegistrySettings(60)) as opened:
+def registry(store_db: DbSettings) -> Iterator[StoreRegistry]:
+    with StoreRegistry(store_db, RegistrySettings(60)) as opened:
         yield opened
 
 
-def test_new_clients_are_returned_for_provisioning_until_marked(registry: SqliteRegistry) -> None:
+def test_new_clients_are_returned_for_provisioning_until_marked(registry: StoreRegistry) -> None:
     now = time.time()
     assert registry.record([(beat("PC1", "hello"), now), (beat("PC2"), now)]) == ["PC1", "PC2"]
     assert registry.record([(beat("PC1"), now + 1)]) == ["PC1"], "still unprovisioned"
@@ -44,7 +44,7 @@ def test_new_clients_are_returned_for_provisioning_until_marked(registry: Sqlite
     assert record.components == {"CCIM32": "2.0"}
 
 
-def test_a_hello_gets_a_known_clients_queue_declared_again(registry: SqliteRegistry) -> None:
+def test_a_hello_gets_a_known_clients_queue_declared_again(registry: StoreRegistry) -> None:
     now = time.time()
     registry.record([(beat("PC1", "hello"), now)])
     registry.mark_provisioned(["PC1"], now)
@@ -55,7 +55,7 @@ def test_a_hello_gets_a_known_clients_queue_declared_again(registry: SqliteRegis
     assert registry.record([(beat("PC1", "goodbye"), now + 4)]) == []
 
 
-def test_offline_after_missed_heartbeats_or_goodbye(registry: SqliteRegistry) -> None:
+def test_offline_after_missed_heartbeats_or_goodbye(registry: StoreRegistry) -> None:
     now = time.time()
     registry.record([(beat("OLD"), now - 61), (beat("NEW"), now), (beat("BYE", "goodbye"), now)])
     assert [r.client_id for r in registry.clients(online=True, now=now)] == ["NEW"]
@@ -66,7 +66,7 @@ def test_offline_after_missed_heartbeats_or_goodbye(registry: SqliteRegistry) ->
     assert registry.offline_ids(now) == {"BYE"}
 
 
-def test_groups_follow_the_latest_heartbeat_only(registry: SqliteRegistry) -> None:
+def test_groups_follow_the_latest_heartbeat_only(registry: StoreRegistry) -> None:
     now = time.time()
     registry.record([(beat("PC1", groups=("lab-1",)), now)])
     registry.record([(beat("PC1", groups=("lab-2",)), now + 1)])
@@ -76,7 +76,7 @@ def test_groups_follow_the_latest_heartbeat_only(registry: SqliteRegistry) -> No
     assert registry.get("PC1").last_seen == now + 1  # type: ignore[union-attr]
 
 
-def test_targets_combine_and_deduplicate(registry: SqliteRegistry, tmp_path: Path) -> None:
+def test_targets_combine_and_deduplicate(registry: StoreRegistry, tmp_path: Path) -> None:
     now = time.time()
     registry.record([(beat(f"PC{n}", groups=("lab",) if n < 2 else ()), now) for n in range(4)])
     listed = tmp_path / "ids"
@@ -100,7 +100,7 @@ def test_targets_combine_and_deduplicate(registry: SqliteRegistry, tmp_path: Pat
         (targets.TargetSpec(clients_file="/nonexistent/ids"), "--clients-file"),
     ],
 )
-def test_target_errors(registry: SqliteRegistry, spec: targets.TargetSpec, message: str) -> None:
+def test_target_errors(registry: StoreRegistry, spec: targets.TargetSpec, message: str) -> None:
     with pytest.raises(targets.TargetError, match=message):
         targets.resolve(spec, registry)
 
@@ -109,4 +109,4 @@ def test_groups_need_a_registry_and_reading_needs_a_database(tmp_path: Path) -> 
     with pytest.raises(targets.TargetError, match="need the fleet registry"):
         targets.resolve(targets.TargetSpec(everyone=True), None)
     with pytest.raises(DatabaseMissing, match="no setevnt database"):
-        SqliteRegistry(DbSettings(str(tmp_path / "missing.db")), create=False)
+        StoreRegistry(DbSettings(str(tmp_path / "missing.db")), create=False)

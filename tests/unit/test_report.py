@@ -7,7 +7,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 
@@ -199,10 +198,10 @@ def test_degenerate_charts_still_draw() -> None:
     assert [nice_step(x) for x in (0.013, 0.3, 7, 40)] == [0.02, 0.5, 10, 50]
 
 
-def test_collect_reads_the_ledger(tmp_path: Path) -> None:
+def test_collect_reads_the_ledger(store_db: DbSettings) -> None:
     storm = storm_record(targets=2)
     planned = [command(0, "planned"), command(1, "planned")]
-    with Ledger(DbSettings(str(tmp_path / "db"))) as ledger:
+    with Ledger(store_db) as ledger:
         ledger.create_storm(storm, planned)
         # An ack as the collector records it: done 0.5 s after the command was issued.
         ack = Ack("cmd0", "PC000", "done", T0 + 0.5, "t", issued_at=T0)
@@ -299,10 +298,10 @@ def test_agents_text_in_the_failures_is_escaped_and_cannot_turn_the_page() -> No
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quoted&quot;?exe" in html
 
 
-def test_collect_reads_the_failures_with_exit_codes_and_output(tmp_path: Path) -> None:
+def test_collect_reads_the_failures_with_exit_codes_and_output(store_db: DbSettings) -> None:
     storm = storm_record(targets=3)
     planned = [command(n, "planned") for n in range(3)]
-    with Ledger(DbSettings(str(tmp_path / "db"))) as ledger:
+    with Ledger(store_db) as ledger:
         ledger.create_storm(storm, planned)
         failed = Ack(
             "cmd1", "PC001", "failed", T0 + 0.5, "t", issued_at=T0, reason="signal-failed",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,11 @@ from dispatcher.service.requests import Desk, options, summarize
 from dispatcher.store.db import DbSettings
 from dispatcher.store.idempotency import IdempotencyKeys
 from dispatcher.store.ledger import Ledger
-from dispatcher.store.registry import SqliteRegistry
+from dispatcher.store.registry import StoreRegistry
 from schemas.codec import encode
 from schemas.messages import Heartbeat, RefusalReason, TriggerRequest
 from schemas.refusals import RequestRefused
+from tests.databases import query
 
 POLICY = {
     "users": {
@@ -92,11 +92,11 @@ def test_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+def desk(store_db: DbSettings) -> Iterator[Desk]:
+    database = store_db
     with (
         Ledger(database) as ledger,
-        SqliteRegistry(database) as registry,
+        StoreRegistry(database) as registry,
         IdempotencyKeys(database, window=60) as keys,
     ):
         beat = Heartbeat(
@@ -255,10 +255,9 @@ def test_options_take_their_defaults_within_the_caps() -> None:
     assert (chosen.rate, chosen.ttl, chosen.delivery_wait) == (1000, 3600, 30)
 
 
-def test_a_database_failure_is_unavailable_not_a_crash(desk: Desk, tmp_path: Path) -> None:
-    with sqlite3.connect(tmp_path / "setevnt.db") as other:
-        other.execute("DROP TABLE request_keys")
-        other.execute("DROP TABLE client_groups")
+def test_a_database_failure_is_unavailable_not_a_crash(desk: Desk, store_db: DbSettings) -> None:
+    query(store_db, "DROP TABLE request_keys")
+    query(store_db, "DROP TABLE client_groups")
     keyed = request(clients=("PC1",), idempotency_key="k")
     assert refused(desk.decide, keyed, "ops") is RefusalReason.UNAVAILABLE
     assert refused(desk.decide, request(groups=("lab",)), "ops") is RefusalReason.UNAVAILABLE

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -68,10 +67,10 @@ def test_text_a_terminal_cannot_encode_is_replaced_not_fatal() -> None:
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> DbSettings:
+def database(store_db: DbSettings) -> DbSettings:
     """A storm over four clients: one failed with a crash, one done, one still pending
     whose command has expired, one still pending in time."""
-    settings = DbSettings(str(tmp_path / "setevnt.db"))
+    settings = store_db
     storm = StormRecord(
         STORM, "CCIM32", "STARTCYCLE", {}, 4, "done", None, "ops", NOW - 60, NOW - 50,
         NOW - 50, "pid 1", False,
@@ -153,8 +152,8 @@ def test_results_filter_by_what_became_of_each_command(
     assert json.loads(one)["client"] == "CRASHED"
 
 
-def test_a_storm_says_why_its_agents_rejected_it(tmp_path: Path) -> None:
-    settings = DbSettings(str(tmp_path / "rejected.db"))
+def test_a_storm_says_why_its_agents_rejected_it(store_db: DbSettings) -> None:
+    settings = store_db
     storm = StormRecord(
         STORM, "CCIM32", "STARTCYCLE", {}, 4, "done", None, "ops", NOW - 60, NOW - 50,
         NOW - 50, "pid 1", False,
