@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from pathlib import Path
 
 import pytest
 
@@ -36,8 +35,10 @@ def _race(path: str, owner: str, start: float, won: multiprocessing.Queue[tuple[
                 won.put((f"s{n}", owner))
 
 
-def test_owners_racing_for_expired_leases_each_storm_goes_to_exactly_one(tmp_path: Path) -> None:
-    path = str(tmp_path / "setevnt.db")
+def test_owners_racing_for_expired_leases_each_storm_goes_to_exactly_one(
+    store_db: DbSettings,
+) -> None:
+    path = store_db.path
     dead = time.time() - LEASE - 5
     with Ledger(DbSettings(path)) as ledger:
         for n in range(ROUNDS):
@@ -68,8 +69,8 @@ def test_owners_racing_for_expired_leases_each_storm_goes_to_exactly_one(tmp_pat
             assert (record.owner, record.state, record.reason) == (owners[0], "running", None)
 
 
-def test_a_fresh_lease_is_kept_from_others_and_renewed_by_its_owner(tmp_path: Path) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+def test_a_fresh_lease_is_kept_from_others_and_renewed_by_its_owner(store_db: DbSettings) -> None:
+    database = store_db
     now = time.time()
     with Ledger(database) as ledger, Leases(database) as leases:
         ledger.create_storm(storm("s", "pid 1 on a #a", now), [])
@@ -82,8 +83,8 @@ def test_a_fresh_lease_is_kept_from_others_and_renewed_by_its_owner(tmp_path: Pa
         assert leases.holder("s") == "pid 2 on b #b"
 
 
-def test_an_owner_seen_dead_is_taken_over_at_once_but_only_as_seen(tmp_path: Path) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+def test_an_owner_seen_dead_is_taken_over_at_once_but_only_as_seen(store_db: DbSettings) -> None:
+    database = store_db
     now = time.time()
     with Ledger(database) as ledger, Leases(database) as leases:
         ledger.create_storm(storm("s", "pid 1 on a #a", now), [])
@@ -100,9 +101,9 @@ def test_an_owner_seen_dead_is_taken_over_at_once_but_only_as_seen(tmp_path: Pat
     [("failed", False, True), ("done", False, False), ("cancelled", False, False)],
 )
 def test_only_runs_that_did_not_end_are_taken_over(
-    tmp_path: Path, state: str, taken: bool, resumed: bool
+    store_db: DbSettings, state: str, taken: bool, resumed: bool
 ) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+    database = store_db
     old = time.time() - 2 * LEASE
     with Ledger(database) as ledger, Leases(database) as leases:
         ledger.create_storm(storm("s", "pid 1 on a #a", old, state), [])
@@ -126,8 +127,10 @@ class _Adopted:
         self.storms.append(storm_id)
 
 
-def test_takeover_takes_owed_storms_whose_lease_ran_out_and_nothing_else(tmp_path: Path) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+def test_takeover_takes_owed_storms_whose_lease_ran_out_and_nothing_else(
+    store_db: DbSettings,
+) -> None:
+    database = store_db
     now = time.time()
     stale, fresh = now - LEASE - 1, now - 1
     rows = {
@@ -155,8 +158,8 @@ def test_takeover_takes_owed_storms_whose_lease_ran_out_and_nothing_else(tmp_pat
         assert done is not None and done.state == "done"
 
 
-def test_a_run_sees_its_storm_taken_over(tmp_path: Path) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+def test_a_run_sees_its_storm_taken_over(store_db: DbSettings) -> None:
+    database = store_db
     old = time.time() - 2 * LEASE
     with Ledger(database) as ledger, Leases(database) as leases:
         ledger.create_storm(storm("s", "pid 1 on a #a", old), [])
@@ -168,9 +171,9 @@ def test_a_run_sees_its_storm_taken_over(tmp_path: Path) -> None:
 
 
 def test_operators_storms_are_taken_over_only_when_asked_and_never_remediation(
-    tmp_path: Path,
+    store_db: DbSettings,
 ) -> None:
-    database = DbSettings(str(tmp_path / "setevnt.db"))
+    database = store_db
     stale = time.time() - LEASE - 1
     with Ledger(database) as ledger, Leases(database) as leases, Owed(database) as owed:
         ledger.create_storm(storm("cli", "pid 1 on a #a", stale), [])
