@@ -77,23 +77,25 @@ def publishing(commands: int) -> float:
 def marks(commands: int) -> float:
     """Seconds of thread CPU per "sent" mark through ``Ledger.apply``, by row."""
     now = time.time()
-    with tempfile.TemporaryDirectory(prefix="setevnt-storm-path-") as directory:
-        with Ledger(DbSettings(str(Path(directory) / "ledger.db"))) as ledger:
-            storm = _storm("storm-bench0001", commands, now)
-            records = [
-                CommandRecord(f"c{i:08d}", storm.storm_id, f"client-{i:06d}", "CCIM32", "STARTCYCLE", "planned")
-                for i in range(commands)
-            ]
-            ledger.create_storm(storm, records)
-            rows = ledger.rows_of(storm.storm_id)
-            sent = [
-                SentMark(Status.SENT.value, now, now + 600, now, r.command_id) for r in records
-            ]
-            start = time.thread_time()
-            for i in range(0, commands, MARKS_PER_TRANSACTION):
-                writes = Writes(sent=sent[i : i + MARKS_PER_TRANSACTION])
-                ledger.apply(writes, storm.storm_id, now, rows)
-            return (time.thread_time() - start) / commands
+    storm = _storm("storm-bench0001", commands, now)
+    records = [
+        CommandRecord(
+            f"c{i:08d}", storm.storm_id, f"client-{i:06d}", "CCIM32", "STARTCYCLE", "planned"
+        )
+        for i in range(commands)
+    ]
+    sent = [SentMark(Status.SENT.value, now, now + 600, now, r.command_id) for r in records]
+    with (
+        tempfile.TemporaryDirectory(prefix="setevnt-storm-path-") as directory,
+        Ledger(DbSettings(str(Path(directory) / "ledger.db"))) as ledger,
+    ):
+        ledger.create_storm(storm, records)
+        rows = ledger.rows_of(storm.storm_id)
+        start = time.thread_time()
+        for i in range(0, commands, MARKS_PER_TRANSACTION):
+            writes = Writes(sent=sent[i : i + MARKS_PER_TRANSACTION])
+            ledger.apply(writes, storm.storm_id, now, rows)
+        return (time.thread_time() - start) / commands
 
 
 def main() -> None:

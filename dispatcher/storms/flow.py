@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.publisher import Outcome, Outgoing
+from broker.topology import client_queue
 from dispatcher.api.dispatcher import command_message
 from dispatcher.store.ledger import (
     ACK_FINAL,
@@ -47,11 +48,13 @@ from dispatcher.store.ledger import (
 from dispatcher.store.ledger_rows import StormState
 from dispatcher.storms.answers import Answers
 from dispatcher.storms.publish_reports import PublishReports
-from schemas.codec import encoding
+from schemas.codec import check_fields, encoding
 from schemas.messages import Command
 
 # What differs between a storm's commands.
 _VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
+# What of those the targets bring, checked once per target; the flow makes the times.
+_GIVEN = ("command_id", "client_id", "not_before")
 _PLANNED, _SENT = Status.PLANNED.value, Status.SENT.value
 _PENDING_OFFLINE = Status.PENDING_OFFLINE.value
 
@@ -69,6 +72,7 @@ class Target:
     issued_at: float = 0.0
     published: bool = False  # confirmed at least once
     deadline: float = 0.0  # monotonic: pending-offline when unanswered by then
+    queue: str = ""  # the client's queue, named once when the flow takes the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,7 @@ class StormFlow:
         flush_every: float = 0.25,
         progress_every: float = 0.5,
     ) -> None:
+        _check_targets(targets)
         self.order = order
         self.limits = limits
         self._writer = writer
@@ -145,23 +150,12 @@ class StormFlow:
         self.last_acked_at: float | None = None
         self.state: str = StormState.RUNNING
         self.reason: str | None = None
-        self._encode = encoding(
-            Command(  # the varying fields are placeholders: each command sets its own
-                command_id="0",
-                client_id="0",
-                component=order.component,
-                event=order.event,
-                silent=order.silent,
-                issued_at=0.0,
-                expires_at=0.0,
-                requested_by=order.requested_by,
-                storm_id=order.storm_id,
-                force=order.force,
-            ),
-            _VARYING,
-        )
+        # The targets' fields are checked above, the times come from the clock and the ttl
+        # checked in the template: nothing is left to check per command.
+        self._encode = encoding(_template(order, limits.ttl), _VARYING, trusted=True)
         self._ttl = limits.ttl
         self._persistent = order.persistent
+        self._shared = command_message("0", "0", b"", limits.ttl, order.persistent)
         self._bucket = _Bucket(limits.rate)
         self._deadlines: list[tuple[float, str]] = []
         self._writes = Writes()
@@ -329,15 +323,25 @@ class StormFlow:
             target.in_window = True
             self.window += 1
         now = target.issued_at = time.time()
-        ttl = self._ttl
+        command_id = target.command_id
         body = self._encode(
-            command_id=target.command_id,
+            command_id=command_id,
             client_id=target.client_id,
             issued_at=now,
-            expires_at=now + ttl,
+            expires_at=now + self._ttl,
             not_before=target.not_before,
         )
-        return command_message(target.command_id, target.client_id, body, ttl, self._persistent)
+        # command_message()'s fields, without naming the client's queue again per command.
+        shared = self._shared
+        return Outgoing(
+            command_id,
+            shared.exchange,
+            target.queue,
+            body,
+            shared.message_type,
+            shared.persistent,
+            shared.expiration_ms,
+        )
 
     def _absorb(self) -> None:
         # The collector already wrote these answers to the ledger: only the flow learns.
@@ -385,3 +389,29 @@ class StormFlow:
             last = f"{target.client_id} {status}" + (f": {detail}" if detail else "")
             shown = self.limits.max_errors_text or str(limit)
             self.halt(f"{self.errors} errors exceed --max-errors {shown} (last: {last})")
+
+
+def _check_targets(targets: list[Target]) -> None:
+    """Check what each target brings to its command (``FieldError``, ``ValueError``) and
+    name its queue, once, before anything is published."""
+    for target in targets:
+        check_fields(Command, _GIVEN, (target.command_id, target.client_id, target.not_before))
+        target.queue = client_queue(target.client_id)
+
+
+def _template(order: Order, ttl: float) -> Command:
+    """The storm's command; its varying fields are placeholders that each command sets,
+    but its times check the ttl from now."""
+    now = time.time()
+    return Command(
+        command_id="0",
+        client_id="0",
+        component=order.component,
+        event=order.event,
+        silent=order.silent,
+        issued_at=now,
+        expires_at=now + ttl,
+        requested_by=order.requested_by,
+        storm_id=order.storm_id,
+        force=order.force,
+    )
