@@ -60,7 +60,8 @@ def publishing(commands: int) -> float:
     publisher = ConfirmingPublisher(BrokerSettings(), window=WINDOW, channels=CHANNELS)
     lanes = [_ChannelShare(_Channel(), WINDOW // CHANNELS) for _ in range(CHANNELS)]
     publisher._lanes = lanes
-    run = _Run(pending=deque(), outcomes={}, on_outcome=flow.on_outcome, source=flow)
+    run = _Run(pending=deque(), outcomes={}, on_outcome=None, source=flow)
+    run.on_outcomes = flow.on_outcomes
     publisher._run = run
     start = time.thread_time()
     publisher._pump()

@@ -228,16 +228,29 @@ class StormFlow:
             reports.settled(outcome)
             return
         target = self._targets[message.key]
-        if outcome is not Outcome.SENT or not target.published:
-            self._count(outcome)  # a re-sent command counts once, as its first publish
         if outcome is not Outcome.SENT:
+            self._count(outcome)
             self._leave(target)
             self._settle(target, outcome.value)
             self._writes.statuses.append(StatusMark(outcome.value, target.command_id))
             self._failed(target, outcome.value, None)
             return
-        now = time.time()
+        self._sent(target, time.time(), time.monotonic())
+
+    def on_outcomes(self, settled: list[tuple[Outgoing, Outcome]]) -> None:
+        """:meth:`on_outcome` of each message of one confirm, with one clock reading."""
+        reports, targets = self._reports, self._targets
+        now, monotonic = time.time(), time.monotonic()
+        for message, outcome in settled:
+            if outcome is not Outcome.SENT or (reports is not None and reports.owns(message.key)):
+                self.on_outcome(message, outcome)
+            else:
+                self._sent(targets[message.key], now, monotonic)
+
+    def _sent(self, target: Target, now: float, monotonic: float) -> None:
+        """The broker confirmed ``target``'s command at ``now`` (``monotonic``)."""
         if not target.published:
+            self._count(Outcome.SENT)  # a re-sent command counts once, as its first publish
             target.published = True
             self.published += 1
         if self.first_sent_at is None:
@@ -257,7 +270,7 @@ class StormFlow:
             wait = self.limits.delivery_wait
             if target.not_before is not None and target.not_before > now:
                 wait += target.not_before - now
-            target.deadline = time.monotonic() + wait
+            target.deadline = monotonic + wait
             heapq.heappush(self._deadlines, (target.deadline, target.command_id))
 
     # -- broker.publisher.PublishHooks -------------------------------------------------
