@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 REFILL_FRACTION = 16
 # Seconds to wait for a close handshake when no heartbeat bounds it.
 CLOSE_WAIT = 5.0
+# Message properties kept for reuse, by what they have in common (a storm has two shapes).
+MAX_SHAPES = 16
 
 
 class Outcome(StrEnum):
@@ -72,6 +74,10 @@ class Outgoing(NamedTuple):
     user_id: str | None = None
 
 
+# Where an Outgoing's fields shared by messages of one shape start (see _properties).
+_SHAPE = 4
+
+
 class PublishHooks(Protocol):
     def confirmed(self, outcome: Outcome, seconds: float) -> None: ...
 
@@ -79,6 +85,8 @@ class PublishHooks(Protocol):
 
 
 OnOutcome = Callable[[Outgoing, Outcome], None]
+# The outcomes of one confirm frame (with ``multiple``, many messages) in one call.
+OnOutcomes = Callable[[list[tuple[Outgoing, Outcome]]], None]
 # Headers to add to a message as it is published (the dispatcher signs commands here).
 Stamp = Callable[[Outgoing], Mapping[str, str] | None]
 
@@ -104,6 +112,7 @@ class _Run:
     outcomes: dict[str, Outcome]
     on_outcome: OnOutcome | None
     source: Source | None = None
+    on_outcomes: OnOutcomes | None = None
     returned: set[str] = field(default_factory=set)
     error: BrokerError | None = None
     last_progress: float = field(default_factory=time.monotonic)
@@ -161,6 +170,7 @@ class ConfirmingPublisher:
         self._opening = False
         self._tick = 0.02
         self._ticker: Any = None
+        self._shapes: dict[tuple[object, ...], pika.BasicProperties] = {}
 
     # -- public -----------------------------------------------------------------------
 
@@ -176,17 +186,26 @@ class ConfirmingPublisher:
         return self._publish_run(_Run(pending=deque(messages), outcomes={}, on_outcome=on_outcome))
 
     def stream(
-        self, source: Source, on_outcome: OnOutcome | None = None, *, tick: float = 0.02
+        self,
+        source: Source,
+        on_outcome: OnOutcome | None = None,
+        *,
+        on_outcomes: OnOutcomes | None = None,
+        tick: float = 0.02,
     ) -> dict[str, Outcome]:
         """Publish what ``source`` hands out until it says it is finished.
 
         Same outcomes, retries and errors as :meth:`publish`; after a reconnect the
         unconfirmed messages go out again before the source is asked for more.
+        ``on_outcomes`` (instead of ``on_outcome``) takes each confirm's outcomes at once.
         """
         if tick <= 0:
             raise ValueError("tick must be positive")
+        if on_outcome is not None and on_outcomes is not None:
+            raise ValueError("give on_outcome or on_outcomes, not both")
         self._tick = tick
         run = _Run(pending=deque(), outcomes={}, on_outcome=on_outcome, source=source)
+        run.on_outcomes = on_outcomes
         return self._publish_run(run)
 
     def _publish_run(self, run: _Run) -> dict[str, Outcome]:
@@ -282,17 +301,17 @@ class ConfirmingPublisher:
         if not channel.is_open:
             self._fail(ConnectionLost("the publisher's channel is closed"))
             return False
-        app_id, stamp = self._settings.connection_name, self._stamp
+        stamp, shapes = self._stamp, self._shapes
         timestamp, now = int(time.time()), time.monotonic()
         for _ in range(count):
             message = pending.popleft()
+            properties = shapes.get(message[_SHAPE:]) or self._shape(message)
+            properties.message_id = message.key
+            properties.timestamp = timestamp
+            properties.headers = stamp(message) if stamp else None
             try:
                 channel.basic_publish(
-                    message.exchange,
-                    message.routing_key,
-                    message.body,
-                    _properties(message, app_id, timestamp, stamp),
-                    mandatory=True,
+                    message.exchange, message.routing_key, message.body, properties, mandatory=True
                 )
             except (pe.AMQPError, OSError) as exc:
                 pending.appendleft(message)
@@ -304,6 +323,16 @@ class ConfirmingPublisher:
             lane.next_tag += 1
             inflight[lane.next_tag] = (message, now)
         return True
+
+    def _shape(self, message: Outgoing) -> pika.BasicProperties:
+        """The properties of messages shaped like ``message``, for :meth:`_fill` to reuse:
+        pika marshals them inside ``basic_publish``, so only the per-message fields are
+        set before each publish."""
+        if len(self._shapes) >= MAX_SHAPES:
+            self._shapes.clear()  # e.g. re-sent commands, each with what remains of its ttl
+        properties = _properties(message, self._settings.connection_name)
+        self._shapes[message[_SHAPE:]] = properties
+        return properties
 
     def _refill(self, run: _Run, room: int) -> bool:
         if run.source is None:
@@ -351,11 +380,12 @@ class ConfirmingPublisher:
                 if tag > delivery_tag:
                     break
                 tags.append(tag)
+            confirmed = [inflight.pop(tag) for tag in tags]
         else:
-            tags = [delivery_tag] if delivery_tag in inflight else []
-        for tag in tags:
-            message, started = inflight.pop(tag)
-            self._settle(run, message, nacked, now - started)
+            one = inflight.pop(delivery_tag, None)
+            confirmed = [one] if one is not None else []
+        if confirmed:
+            self._settle(run, confirmed, nacked, now)
         run.last_progress = now
         if lane.room >= self._refill_at:
             self._pump()
@@ -366,19 +396,30 @@ class ConfirmingPublisher:
         nacked = isinstance(method, pika.spec.Basic.Nack)
         self._on_confirm(lane, method.delivery_tag, method.multiple, nacked)
 
-    def _settle(self, run: _Run, message: Outgoing, nacked: bool, seconds: float) -> None:
-        if nacked:
-            outcome = Outcome.NACKED
-        elif message.key in run.returned:
-            run.returned.discard(message.key)
-            outcome = Outcome.UNROUTABLE
-        else:
-            outcome = Outcome.SENT
-        run.outcomes[message.key] = outcome
-        if self._hooks is not None:
-            self._hooks.confirmed(outcome, seconds)
-        if run.on_outcome is not None:
-            run.on_outcome(message, outcome)
+    def _settle(
+        self, run: _Run, confirmed: list[tuple[Outgoing, float]], nacked: bool, now: float
+    ) -> None:
+        """Settle what one confirm frame confirmed (``now`` - publish time: its seconds)."""
+        outcomes, returned, hooks = run.outcomes, run.returned, self._hooks
+        settled = []
+        for message, started in confirmed:
+            key = message.key
+            if nacked:
+                outcome = Outcome.NACKED
+            elif returned and key in returned:
+                returned.discard(key)
+                outcome = Outcome.UNROUTABLE
+            else:
+                outcome = Outcome.SENT
+            outcomes[key] = outcome
+            if hooks is not None:
+                hooks.confirmed(outcome, now - started)
+            settled.append((message, outcome))
+        if run.on_outcomes is not None:
+            run.on_outcomes(settled)
+        elif run.on_outcome is not None:
+            for message, outcome in settled:
+                run.on_outcome(message, outcome)
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         # The broker sends basic.return before the confirm of the same message.
@@ -504,18 +545,15 @@ class ConfirmingPublisher:
             self._stop_loop()
 
 
-def _properties(
-    message: Outgoing, app_id: str, timestamp: int, stamp: Stamp | None
-) -> pika.BasicProperties:
+def _properties(message: Outgoing, app_id: str) -> pika.BasicProperties:
+    """Properties from the fields from ``_SHAPE`` on; message id, timestamp and headers
+    are set per message."""
     expiration = message.expiration_ms
     return pika.BasicProperties(
         content_type="application/msgpack",
-        message_id=message.key,
         type=message.message_type,
         app_id=app_id,
-        timestamp=timestamp,
         delivery_mode=2 if message.persistent else 1,
         expiration=str(expiration) if expiration is not None else None,
         user_id=message.user_id,
-        headers=stamp(message) if stamp else None,
     )

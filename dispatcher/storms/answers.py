@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from operator import itemgetter
 
 from dispatcher.store.ledger import Ledger, Status, StormAnswer
 
@@ -42,10 +43,9 @@ class Answers:
 
     def drain(self) -> list[StormAnswer]:
         """The answers read since the last call; each status change of a command once."""
-        answers = []
-        while self._answers:
-            answers.append(self._answers.popleft())
-        return answers
+        # As many as there are now: the ledger thread may append more meanwhile.
+        take = self._answers.popleft
+        return [take() for _ in range(len(self._answers))]
 
     def read(self, ledger: Ledger) -> None:
         """Take the answers numbered above the last one read."""
@@ -59,9 +59,13 @@ class Answers:
             self._stopped = True
             log.exception("reading the storm's answers from the ledger stopped")
             return
+        deferred = Status.DEFERRED.value
+        last, answers = self._last, self._answers
         for writer, seq, command_id, status, received_at, latency, reason, detail in rows:
-            self._last[writer] = max(self._last.get(writer, 0), seq)
-            final = status != Status.DEFERRED
-            self._answers.append(
-                StormAnswer(command_id, status, final, received_at, latency, reason, detail)
+            if seq > last.get(writer, 0):
+                last[writer] = seq
+            answers.append(
+                StormAnswer(
+                    command_id, status, status != deferred, received_at, latency, reason, detail
+                )
             )

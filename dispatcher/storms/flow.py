@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from broker.publisher import Outcome, Outgoing
+from broker.topology import client_queue
 from dispatcher.api.dispatcher import command_message
 from dispatcher.store.ledger import (
     ACK_FINAL,
@@ -51,11 +52,13 @@ from dispatcher.store.ledger_rows import StormState
 from dispatcher.storms.answers import Answers
 from dispatcher.storms.publish_reports import PublishReports
 from dispatcher.storms.waiting import NodeWait, Prober
-from schemas.codec import encoding
+from schemas.codec import check_fields, encoding
 from schemas.messages import Command
 
 # What differs between a storm's commands.
 _VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
+# What of those the targets bring, checked once per target; the flow makes the times.
+_GIVEN = ("command_id", "client_id", "not_before")
 _PLANNED, _SENT = Status.PLANNED.value, Status.SENT.value
 _PENDING_OFFLINE = Status.PENDING_OFFLINE.value
 
@@ -74,6 +77,7 @@ class Target:
     published: bool = False  # confirmed at least once
     deadline: float = 0.0  # monotonic: pending-offline when unanswered by then
     expires_at: float = 0.0  # set once it waited for a node: a re-send keeps its expiry
+    queue: str = ""  # the client's queue, named once when the flow takes the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +137,7 @@ class StormFlow:
         flush_every: float = 0.25,
         progress_every: float = 0.5,
     ) -> None:
+        _check_targets(targets)
         self.order = order
         self.limits = limits
         self._writer = writer
@@ -151,23 +156,12 @@ class StormFlow:
         self.last_acked_at: float | None = None
         self.state: str = StormState.RUNNING
         self.reason: str | None = None
-        self._encode = encoding(
-            Command(  # the varying fields are placeholders: each command sets its own
-                command_id="0",
-                client_id="0",
-                component=order.component,
-                event=order.event,
-                silent=order.silent,
-                issued_at=0.0,
-                expires_at=0.0,
-                requested_by=order.requested_by,
-                storm_id=order.storm_id,
-                force=order.force,
-            ),
-            _VARYING,
-        )
+        # The targets' fields are checked above, the times come from the clock and the ttl
+        # checked in the template: nothing is left to check per command.
+        self._encode = encoding(_template(order, limits.ttl), _VARYING, trusted=True)
         self._ttl = limits.ttl
         self._persistent = order.persistent
+        self._shared = command_message("0", "0", b"", limits.ttl, order.persistent)
         self._bucket = _Bucket(limits.rate)
         self._deadlines: list[tuple[float, str]] = []
         self._writes = Writes()
@@ -247,16 +241,29 @@ class StormFlow:
         target = self._targets[message.key]
         if outcome is not Outcome.SENT and self._park(target, outcome):
             return
-        if outcome is not Outcome.SENT or not target.published:
-            self._count(outcome)  # a re-sent command counts once, as its first publish
         if outcome is not Outcome.SENT:
+            self._count(outcome)
             self._leave(target)
             self._settle(target, outcome.value)
             self._writes.statuses.append(StatusMark(outcome.value, target.command_id))
             self._failed(target, outcome.value, None)
             return
-        now = time.time()
+        self._sent(target, time.time(), time.monotonic())
+
+    def on_outcomes(self, settled: list[tuple[Outgoing, Outcome]]) -> None:
+        """:meth:`on_outcome` of each message of one confirm, with one clock reading."""
+        reports, targets = self._reports, self._targets
+        now, monotonic = time.time(), time.monotonic()
+        for message, outcome in settled:
+            if outcome is not Outcome.SENT or (reports is not None and reports.owns(message.key)):
+                self.on_outcome(message, outcome)
+            else:
+                self._sent(targets[message.key], now, monotonic)
+
+    def _sent(self, target: Target, now: float, monotonic: float) -> None:
+        """The broker confirmed ``target``'s command at ``now`` (``monotonic``)."""
         if not target.published:
+            self._count(Outcome.SENT)  # a re-sent command counts once, as its first publish
             target.published = True
             self.published += 1
         if self.first_sent_at is None:
@@ -276,7 +283,7 @@ class StormFlow:
             wait = self.limits.delivery_wait
             if target.not_before is not None and target.not_before > now:
                 wait += target.not_before - now
-            target.deadline = time.monotonic() + wait
+            target.deadline = monotonic + wait
             heapq.heappush(self._deadlines, (target.deadline, target.command_id))
 
     # -- broker.publisher.PublishHooks -------------------------------------------------
@@ -341,21 +348,32 @@ class StormFlow:
         if not target.offline:
             target.in_window = True
             self.window += 1
+        command_id = target.command_id
         if target.expires_at:  # sent again after waiting for a node: same expiry
             now, expires = target.issued_at, target.expires_at
-            ttl = max(expires - time.time(), 0.001)
+            expiration_ms = max(1, int((expires - time.time()) * 1000))
         else:
             now = target.issued_at = time.time()
-            ttl = self._ttl
-            expires = now + ttl
+            expires = now + self._ttl
+            expiration_ms = self._shared.expiration_ms
         body = self._encode(
-            command_id=target.command_id,
+            command_id=command_id,
             client_id=target.client_id,
             issued_at=now,
             expires_at=expires,
             not_before=target.not_before,
         )
-        return command_message(target.command_id, target.client_id, body, ttl, self._persistent)
+        # command_message()'s fields, without naming the client's queue again per command.
+        shared = self._shared
+        return Outgoing(
+            command_id,
+            shared.exchange,
+            target.queue,
+            body,
+            shared.message_type,
+            shared.persistent,
+            expiration_ms,
+        )
 
     def _park(self, target: Target, outcome: Outcome) -> bool:
         """``waiting-node`` instead of failed when the queue's node is down."""
@@ -425,3 +443,29 @@ class StormFlow:
             last = f"{target.client_id} {status}" + (f": {detail}" if detail else "")
             shown = self.limits.max_errors_text or str(limit)
             self.halt(f"{self.errors} errors exceed --max-errors {shown} (last: {last})")
+
+
+def _check_targets(targets: list[Target]) -> None:
+    """Check what each target brings to its command (``FieldError``, ``ValueError``) and
+    name its queue, once, before anything is published."""
+    for target in targets:
+        check_fields(Command, _GIVEN, (target.command_id, target.client_id, target.not_before))
+        target.queue = client_queue(target.client_id)
+
+
+def _template(order: Order, ttl: float) -> Command:
+    """The storm's command; its varying fields are placeholders that each command sets,
+    but its times check the ttl from now."""
+    now = time.time()
+    return Command(
+        command_id="0",
+        client_id="0",
+        component=order.component,
+        event=order.event,
+        silent=order.silent,
+        issued_at=now,
+        expires_at=now + ttl,
+        requested_by=order.requested_by,
+        storm_id=order.storm_id,
+        force=order.force,
+    )

@@ -360,7 +360,7 @@ def _publish(
             hooks=flow,
             stamp=stamp,
         ) as publisher:
-            publisher.stream(flow, flow.on_outcome)
+            publisher.stream(flow, on_outcomes=flow.on_outcomes)
     except BrokerError as exc:
         # Unconfirmed commands stay planned: `resume` sends them (same ids).
         flow.flush()

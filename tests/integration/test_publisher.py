@@ -13,7 +13,7 @@ from broker.errors import BrokerRefused, ConnectionLost
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from tests.conftest import management
-from tests.integration.helpers import channel, queue_depth, wait_for
+from tests.integration.helpers import channel, drain, queue_depth, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -114,6 +114,49 @@ def test_a_stream_is_refilled_a_few_slots_at_a_time(amqp_url: str) -> None:
     assert source.offered[0] == 512
     assert min(source.offered) >= 8
     assert len(source.offered) <= 1 + (3000 - 512) // 8
+
+
+def test_a_stream_settles_each_confirm_at_once_and_keeps_each_message_properties(
+    amqp_url: str,
+) -> None:
+    """Properties are reused for messages of one shape: each still goes with its own id,
+    delivery mode and expiration; ``on_outcomes`` hears of every message once."""
+    connection, ch = channel(amqp_url)
+    ch.queue_declare("shapes.q", durable=True)
+    connection.close()
+    shaped = [
+        Outgoing(
+            f"s{i}",
+            "",
+            "shapes.q",
+            b"%d" % i,
+            "command",
+            persistent=i % 2 == 0,
+            expiration_ms=60_000 + i % 3,
+        )
+        for i in range(300)
+    ]
+    messages = shaped + _messages("gone", "no.such.queue", 20)
+    calls: list[list[tuple[Outgoing, Outcome]]] = []
+    with ConfirmingPublisher(BrokerSettings(url=amqp_url), window=64, channels=2) as publisher:
+        outcomes = publisher.stream(ListSource(messages), on_outcomes=calls.append)
+    settled = [pair for call in calls for pair in call]
+    assert sorted(m.key for m, _ in settled) == sorted(m.key for m in messages)
+    assert {m.key: outcome for m, outcome in settled} == outcomes
+    assert all(outcomes[f"gone{i}"] is Outcome.UNROUTABLE for i in range(20))
+    received = {
+        properties.message_id: (properties.delivery_mode, properties.expiration, body)
+        for properties, body in drain(amqp_url, "shapes.q")
+    }
+    assert received == {
+        m.key: (2 if m.persistent else 1, str(m.expiration_ms), m.body) for m in shaped
+    }
+
+
+def test_a_stream_takes_on_outcome_or_on_outcomes_not_both() -> None:
+    publisher = ConfirmingPublisher(BrokerSettings())
+    with pytest.raises(ValueError, match="not both"):
+        publisher.stream(ListSource([]), lambda *_: None, on_outcomes=lambda _: None)
 
 
 def test_a_window_smaller_than_its_channels_is_refused() -> None:

@@ -25,7 +25,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import MAX_BODY, DecodeError, decode, decode_any, encode, encoding
+from schemas.codec import (
+    MAX_BODY,
+    DecodeError,
+    check_fields,
+    decode,
+    decode_any,
+    encode,
+    encoding,
+)
 from schemas.messages import (
     MESSAGE_TYPES,
     Ack,
@@ -470,10 +478,10 @@ STORM_FIELDS = {
 VARYING = ("command_id", "client_id", "issued_at", "expires_at", "not_before")
 
 
-def storm_encoding(**fields: Any) -> Any:
+def storm_encoding(trusted: bool = False, **fields: Any) -> Any:
     """How a storm encodes its commands: one template, the varying fields per command."""
     template = Command(command_id="0", client_id="0", issued_at=0.0, expires_at=0.0, **fields)
-    return encoding(template, VARYING)
+    return encoding(template, VARYING, trusted=trusted)
 
 
 @settings(max_examples=200, deadline=None)
@@ -486,6 +494,7 @@ def storm_encoding(**fields: Any) -> Any:
     shared=st.fixed_dictionaries(
         {"silent": st.booleans(), "force": st.booleans(), "storm_id": st.none() | st.just("s1")}
     ),
+    trusted=st.booleans(),
 )
 def test_storm_encoding_writes_what_encode_writes(
     command_id: str,
@@ -494,9 +503,11 @@ def test_storm_encoding_writes_what_encode_writes(
     ttl: float,
     not_before: float | None,
     shared: dict[str, Any],
+    trusted: bool,
 ) -> None:
+    """Checked per call or vouched for by the caller, the bytes are encode()'s."""
     fields = {**STORM_FIELDS, **shared}
-    encode_one = storm_encoding(**fields)
+    encode_one = storm_encoding(trusted, **fields)
     body = encode_one(
         command_id=command_id,
         client_id=client_id,
@@ -556,6 +567,33 @@ def test_storm_encoding_refuses_what_command_refuses(
             **STORM_FIELDS,
         )
     assert by_encoder.value.field == by_command.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("command_id", "client_id", "not_before", "field"),
+    [
+        ("c1", "PC042\n", None, "client_id"),
+        ("c 1", "PC042", None, "command_id"),
+        ("c1", "PC042", -1.0, "not_before"),
+        ("c1", "PC042", True, "not_before"),
+    ],
+)
+def test_check_fields_refuses_what_command_refuses(
+    command_id: str, client_id: str, not_before: Any, field: str
+) -> None:
+    """What a storm checks once per target before it encodes them trusted."""
+    names = ("command_id", "client_id", "not_before")
+    with pytest.raises(FieldError) as checked:
+        check_fields(Command, names, (command_id, client_id, not_before))
+    assert checked.value.field == field
+    check_fields(Command, names, ("c1", "PC042", None))
+    check_fields(Command, names, ("c1", "PC042", 5.0))
+
+
+def test_trusted_encoding_wants_every_varying_field() -> None:
+    encode_one = storm_encoding(True, **STORM_FIELDS)
+    with pytest.raises(TypeError, match="expected the fields"):
+        encode_one(command_id="c1", client_id="PC042", issued_at=1.0, expires_at=2.0)
 
 
 def test_storm_encoding_refuses_bad_shared_fields() -> None:

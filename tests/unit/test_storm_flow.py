@@ -169,3 +169,31 @@ def test_progress_bar_counts() -> None:
     )
     assert (view.acked, view.failed, view.pending, view.unsent) == (4, 1, 2, 3)
     assert "published 7/10  acked 4" in bar(view) and " 50%" in bar(view)
+
+
+def test_a_confirm_settled_at_once_counts_as_each_settled_alone(ledger: Ledger) -> None:
+    """``on_outcomes`` (one confirm frame's messages) keeps ``on_outcome``'s books."""
+    alone, _feed, alone_writer = make_flow(ledger, 6, window=10, errors=5)
+    at_once, _feed, at_once_writer = make_flow(ledger, 6, window=10, errors=5)
+    results = [Outcome.SENT, Outcome.UNROUTABLE, Outcome.SENT, Outcome.NACKED, Outcome.SENT]
+    for message, outcome in zip(alone.take(5), results, strict=True):
+        alone.on_outcome(message, outcome)
+    at_once.on_outcomes(list(zip(at_once.take(5), results, strict=True)))
+    for flow in (alone, at_once):
+        assert (flow.published, flow.errors, flow.window) == (3, 2, 3)
+        assert +flow.counts == {"sent": 3, "unroutable": 1, "nacked": 1, "planned": 1}
+    alone_writer.close()
+    at_once_writer.close()
+
+
+def test_targets_are_checked_before_anything_is_published(ledger: Ledger) -> None:
+    writer = LedgerWriter(ledger.settings, "storm-t")
+    with pytest.raises(ValueError, match="client_id"):
+        StormFlow(
+            Order("storm-t", "CCIM32", "STARTCYCLE", False, False, "t"),
+            [Target("c0", "PC0"), Target("c1", "PC 1")],
+            FlowLimits(2, None, None, delivery_wait=0.05, ttl=60),
+            writer,
+            Feed(),  # type: ignore[arg-type]
+        )
+    writer.close()

@@ -1,0 +1,113 @@
+"""A storm's CPU per command on its publishing thread, without a broker.
+
+The storm's own code between pika calls: the flow issues each command
+(``StormFlow.take``), the publisher hands it to a channel whose ``basic_publish`` does
+nothing (pika's own cost is the same for any publisher) and settles confirms as the
+broker sends them, a multiple ack per refill, through the flow's ``on_outcome``. The
+ledger's side is timed apart: the "sent" marks of the same commands through
+``Ledger.apply``, by row, 1,250 a transaction. Thread CPU time, best of ``--repeat``.
+
+    python -m bench.storm_path --commands 10000 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from bench.ledger_rates import MARKS_PER_TRANSACTION, _storm
+from broker.publisher import ConfirmingPublisher, _ChannelShare, _Run
+from broker.settings import BrokerSettings
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import Ledger, SentMark, Writes
+from dispatcher.store.ledger_rows import CommandRecord, Status
+from dispatcher.storms.answers import Answers
+from dispatcher.storms.flow import FlowLimits, Order, StormFlow, Target
+
+WINDOW, CHANNELS = 512, 4
+
+
+class _Channel:
+    is_open = True
+
+    def basic_publish(self, *args: Any, **kwargs: Any) -> None:
+        """The frames' cost is pika's, the same for every publisher."""
+
+
+class _Writer:
+    cancel_requested = False
+
+    def submit(self, writes: Writes) -> None:
+        """The ledger's side is timed on its own (:func:`marks`)."""
+
+
+def _flow(commands: int) -> StormFlow:
+    order = Order("storm-bench0001", "CCIM32", "STARTCYCLE", False, False, "bench")
+    targets = [Target(f"c{i:08d}", f"client-{i:06d}") for i in range(commands)]
+    # No client answers here: a window as large as the storm never holds it back.
+    limits = FlowLimits(commands, None, None, delivery_wait=3600.0, ttl=600.0)
+    return StormFlow(order, targets, limits, _Writer(), Answers(order.storm_id))  # type: ignore[arg-type]
+
+
+def publishing(commands: int) -> float:
+    """Seconds of thread CPU per command: issue, publish (no I/O), settle."""
+    flow = _flow(commands)
+    publisher = ConfirmingPublisher(BrokerSettings(), window=WINDOW, channels=CHANNELS)
+    lanes = [_ChannelShare(_Channel(), WINDOW // CHANNELS) for _ in range(CHANNELS)]
+    publisher._lanes = lanes
+    run = _Run(pending=deque(), outcomes={}, on_outcome=None, source=flow)
+    run.on_outcomes = flow.on_outcomes
+    publisher._run = run
+    start = time.thread_time()
+    publisher._pump()
+    while any(lane.inflight for lane in lanes):
+        for lane in lanes:
+            if lane.inflight:
+                # One multiple ack for what the lane has in flight, as the broker sends them.
+                publisher._on_confirm(lane, lane.next_tag, True, False)
+    seconds = time.thread_time() - start
+    assert flow.published == commands, flow.published
+    return seconds / commands
+
+
+def marks(commands: int) -> float:
+    """Seconds of thread CPU per "sent" mark through ``Ledger.apply``, by row."""
+    now = time.time()
+    storm = _storm("storm-bench0001", commands, now)
+    records = [
+        CommandRecord(
+            f"c{i:08d}", storm.storm_id, f"client-{i:06d}", "CCIM32", "STARTCYCLE", "planned"
+        )
+        for i in range(commands)
+    ]
+    sent = [SentMark(Status.SENT.value, now, now + 600, now, r.command_id) for r in records]
+    with (
+        tempfile.TemporaryDirectory(prefix="setevnt-storm-path-") as directory,
+        Ledger(DbSettings(str(Path(directory) / "ledger.db"))) as ledger,
+    ):
+        ledger.create_storm(storm, records)
+        rows = ledger.rows_of(storm.storm_id)
+        start = time.thread_time()
+        for i in range(0, commands, MARKS_PER_TRANSACTION):
+            writes = Writes(sent=sent[i : i + MARKS_PER_TRANSACTION])
+            ledger.apply(writes, storm.storm_id, now, rows)
+        return (time.thread_time() - start) / commands
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commands", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    publish = min(publishing(args.commands) for _ in range(args.repeat))
+    mark = min(marks(args.commands) for _ in range(args.repeat))
+    print(json.dumps({"publishing_us": round(publish * 1e6, 2), "mark_us": round(mark * 1e6, 2)}))
+
+
+if __name__ == "__main__":
+    main()
