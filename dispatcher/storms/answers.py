@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from operator import itemgetter
 
 from dispatcher.store.ledger import Ledger, Status, StormAnswer
 

@@ -351,7 +351,7 @@ class StormFlow:
         command_id = target.command_id
         if target.expires_at:  # sent again after waiting for a node: same expiry
             now, expires = target.issued_at, target.expires_at
-            expiration_ms = max(1, int((expires - time.time()) * 1000))
+            expiration_ms: int | None = max(1, int((expires - time.time()) * 1000))
         else:
             now = target.issued_at = time.time()
             expires = now + self._ttl
