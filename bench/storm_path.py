@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.ledger_rates import MARKS_PER_TRANSACTION, _storm
+from broker.confirms import Confirm
 from broker.publisher import ConfirmingPublisher, _ChannelShare, _Run
 from broker.settings import BrokerSettings
 from dispatcher.store.db import DbSettings
@@ -65,11 +66,11 @@ def publishing(commands: int) -> float:
     publisher._run = run
     start = time.thread_time()
     publisher._pump()
-    while any(lane.inflight for lane in lanes):
+    while any(lane.unconfirmed for lane in lanes):
         for lane in lanes:
-            if lane.inflight:
+            if lane.unconfirmed:
                 # One multiple ack for what the lane has in flight, as the broker sends them.
-                publisher._on_confirm(lane, lane.next_tag, True, False)
+                publisher._on_confirm(lane, Confirm(lane.unconfirmed.last_tag, True, False))
     seconds = time.thread_time() - start
     assert flow.published == commands, flow.published
     return seconds / commands

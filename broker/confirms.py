@@ -40,6 +40,11 @@ class Unconfirmed(Generic[T]):
     def __len__(self) -> int:
         return len(self._by_tag)
 
+    @property
+    def last_tag(self) -> int:
+        """The tag of the channel's latest publish (0: none yet)."""
+        return self._last_tag
+
     def add(self, item: T) -> int:
         """Record the channel's next publish; returns its delivery tag."""
         self._last_tag += 1

@@ -25,7 +25,6 @@ everything a storm does runs on one thread, between confirms.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import deque
@@ -36,9 +35,9 @@ from typing import Any, NamedTuple, Protocol
 
 import pika
 import pika.exceptions as pe
-import pika.spec
 import tenacity
 
+from broker.confirms import Confirm, Unconfirmed, read_confirm
 from broker.connection import open_async, parameters, translate
 from broker.errors import BrokerError, ConfirmTimeout, ConnectionLost
 from broker.settings import BrokerSettings
@@ -120,16 +119,16 @@ class _Run:
 
 @dataclass
 class _ChannelShare:
-    """One confirming channel: its delivery tags and what awaits the broker's confirm."""
+    """One confirming channel and its share of the window: what it published and the
+    broker has not confirmed yet, each with its publish time."""
 
     channel: Any
     window: int
-    next_tag: int = 0
-    inflight: dict[int, tuple[Outgoing, float]] = field(default_factory=dict)
+    unconfirmed: Unconfirmed[tuple[Outgoing, float]] = field(default_factory=Unconfirmed)
 
     @property
     def room(self) -> int:
-        return self.window - len(self.inflight)
+        return self.window - len(self.unconfirmed)
 
 
 class ConfirmingPublisher:
@@ -263,11 +262,9 @@ class ConfirmingPublisher:
         if run.error is not None:
             # Unconfirmed messages go back in front, in the order they were published.
             unconfirmed = sorted(
-                (sent for lane in self._lanes for sent in lane.inflight.values()),
+                (sent for lane in self._lanes for sent in lane.unconfirmed.reset()),
                 key=lambda sent: sent[1],
             )
-            for lane in self._lanes:
-                lane.inflight.clear()
             run.returned.clear()
             run.pending.extendleft(reversed([message for message, _ in unconfirmed]))
             if isinstance(run.error, ConfirmTimeout):
@@ -297,7 +294,7 @@ class ConfirmingPublisher:
         count = min(lane.room, len(run.pending))
         if count <= 0:
             return True
-        channel, inflight, pending = lane.channel, lane.inflight, run.pending
+        channel, awaiting, pending = lane.channel, lane.unconfirmed.add, run.pending
         if not channel.is_open:
             self._fail(ConnectionLost("the publisher's channel is closed"))
             return False
@@ -320,8 +317,7 @@ class ConfirmingPublisher:
             except BaseException:
                 pending.appendleft(message)
                 raise
-            lane.next_tag += 1
-            inflight[lane.next_tag] = (message, now)
+            awaiting((message, now))
         return True
 
     def _shape(self, message: Outgoing) -> pika.BasicProperties:
@@ -341,7 +337,7 @@ class ConfirmingPublisher:
         return bool(run.pending)
 
     def _awaiting(self) -> bool:
-        return any(lane.inflight for lane in self._lanes)
+        return any(lane.unconfirmed for lane in self._lanes)
 
     def _complete(self, run: _Run) -> bool:
         """Nothing left to publish or confirm, and the source (if any) has nothing more."""
@@ -361,40 +357,17 @@ class ConfirmingPublisher:
 
     # -- callbacks --------------------------------------------------------------------
 
-    def _on_confirm(
-        self, lane: _ChannelShare, delivery_tag: int, multiple: bool, nacked: bool
-    ) -> None:
+    def _on_confirm(self, lane: _ChannelShare, confirm: Confirm) -> None:
         run = self._run
         if run is None:
             return
         now = time.monotonic()
-        # Confirms for different queues arrive in any order (an unroutable message is
-        # confirmed at once, a persistent one after its disk write): settle exactly the
-        # tag, or with ``multiple`` every tag up to it.
-        inflight = lane.inflight
-        if multiple:
-            # ``inflight`` holds tags in ascending (insertion) order: stop at the first
-            # one above, instead of scanning the whole window for every confirm.
-            tags = []
-            for tag in inflight:
-                if tag > delivery_tag:
-                    break
-                tags.append(tag)
-            confirmed = [inflight.pop(tag) for tag in tags]
-        else:
-            one = inflight.pop(delivery_tag, None)
-            confirmed = [one] if one is not None else []
+        confirmed = lane.unconfirmed.settle(confirm)
         if confirmed:
-            self._settle(run, confirmed, nacked, now)
+            self._settle(run, confirmed, confirm.nacked, now)
         run.last_progress = now
         if lane.room >= self._refill_at:
             self._pump()
-
-    def _on_confirm_frame(self, lane: _ChannelShare, frame: Any) -> None:
-        """pika's confirm callback: a Basic.Ack or Basic.Nack frame."""
-        method = frame.method
-        nacked = isinstance(method, pika.spec.Basic.Nack)
-        self._on_confirm(lane, method.delivery_tag, method.multiple, nacked)
 
     def _settle(
         self, run: _Run, confirmed: list[tuple[Outgoing, float]], nacked: bool, now: float
@@ -512,7 +485,7 @@ class ConfirmingPublisher:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         channel.confirm_delivery(
-            ack_nack_callback=functools.partial(self._on_confirm_frame, lane),
+            ack_nack_callback=lambda frame: self._on_confirm(lane, read_confirm(frame)),
             callback=lambda _frame: self._lane_ready(lane),
         )
 
