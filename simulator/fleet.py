@@ -4,7 +4,7 @@ Each client is a real :class:`agent.handler.Handler` (validation, journal, acks)
 simulated backend, announces itself with hello heartbeats like an agent (so the
 dispatcher registers it and provisions its queue) and consumes its own queue with a
 prefetch of one. What differs from N agent processes is only the transport: clients
-share the connections of a few :class:`simulator.transport.Lane` s and one I/O thread, and
+share the connections of a few :class:`broker.multiplex.Lane` s and one I/O thread, and
 signal on a shared worker pool.
 
 A command with a later start (``not_before``, a storm's spread) is acked at once and run
@@ -36,7 +36,7 @@ from broker.settings import BrokerSettings
 from schemas.codec import encode
 from schemas.messages import Kind
 from simulator.setup import UPGRADE_EVENT, CopyLists
-from simulator.transport import Lane, LaneDelivery, Loop
+from broker.multiplex import Lane, LaneDelivery, Loop
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from broker.settings import BrokerSettings
-from simulator.transport import Lane, LaneDelivery, Loop
+from broker.multiplex import Lane, LaneDelivery, Loop
 from tests.integration.helpers import channel, queue_depth, wait_for
 
 pytestmark = pytest.mark.broker

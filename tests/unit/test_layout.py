@@ -1,5 +1,5 @@
 """The folders show the architecture: every package is in the README's map, command-line
-parsing stays in the CLI modules, only the store's engines touch a database driver, and no
+parsing stays in the CLI modules, only broker/ imports pika, only the store's engines touch a database driver, and no
 two modules import each other, even indirectly."""
 
 from __future__ import annotations
@@ -87,6 +87,15 @@ def test_only_the_store_touches_a_database_driver() -> None:
         if {module.split(".")[0] for module in _imports_any(path)} & drivers
     }
     assert touching == {"dispatcher.store.sqlite", "dispatcher.store.postgres"}
+
+
+def test_only_the_broker_layer_imports_pika() -> None:
+    touching = {
+        name
+        for name, path in MODULES.items()
+        if "pika" in {module.split(".")[0] for module in _imports_any(path)}
+    }
+    assert touching and {name for name in touching if not name.startswith("broker.")} == set()
 
 
 def test_no_import_cycles() -> None:

@@ -1,18 +1,19 @@
-"""Many consumers over few connections: the transport of the fleet simulator.
+"""Many consumers over few connections: one process standing in for many agents.
 
-A real agent has two connections of its own (:mod:`broker.session`). Simulating 10,000
-agents that way would take 20,000 connections, and the broker here has ~900 file
-descriptors, so the simulator multiplexes: a :class:`Lane` is one consuming and one
-publishing connection (consuming and publishing stay apart for the same reason as in a
-real agent: a memory alarm blocks publishers), every simulated client is one consumer
-with a prefetch of one, and all lanes share one pika I/O loop (:class:`Loop`) on one
-thread. Work is handed back to that thread with :meth:`Loop.call_threadsafe`.
+A real agent has two connections of its own (:mod:`broker.session`). A process that
+consumes thousands of client queues (the fleet simulator, :mod:`simulator.fleet`) would
+need twice as many connections that way, and a broker has a bounded number of file
+descriptors, so it multiplexes: a :class:`Lane` is one consuming and one publishing
+connection (consuming and publishing stay apart for the same reason as in a real agent:
+a memory alarm blocks publishers), every queue is one consumer with a prefetch of one,
+and all lanes share one pika I/O loop (:class:`Loop`) on one thread. Work is handed back
+to that thread with :meth:`Loop.call_threadsafe`.
 
 A lane consumes only once both connections are ready, so every command it takes can be
-answered. A client's queue is consumed only once a declare says it exists: passive by
-default (the dispatcher provisions a queue when the client's hello arrives), or a real
-declare when the lane provisions queues itself. A missing queue closes only the lane's
-probe channel, which is reopened after a pause, never the channel that consumes. On a
+answered. A queue is consumed only once a declare says it exists: passive by default
+(the dispatcher provisions a queue when the client's hello arrives), or a real declare
+when the lane provisions queues itself. A missing queue closes only the lane's probe
+channel, which is reopened after a pause, never the channel that consumes. On a
 cluster, a queue whose node went down cancels its consumer and answers the probe "home
 node is down": it is probed again, behind the others, until its node is back.
 """
