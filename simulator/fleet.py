@@ -32,11 +32,11 @@ from agent.journal import Journal
 from agent.outbound import make_heartbeat
 from broker import topology
 from broker.errors import BrokerError
+from broker.multiplex import Lane, LaneDelivery, Loop
 from broker.settings import BrokerSettings
 from schemas.codec import encode
 from schemas.messages import Kind
 from simulator.setup import UPGRADE_EVENT, CopyLists
-from broker.multiplex import Lane, LaneDelivery, Loop
 
 log = logging.getLogger(__name__)
 

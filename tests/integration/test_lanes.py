@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from broker.settings import BrokerSettings
 from broker.multiplex import Lane, LaneDelivery, Loop
+from broker.settings import BrokerSettings
 from tests.integration.helpers import channel, queue_depth, wait_for
 
 pytestmark = pytest.mark.broker

@@ -1,6 +1,6 @@
 """The folders show the architecture: every package is in the README's map, command-line
-parsing stays in the CLI modules, only broker/ imports pika, only the store's engines touch a database driver, and no
-two modules import each other, even indirectly."""
+parsing stays in the CLI modules, only broker/ imports pika, only the store's engines
+touch a database driver, and no two modules import each other, even indirectly."""
 
 from __future__ import annotations
 
