@@ -127,6 +127,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     prune.add_command(sub, store)
 
 
+# A storm's durations: flag, default seconds, help.
+_DURATIONS = (
+    ("--spread", 0.0, "start the clients' commands over this long (default 0: at once)"),
+    ("--ttl", 3600.0, "a command unread this long expires (default 1h)"),
+    (
+        "--delivery-wait",
+        30.0,
+        "unanswered this long after its start: pending-offline (default 30s)",
+    ),
+)
+
+
 def _storm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate", type=_typed(storms.parse_rate), metavar="N/s", help="default: unpaced"
@@ -144,27 +156,14 @@ def _storm_options(parser: argparse.ArgumentParser) -> None:
         metavar="N|P%",
         help="halt when errors exceed this (default: never)",
     )
-    parser.add_argument(
-        "--spread",
-        type=_typed(storms.parse_duration),
-        default=0.0,
-        metavar="DURATION",
-        help="start the clients' commands over this long (default 0: at once)",
-    )
-    parser.add_argument(
-        "--ttl",
-        type=_typed(storms.parse_duration),
-        default=3600.0,
-        metavar="DURATION",
-        help="a command unread this long expires (default 1h)",
-    )
-    parser.add_argument(
-        "--delivery-wait",
-        type=_typed(storms.parse_duration),
-        default=30.0,
-        metavar="DURATION",
-        help="unanswered this long after its start: pending-offline (default 30s)",
-    )
+    for flag, default, text in _DURATIONS:
+        parser.add_argument(
+            flag,
+            type=_typed(storms.parse_duration),
+            default=default,
+            metavar="DURATION",
+            help=text,
+        )
     parser.add_argument("--silent", action="store_true", help="silent events (like /q)")
     parser.add_argument("--force", action="store_true", help="ask agents to bypass the guard")
     parser.add_argument(
