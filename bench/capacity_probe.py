@@ -256,8 +256,9 @@ def readable(result: dict[str, Any]) -> Iterator[str]:
     if "ledger" in result:
         ledger = result["ledger"]
         yield (
-            f"SQLite ledger, {ledger['commands']} commands: planned {ledger['planned_per_s']}/s, "
-            f"sent marks {ledger['sent_marks_per_s']}/s, answers {ledger['answers_per_s']}/s, "
+            f"SQLite ledger, {ledger['commands']} commands: "
+            f"planned {ledger['planned_rows_per_s']}/s, "
+            f"sent marks {ledger['sent_marks_per_s']}/s, answers {ledger['acks_per_s']}/s, "
             f"{ledger['bytes_per_command']} bytes per command"
         )
 

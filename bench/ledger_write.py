@@ -54,7 +54,8 @@ def postgres_database() -> Iterator[DbSettings]:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def _storm(storm_id: str, rows: int) -> tuple[StormRecord, list[CommandRecord]]:
+def storm_rows(storm_id: str, rows: int) -> tuple[StormRecord, list[CommandRecord]]:
+    """A running storm of ``rows`` planned commands, as ``create_storm`` takes it."""
     now = time.time()
     storm = StormRecord(
         storm_id, "CCIM32", "STARTCYCLE", {"rate": 1000}, rows, "running", None, "bench",
@@ -65,6 +66,11 @@ def _storm(storm_id: str, rows: int) -> tuple[StormRecord, list[CommandRecord]]:
         for n in range(rows)
     ]
     return storm, commands
+
+
+def sent_marks(commands: list[CommandRecord]) -> list[SentMark]:
+    now = time.time()
+    return [SentMark("sent", now, now + 600, now, c.command_id) for c in commands]
 
 
 def _acks(commands: list[CommandRecord]) -> list[tuple[Ack, float]]:
@@ -81,38 +87,42 @@ def _rate(rows: int, work: Callable[[], None]) -> float:
     return rows / (time.perf_counter() - started)
 
 
-def _batches(items: list[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(items), BATCH):
-        yield items[start : start + BATCH]
+def _batches(items: list[Any], size: int = BATCH) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def storm_writes(
+    ledger: Ledger, rows: int, *, marks_batch: int = BATCH, acks_batch: int = BATCH
+) -> dict[str, float]:
+    """The three writes a command costs in a storm, rows per second: planned (one
+    transaction), ``sent`` marks and acks in batches of the given sizes."""
+    storm, commands = storm_rows(f"bench-{uuid.uuid4().hex[:8]}", rows)
+    planned = _rate(rows, lambda: ledger.create_storm(storm, commands))
+    known = ledger.rows_of(storm.storm_id)
+    marks = sent_marks(commands)
+
+    def mark() -> None:
+        for batch in _batches(marks, marks_batch):
+            ledger.apply(Writes(sent=batch), storm.storm_id, time.time(), known)
+
+    sent = _rate(rows, mark)
+
+    def answer() -> None:
+        for batch in _batches(_acks(commands), acks_batch):
+            ledger.record_answers(batch)
+
+    acked = _rate(rows, answer)
+    return {"planned_rows_per_s": planned, "sent_marks_per_s": sent, "acks_per_s": acked}
 
 
 def measure(settings: DbSettings) -> dict[str, float]:
     with Ledger(settings) as ledger:
-        storm, commands = _storm("bench", ROWS)
-        planned = _rate(ROWS, lambda: ledger.create_storm(storm, commands))
-        rows = ledger.rows_of("bench")
-        now = time.time()
-        marks = [SentMark("sent", now, now + 600, now, c.command_id) for c in commands]
-
-        def mark() -> None:
-            for batch in _batches(marks):
-                ledger.apply(Writes(sent=batch), "bench", time.time(), rows)
-
-        sent = _rate(ROWS, mark)
-
-        def answer() -> None:
-            for batch in _batches(_acks(commands)):
-                ledger.record_answers(batch)
-
-        acked = _rate(ROWS, answer)
-        storm, commands = _storm("bench-many", ROWS)
-        ledger.create_storm(storm, commands)
-    return {
-        "planned_rows_per_s": round(planned),
-        "sent_marks_per_s": round(sent),
-        "acks_per_s": round(acked),
-        "acks_per_s_from_4_writers": round(_concurrent_acks(settings, commands)),
-    }
+        rates = storm_writes(ledger, ROWS)
+        _storm, commands = storm_rows("bench-many", ROWS)
+        ledger.create_storm(_storm, commands)
+    rates["acks_per_s_from_4_writers"] = _concurrent_acks(settings, commands)
+    return {figure: round(rate) for figure, rate in rates.items()}
 
 
 def _concurrent_acks(settings: DbSettings, commands: list[CommandRecord]) -> float:

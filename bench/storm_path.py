@@ -20,13 +20,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from bench.ledger_rates import MARKS_PER_TRANSACTION, _storm
+from bench.ledger_rates import MARKS_PER_TRANSACTION
+from bench.ledger_write import storm_rows
 from broker.confirms import Confirm
 from broker.publisher import ConfirmingPublisher, _ChannelShare, _Run
 from broker.settings import BrokerSettings
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import Ledger, SentMark, Writes
-from dispatcher.store.ledger_rows import CommandRecord, Status
+from dispatcher.store.ledger_rows import Status
 from dispatcher.storms.answers import Answers
 from dispatcher.storms.flow import FlowLimits, Order, StormFlow, Target
 
@@ -79,13 +80,7 @@ def publishing(commands: int) -> float:
 def marks(commands: int) -> float:
     """Seconds of thread CPU per "sent" mark through ``Ledger.apply``, by row."""
     now = time.time()
-    storm = _storm("storm-bench0001", commands, now)
-    records = [
-        CommandRecord(
-            f"c{i:08d}", storm.storm_id, f"client-{i:06d}", "CCIM32", "STARTCYCLE", "planned"
-        )
-        for i in range(commands)
-    ]
+    storm, records = storm_rows("storm-bench0001", commands)
     sent = [SentMark(Status.SENT.value, now, now + 600, now, r.command_id) for r in records]
     with (
         tempfile.TemporaryDirectory(prefix="setevnt-storm-path-") as directory,
