@@ -16,7 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, agent_argv, agent_ready, rss_mb, scratch_vhost, wait_line
+from bench.common import (
+    ROOT,
+    agent_argv,
+    agent_ready,
+    rss_mb,
+    scratch_vhost,
+    stop_cleanly_on_sigterm,
+    wait_line,
+)
 from dispatcher import Dispatcher
 from schemas.signing import Signer
 
@@ -61,6 +69,7 @@ def idle_rss(argv: list[str], ready: str, env: dict[str, str] | None = None) -> 
 
 
 def main() -> int:
+    stop_cleanly_on_sigterm()
     with scratch_vhost("setevnt-bench-rss") as url, Dispatcher(url) as dispatcher:
         dispatcher.provision(["BENCH-PC"])
         queue = "setevnt.client.BENCH-PC"

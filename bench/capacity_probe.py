@@ -32,6 +32,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from bench.common import stop_cleanly_on_sigterm
 from bench.ledger_rates import ledger_rates
 from bench.node import Node, ctl, own_node
 from broker import topology
@@ -272,6 +273,7 @@ def _unit_text(unit: dict[str, float]) -> str:
 
 
 def main() -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--queues", default="5000,10000", help="cumulative queue counts, comma-separated"

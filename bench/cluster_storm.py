@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cluster import start_cluster
-from bench.common import scratch_vhost, stop_process
+from bench.common import scratch_vhost, stop_cleanly_on_sigterm, stop_process
 from bench.node import own_node
 from bench.storm import BIN, code_path, code_version, run_storm, scalar, start, wait_until
 from broker.management import Management
@@ -127,6 +127,7 @@ def _spread(broker: Broker) -> dict[str, int]:
 
 
 def main() -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3, help="storms per broker (medians)")

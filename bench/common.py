@@ -1,8 +1,10 @@
-"""Shared bench plumbing: a throwaway vhost on the local broker, and process RSS."""
+"""Shared bench plumbing: a throwaway vhost on the local broker, process RSS, and a clean
+stop when the bench is terminated."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,16 @@ from broker.errors import ConnectionLost
 from broker.management import Management, NotFound
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so that a terminated bench still stops the nodes,
+    services and simulators it started and deletes its scratch vhost and data."""
+
+    def terminated(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 LOCAL_AMQP = "127.0.0.1:5672"

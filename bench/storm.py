@@ -63,7 +63,7 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_process
+from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_cleanly_on_sigterm, stop_process
 from bench.node import own_node
 from broker import topology
 from dispatcher.api.dispatcher import default_requester
@@ -398,6 +398,7 @@ def phase_acked(db: Path, tag: str, count: int, seconds: float) -> None:
 
 
 def main() -> int:
+    stop_cleanly_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--connections", type=int, help="simulator connections")

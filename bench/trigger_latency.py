@@ -19,7 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, agent_argv, agent_ready, scratch_vhost, wait_line
+from bench.common import (
+    ROOT,
+    agent_argv,
+    agent_ready,
+    scratch_vhost,
+    stop_cleanly_on_sigterm,
+    wait_line,
+)
 from dispatcher import Dispatcher
 from dispatcher.access import keys
 
@@ -36,6 +43,7 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def main() -> int:
+    stop_cleanly_on_sigterm()
     with scratch_vhost("setevnt-bench-latency") as url, tempfile.TemporaryDirectory() as tmp:
         signer = keys.generate(f"{tmp}/dispatcher.key")  # commands signed, as in production
         env = {
