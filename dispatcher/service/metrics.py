@@ -9,6 +9,7 @@ are never labels.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Iterable
 
@@ -20,6 +21,7 @@ from schemas.catalog import DEFAULT_CATALOG, ComponentEvent
 from schemas.messages import AckStatus, PublishReport, Reason, RefusalReason
 
 OTHER = "other"  # the label of any component or event this dispatcher does not know
+_EVENT = ("component", "event")  # the labels of every per-event family
 
 # Publish -> ack: tens of milliseconds on a quiet broker, minutes for a busy client.
 # Between 10 ms and 62 s neighbouring bounds differ by at most 20%, so a quantile that
@@ -103,125 +105,107 @@ class DispatcherMetrics:
     ) -> None:
         self.registry = registry
         self._events = events if events is not None else known_events()
-        self.trigger_latency = Histogram(
+        counter = functools.partial(Counter, registry=registry)
+        gauge = functools.partial(Gauge, registry=registry)
+        histogram = functools.partial(Histogram, registry=registry)
+        self.trigger_latency = histogram(
             "setevnt_trigger_latency_seconds",
             "Command publish to its final ack received, on the dispatcher's clock.",
-            ["component", "event", "status"],
+            [*_EVENT, "status"],
             buckets=TRIGGER_BUCKETS,
-            registry=registry,
         )
-        self.delivery_latency = Histogram(
+        self.delivery_latency = histogram(
             "setevnt_delivery_latency_seconds",
             "Command publish to the agent receiving it (dispatcher and agent clocks).",
-            ["component", "event"],
+            _EVENT,
             buckets=DELIVERY_BUCKETS,
-            registry=registry,
         )
-        self.signal_latency = Histogram(
+        self.signal_latency = histogram(
             "setevnt_signal_latency_seconds",
             "Command publish to the component being signalled, deferrals included.",
-            ["component", "event"],
+            _EVENT,
             buckets=SIGNAL_BUCKETS,
-            registry=registry,
         )
-        self.deferrals = Counter(
+        self.deferrals = counter(
             "setevnt_deferrals_total",
             "Commands an agent deferred because a software distribution was running.",
-            ["component", "event", "reason"],
-            registry=registry,
+            [*_EVENT, "reason"],
         )
-        self.deferral_time = Histogram(
+        self.deferral_time = histogram(
             "setevnt_deferral_seconds",
             "How long deferred commands waited before they ran, expired or coalesced.",
-            ["component", "event", "status"],
+            [*_EVENT, "status"],
             buckets=DEFERRAL_BUCKETS,
-            registry=registry,
         )
-        self.component_run = Histogram(
+        self.component_run = histogram(
             "setevnt_component_run_seconds",
             "How long the component took to run the event, as the agent measured it.",
-            ["component", "event"],
+            _EVENT,
             buckets=RUN_BUCKETS,
-            registry=registry,
         )
-        self.outcomes = Counter(
+        self.outcomes = counter(
             "setevnt_command_outcomes_total",
             "Final acks received, by outcome.",
-            ["component", "event", "status"],
-            registry=registry,
+            [*_EVENT, "status"],
         )
-        self.rejects = Counter(
-            "setevnt_command_rejects_total",
-            "Commands an agent did not run, by reason.",
-            ["reason"],
-            registry=registry,
+        self.rejects = counter(
+            "setevnt_command_rejects_total", "Commands an agent did not run, by reason.", ["reason"]
         )
-        self.published = Counter(
+        self.published = counter(
             "setevnt_commands_published_total",
             "Commands published by any dispatcher, by broker outcome.",
-            ["component", "event", "result"],
-            registry=registry,
+            [*_EVENT, "result"],
         )
-        self.confirm_latency = Histogram(
+        self.confirm_latency = histogram(
             "setevnt_publish_confirm_seconds",
             "Publish to broker confirm, for this process's publishes.",
             ["result"],
             buckets=CONFIRM_BUCKETS,
-            registry=registry,
         )
-        self.reconnects = Counter(
+        self.reconnects = counter(
             "setevnt_broker_reconnects_total",
             "Broker connections re-opened after a loss.",
             ["role"],
-            registry=registry,
         )
-        self.bad_messages = Counter(
+        self.bad_messages = counter(
             "setevnt_collector_bad_messages_total",
             "Messages on the ack path that could not be decoded.",
             ["reason"],
-            registry=registry,
         )
-        self.dropped_acks = Counter(
+        self.dropped_acks = counter(
             "setevnt_acks_dropped_total",
             "Acks not counted because their sender (AMQP user_id) is not their client.",
             ["reason"],
-            registry=registry,
         )
-        self.dropped_heartbeats = Counter(
+        self.dropped_heartbeats = counter(
             "setevnt_heartbeats_dropped_total",
             "Hellos and heartbeats not recorded because their sender (AMQP user_id) is not "
             "their client.",
             ["reason"],
-            registry=registry,
         )
-        self.dropped_reports = Counter(
+        self.dropped_reports = counter(
             "setevnt_reports_dropped_total",
             "Publish reports and issued-command records not counted because their sender "
             "(AMQP user_id) is not a dispatcher.",
             ["reason"],
-            registry=registry,
         )
-        self.duplicates = Counter(
+        self.duplicates = counter(
             "setevnt_duplicate_acks_total",
             "Final acks received again for a command already counted (redeliveries).",
-            registry=registry,
         )
-        self.fleet_clients = Gauge(
+        self.fleet_clients = gauge(
             "setevnt_fleet_clients",
             "Clients in the fleet registry, online or offline (missed heartbeats, goodbye).",
             ["status"],
-            registry=registry,
         )
-        self.provisioned = Counter(
+        self.provisioned = counter(
             "setevnt_clients_provisioned_total",
             "Client command queues declared: new clients, and hellos of known ones.",
-            registry=registry,
         )
-        self.requests = Counter(
+        self.requests = counter(
             "setevnt_requests_total",
             "Trigger requests taken from setevnt.requests, by outcome and refusal reason.",
             ["outcome", "reason"],
-            registry=registry,
         )
         self._reports_seen: OrderedDict[PublishReport, None] = OrderedDict()
         self._zeroes()

@@ -37,6 +37,19 @@ class StoreConflict(StoreError):
     """A row with the same key exists: another writer got there first."""
 
 
+def store_error(
+    exc: Exception, unavailable: type[Exception], conflict: type[Exception]
+) -> StoreError:
+    """A driver's error as the store's: its ``unavailable`` class (locked, busy, full,
+    unreachable: the same statement may work later) and its ``conflict`` class (a key
+    constraint) get their own kinds, anything else is a plain :class:`StoreError`."""
+    if isinstance(exc, unavailable):
+        return StoreUnavailable(str(exc))
+    if isinstance(exc, conflict):
+        return StoreConflict(str(exc))
+    return StoreError(str(exc))
+
+
 @dataclass(frozen=True, slots=True)
 class DbSettings:
     """A file path (SQLite) or a ``postgresql://`` URL (PostgreSQL)."""

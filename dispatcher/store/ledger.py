@@ -73,6 +73,12 @@ SCHEMA = migrations.SQLITE_LEDGER
 # What a storm reads of its clients' answers (``coalesced`` rows, the dispatcher's own
 # verdict written when a storm is planned, carry no answer number).
 _ANSWER_COLUMNS = "answer_seq, command_id, status, acked_at, latency, reason, detail"
+# Writers of answers prune forgets: not seen since the cutoff (a storm's staleness at least:
+# hosts' clocks differ), with no answer left for a storm to read, even one resumed later.
+_GONE_WRITERS = (
+    "seen_at < :cutoff AND writer_id NOT IN "
+    "(SELECT answer_writer FROM commands WHERE answer_writer IS NOT NULL)"
+)
 _MARK_SENT = """
 UPDATE commands SET status = CASE WHEN status IN ('planned', 'waiting-node') THEN ? ELSE status END,
     issued_at = ?, expires_at = ?, sent_at = ?
@@ -315,6 +321,9 @@ class Ledger:
         fresh), one with a command that has not expired (its answer may still come, a
         fast-lane one may still be re-sent) and one that an unexpired request key names (a
         replay must find it).
+
+        Writers of answers go once they have not written since the cutoff and none of
+        their answers is left (:mod:`dispatcher.store.ledger_answers`).
         """
         old_storms = (
             "SELECT storm_id FROM storms s WHERE CASE WHEN state = 'running' "
@@ -339,6 +348,7 @@ class Ledger:
                 self._db.execute(f"DELETE FROM commands WHERE {loose}", params)
                 self._db.execute(f"DELETE FROM commands WHERE storm_id IN ({old_storms})", params)
                 self._db.execute(f"DELETE FROM storms WHERE storm_id IN ({old_storms})", params)
+                self._db.execute(f"DELETE FROM answer_writers WHERE {_GONE_WRITERS}", params)
         return Pruned(storms=storms, commands=commands)
 
     def _count(self, table: str, where: str, params: dict[str, float]) -> int:

@@ -17,6 +17,10 @@ its commit order; a storm keeps the last number it read per writer. A writer's b
 numbered n is therefore never visible after one numbered n + 1, on either engine and
 with any number of collectors, where a shared sequence could be taken in one order and
 committed in another (and a single clock row made every ack writer wait for the others).
+
+Each batch also marks its writer seen, on the writer's own row. ``prune`` forgets a
+writer not seen since before its cutoff once none of its answers is left in the ledger:
+no storm can then miss one of them, and a writer that was only idle registers again.
 """
 
 from __future__ import annotations
@@ -116,11 +120,9 @@ def record_answers(
     Every batch takes its writer's next number, so a storm reading the numbers above the
     last one it saw of each writer gets every answer once.
     """
-    if numbering.writer is None:
-        numbering.writer = _register(connection)
-    writer, seq = numbering.writer, numbering.seq + 1
     recorded = Recorded()
     with db.transaction(connection):
+        writer, seq = _writer(connection, numbering)
         known = _known(connection, [ack.command_id for ack, _ in acks])
         updates = []
         for ack, received_at in acks:
@@ -135,18 +137,34 @@ def record_answers(
         if updates:
             rows = [_update_row(a, writer, seq) for a in updates]
             connection.executemany(_UPDATE, rows)
+    # Committed: a failed batch leaves its number (and a new writer) to the next.
+    if writer != numbering.writer:
+        numbering.writer, numbering.seq = writer, 0
     if updates:
-        numbering.seq = seq  # committed: a failed batch leaves its number to the next
+        numbering.seq = seq
     return recorded
 
 
-def _register(connection: db.Connection) -> int:
-    with db.transaction(connection):
-        (writer,) = connection.execute(
-            "INSERT INTO answer_writers (started_at, owner) VALUES (?, ?) RETURNING writer_id",
-            (time.time(), f"pid {os.getpid()} on {socket.gethostname()}"),
-        ).fetchone()
-    return int(writer)
+def _writer(connection: db.Connection, numbering: Numbering) -> tuple[int, int]:
+    """This batch's writer and number, the writer marked seen: a new writer for the first
+    batch, and for one prune forgot (it wrote nothing for longer than prune's age).
+
+    A prune that removes the writer's row first makes the update find nothing; one that
+    comes second finds it seen now, so a batch never goes under a forgotten writer.
+    """
+    now = time.time()
+    if numbering.writer is not None:
+        seen = connection.execute(
+            "UPDATE answer_writers SET seen_at = ? WHERE writer_id = ?", (now, numbering.writer)
+        )
+        if seen.rowcount:
+            return numbering.writer, numbering.seq + 1
+    (writer,) = connection.execute(
+        "INSERT INTO answer_writers (started_at, seen_at, owner) VALUES (?, ?, ?) "
+        "RETURNING writer_id",
+        (now, now, f"pid {os.getpid()} on {socket.gethostname()}"),
+    ).fetchone()
+    return int(writer), 1
 
 
 def answers_after(

@@ -19,9 +19,8 @@ from dispatcher.store.engine import (
     DbSettings,
     Dialect,
     Params,
-    StoreConflict,
     StoreError,
-    StoreUnavailable,
+    store_error,
 )
 
 if TYPE_CHECKING:
@@ -60,11 +59,7 @@ def translate(sql: str) -> str:
 def _error(exc: Exception) -> StoreError:
     import psycopg
 
-    if isinstance(exc, psycopg.OperationalError):
-        return StoreUnavailable(str(exc))
-    if isinstance(exc, psycopg.IntegrityError):
-        return StoreConflict(str(exc))
-    return StoreError(str(exc))
+    return store_error(exc, psycopg.OperationalError, psycopg.IntegrityError)
 
 
 class PostgresConnection:

@@ -21,9 +21,8 @@ from dispatcher.store.engine import (
     DbSettings,
     Dialect,
     Params,
-    StoreConflict,
     StoreError,
-    StoreUnavailable,
+    store_error,
 )
 
 DIALECT = Dialect(
@@ -36,12 +35,7 @@ DIALECT = Dialect(
 
 
 def _error(exc: sqlite3.Error) -> StoreError:
-    # Locked, busy, full, I/O: the same statement may work later.
-    if isinstance(exc, sqlite3.OperationalError):
-        return StoreUnavailable(str(exc))
-    if isinstance(exc, sqlite3.IntegrityError):
-        return StoreConflict(str(exc))
-    return StoreError(str(exc))
+    return store_error(exc, sqlite3.OperationalError, sqlite3.IntegrityError)
 
 
 class SqliteConnection:

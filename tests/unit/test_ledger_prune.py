@@ -11,6 +11,8 @@ from dispatcher.cli.main import main
 from dispatcher.store.db import DbSettings
 from dispatcher.store.idempotency import IdempotencyKeys
 from dispatcher.store.ledger import CommandRecord, Ledger, Pruned, StormRecord
+from dispatcher.storms.answers import Answers
+from schemas.messages import Ack
 from tests.databases import query
 
 NOW = time.time()
@@ -166,3 +168,56 @@ def test_a_heartbeat_keeps_waiting_storms_running_and_ended_ones_as_they_ended(
         revived, ended = ledger.storm("long-dead"), ledger.storm("old-done")
     assert revived is not None and revived.heartbeat_at == NOW
     assert ended is not None and ended.heartbeat_at < NOW - 39 * DAY, "only running storms"
+
+
+def _writers(settings: DbSettings) -> set[int]:
+    return {int(row[0]) for row in query(settings, "SELECT writer_id FROM answer_writers")}
+
+
+def _answer(settings: DbSettings, ledger: Ledger, command_id: str) -> int:
+    """Answers the command through ``ledger``; the writer that registered for it."""
+    known = _writers(settings)
+    ack = Ack(command_id, f"PC-{command_id}", "done", NOW, "t", issued_at=NOW - 1)
+    assert len(ledger.record_answers([(ack, NOW)]).answered) == 1
+    [writer] = _writers(settings) - known
+    return writer
+
+
+def test_prune_forgets_writers_of_answers_gone_with_their_answers_only(
+    store_db: DbSettings,
+) -> None:
+    """A writer goes once it has been idle past the cutoff and its answers are gone; one
+    idle as long whose answers a storm may still read stays, as does one seen lately."""
+    sent = {"status": "sent"}
+    with Ledger(store_db) as ledger:
+        ledger.create_storm(storm("old", "done", 40), [replace(command("o1", "old", 40), **sent)])
+        ledger.create_storm(
+            storm("live", "running", None),
+            [replace(command(f"l{n}", "live", -1), **sent) for n in range(3)],
+        )
+    with Ledger(store_db) as gone, Ledger(store_db) as idle, Ledger(store_db) as busy:
+        gone_id = _answer(store_db, gone, "o1")
+        idle_id = _answer(store_db, idle, "l0")
+        busy_id = _answer(store_db, busy, "l1")
+        query(
+            store_db,
+            "UPDATE answer_writers SET seen_at = ? WHERE writer_id <> ?",
+            (NOW - 40 * DAY, busy_id),
+        )
+        everyone = _writers(store_db)
+        with Ledger(store_db) as pruner:
+            pruner.prune(BEFORE, NOW, dry_run=True)
+            assert _writers(store_db) == everyone, "a dry run forgets nothing"
+            pruner.prune(BEFORE, NOW)
+        assert _writers(store_db) == {idle_id, busy_id}
+        assert gone_id not in _writers(store_db)
+
+        # The storm reads on: the forgotten writer, busy again, writes as a new one.
+        answers = Answers("live")
+        with Ledger(store_db) as reader:
+            answers.read(reader)
+            assert sorted(a.command_id for a in answers.drain()) == ["l0", "l1"]
+            again = _answer(store_db, gone, "l2")
+            answers.read(reader)
+            assert [a.command_id for a in answers.drain()] == ["l2"]
+        assert again != gone_id
