@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from broker.publisher import Outcome
 from dispatcher.store.ledger_answers import Answered
+from dispatcher.store.ledger_rows import Status
 from schemas.catalog import DEFAULT_CATALOG, ComponentEvent
 from schemas.messages import AckStatus, PublishReport, Reason, RefusalReason
 
@@ -260,9 +261,9 @@ class DispatcherMetrics:
         if answer.latency is not None:
             self.trigger_latency.labels(component, event, ack.status).observe(answer.latency)
         self._agent_timings(answer, component, event)
-        if ack.reason is not None and ack.status != "done":
+        if ack.reason is not None and ack.status != AckStatus.DONE:
             self.rejects.labels(ack.reason).inc()
-        if answer.previous == "deferred" and ack.wait_seconds is not None:
+        if answer.previous == Status.DEFERRED and ack.wait_seconds is not None:
             self.deferral_time.labels(component, event, ack.status).observe(ack.wait_seconds)
 
     def _agent_timings(self, answer: Answered, component: str, event: str) -> None:

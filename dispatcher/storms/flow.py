@@ -154,7 +154,7 @@ class StormFlow:
         self.first_sent_at: float | None = None
         self.last_sent_at: float | None = None
         self.last_acked_at: float | None = None
-        self.state: str = StormState.RUNNING
+        self.state: StormState = StormState.RUNNING
         self.reason: str | None = None
         # The targets' fields are checked above, the times come from the clock and the ttl
         # checked in the template: nothing is left to check per command.
@@ -306,7 +306,7 @@ class StormFlow:
             self._queue.appendleft(target)
         self.resent += len(lost)
 
-    def halt(self, reason: str, *, state: str = StormState.HALTED) -> None:
+    def halt(self, reason: str, *, state: StormState = StormState.HALTED) -> None:
         """Publish nothing more; what was not handed to the broker is cancelled."""
         if self.state != StormState.RUNNING:
             return
@@ -318,7 +318,7 @@ class StormFlow:
         """After the last confirm: take the acks that came meanwhile, write everything."""
         self._absorb()
         if self.state == StormState.RUNNING:
-            self.state = "done"
+            self.state = StormState.DONE
         self.flush()
 
     def flush(self) -> None:

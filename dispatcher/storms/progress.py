@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from dispatcher.store.ledger import ERRORS, CommandRecord, StormFigures, StormRecord
 from dispatcher.store.ledger_rows import STALE_AFTER as STALE_AFTER  # where callers found it
-from dispatcher.store.ledger_rows import StormState
+from dispatcher.store.ledger_rows import Status, StormState
 
 # The live display's rate is measured over this much of the recent past: long enough to
 # smooth a bursty window, short enough to follow a rate that changes.
@@ -56,7 +56,7 @@ class StormView:
 
     @property
     def acked(self) -> int:
-        return self.count("done")
+        return self.count(Status.DONE)
 
     @property
     def failed(self) -> int:
@@ -64,24 +64,24 @@ class StormView:
 
     @property
     def pending(self) -> int:
-        return self.count("sent", "pending-offline", "waiting-node")
+        return self.count(Status.SENT, Status.PENDING_OFFLINE, Status.WAITING_NODE)
 
     @property
     def unsent(self) -> int:
-        return self.count("planned")
+        return self.count(Status.PLANNED)
 
     @property
     def cancelled(self) -> int:
-        return self.count("cancelled")
+        return self.count(Status.CANCELLED)
 
     @property
     def settled(self) -> int:
-        return self.targets - self.count("planned", "sent")
+        return self.targets - self.count(Status.PLANNED, Status.SENT)
 
     @property
     def to_publish(self) -> int:
         """The commands the storm publishes: cancelled and coalesced ones it never does."""
-        return self.targets - self.count("cancelled", "coalesced")
+        return self.targets - self.count(Status.CANCELLED, Status.COALESCED)
 
     def pace(self) -> Pace | None:
         """A running storm's average pace since its first publish (None once it ended)."""
@@ -89,7 +89,7 @@ class StormView:
         if self.state != StormState.RUNNING or start is None or self.observed_at is None:
             return None
         # Coalesced commands settle when the storm is planned: they say nothing of its pace.
-        return pace_of(self.settled - self.count("coalesced"), self.observed_at - start, self)
+        return pace_of(self.settled - self.count(Status.COALESCED), self.observed_at - start, self)
 
     def percentile(self, p: float) -> float | None:
         if not self.latencies:
@@ -122,13 +122,13 @@ class StormView:
             "targets": self.targets,
             "published": self.published,
             "acked": self.acked,
-            "deferred": self.count("deferred"),
+            "deferred": self.count(Status.DEFERRED),
             "failed": self.failed,
             "pending": self.pending,
-            "pending_offline": self.count("pending-offline"),
-            "waiting_node": self.count("waiting-node"),
-            "coalesced": self.count("coalesced"),
-            "cancelled": self.count("cancelled"),
+            "pending_offline": self.count(Status.PENDING_OFFLINE),
+            "waiting_node": self.count(Status.WAITING_NODE),
+            "coalesced": self.count(Status.COALESCED),
+            "cancelled": self.count(Status.CANCELLED),
             "unsent": self.unsent,
             "counts": dict(sorted((k, v) for k, v in self.counts.items() if v)),
             "latency_s": {f"p{p}": _round(self.percentile(p)) for p in (50, 95, 99)},
@@ -181,7 +181,7 @@ def bar(view: StormView, width: int = 28, pace: Pace | None = None) -> str:
     return (
         f"[{'#' * filled}{'.' * (width - filled)}] {100 * view.settled / total:3.0f}% "
         f"published {view.published}/{view.to_publish}{cancelled}  acked {view.acked}  "
-        f"deferred {view.count('deferred')}  failed {view.failed}  pending {view.pending}"
+        f"deferred {view.count(Status.DEFERRED)}  failed {view.failed}  pending {view.pending}"
         + pace_text(pace if pace is not None else view.pace(), "  ")
     )
 
@@ -204,14 +204,15 @@ def eta_text(seconds: float) -> str:
 
 
 def lines(view: StormView) -> list[str]:
+    count = view.count
     out = [
         f"storm {view.storm_id}: {view.event} on {view.targets} client(s): {view.state}"
         + (f" ({view.reason})" if view.reason else ""),
-        f"  published {view.published}  acked {view.acked}  deferred {view.count('deferred')}  "
+        f"  published {view.published}  acked {view.acked}  deferred {count(Status.DEFERRED)}  "
         f"failed {view.failed}  pending {view.pending} "
-        f"(offline {view.count('pending-offline')}, node down {view.count('waiting-node')})  "
-        f"coalesced {view.count('coalesced')}  "
-        f"cancelled {view.count('cancelled')}  not sent {view.unsent}",
+        f"(offline {count(Status.PENDING_OFFLINE)}, node down {count(Status.WAITING_NODE)})  "
+        f"coalesced {count(Status.COALESCED)}  "
+        f"cancelled {count(Status.CANCELLED)}  not sent {view.unsent}",
     ]
     if view.latencies:
         shown = "  ".join(f"p{p} {_ms(view.percentile(p))}" for p in (50, 95, 99))
