@@ -383,11 +383,13 @@ class Ledger:
         with db.transaction(self._db):
             if rows:
                 sent, known = writes.sent, rows.get
-                # A comprehension, and a mark's own tuple extended: the fewest steps a mark.
-                by_row = [(*mark, row) for mark in sent if (row := known(mark[4])) is not None]
+                # A mark's own tuple extended by its row: the parameters _MARK_SENT_ROW takes.
+                by_row = [
+                    (*mark, row) for mark in sent if (row := known(mark.command_id)) is not None
+                ]
                 self._db.executemany(_MARK_SENT_ROW, by_row)
                 if len(by_row) < len(sent):
-                    self._db.executemany(_MARK_SENT, [m for m in sent if m[4] not in rows])
+                    self._db.executemany(_MARK_SENT, [m for m in sent if m.command_id not in rows])
             else:
                 self._db.executemany(_MARK_SENT, writes.sent)
             self._db.executemany(_SET_STATUS, writes.statuses)
