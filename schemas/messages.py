@@ -108,6 +108,7 @@ _OPT_TIME = wire(Spec("time", required=False))
 _OPT_SECONDS = wire(Spec("seconds", required=False))
 _TEXT = wire(Spec("str", required=False, max_len=TEXT_MAX))
 _BOOL = wire(Spec("bool"))
+_OPT_BOOL = wire(Spec("bool", required=False))
 _COUNT = wire(Spec("int"))
 _OPT_COUNT = wire(Spec("int", required=False))
 _PUBLISHER = wire(Spec("str", max_len=128))
@@ -261,6 +262,8 @@ class IssueStatus(StrEnum):
     SENT = "sent"
     UNROUTABLE = "unroutable"
     NACKED = "nacked"
+    # Its client's queue is on a cluster node that is down: the service sends it again.
+    WAITING_NODE = "waiting-node"
 
 
 MAX_ISSUED = 500  # commands per Issued message: well inside the 64 KiB body limit
@@ -271,9 +274,12 @@ class Issued(Message):
     """Commands a dispatcher publishes outside storms, as the ledger must know them.
 
     Sent to the collector before the commands (``planned``), so that their acks find a
-    ledger row, and again once the broker answered (``sent``, ``unroutable``, ``nacked``).
-    ``commands`` maps each command id to its client. The collector records it only from
-    a dispatcher's broker user: an ack never creates a row.
+    ledger row, and again once the broker answered (``sent``, ``unroutable``, ``nacked``,
+    or ``waiting-node`` when the queue's cluster node is down). ``commands`` maps each
+    command id to its client. A ``waiting-node`` message also carries what the service
+    needs to publish the same commands again when the node is back (``requested_by``,
+    ``silent``, ``force``, ``not_before``). The collector records it only from a
+    dispatcher's broker user: an ack never creates a row.
     """
 
     WIRE_TYPE: ClassVar[str] = "issued"
@@ -285,6 +291,12 @@ class Issued(Message):
     issued_at: float = field(metadata=_TIME)
     expires_at: float = field(metadata=_TIME)
     commands: dict[str, str] = field(metadata=wire(Spec("idmap", max_items=MAX_ISSUED)))
+    requested_by: str | None = field(
+        default=None, kw_only=True, metadata=wire(Spec("str", required=False, max_len=128))
+    )
+    silent: bool | None = field(default=None, kw_only=True, metadata=_OPT_BOOL)
+    force: bool | None = field(default=None, kw_only=True, metadata=_OPT_BOOL)
+    not_before: float | None = field(default=None, kw_only=True, metadata=_OPT_TIME)
 
     def __post_init__(self) -> None:
         Message.__post_init__(self)

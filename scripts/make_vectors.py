@@ -685,10 +685,24 @@ def issued_vectors() -> Vector:
     body = wire(ISSUED)
     most = replace(ISSUED, commands={f"c{n}": "PC042" for n in range(500)})
     sent = replace(ISSUED, status="sent", commands={"c1": "PC042", "c2": "pc-043.lab_7"})
+    waiting = replace(
+        ISSUED,
+        status="waiting-node",
+        requested_by="ops@console",
+        silent=True,
+        force=False,
+        not_before=1700000060.0,
+    )
     return {
         "valid": [
             valid("planned", encode(ISSUED), ISSUED),
             valid("sent, two clients", encode(sent), sent),
+            valid(
+                "waiting-node",
+                encode(waiting),
+                waiting,
+                "what the service needs to send the commands again when the node is back",
+            ),
             valid("most commands", encode(most), most, "500 entries"),
             valid("none", encode(replace(ISSUED, commands={})), replace(ISSUED, commands={})),
             valid(
@@ -703,6 +717,7 @@ def issued_vectors() -> Vector:
             invalid("missing commands", changed(body, commands=...), BAD, "required"),
             invalid("commands a list", changed(body, commands=["c1"]), BAD, "a map"),
             invalid("bad status", changed(body, status="done"), BAD, "a broker outcome"),
+            invalid("silent not a boolean", changed(body, silent="yes"), BAD, "type"),
             invalid(
                 "bad command id",
                 changed(body, commands={"-c1": "PC042"}),
