@@ -20,6 +20,7 @@ from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
+from dispatcher.api.node_down import waiting_for_node
 from dispatcher.storms.publish_reports import make_report
 from schemas import DEFAULT_CATALOG, Catalog, Command, ComponentEvent, encode
 from schemas.messages import (
@@ -36,7 +37,9 @@ DEFAULT_TTL = 3600.0
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """What became of one command: ``sent`` (confirmed), ``unroutable`` or ``nacked``."""
+    """What became of one command: ``sent`` (confirmed), ``unroutable``, ``nacked``, or
+    ``waiting-node`` (its queue's cluster node is down: the service sends it when it is
+    back)."""
 
     command_id: str
     client_id: str
@@ -51,7 +54,16 @@ class Receipt:
         return self.status == Outcome.SENT
 
     @property
+    def failed(self) -> bool:
+        return self.status not in (Outcome.SENT, IssueStatus.WAITING_NODE)
+
+    @property
     def explanation(self) -> str:
+        if self.status == IssueStatus.WAITING_NODE:
+            return (
+                f"the broker node of {self.client_id}'s queue is down: "
+                "the dispatcher service sends it when the node is back"
+            )
         if self.status == Outcome.UNROUTABLE:
             return f"no queue for client {self.client_id}: unknown or not provisioned"
         if self.status == Outcome.NACKED:
@@ -163,21 +175,22 @@ class Dispatcher:
         if self._record:
             self._publish_issued(commands, lambda _command: IssueStatus.PLANNED)
         outcomes = self._publisher.publish(messages)
+        statuses = self._statuses(commands, outcomes)
         if self._record:
-            self._publish_issued(commands, lambda c: IssueStatus(outcomes[c.command_id].value))
+            self._publish_issued(commands, lambda c: statuses[c.command_id])
         receipts = [
             Receipt(
                 command_id=c.command_id,
                 client_id=c.client_id,
                 component=c.component,
                 event=c.event,
-                status=outcomes[c.command_id].value,
+                status=statuses[c.command_id].value,
                 issued_at=c.issued_at,
                 expires_at=c.expires_at,
             )
             for c in commands
         ]
-        self._report(receipts)
+        self._report(commands, outcomes)
         return receipts
 
     def trigger(
@@ -186,6 +199,19 @@ class Dispatcher:
         """Build and send one command per client for one COMPONENT_EVENT."""
         return self.send(self.commands(client_ids, [event], **options))  # type: ignore[arg-type]
 
+    def _statuses(
+        self, commands: Sequence[Command], outcomes: Mapping[str, Outcome]
+    ) -> dict[str, IssueStatus]:
+        """The broker's outcomes, with ``waiting-node`` for a queue whose node is down."""
+        statuses = {c: IssueStatus(outcome.value) for c, outcome in outcomes.items()}
+        failed = {
+            c.command_id: c.client_id for c in commands if outcomes[c.command_id] != Outcome.SENT
+        }
+        if failed and self._record:  # only the service can send them again
+            for command_id in waiting_for_node(self.settings, failed):
+                statuses[command_id] = IssueStatus.WAITING_NODE
+        return statuses
+
     def _resolve(self, event: ComponentEvent | str) -> ComponentEvent:
         if isinstance(event, ComponentEvent):
             if not self.catalog.has_event(event.component, event.event):
@@ -193,9 +219,10 @@ class Dispatcher:
             return event
         return resolve_event(event, self.catalog)
 
-    def _report(self, receipts: Sequence[Receipt]) -> None:
-        """Tell the collector what was published, so its metrics cover every publisher."""
-        counts = Counter((r.component, r.event, r.status) for r in receipts)
+    def _report(self, commands: Sequence[Command], outcomes: Mapping[str, Outcome]) -> None:
+        """Tell the collector what the broker did with each publish, so its metrics cover
+        every publisher (a waiting-node command counts as the publish it was)."""
+        counts = Counter((c.component, c.event, outcomes[c.command_id].value) for c in commands)
         if not counts:
             return
         report = make_report(self.settings.connection_name, counts)
@@ -206,12 +233,9 @@ class Dispatcher:
     ) -> None:
         groups: defaultdict[_Group, dict[str, str]] = defaultdict(dict)
         for c in commands:
-            group = _Group(status_of(c), c.component, c.event, c.issued_at, c.expires_at)
-            groups[group][c.command_id] = c.client_id
+            groups[_Group.of(c, status_of(c))][c.command_id] = c.client_id
         messages = [
-            report_message(
-                Issued(self.settings.connection_name, *group, commands=chunk), self.settings
-            )
+            report_message(group.issued(self.settings.connection_name, chunk), self.settings)
             for group, ids in groups.items()
             for chunk in _chunks(ids, MAX_ISSUED)
         ]
@@ -221,11 +245,37 @@ class Dispatcher:
 class _Group(NamedTuple):
     """Commands one Issued message can list together."""
 
-    status: str
+    status: IssueStatus
     component: str
     event: str
     issued_at: float
     expires_at: float
+    # What a re-send needs, for waiting-node commands only.
+    resend: tuple[str, bool, bool, float | None] | None
+
+    @classmethod
+    def of(cls, c: Command, status: IssueStatus) -> _Group:
+        resend = None
+        if status == IssueStatus.WAITING_NODE:
+            resend = (c.requested_by, c.silent, c.force, c.not_before)
+        return cls(status, c.component, c.event, c.issued_at, c.expires_at, resend)
+
+    def issued(self, publisher: str, commands: dict[str, str]) -> Issued:
+        status, component, event, issued_at, expires_at, resend = self
+        requested_by, silent, force, not_before = resend or (None, None, None, None)
+        return Issued(
+            publisher,
+            status,
+            component,
+            event,
+            issued_at,
+            expires_at,
+            commands=commands,
+            requested_by=requested_by,
+            silent=silent,
+            force=force,
+            not_before=not_before,
+        )
 
 
 def _chunks(ids: Mapping[str, str], size: int) -> Iterable[dict[str, str]]:

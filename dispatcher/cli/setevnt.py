@@ -133,7 +133,8 @@ def _report(
     rows = []
     for receipt in receipts:
         row = _row(receipt, answers.get(receipt.command_id), waited)
-        failed = failed or row["status"] not in ("done", "sent")
+        # A command waiting for its queue's node is not failed: the service sends it.
+        failed = failed or row["status"] not in ("done", "sent", "waiting-node")
         rows.append(row)
     if as_json:
         for row in rows:

@@ -20,6 +20,7 @@ from dispatcher.service.drift_metrics import DriftMetrics
 from dispatcher.service.intake import Intake, IntakeSettings
 from dispatcher.service.ledger_metrics import LedgerMetrics
 from dispatcher.service.metrics import DispatcherMetrics, known_events
+from dispatcher.service.node_resend import NodeResender
 from dispatcher.service.policy import Policy
 from dispatcher.service.recorder import Recorder
 from dispatcher.service.resumer import Resumer
@@ -90,6 +91,7 @@ def serve(
             Member("collector", collector.run, collector.stop),
             _intake(intake),
             Member("takeover", takeover.run, _stopping(takeover, resumer)),
+            _node_resender(NodeResender(settings, database, signing)),
         ]
         remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:
@@ -110,6 +112,10 @@ def _stopping(takeover: Takeover, resumer: Resumer | None) -> Callable[[], None]
 
 def _intake(intake: Intake) -> Member:
     return Member("intake", intake.run, intake.stop)
+
+
+def _node_resender(resender: NodeResender) -> Member:
+    return Member("waiting-node", resender.run, resender.stop)
 
 
 def _seed_site(database: DbSettings, version: str | None) -> None:

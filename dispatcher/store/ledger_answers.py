@@ -245,6 +245,12 @@ _OUTCOME = """
 UPDATE commands SET status = ?, sent_at = ? WHERE command_id = ? AND client_id = ?
     AND status = 'planned'
 """
+# What the service needs to publish the command again (dispatcher.store.waiting).
+_WAITING_NODE = """
+UPDATE commands SET status = 'waiting-node', requested_by = ?, silent = ?, forced = ?,
+    not_before = ?
+WHERE command_id = ? AND client_id = ? AND status = 'planned'
+"""
 
 
 def record_issued(connection: db.Connection, issued: Sequence[tuple[Issued, float]]) -> None:
@@ -264,6 +270,21 @@ def record_issued(connection: db.Connection, issued: Sequence[tuple[Issued, floa
                             message.event,
                             message.issued_at,
                             message.expires_at,
+                        )
+                        for cid, client in message.commands.items()
+                    ],
+                )
+            elif message.status == IssueStatus.WAITING_NODE:
+                connection.executemany(
+                    _WAITING_NODE,
+                    [
+                        (
+                            message.requested_by,
+                            int(bool(message.silent)),
+                            int(bool(message.force)),
+                            message.not_before,
+                            cid,
+                            client,
                         )
                         for cid, client in message.commands.items()
                     ],

@@ -163,6 +163,18 @@ def _writers_seen(real: str) -> Step:
     return step
 
 
+# Step 4: what the service needs to send a one-off command again once the cluster node of
+# its client's queue is back (``waiting-node``; see dispatcher.store.waiting), and an index
+# of such commands only.
+_WAITING_NODE = """
+ALTER TABLE commands ADD COLUMN requested_by TEXT;
+ALTER TABLE commands ADD COLUMN silent INTEGER;
+ALTER TABLE commands ADD COLUMN forced INTEGER;
+CREATE INDEX commands_waiting_node ON commands (expires_at)
+    WHERE status = 'waiting-node' AND storm_id IS NULL
+"""
+
+
 def run(script: str) -> Step:
     def step(connection: Connection) -> None:
         for statement in script.split(";"):
@@ -195,7 +207,7 @@ def _steps(*steps: Step) -> Step:
 
 def _from_step_2(types: dict[str, str]) -> tuple[Step, ...]:
     """The steps both engines took alike, from step 2 on."""
-    return (run(_WRITERS.format(**types)), _writers_seen(types["real"]))
+    return (run(_WRITERS.format(**types)), _writers_seen(types["real"]), run(_WAITING_NODE))
 
 
 SQLITE_STEPS: Sequence[Step] = (

@@ -1,0 +1,78 @@
+"""One-off commands waiting for their queue's cluster node, as the store keeps them."""
+
+from __future__ import annotations
+
+import time
+
+from dispatcher.store.db import DbSettings
+from dispatcher.store.ledger import CommandRecord, Ledger
+from dispatcher.store.ledger_rows import Status
+from dispatcher.store.waiting import NodeWaits
+from schemas.messages import Ack, Issued
+
+
+def issue(ledger: Ledger, commands: dict[str, str], ttl: float = 600.0, **resend: object) -> None:
+    now = time.time()
+    planned = Issued("cli", "planned", "CCIM32", "STARTCYCLE", now, now + ttl, commands)
+    waiting = Issued(
+        "cli", "waiting-node", "CCIM32", "STARTCYCLE", now, now + ttl, commands, **resend
+    )  # type: ignore[arg-type]
+    ledger.record_issued([(planned, now), (waiting, now)])
+
+
+def test_a_waiting_command_keeps_what_a_resend_needs(store_db: DbSettings) -> None:
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as waits:
+        issue(ledger, {"c1": "PC1"}, requested_by="ops@console", silent=True, force=True,
+              not_before=1700000060.0)  # fmt: skip
+        assert ledger.command("c1").status == Status.WAITING_NODE  # type: ignore[union-attr]
+        [due] = waits.due(time.time(), 10)
+    assert (due.command_id, due.client_id, due.component, due.event) == (
+        "c1", "PC1", "CCIM32", "STARTCYCLE",
+    )  # fmt: skip
+    assert (due.requested_by, due.silent, due.force, due.not_before) == (
+        "ops@console", True, True, 1700000060.0,
+    )  # fmt: skip
+
+
+def test_one_claim_wins_and_settles(store_db: DbSettings) -> None:
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as one, NodeWaits(store_db) as two:
+        issue(ledger, {"c1": "PC1", "c2": "PC2"}, requested_by="ops", silent=False, force=False)
+        assert [one.claim("c1"), two.claim("c1")] == [True, False]
+        assert [c.command_id for c in two.due(time.time(), 10)] == ["c2"]
+        one.settle("c1", Status.SENT, time.time())
+        command = ledger.command("c1")
+        assert command is not None and command.status == Status.SENT and command.sent_at
+        assert two.claim("c2")
+        two.settle("c2", Status.WAITING_NODE, None)  # its node went down again
+        assert [c.command_id for c in one.due(time.time(), 10)] == ["c2"]
+
+
+def test_an_ack_that_came_first_wins_over_a_settle(store_db: DbSettings) -> None:
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as waits:
+        issue(ledger, {"c1": "PC1"}, requested_by="ops", silent=False, force=False)
+        assert waits.claim("c1")
+        ledger.record_answers([(Ack("c1", "PC1", "done", time.time(), "a"), time.time())])
+        waits.settle("c1", Status.SENT, time.time())
+        assert ledger.command("c1").status == Status.DONE  # type: ignore[union-attr]
+
+
+def test_expired_commands_leave_the_wait(store_db: DbSettings) -> None:
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as waits:
+        issue(ledger, {"short": "PC1"}, ttl=1.0, requested_by="ops", silent=False, force=False)
+        issue(ledger, {"long": "PC2"}, requested_by="ops", silent=False, force=False)
+        later = time.time() + 5
+        assert [c.command_id for c in waits.due(later, 10)] == ["long"]
+        assert waits.expire(later) == 1
+        assert ledger.command("short").status == Status.EXPIRED  # type: ignore[union-attr]
+        assert not waits.claim("short")
+
+
+def test_storm_commands_are_the_storms_own(store_db: DbSettings) -> None:
+    """A storm re-sends its own waiting commands; the service's wait lists one-offs only."""
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as waits:
+        ledger.record_commands(
+            [CommandRecord("s1", "storm-1", "PC1", "CCIM32", "STARTCYCLE", "waiting-node",
+                           expires_at=time.time() + 600)]
+        )  # fmt: skip
+        assert waits.due(time.time(), 10) == []
+        assert not waits.claim("s1")
