@@ -141,7 +141,18 @@ def _report(
             print(json.dumps(row, sort_keys=True))
     else:
         _print_table(rows)
+        _say_waiting(rows)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _say_waiting(rows: list[dict[str, object]]) -> None:
+    waiting = sum(1 for row in rows if row["status"] == "waiting-node")
+    if waiting:
+        print(
+            f"{waiting} command(s) wait for the broker node of their client's queue: the "
+            "dispatcher service sends them when it is back (within their TTL)",
+            file=sys.stderr,
+        )
 
 
 def _row(receipt: Receipt, answer: Answer | None, waited: bool) -> dict[str, object]:

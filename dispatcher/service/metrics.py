@@ -168,6 +168,12 @@ class DispatcherMetrics:
             "Broker connections re-opened after a loss.",
             ["role"],
         )
+        self.node_resends = counter(
+            "setevnt_waiting_node_total",
+            "One-off commands that waited for their queue's cluster node, by what became of "
+            "them: sent, expired, unroutable (the queue is gone).",
+            ["result"],
+        )
         self.bad_messages = counter(
             "setevnt_collector_bad_messages_total",
             "Messages on the ack path that could not be decoded.",
@@ -326,6 +332,9 @@ class DispatcherMetrics:
 
     def confirmed(self, outcome: Outcome, seconds: float) -> None:
         self.confirm_latency.labels(outcome.value).observe(seconds)
+
+    def waiting_node_settled(self, result: str, count: int) -> None:
+        self.node_resends.labels(result).inc(count)
 
     def reconnected(self) -> None:
         self.reconnects.labels("publisher").inc()

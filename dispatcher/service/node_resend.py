@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 from broker import topology
 from broker.errors import BrokerError
@@ -36,6 +37,10 @@ BATCH = 500  # waiting commands looked at per round
 MAX_PROBES = 100  # client queues probed per round
 
 
+class ResendHooks(Protocol):
+    def waiting_node_settled(self, result: str, count: int) -> None: ...
+
+
 class NodeResender:
     """Runs rounds until :meth:`stop`; a round that meets a broker or database error logs
     it and the next one tries again."""
@@ -46,12 +51,14 @@ class NodeResender:
         database: DbSettings,
         signing: keys.Signing | None = None,
         *,
+        hooks: ResendHooks | None = None,
         every: float = ROUND_EVERY,
     ) -> None:
         self._settings = settings.named("setevnt-node-resend")
         self._database = database
         self._stamp = (signing or keys.Signing.from_env()).stamp()
         self._every = every
+        self._hooks = hooks
         self._stopping = threading.Event()
 
     def run(self) -> None:
@@ -71,6 +78,7 @@ class NodeResender:
         expired = waits.expire(now)
         if expired:
             log.info("%d waiting-node command(s) expired before their node came back", expired)
+            self._count(Status.EXPIRED, expired)
         due = waits.due(now, BATCH)
         if not due:
             return 0
@@ -96,6 +104,7 @@ class NodeResender:
                 continue
             if state == QueueState.MISSING:
                 waits.settle(command.command_id, Status.UNROUTABLE, None)
+                self._count(Status.UNROUTABLE, 1)
             else:
                 ready.append(command)
         return ready
@@ -117,7 +126,13 @@ class NodeResender:
                 waits.settle(command.command_id, Status.SENT, sent_at)
             else:  # its node went down again in between: the next round probes it
                 waits.settle(command.command_id, Status.WAITING_NODE, None)
-        return sum(1 for outcome in outcomes.values() if outcome == Outcome.SENT)
+        sent = sum(1 for outcome in outcomes.values() if outcome == Outcome.SENT)
+        self._count(Status.SENT, sent)
+        return sent
+
+    def _count(self, result: Status, count: int) -> None:
+        if self._hooks is not None and count:
+            self._hooks.waiting_node_settled(result.value, count)
 
 
 def _message(command: WaitingCommand, now: float) -> Outgoing:

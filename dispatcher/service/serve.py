@@ -91,7 +91,7 @@ def serve(
             Member("collector", collector.run, collector.stop),
             _intake(intake),
             Member("takeover", takeover.run, _stopping(takeover, resumer)),
-            _node_resender(NodeResender(settings, database, signing)),
+            _node_resender(NodeResender(settings, database, signing, hooks=metrics)),
         ]
         remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:
