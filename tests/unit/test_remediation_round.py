@@ -1,4 +1,4 @@
-"""The remediation round's interval: one second unless the environment shortens it, within bounds."""
+"""The remediation round's interval: one second unless the environment sets it, in bounds."""
 
 from __future__ import annotations
 
