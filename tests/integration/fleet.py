@@ -23,7 +23,7 @@ from dispatcher.access import keys
 from dispatcher.store.db import DbSettings
 from dispatcher.store.registry import StoreRegistry
 from schemas.messages import Heartbeat
-from tests.integration.helpers import ROOT, Process, records, wait_for
+from tests.integration.helpers import ROOT, Process, records, stop_all, wait_for
 from tests.integration.monitoring import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -68,12 +68,8 @@ class Fleet:
         return process
 
     def stop(self) -> None:
-        """Stop every process, newest first: all are asked at once, so their graceful
-        stops overlap instead of adding up."""
-        for process in reversed(self._processes):
-            process.signal_stop()
-        for process in reversed(self._processes):
-            process.terminate(timeout=20)
+        """Stop every process, newest first, together (:func:`stop_all`)."""
+        stop_all(reversed(self._processes), timeout=20)
         self._processes.clear()
 
     # -- commands -----------------------------------------------------------------------

@@ -96,6 +96,16 @@ class Process:
             self.proc.stdout.close()
 
 
+def stop_all(processes: Iterable[Process], timeout: float = 15.0) -> None:
+    """Stop the processes together: all are asked first, so their graceful stops overlap
+    instead of adding up."""
+    stopping = list(processes)
+    for process in stopping:
+        process.signal_stop()
+    for process in stopping:
+        process.terminate(timeout)
+
+
 def start_agent(
     url: str,
     client_id: str,

@@ -33,6 +33,7 @@ from tests.integration.helpers import (
     guard_toml,
     queue_depth,
     security_toml,
+    stop_all,
     wait_for,
 )
 
@@ -97,8 +98,7 @@ def agents(fleet: Fleet) -> Iterator[list[Process]]:
     try:
         yield started
     finally:
-        for agent in started:
-            agent.terminate()
+        stop_all(started)
 
 
 @pytest.fixture
@@ -119,8 +119,7 @@ def read_only_storm(
         try:
             yield fleet, run_failed_storm(fleet, started, fleet.tmp)
         finally:
-            for agent in started:
-                agent.terminate()
+            stop_all(started)
             fleet.stop()
 
 
