@@ -17,6 +17,7 @@ import contextlib
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,12 +28,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import stop_process
-
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 WANTED_FDS = 65_536
 START_TIMEOUT = 120.0
+READY_POLL = 0.2  # seconds between looks at the booting node's management API
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ def own_node() -> Iterator[Node]:
         "RABBITMQ_LOG_BASE": str(directory / "log"),
         "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
         "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+        "RABBITMQ_PID_FILE": str(directory / "pid"),
     }
     limit = fd_limit()
     log = open(directory / "server.out", "wb")  # noqa: SIM115 - closed in finally
@@ -87,7 +88,7 @@ def own_node() -> Iterator[Node]:
         print(f"bench: own node on {node.amqp_address}, {limit} file descriptors", file=sys.stderr)
         yield node
     finally:
-        stop_process(process, 60)
+        _kill(process, directory / "pid")
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -119,8 +120,17 @@ def _wait_ready(node: Node, process: subprocess.Popen[bytes], directory: Path) -
             with urllib.request.urlopen(request, timeout=2):
                 return
         except OSError:
-            time.sleep(1)
+            time.sleep(READY_POLL)
     raise SystemExit(f"bench: the bench's node did not start within {START_TIMEOUT:.0f} s")
+
+
+def _kill(process: subprocess.Popen[bytes], pid_file: Path) -> None:
+    """SIGKILL the Erlang VM and its launcher script: the node's data is deleted next, so a
+    graceful stop would keep nothing."""
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+    process.kill()
+    process.wait(30)
 
 
 def _free_port() -> int:

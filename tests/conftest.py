@@ -8,6 +8,7 @@ management API, so tests never see each other's queues.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -62,8 +63,10 @@ def broker() -> None:
     pytest.skip(problem)
 
 
-@pytest.fixture
-def vhost(broker: None) -> Iterator[str]:
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """A virtual host of its own on the machine's broker, deleted afterwards: what a test,
+    or a module's shared fixture, works in."""
     name = f"setevnt-test-{uuid.uuid4().hex[:10]}"
     quoted = urllib.parse.quote(name, safe="")
     management("PUT", f"/vhosts/{quoted}")
@@ -78,9 +81,19 @@ def vhost(broker: None) -> Iterator[str]:
         management("DELETE", f"/vhosts/{quoted}")
 
 
+def vhost_amqp_url(vhost: str) -> str:
+    return f"amqp://guest:guest@{BROKER_HOST}:5672/{urllib.parse.quote(vhost, safe='')}"
+
+
+@pytest.fixture
+def vhost(broker: None) -> Iterator[str]:
+    with private_vhost() as name:
+        yield name
+
+
 @pytest.fixture
 def amqp_url(vhost: str) -> str:
-    return f"amqp://guest:guest@{BROKER_HOST}:5672/{urllib.parse.quote(vhost, safe='')}"
+    return vhost_amqp_url(vhost)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -23,6 +23,7 @@ from dispatcher.api.dispatcher import default_requester
 from dispatcher.cli.operator import store_options
 from dispatcher.service.drift import (
     DEFAULT_UPGRADE_EVENT,
+    ROUND_EVERY,
     RemediationSettings,
     parse_event,
     storm_id_for,
@@ -41,6 +42,7 @@ REMEDIATE_ENV = "SETEVNT_REMEDIATE"
 EVENT_ENV = "SETEVNT_UPGRADE_EVENT"
 TTL_ENV = "SETEVNT_UPGRADE_TTL"
 SPREAD_ENV = "SETEVNT_UPGRADE_SPREAD"
+ROUND_ENV = "SETEVNT_REMEDIATION_ROUND"  # seconds between rounds (tests shorten it)
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -86,6 +88,7 @@ def drift_options(
         event=parse_event(args.upgrade_event or env.get(EVENT_ENV) or DEFAULT_UPGRADE_EVENT),
         ttl=parse_duration(args.upgrade_ttl or env.get(TTL_ENV) or "1h"),
         spread=parse_duration(args.upgrade_spread or env.get(SPREAD_ENV) or "0"),
+        every=parse_duration(env.get(ROUND_ENV) or str(ROUND_EVERY)),
     )
     return DriftOptions(check_version(version) if version else None, remediation)
 

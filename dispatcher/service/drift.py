@@ -61,6 +61,9 @@ CLISETUP_STARTCYCLE = ComponentEvent("CLISETUP", "STARTCYCLE")
 # Seconds between rounds. Each round also heartbeats the storm in the ledger, which must
 # happen well within progress.STALE_AFTER (10 s) or `status` calls the storm interrupted.
 ROUND_EVERY = 1.0
+# Bounds of a configured round: short enough for the storm's heartbeat, long enough not to
+# spin on the ledger.
+ROUND_LIMITS = (0.05, 5.0)
 
 
 def parse_event(name: str) -> ComponentEvent:
@@ -91,9 +94,13 @@ class RemediationSettings:
     event: ComponentEvent = CLISETUP_STARTCYCLE
     ttl: float = 3600.0
     spread: float = 0.0  # each client's start offset within it (site servers' load)
+    every: float = ROUND_EVERY  # seconds between rounds
 
     def __post_init__(self) -> None:
         StormOptions(spread=self.spread, ttl=self.ttl)  # the same rules as a storm's
+        low, high = ROUND_LIMITS
+        if not low <= self.every <= high:
+            raise ValueError(f"a remediation round must be {low}-{high} s, not {self.every}")
 
     def options(self) -> StormOptions:
         return StormOptions(spread=self.spread, ttl=self.ttl, silent=True)
@@ -117,7 +124,7 @@ class Remediator:
         settings: RemediationSettings,
         *,
         hooks: PublishHooks | None = None,
-        every: float = ROUND_EVERY,
+        every: float | None = None,
         signing: Signing | None = None,
     ) -> None:
         self._broker = broker.named("setevnt-remediation")
@@ -126,7 +133,7 @@ class Remediator:
         self._registry = registry
         self.settings = settings
         self._hooks = hooks
-        self._every = every
+        self._every = settings.every if every is None else every
         self._stop = threading.Event()
         self._owned: str | None = None  # the storm this process runs
         self._unsent = True  # look for planned rows (left by a failure, or a crash) next round

@@ -1,7 +1,10 @@
-"""A private 3-node cluster per test module, and a virtual host of its own per test.
+"""One private 3-node cluster for all the cluster tests, and a virtual host of its own per test.
 
-The nodes are the tests' own (bench/cluster.py), started once per module and
-stopped with their data deleted afterwards; the machine's broker is never touched.
+The nodes are the tests' own (bench/cluster.py), started once (side by side) for this
+package's tests and killed with their data deleted after its last one, so they do not idle
+through the rest of the suite; the machine's broker is never touched. A test that kills a
+node starts it again before it ends, and each test works in a virtual host of its own, so
+sharing the nodes shares no state between tests.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import pytest
 from bench.cluster import RABBITMQ_SERVER, Cluster, management, start_cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
     if not os.path.exists(RABBITMQ_SERVER):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):

@@ -7,7 +7,10 @@ temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +23,7 @@ from dispatcher.access import keys
 from dispatcher.store.db import DbSettings
 from dispatcher.store.registry import StoreRegistry
 from schemas.messages import Heartbeat
-from tests.integration.helpers import ROOT, Process, records, wait_for
+from tests.integration.helpers import ROOT, Process, records, stop_all, wait_for
 from tests.integration.monitoring import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -65,8 +68,8 @@ class Fleet:
         return process
 
     def stop(self) -> None:
-        for process in reversed(self._processes):
-            process.terminate(timeout=20)
+        """Stop every process, newest first, together (:func:`stop_all`)."""
+        stop_all(reversed(self._processes), timeout=20)
         self._processes.clear()
 
     # -- commands -----------------------------------------------------------------------
@@ -183,7 +186,9 @@ class PrivateNode:
             "RABBITMQ_LOG_BASE": str(directory / "log"),
             "RABBITMQ_CONFIG_FILE": str(directory / "rabbitmq.conf"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(directory / "pid"),
         }
+        self._pid_file = directory / "pid"
         self.process: Process | None = None
         self.start()
 
@@ -198,6 +203,15 @@ class PrivateNode:
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate(timeout=60)
+            self.process = None
+
+    def discard(self) -> None:
+        """SIGKILL the node (its Erlang VM, then its launcher) once a test is done with it:
+        its data is thrown away, so a graceful stop would keep nothing."""
+        if self.process is not None:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(self._pid_file.read_text().strip()), signal.SIGKILL)
+            self.process.kill()
             self.process = None
 
     def restart(self) -> None:

@@ -47,6 +47,7 @@ class Process:
             text=True,
         )
         self.lines: list[str] = []
+        self._signalled = False  # SIGTERM sent once: a second one may cut a graceful stop short
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -73,9 +74,14 @@ class Process:
         self.proc.wait(timeout=10)
         self._close()
 
-    def terminate(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
+    def signal_stop(self) -> None:
+        """Ask the process to stop (SIGTERM) without waiting; :meth:`terminate` then waits."""
+        if self.proc.poll() is None and not self._signalled:
             self.proc.send_signal(signal.SIGTERM)
+            self._signalled = True
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        self.signal_stop()
         try:
             return self.proc.wait(timeout=timeout)
         finally:
@@ -88,6 +94,16 @@ class Process:
         self._reader.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def stop_all(processes: Iterable[Process], timeout: float = 15.0) -> None:
+    """Stop the processes together: all are asked first, so their graceful stops overlap
+    instead of adding up."""
+    stopping = list(processes)
+    for process in stopping:
+        process.signal_stop()
+    for process in stopping:
+        process.terminate(timeout)
 
 
 def start_agent(

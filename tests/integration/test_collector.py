@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from dispatcher import Dispatcher
 from tests.conftest import management
 from tests.integration.collecting import collecting
-from tests.integration.helpers import agent_connections, start_agent, wait_for
+from tests.integration.helpers import agent_connections, start_agent, stop_all, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -67,8 +67,7 @@ def test_collector_counts_outcomes_latency_and_publishes(
             == 1
         )
     finally:
-        for agent in agents:
-            agent.terminate()
+        stop_all(agents)
 
 
 def test_commands_sent_outside_storms_reach_the_ledger_through_the_collector(

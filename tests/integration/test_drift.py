@@ -19,6 +19,7 @@ import pytest
 
 from broker import topology
 from dispatcher import Dispatcher
+from dispatcher.cli.site import ROUND_ENV
 from dispatcher.service.drift import CLISETUP_STARTCYCLE, storm_id_for
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger
@@ -38,7 +39,14 @@ pytestmark = pytest.mark.broker
 
 SETUP = "CLISETUP_STARTCYCLE"
 BEAT = "0.3"  # seconds between simulated heartbeats
-ROUNDS = 2.5  # a little over two remediation rounds (one a second)
+ROUND = 0.5  # seconds between remediation rounds: shorter than a service's, still several beats
+ROUNDS = 2.5 * ROUND  # a little over two remediation rounds
+
+
+@pytest.fixture(autouse=True)
+def short_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service a test starts runs its remediation rounds every ROUND seconds."""
+    monkeypatch.setenv(ROUND_ENV, str(ROUND))
 
 
 def ids(prefix: str, count: int) -> set[str]:

@@ -7,6 +7,7 @@ is printed (`pytest -s`) for the operator's documentation.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -18,6 +19,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +58,15 @@ def run(
         text=True,
         timeout=120,
     )
+
+
+def run_all(
+    *calls: tuple[tuple[str, ...], dict[str, Any]],
+) -> list[subprocess.CompletedProcess[str]]:
+    """:func:`run` for each ``(argv, keywords)`` at once (they are independent), results in
+    the calls' order."""
+    with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: run(*call[0], **call[1]), calls))
 
 
 def refused(
@@ -190,28 +201,29 @@ def test_enroll_refuses_without_a_key_or_with_a_bad_one(
 ) -> None:
     client = f"enrollcli-{uuid.uuid4().hex[:8]}"
     base = ("dispatcher", "--url", amqp_url, "enroll", client)
-    refused(run(*base, key=False), "enroll (no key)", "setevnt-dispatcher", NO_KEY_ENROLL)
     junk = tmp_path / "junk.key"
     junk.write_text("not a key\n")
+    missing = tmp_path / "missing.key"
+    no_key, bad, absent, both = run_all(
+        (base, {"key": False}),
+        ((*base, "--key", str(junk)), {}),
+        ((*base, "--key", str(missing)), {}),
+        ((*base, "--key", dispatcher_signing_key, "--unsigned"), {}),
+    )
+    refused(no_key, "enroll (no key)", "setevnt-dispatcher", NO_KEY_ENROLL)
     refused(
-        run(*base, "--key", str(junk)),
+        bad,
         "enroll --key NOT-A-KEY",
         "setevnt-dispatcher",
         f"signing key {junk}: not a key `setevnt-dispatcher keygen` wrote",
     )
-    missing = tmp_path / "missing.key"
     refused(
-        run(*base, "--key", str(missing)),
+        absent,
         "enroll --key MISSING",
         "setevnt-dispatcher",
         f"signing key {missing}: No such file or directory",
     )
-    refused(
-        run(*base, "--key", dispatcher_signing_key, "--unsigned"),
-        "enroll --key K --unsigned",
-        "setevnt-dispatcher",
-        BOTH,
-    )
+    refused(both, "enroll --key K --unsigned", "setevnt-dispatcher", BOTH)
     assert _user(client) is None, "nothing was created"
 
 
@@ -237,12 +249,18 @@ def test_enroll_refuses_a_management_api_of_another_broker(node: Node, users: li
         f"amqp://guest:***@{node.amqp_address}/%2F: pass --management-url (or "
         "$SETEVNT_MANAGEMENT_URL) of that broker"
     )
-    for command in ("enroll", "revoke", "enroll-service"):
-        done = run("dispatcher", "--url", private, command, client, "--management-url", shared_api)
-        refused(done, f"{command} --management-url OTHER", "setevnt-dispatcher", message)
+    commands = ("enroll", "revoke", "enroll-service")
     env = {"SETEVNT_MANAGEMENT_URL": shared_api}
-    done = run("dispatcher", "--url", private, "enroll", client, env=env)
-    refused(done, "enroll ($SETEVNT_MANAGEMENT_URL=OTHER)", "setevnt-dispatcher", message)
+    *flagged, from_env = run_all(
+        *(
+            (("dispatcher", "--url", private, command, client, "--management-url", shared_api), {})
+            for command in commands
+        ),
+        (("dispatcher", "--url", private, "enroll", client), {"env": env}),
+    )
+    for command, done in zip(commands, flagged, strict=True):
+        refused(done, f"{command} --management-url OTHER", "setevnt-dispatcher", message)
+    refused(from_env, "enroll ($SETEVNT_MANAGEMENT_URL=OTHER)", "setevnt-dispatcher", message)
     assert _user(client) is None, "no user was created on the shared broker"
 
     # Its own API: enrolled there, and only there.

@@ -17,7 +17,7 @@ import pytest
 from dispatcher import Client, Dispatcher, RequestRefused
 from dispatcher.api.waiter import AckWaiter
 from tests.integration.fleet import Fleet
-from tests.integration.helpers import Process, records, start_agent, start_hold, wait_for
+from tests.integration.helpers import Process, records, start_agent, start_hold, stop_all, wait_for
 from tests.integration.monitoring import (
     DEPLOY,
     Imported,
@@ -110,8 +110,7 @@ def test_every_dashboard_and_alert_expression_against_real_prometheus(
     finally:
         if prometheus is not None:
             prometheus.stop()
-        for agent in agents:
-            agent.terminate()
+        stop_all(agents)
         fleet.stop()
 
     empty = [(t, e) for t, e, r in panels if r.get("status") != "success" or not has_numbers(r)]

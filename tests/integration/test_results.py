@@ -25,6 +25,7 @@ from broker import topology
 from dispatcher import Dispatcher
 from schemas.codec import encode
 from schemas.messages import Ack
+from tests.conftest import private_vhost, vhost_amqp_url
 from tests.integration.fleet import Fleet
 from tests.integration.helpers import (
     Process,
@@ -32,6 +33,7 @@ from tests.integration.helpers import (
     guard_toml,
     queue_depth,
     security_toml,
+    stop_all,
     wait_for,
 )
 
@@ -96,12 +98,32 @@ def agents(fleet: Fleet) -> Iterator[list[Process]]:
     try:
         yield started
     finally:
-        for agent in started:
-            agent.terminate()
+        stop_all(started)
 
 
 @pytest.fixture
 def failed_storm(fleet: Fleet, agents: list[Process], tmp_path: Path) -> str:
+    """A failed storm of this test's own, for a test that storms again."""
+    return run_failed_storm(fleet, agents, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def read_only_storm(
+    broker: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Fleet, str]]:
+    """One failed storm, in a virtual host of this module's own, for the tests that only
+    read its results (they change nothing, so they can share it)."""
+    with private_vhost() as vhost:
+        fleet = Fleet(vhost_amqp_url(vhost), tmp_path_factory.mktemp("results"))
+        started: list[Process] = []
+        try:
+            yield fleet, run_failed_storm(fleet, started, fleet.tmp)
+        finally:
+            stop_all(started)
+            fleet.stop()
+
+
+def run_failed_storm(fleet: Fleet, agents: list[Process], tmp_path: Path) -> str:
     """A finished storm over BAD (exit 7), GOOD (exit 0), WIN (crashed, NTSTATUS) and
     GONE (never takes its command, which expires)."""
     fleet.serve()
@@ -139,8 +161,9 @@ def failed_storm(fleet: Fleet, agents: list[Process], tmp_path: Path) -> str:
 
 
 def test_results_name_each_clients_status_reason_exit_code_and_output(
-    fleet: Fleet, failed_storm: str
+    read_only_storm: tuple[Fleet, str],
 ) -> None:
+    fleet, failed_storm = read_only_storm
     shown = fleet.dispatcher("results", failed_storm, "--json")
     assert shown.returncode == 0, shown.stderr
     rows = {row["client"]: row for row in json_lines(shown.stdout)}
@@ -183,7 +206,8 @@ def test_results_name_each_clients_status_reason_exit_code_and_output(
     assert [row["client"] for row in json_lines(one.stdout)] == ["BAD"]
 
 
-def test_results_refuse_what_they_cannot_show(fleet: Fleet, failed_storm: str) -> None:
+def test_results_refuse_what_they_cannot_show(read_only_storm: tuple[Fleet, str]) -> None:
+    fleet, failed_storm = read_only_storm
     missing = fleet.dispatcher("results", "storm-nope")
     assert missing.returncode == 2
     assert "no storm or command storm-nope" in missing.stderr
