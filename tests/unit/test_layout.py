@@ -168,23 +168,17 @@ NOT_ON_THE_BROKER_YET = {
     "dispatcher/api/dispatcher.py",
     "dispatcher/api/node_down.py",
     "dispatcher/api/waiter.py",
-    "dispatcher/cli/dead.py",
-    "dispatcher/cli/main.py",
-    "dispatcher/service/collector.py",
     "dispatcher/service/intake.py",
     "dispatcher/service/node_resend.py",
-    "dispatcher/service/recorder.py",
-    "dispatcher/service/resend.py",
     "dispatcher/storms/storm.py",
     "simulator/fleet.py",
 }
 
 
-def _transports_built(path: Path) -> set[str]:
-    """The transports ``path`` calls directly, by the name it calls them under."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names: dict[str, str] = {}  # local name -> transport
-    modules: dict[str, str] = {}  # local name of a broker module -> module
+def _transport_names(tree: ast.AST) -> tuple[dict[str, str], dict[str, str]]:
+    """Local names of the transports and of the broker modules that hold them."""
+    names: dict[str, str] = {}
+    modules: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in TRANSPORTS:
             for alias in node.names:
@@ -194,20 +188,21 @@ def _transports_built(path: Path) -> set[str]:
             for alias in node.names:
                 if f"broker.{alias.name}" in TRANSPORTS:
                     modules[alias.asname or alias.name] = f"broker.{alias.name}"
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name in TRANSPORTS and alias.asname:
-                    modules[alias.asname] = alias.name
+    return names, modules
+
+
+def _transports_built(path: Path) -> set[str]:
+    """The transports ``path`` calls directly, whatever it calls them."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names, modules = _transport_names(tree)
     built: set[str] = set()
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
+        func = node.func if isinstance(node, ast.Call) else None
         if isinstance(func, ast.Name) and func.id in names:
             built.add(names[func.id])
         elif isinstance(func, ast.Attribute):
             owner = ast.unparse(func.value)
-            module = modules.get(owner, owner)
+            module = modules.get(owner, owner)  # broker.topology.declare_all(...) too
             if func.attr in TRANSPORTS.get(module, ()):
                 built.add(f"{module}.{func.attr}")
     return built
