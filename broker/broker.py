@@ -175,10 +175,10 @@ class Broker:
 
     # One-shot jobs: each opens a connection of its own and closes it before returning.
 
-    def declare_topology(self) -> None:
+    def declare_topology(self, *, doing: str = "declaring the topology") -> None:
         from broker.topology import declare_all
 
-        declare_all(self.settings)
+        declare_all(self.settings, doing=doing)
 
     def provision_clients(
         self,
