@@ -32,6 +32,7 @@ from agent.handler import Delivery, Handler, Run, Settle
 from agent.metrics import AgentMetrics
 from agent.outbound import make_heartbeat
 from broker import topology
+from broker.broker import Broker
 from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.supervisor import supervise
@@ -48,6 +49,7 @@ class Agent:
         self._queue = topology.client_queue(config.client_id)
         self._stop = threading.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signal")
+        self._broker = Broker(config.broker)
         self._session: Session | None = None
         self._generation = 0  # which session a worker's result belongs to
         self._inflight: set[int] = set()
@@ -94,7 +96,7 @@ class Agent:
     # -- one broker session ---------------------------------------------------------------
 
     def _run_session(self) -> None:
-        session = Session(self.config.broker, prefetch=1)
+        session = self._broker.session(prefetch=1)
         session.open()
         broker = self.config.broker
         # Who it is to the broker: acks from another user than the client's own are dropped.

@@ -18,7 +18,8 @@ from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import TypeVar
 
-from broker.requester import Reply, RequestChannel
+from broker.broker import Broker
+from broker.requester import Reply
 from broker.settings import BrokerSettings
 from schemas.codec import DecodeError, decode_any, encode
 from schemas.messages import (
@@ -70,11 +71,16 @@ class Client:
         name: str = "setevnt-client",
         accept_timeout: float = 30.0,
     ) -> None:
-        self.settings = (settings or BrokerSettings.from_env(url)).named(name)
+        self._broker = Broker(settings or BrokerSettings.from_env(url), name=name)
+        self.settings = self._broker.settings
         self.accept_timeout = accept_timeout
         self._replies: defaultdict[str, deque[Message]] = defaultdict(deque)
-        self._channel = RequestChannel(self.settings, self._received)
-        self._channel.open()
+        self._channel = self._broker.requester(self._received)
+        try:
+            self._channel.open()
+        except BaseException:
+            self._broker.close()
+            raise
 
     def __enter__(self) -> Client:
         return self
@@ -83,7 +89,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        self._broker.close()
 
     def trigger(
         self,

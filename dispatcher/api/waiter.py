@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from broker import topology
-from broker.consumer import Consumer
+from broker.broker import Broker
 from broker.session import Incoming
 from broker.settings import BrokerSettings
 from dispatcher.service.senders import Senders
@@ -42,7 +42,8 @@ class AckWaiter:
     ) -> None:
         clients = sorted(set(client_ids))
         self._senders = senders or Senders.from_env(settings.username)
-        self._consumer = Consumer(settings.named("setevnt-cli"))
+        self._broker = Broker(settings, name="setevnt-cli")
+        self._consumer = self._broker.consumer()
         self._consumer.open("preparing to wait for acks")
         self._consuming = False
         self._wanted: dict[str, str] = {}  # command id -> its client
@@ -57,11 +58,11 @@ class AckWaiter:
         try:
             self._queue = self._consumer.private_queue(topology.ACK_EXCHANGE, keys)
         except BaseException:
-            self._consumer.close()
+            self._broker.close()
             raise
 
     def close(self) -> None:
-        self._consumer.close()
+        self._broker.close()
 
     def __enter__(self) -> AckWaiter:
         return self

@@ -8,8 +8,7 @@ import sys
 import time
 
 from broker import topology
-from broker.peek import peek
-from broker.settings import BrokerSettings
+from broker.broker import Broker
 from dispatcher.report import tables
 from dispatcher.report.dead import as_json, explain, table
 from dispatcher.store.db import DbSettings
@@ -41,8 +40,7 @@ def _limit(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = BrokerSettings.from_env(args.url).named("setevnt-dead")
-    found = peek(settings, topology.DEAD_QUEUE, args.limit)
+    found = Broker.from_url(args.url, name="setevnt-dead").peek(topology.DEAD_QUEUE, args.limit)
     database = DbSettings.from_env(args.db)
     now = time.time()
     ledger = Ledger(database, create=False) if database.exists else None

@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from broker.migration import move_to_quorum
+from broker.broker import Broker
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import Dispatcher
@@ -118,7 +118,7 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "keygen":
         return keygen(args.out, as_json=args.json)
     if args.command == "move-to-quorum":
-        moved = move_to_quorum(BrokerSettings.from_env(args.url))
+        moved = Broker.from_url(args.url, name="setevnt-move-to-quorum").move_to_quorum()
         text = "\n".join(f"{q}: quorum queue, {n} message(s) moved" for q, n in moved.items())
         print(json.dumps({"moved": moved}) if args.json else text or "already quorum queues")
         return 0

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 from broker import topology
+from broker.broker import Broker
 from broker.connection import translate_errors
-from broker.consumer import Consumer
 from broker.session import Incoming
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
@@ -56,7 +56,7 @@ class Collector:
         prefetch: int = 500,
         senders: Senders | None = None,
     ) -> None:
-        self._settings = settings.named("setevnt-collector")
+        self._broker = Broker(settings, name="setevnt-collector")
         self._senders = senders or Senders.from_env(settings.username)
         self._recorder = recorder
         self._hooks = hooks
@@ -136,7 +136,7 @@ class Collector:
     # -- the broker session ---------------------------------------------------------------
 
     def _session(self) -> None:
-        consumer = Consumer(self._settings, prefetch=self._prefetch)
+        consumer = self._broker.consumer(prefetch=self._prefetch)
         consumer.open("collecting acks")
         self._sessions += 1
         if self._sessions > 1:
@@ -147,7 +147,7 @@ class Collector:
             consumer.consume(topology.ACK_QUEUE, self._on_ack_path)
             consumer.consume(topology.FLEET_QUEUE, self._on_fleet_path)
             self.ready.set()
-            log.info("collecting acks from %s", self._settings.redacted())
+            log.info("collecting acks from %s", self._broker.settings.redacted())
             with translate_errors("collecting acks"):  # what flushing provisions or re-sends
                 while not self._stop.is_set():
                     consumer.pump(recorder.flush_every, "collecting acks")

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from broker.broker import Broker
 from broker.errors import BrokerError, BrokerRefused
-from broker.provisioning import provision_clients
 from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
 from dispatcher.service.resend import resend_fast_lane
@@ -74,7 +74,7 @@ class Recorder:
         flush_every: float = 0.1,
         signing: Signing | None = None,
     ) -> None:
-        self._settings = settings.named("setevnt-registry")
+        self._broker = Broker(settings, name="setevnt-registry")
         self._signing = signing  # of the fast lane's re-sent commands
         self.registry = registry
         self.ledger = ledger
@@ -158,7 +158,7 @@ class Recorder:
         if not client_ids:
             return
         try:
-            provision_clients(self._settings, client_ids)
+            self._broker.provision_clients(client_ids)
         except BrokerRefused as exc:
             # A queue declared elsewhere with other arguments, or no permission: retrying
             # will not help now; the client's next hello tries again.
@@ -172,7 +172,7 @@ class Recorder:
         if self._resend_at is None or time.monotonic() < self._resend_at:
             return
         try:
-            resend_fast_lane(self._settings, self.ledger, self._signing)
+            resend_fast_lane(self._broker, self.ledger, self._signing)
         except BrokerError as exc:
             log.warning("fast lane: re-sending failed (%s); trying again", exc)
             self._resend_at = time.monotonic() + RESEND_RETRY

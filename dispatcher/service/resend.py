@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import time
 
-from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
-from broker.settings import BrokerSettings
+from broker.broker import Broker
+from broker.publisher import Outcome, Outgoing
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import command_message
 from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
@@ -26,18 +26,15 @@ from schemas.messages import Command
 log = logging.getLogger(__name__)
 
 
-def resend_fast_lane(
-    settings: BrokerSettings, ledger: Ledger, signing: keys.Signing | None = None
-) -> int:
+def resend_fast_lane(broker: Broker, ledger: Ledger, signing: keys.Signing | None = None) -> int:
     """Publish the fast lane's pending commands again; returns how many were confirmed."""
     now = time.time()
     pending = ledger.fast_pending(now, now - STALE_AFTER)
     if not pending:
         return 0
     messages = [_message(command, storm, now) for command, storm in pending]
-    with ConfirmingPublisher(
-        settings.named("setevnt-resend"), stamp=(signing or keys.Signing.from_env()).stamp()
-    ) as publisher:
+    stamp = (signing or keys.Signing.from_env()).stamp()
+    with broker.named("setevnt-resend") as resend, resend.publisher(stamp=stamp) as publisher:
         outcomes = publisher.publish(messages)
     sent = sum(1 for outcome in outcomes.values() if outcome is Outcome.SENT)
     log.info("fast lane: re-sent %d of %d unanswered command(s)", sent, len(messages))

@@ -145,3 +145,71 @@ def test_no_class_name_means_two_things() -> None:
             if isinstance(node, ast.ClassDef):
                 defined.setdefault(node.name, []).append(name)
     assert {cls: where for cls, where in defined.items() if len(where) > 1} == {}
+
+
+# What only broker.broker.Broker may build: every connection of a process is one it owns.
+TRANSPORTS = {
+    "broker.link": {"Link"},
+    "broker.session": {"Session"},
+    "broker.consumer": {"Consumer"},
+    "broker.publisher": {"ConfirmingPublisher"},
+    "broker.requester": {"RequestChannel"},
+    "broker.queue_probe": {"QueueProbe"},
+    "broker.multiplex": {"Loop", "Lane"},
+    "broker.topology": {"declare_all"},
+    "broker.provisioning": {"provision_clients"},
+    "broker.peek": {"peek", "consumers"},
+    "broker.migration": {"move_to_quorum"},
+}
+# Sides still building their own transports; this set only shrinks.
+NOT_ON_THE_BROKER_YET = {
+    "dispatcher/api/dispatcher.py",
+    "dispatcher/api/node_down.py",
+    "dispatcher/service/intake.py",
+    "dispatcher/service/node_resend.py",
+    "dispatcher/storms/storm.py",
+    "simulator/fleet.py",
+}
+
+
+def _transport_names(tree: ast.AST) -> tuple[dict[str, str], dict[str, str]]:
+    """Local names of the transports and of the broker modules that hold them."""
+    names: dict[str, str] = {}
+    modules: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in TRANSPORTS:
+            for alias in node.names:
+                if alias.name in TRANSPORTS[node.module]:
+                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.ImportFrom) and node.module == "broker":
+            for alias in node.names:
+                if f"broker.{alias.name}" in TRANSPORTS:
+                    modules[alias.asname or alias.name] = f"broker.{alias.name}"
+    return names, modules
+
+
+def _transports_built(path: Path) -> set[str]:
+    """The transports ``path`` calls directly, whatever it calls them."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names, modules = _transport_names(tree)
+    built: set[str] = set()
+    for node in ast.walk(tree):
+        func = node.func if isinstance(node, ast.Call) else None
+        if isinstance(func, ast.Name) and func.id in names:
+            built.add(names[func.id])
+        elif isinstance(func, ast.Attribute):
+            owner = ast.unparse(func.value)
+            module = modules.get(owner, owner)  # broker.topology.declare_all(...) too
+            if func.attr in TRANSPORTS.get(module, ()):
+                built.add(f"{module}.{func.attr}")
+    return built
+
+
+def test_only_the_broker_layer_builds_connections() -> None:
+    building = {
+        str(path.relative_to(ROOT)): built
+        for name, path in MODULES.items()
+        if not name.startswith("broker") and (built := _transports_built(path))
+    }
+    assert set(building) - NOT_ON_THE_BROKER_YET == set(), building
+    assert NOT_ON_THE_BROKER_YET - set(building) == set(), "on the broker now: drop from the list"

@@ -1,0 +1,78 @@
+"""broker.broker.Broker against the real broker: it owns every connection it hands out."""
+
+from __future__ import annotations
+
+import gc
+import urllib.parse
+
+import pytest
+
+from broker import topology
+from broker.broker import Broker
+from broker.publisher import Outcome, Outgoing
+from broker.settings import BrokerSettings
+from tests.conftest import management
+from tests.integration.helpers import wait_for
+
+pytestmark = pytest.mark.broker
+
+
+def _connections(vhost: str, prefix: str) -> list[str]:
+    quoted = urllib.parse.quote(vhost, safe="")
+    return sorted(
+        (conn.get("client_properties") or {}).get("connection_name", "")
+        for conn in management("GET", f"/vhosts/{quoted}/connections") or []
+        if (conn.get("client_properties") or {}).get("connection_name", "").startswith(prefix)
+    )
+
+
+def test_close_closes_every_connection_it_handed_out(amqp_url: str, vhost: str) -> None:
+    broker = Broker(BrokerSettings.from_env(amqp_url), name="layer-test")
+    broker.declare_topology()
+    session = broker.session()
+    session.open()
+    consumer = broker.consumer(prefetch=5)
+    consumer.open()
+    requester = broker.requester(lambda reply: None)
+    requester.open()
+    probe = broker.probe()
+    assert probe.state(topology.ACK_QUEUE).state is not None
+    publisher = broker.publisher(window=10)
+    sent = publisher.publish([Outgoing("k", "", "nowhere", b"x", "test")])
+    assert sent == {"k": Outcome.UNROUTABLE}
+    other = broker.named("layer-test other")
+    other_consumer = other.consumer()
+    other_consumer.open()
+    assert len(broker.pieces()) == 6
+    opened = wait_for(
+        lambda: (names := _connections(vhost, "layer-test")) and len(names) >= 5 and names,
+        30,
+        "the broker's connections to show up",
+    )
+    assert "layer-test other" in opened
+    assert "layer-test (publish)" in opened
+    assert "layer-test (probe)" in opened
+
+    broker.close()
+    wait_for(lambda: _connections(vhost, "layer-test") == [], 30, "every connection to close")
+    assert broker.pieces() == []
+    assert other.closed
+    broker.close()  # twice is fine
+    with pytest.raises(RuntimeError):
+        broker.consumer()
+
+
+def test_a_piece_its_user_drops_is_forgotten(amqp_url: str) -> None:
+    with Broker(BrokerSettings.from_env(amqp_url), name="layer-drop") as broker:
+        kept = broker.consumer()
+        dropped = broker.consumer()
+        dropped.open()
+        dropped.close()
+        del dropped
+        gc.collect()
+        assert broker.pieces() == [kept]
+        forgotten = broker.session()
+        broker.forget(forgotten)
+        assert broker.pieces() == [kept]
+        assert broker.consumers(topology.ACK_QUEUE) == 0
+    assert broker.pieces() == []
