@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from broker import topology
+from broker.broker import Broker
 from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
@@ -208,7 +209,9 @@ class Dispatcher:
             c.command_id: c.client_id for c in commands if outcomes[c.command_id] != Outcome.SENT
         }
         if failed and self._record:  # only the service can send them again
-            for command_id in waiting_for_node(self.settings, failed):
+            with Broker(self.settings) as broker:
+                down = waiting_for_node(broker, failed)
+            for command_id in down:
                 statuses[command_id] = IssueStatus.WAITING_NODE
         return statuses
 

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Mapping
 
 from broker import topology
+from broker.broker import Broker
 from broker.errors import BrokerError
-from broker.queue_probe import QueueProbe, QueueState
-from broker.settings import BrokerSettings
+from broker.queue_probe import QueueState
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ MAX_PROBES = 200  # client queues probed per send
 
 
 def waiting_for_node(
-    settings: BrokerSettings, failed: Mapping[str, str], limit: int = MAX_PROBES
+    broker: Broker, failed: Mapping[str, str], limit: int = MAX_PROBES
 ) -> set[str]:
     """The ids among ``failed`` (command id -> client id) whose queue's node is down."""
     clients = sorted(set(failed.values()))[:limit]
@@ -31,7 +31,7 @@ def waiting_for_node(
         return set()
     down: set[str] = set()
     try:
-        with QueueProbe(settings) as probe:
+        with broker.probe() as probe:
             for client_id in clients:
                 if probe.state(topology.client_queue(client_id)).state == QueueState.NODE_DOWN:
                     down.add(client_id)

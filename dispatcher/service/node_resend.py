@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from broker import topology
+from broker.broker import Broker
 from broker.errors import BrokerError
-from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
-from broker.queue_probe import QueueProbe, QueueState
+from broker.publisher import Outcome, Outgoing
+from broker.queue_probe import QueueState
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import command_message
@@ -54,7 +55,7 @@ class NodeResender:
         hooks: ResendHooks | None = None,
         every: float = ROUND_EVERY,
     ) -> None:
-        self._settings = settings.named("setevnt-node-resend")
+        self._broker = Broker(settings, name="setevnt-node-resend")
         self._database = database
         self._stamp = (signing or keys.Signing.from_env()).stamp()
         self._every = every
@@ -62,7 +63,7 @@ class NodeResender:
         self._stopping = threading.Event()
 
     def run(self) -> None:
-        with NodeWaits(self._database) as waits:
+        with self._broker, NodeWaits(self._database) as waits:
             while not self._stopping.wait(self._every):
                 try:
                     self.round(waits)
@@ -92,7 +93,7 @@ class NodeResender:
     def _ready(self, waits: NodeWaits, due: Sequence[WaitingCommand]) -> list[WaitingCommand]:
         """The commands whose queue answers, claimed; those whose queue is gone settle."""
         states: dict[str, QueueState] = {}
-        with QueueProbe(self._settings) as probe:
+        with self._broker.probe() as probe:
             for client_id in dict.fromkeys(c.client_id for c in due):
                 if len(states) == MAX_PROBES:
                     break
@@ -113,7 +114,7 @@ class NodeResender:
         now = time.time()
         messages = [_message(command, now) for command in ready]
         try:
-            with ConfirmingPublisher(self._settings, stamp=self._stamp) as publisher:
+            with self._broker.publisher(stamp=self._stamp) as publisher:
                 outcomes = publisher.publish(messages)
         except BrokerError:
             for command in ready:  # not published: it waits for the next round

@@ -164,9 +164,7 @@ TRANSPORTS = {
 # Sides still building their own transports; this set only shrinks.
 NOT_ON_THE_BROKER_YET = {
     "dispatcher/api/dispatcher.py",
-    "dispatcher/api/node_down.py",
     "dispatcher/service/intake.py",
-    "dispatcher/service/node_resend.py",
     "dispatcher/storms/storm.py",
     "simulator/fleet.py",
 }
