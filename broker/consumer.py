@@ -72,6 +72,12 @@ class Consumer:
         """Process deliveries for up to ``seconds``; handlers run inside this call."""
         self._link.pump(seconds, doing)
 
+    def waiting(self, queue: str) -> int:
+        """How many messages of ``queue`` are ready for a consumer (a passive declare)."""
+        with translate_errors(f"counting {queue}"):
+            declared = self._link.channel.queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+
     def ack_through(self, delivery_tag: int) -> None:
         """Acknowledge every delivery up to and including ``delivery_tag``."""
         self._link.ack(delivery_tag, multiple=True)

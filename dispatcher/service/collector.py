@@ -19,6 +19,8 @@ from typing import Protocol
 from broker import topology
 from broker.broker import Broker
 from broker.connection import translate_errors
+from broker.consumer import Consumer
+from broker.errors import ConnectionLost
 from broker.session import Incoming
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
@@ -29,6 +31,9 @@ from schemas.codec import DecodeError, decode, decode_any
 from schemas.messages import Ack, Heartbeat, Issued, PublishReport
 
 log = logging.getLogger(__name__)
+
+# Seconds without a delivery after which the collector counts what waits in its queues.
+STALL_AFTER = 10.0
 
 
 class CollectorHooks(Protocol):
@@ -41,6 +46,34 @@ class CollectorHooks(Protocol):
     def heartbeat_dropped(self, reason: str) -> None: ...
 
     def report_dropped(self, reason: str) -> None: ...
+
+
+class StallWatch:
+    """Tells a consumer that gets nothing while its queues hold messages.
+
+    On a cluster, a consumer of a quorum queue whose leader's node went away can be left
+    receiving nothing though its connection lives; consuming again on a new connection
+    ends that. Every ``after`` seconds without a delivery, the queues are counted.
+    """
+
+    def __init__(self, after: float = STALL_AFTER) -> None:
+        self._after = after
+        self._seen = -1
+        self._since = time.monotonic()
+
+    def check(self, deliveries: int, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if deliveries != self._seen:
+            self._seen, self._since = deliveries, now
+            return
+        if now - self._since < self._after:
+            return
+        self._since = now
+        waiting = sum(consumer.waiting(q) for q in (topology.ACK_QUEUE, topology.FLEET_QUEUE))
+        if waiting:
+            raise ConnectionLost(
+                f"no delivery for {self._after:.0f} s while {waiting} message(s) wait"
+            )
 
 
 class Collector:
@@ -63,6 +96,7 @@ class Collector:
         self._prefetch = prefetch
         self._stop = threading.Event()
         self._sessions = 0
+        self._deliveries = 0
         self._warn = Throttled(log)
         self.ready = threading.Event()
 
@@ -148,19 +182,24 @@ class Collector:
             consumer.consume(topology.FLEET_QUEUE, self._on_fleet_path)
             self.ready.set()
             log.info("collecting acks from %s", self._broker.settings.redacted())
+            stall = StallWatch()
             with translate_errors("collecting acks"):  # what flushing provisions or re-sends
                 while not self._stop.is_set():
                     consumer.pump(recorder.flush_every, "collecting acks")
                     recorder.flush(consumer.ack_through)
+                    if not recorder.holding:  # a full prefetch is no stall
+                        stall.check(self._deliveries, consumer)
         finally:
             self.ready.clear()
             consumer.close()
 
     def _on_ack_path(self, message: Incoming) -> None:
+        self._deliveries += 1
         self._guarded(self.take, message)
         self._recorder.delivered(message.delivery_tag)
 
     def _on_fleet_path(self, message: Incoming) -> None:
+        self._deliveries += 1
         self._guarded(self.take_heartbeat, message)
         self._recorder.delivered(message.delivery_tag)
 

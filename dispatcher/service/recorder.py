@@ -109,6 +109,11 @@ class Recorder:
     def heartbeat(self, beat: Heartbeat, received_at: float) -> None:
         self._batch.beats.append((beat, received_at))
 
+    @property
+    def holding(self) -> bool:
+        """Whether deliveries wait for the next flush to be acknowledged."""
+        return self._batch.last_tag is not None
+
     def delivered(self, delivery_tag: int) -> None:
         """Every delivery, counted or not, is acknowledged with the batch it came in."""
         self._batch.last_tag = delivery_tag
