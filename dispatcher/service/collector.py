@@ -51,9 +51,9 @@ class CollectorHooks(Protocol):
 class StallWatch:
     """Tells a consumer that gets nothing while its queues hold messages.
 
-    On a cluster, a consumer of a quorum queue whose leader's node went away can be left
-    receiving nothing though its connection lives; consuming again on a new connection
-    ends that. Every ``after`` seconds without a delivery, the queues are counted.
+    A consumer can be left receiving nothing though its connection lives (seen on a
+    cluster after a node was killed); consuming again on a new connection ends that,
+    whatever the cause. Every ``after`` seconds without a delivery, the queues are counted.
     """
 
     def __init__(self, after: float = STALL_AFTER) -> None:
