@@ -62,7 +62,7 @@ def status_of(fleet: Fleet, command_id: str) -> str | None:
 
 
 def test_a_one_off_for_a_queue_on_a_stopped_node_waits_and_is_sent_once_it_is_back(
-    cluster: Cluster, cluster_vhost: str, tmp_path: Path
+    cluster: Cluster, cluster_vhost: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The node of a client's queue is down: a one-off ``setevnt`` for that client is
     ``waiting-node`` (exit 0, never failed, in the ledger too); once the node is back the
@@ -70,6 +70,8 @@ def test_a_one_off_for_a_queue_on_a_stopped_node_waits_and_is_sent_once_it_is_ba
     record = tmp_path / "runs.jsonl"
     fleet = Fleet(vhost_url(cluster, cluster_vhost), tmp_path)
     fleet.env["SETEVNT_MANAGEMENT_URL"] = cluster.nodes[0].management_url
+    # The provisioning below runs here: it sets the placement policy through this API.
+    monkeypatch.setenv("SETEVNT_MANAGEMENT_URL", cluster.nodes[0].management_url)
     victim = cluster.nodes[2]
     try:
         served = fleet.serve()
