@@ -199,9 +199,7 @@ class Lane:
 
     def close(self) -> None:
         self._closing = True
-        for connection in (self._consume_conn, self._publish_conn):
-            if connection is not None and not (connection.is_closed or connection.is_closing):
-                connection.close()
+        self._close_open()
 
     @property
     def closed(self) -> bool:
@@ -210,9 +208,17 @@ class Lane:
     # -- connections ------------------------------------------------------------------
 
     def _connect(self, settings: BrokerSettings, on_open: Callable[[Any], None]) -> Any:
+        generation = self.generation
+
+        def opened(connection: Any) -> None:
+            if self._closing or self._restarting or generation != self.generation:
+                connection.close()  # given up on while it was opening
+            else:
+                on_open(connection)
+
         return open_async(
             parameters(settings),
-            on_open=on_open,
+            on_open=opened,
             on_open_error=self._on_connection_lost,
             on_closed=self._on_connection_lost,
             ioloop=self._loop.ioloop,
@@ -285,9 +291,7 @@ class Lane:
         self._restarting = True
         self.generation += 1  # answers for the old channel's deliveries are now dropped
         self._reset_state()
-        for connection in (self._consume_conn, self._publish_conn):
-            if connection is not None and not (connection.is_closed or connection.is_closing):
-                connection.close()
+        self._close_open()
         if isinstance(error, BrokerRefused) and error.code != 404:
             log.error("%s; giving up on this lane", error)
             self._closing = True
@@ -298,6 +302,13 @@ class Lane:
         log.warning("%s; reconnecting in %.1f s", error, pause)
         self._backoff = min(self._backoff * 2, MAX_BACKOFF)
         self._loop.call_later(pause, self._reopen)
+
+    def _close_open(self) -> None:
+        """Close the connections that are open; one still opening closes once it opens
+        (closing it mid-handshake trips an assertion inside pika)."""
+        for connection in (self._consume_conn, self._publish_conn):
+            if connection is not None and connection.is_open:
+                connection.close()
 
     def _reopen(self) -> None:
         if self._closing:

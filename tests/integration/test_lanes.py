@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -78,3 +80,35 @@ def test_commands_queued_before_a_lane_can_publish_are_answered_once(
 def queue_counts(url: str) -> tuple[int, int]:
     """(commands ready in the queue, replies) as the broker has them now."""
     return queue_depth(url, QUEUE), queue_depth(url, REPLIES)
+
+
+def test_a_lane_reconnecting_while_a_connection_is_still_opening_keeps_its_loop(
+    loop: Loop,
+) -> None:
+    """One node refuses, the other accepts and hangs up a second later without a word:
+    the lane restarts while a connection is still in its handshake, and its loop lives on
+    to try again."""
+    with socket.socket() as silent, socket.socket() as refused:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        refused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        accepted: list[socket.socket] = []
+
+        def accept() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection = silent.accept()[0]
+                    accepted.append(connection)
+                    threading.Timer(1.0, connection.close).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        urls = ",".join(
+            f"amqp://guest:guest@127.0.0.1:{s.getsockname()[1]}/%2F" for s in (refused, silent)
+        )
+        lane = Lane(BrokerSettings(url=urls), loop, lambda lane, delivery: None)
+        loop.call_threadsafe(lane.start)
+        try:
+            wait_for(lambda: len(accepted) >= 3, 30, "the lane to try the silent node again")
+        finally:
+            loop.call_threadsafe(lane.close)
+            wait_for(lambda: lane.closed, 30, "the lane to close")
