@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from broker import topology
-from broker.connection import open_async, parameters, translate
+from broker.connection import node_order, open_async, parameters, translate
 from broker.errors import BrokerError, ConfirmTimeout
 from broker.placement import ensure_placement
 from broker.settings import BrokerSettings
@@ -33,8 +33,10 @@ class _Provisioning:
         self.remaining = len(ids)
         self.error: BrokerError | None = None
         self.connection: Any = None
+        self.opened = False
 
     def on_open(self, connection: Any) -> None:
+        self.opened = True
         for lane in range(self.parallel):
             connection.channel(on_open_callback=lambda ch, lane=lane: self.declare(ch, lane))
 
@@ -74,14 +76,28 @@ def provision_clients(
     if not ids:
         return
     ensure_placement(settings)  # on a cluster: spread the queues before declaring any
-    work = _Provisioning(ids, limits, parallel)
+    named = settings.named(f"{settings.connection_name} (provisioning)")
+    started = time.monotonic()
+    for attempt, url in enumerate(node_order(named.urls), start=1):
+        work = _Provisioning(ids, limits, parallel)
+        _run(work, named.node(url), timeout)
+        if work.error is None:
+            break
+        # A node that is down refuses the connection before anything was declared: the
+        # next node in the list can do all of it.
+        if work.opened or attempt == len(named.urls):
+            raise work.error
+        log.warning("provisioning: %s; trying the next node", work.error)
+    log.info("provisioned %d client queue(s) in %.2f s", len(ids), time.monotonic() - started)
+
+
+def _run(work: _Provisioning, settings: BrokerSettings, timeout: float) -> None:
     work.connection = connection = open_async(
-        parameters(settings.named(f"{settings.connection_name} (provisioning)")),
+        parameters(settings),
         on_open=work.on_open,
         on_open_error=work.on_failed,
         on_closed=work.on_failed,
     )
-    started = time.monotonic()
 
     def too_slow() -> None:
         work.error = ConfirmTimeout(f"provisioning: {work.remaining} queue(s) unanswered")
@@ -92,6 +108,3 @@ def provision_clients(
         connection.ioloop.start()
     finally:
         connection.ioloop.close()
-    if work.error is not None:
-        raise work.error
-    log.info("provisioned %d client queue(s) in %.2f s", len(ids), time.monotonic() - started)

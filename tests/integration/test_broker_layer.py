@@ -13,6 +13,7 @@ from broker.publisher import Outcome, Outgoing
 from broker.settings import BrokerSettings
 from tests.conftest import management
 from tests.integration.helpers import wait_for
+from tests.integration.monitoring import free_port
 
 pytestmark = pytest.mark.broker
 
@@ -76,3 +77,21 @@ def test_a_piece_its_user_drops_is_forgotten(amqp_url: str) -> None:
         assert broker.pieces() == [kept]
         assert broker.consumers(topology.ACK_QUEUE) == 0
     assert broker.pieces() == []
+
+
+def test_provisioning_declares_through_the_next_node_when_one_is_down(
+    amqp_url: str, vhost: str
+) -> None:
+    down = amqp_url.replace(":5672/", f":{free_port()}/")
+    assert down != amqp_url
+    # Each provisioning starts at the next node in turn: twice covers both orders.
+    broker = Broker(BrokerSettings.from_env(f"{down},{amqp_url}"), name="layer-test")
+    try:
+        broker.provision_clients(["FAILOVER1"])
+        broker.provision_clients(["FAILOVER2"])
+    finally:
+        broker.close()
+    quoted = urllib.parse.quote(vhost, safe="")
+    for client in ("FAILOVER1", "FAILOVER2"):
+        found = management("GET", f"/queues/{quoted}/{topology.client_queue(client)}")
+        assert found["name"] == topology.client_queue(client)
