@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from broker import topology
 from broker.broker import Broker
+from broker.errors import BrokerRefused, ConnectionLost
 from broker.provisioning import provision_clients
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
@@ -34,6 +35,9 @@ from schemas.signing import Signer
 from schemas.syntax import resolve_event
 
 DEFAULT_TTL = 3600.0
+# Seconds to keep offering the service its records of issued commands while the broker
+# refuses them (a quorum queue electing a new leader takes a few).
+RECORD_RETRY_FOR = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +246,39 @@ class Dispatcher:
             for group, ids in groups.items()
             for chunk in _chunks(ids, MAX_ISSUED)
         ]
-        self._publisher.publish(messages)
+        self._publish_records(messages)
+
+    def _publish_records(self, messages: list[Outgoing]) -> None:
+        """Publish what the service must record, until the broker takes all of it.
+
+        A quorum ack queue that just lost its leader's node refuses publishes, and goes on
+        refusing a channel opened before it elected another: each retry opens a new one.
+        A record it refused would leave its commands out of the ledger, and a
+        waiting-node command would then never be sent again.
+        """
+        deadline = time.monotonic() + RECORD_RETRY_FOR
+        pause = 0.1
+        while True:
+            outcomes = self._publisher.publish(messages)
+            unroutable = sum(outcomes[m.key] == Outcome.UNROUTABLE for m in messages)
+            messages = [m for m in messages if outcomes[m.key] == Outcome.NACKED]
+            if unroutable:
+                raise BrokerRefused(
+                    f"recording issued commands: {unroutable} record(s) unroutable: the "
+                    f"{topology.ACK_QUEUE} queue is missing (run the dispatcher service)",
+                    404,
+                )
+            if not messages:
+                return
+            if time.monotonic() + pause > deadline:
+                raise ConnectionLost(
+                    f"recording issued commands: the broker refused {len(messages)} "
+                    f"record(s) for {RECORD_RETRY_FOR:.0f} s (is the {topology.ACK_QUEUE} "
+                    "queue full, or without a leader?)"
+                )
+            self._publisher.close()
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 class _Group(NamedTuple):

@@ -1,0 +1,92 @@
+"""What a one-off send tells the service (its ``Issued`` records) reaches the ack queue,
+or the send fails before any command goes out.
+
+A quorum ack queue that lost its leader's node refuses publishes for a while (the cluster
+case is in tests/cluster/test_node_kill.py); here a policy makes the ack queue refuse
+every publish (``max-length`` 0 with the queue's ``reject-publish``) for as long as a test
+wants.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.parse
+from collections.abc import Iterator
+
+import pytest
+
+from broker import topology
+from broker.errors import ConnectionLost
+from dispatcher.access import keys
+from dispatcher.api import dispatcher as api
+from dispatcher.api.dispatcher import Dispatcher
+from schemas.codec import decode_any
+from schemas.messages import Issued, PublishReport
+from tests.conftest import management
+from tests.integration.helpers import drain
+
+pytestmark = pytest.mark.broker
+
+POLICY = "setevnt-test-refuse-acks"
+
+
+@pytest.fixture
+def refusing(vhost: str) -> Iterator[threading.Event]:
+    """The ack queue refuses publishes until the event is set."""
+    path = f"/policies/{urllib.parse.quote(vhost, safe='')}/{POLICY}"
+    body = {
+        "pattern": f"^{topology.ACK_QUEUE}$",
+        "apply-to": "queues",
+        "priority": 10,
+        "definition": {"max-length": 0},
+    }
+    management("PUT", path, body)
+    lifted = threading.Event()
+    try:
+        yield lifted
+    finally:
+        if not lifted.is_set():
+            management("DELETE", path)
+
+
+def lift_after(vhost: str, seconds: float, lifted: threading.Event) -> threading.Timer:
+    def lift() -> None:
+        management("DELETE", f"/policies/{urllib.parse.quote(vhost, safe='')}/{POLICY}")
+        lifted.set()
+
+    timer = threading.Timer(seconds, lift)
+    timer.start()
+    return timer
+
+
+def test_records_refused_for_a_while_are_offered_again_until_taken(
+    amqp_url: str, vhost: str, refusing: threading.Event
+) -> None:
+    with Dispatcher(amqp_url, signing=keys.Signing(None)) as dispatcher:
+        dispatcher.declare_topology()
+        dispatcher.provision(["PC1"])
+        timer = lift_after(vhost, 1.0, refusing)
+        try:
+            [receipt] = dispatcher.trigger(["PC1"], "CCIM32_STARTCYCLE")
+        finally:
+            timer.join()
+    assert receipt.sent
+    records = [decode_any(body) for _properties, body in drain(amqp_url, topology.ACK_QUEUE)]
+    issued = [r for r in records if isinstance(r, Issued)]
+    assert [(r.status, r.commands) for r in issued] == [
+        ("planned", {receipt.command_id: "PC1"}),
+        ("sent", {receipt.command_id: "PC1"}),
+    ]
+    assert any(isinstance(r, PublishReport) for r in records)
+
+
+def test_records_refused_throughout_fail_the_send_before_any_command_goes_out(
+    amqp_url: str, refusing: threading.Event, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(api, "RECORD_RETRY_FOR", 1.0)
+    with Dispatcher(amqp_url, signing=keys.Signing(None)) as dispatcher:
+        dispatcher.declare_topology()
+        dispatcher.provision(["PC1"])
+        with pytest.raises(ConnectionLost, match="refused 1 record"):
+            dispatcher.trigger(["PC1"], "CCIM32_STARTCYCLE")
+    assert drain(amqp_url, topology.client_queue("PC1")) == []
