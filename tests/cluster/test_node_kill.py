@@ -13,6 +13,7 @@ executions (the simulated backend's record), false failures (the ledger's status
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import urllib.parse
@@ -26,7 +27,7 @@ from broker import topology
 from tests.cluster.conftest import vhost_url
 from tests.faults.harness import finished_runs, start_storm, wait_finished
 from tests.faults.tally import ledger, run_records, tally
-from tests.integration.fleet import Fleet, storm_id_of
+from tests.integration.fleet import Fleet, runs, storm_id_of
 from tests.integration.helpers import Process, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -113,3 +114,78 @@ def test_a_node_killed_mid_storm_loses_and_fails_nothing(
     assert (result.sent, result.confirmed, result.acked) == (CLIENTS, CLIENTS, CLIENTS)
     assert (result.lost, result.duplicate_executions, false_failures) == (0, 0, 0)
     assert result.statuses == {"done": CLIENTS}
+
+
+ONE_OFF_CLIENTS = 12
+
+
+def test_a_one_off_to_a_queue_on_a_down_node_waits_and_runs_once_it_is_back(
+    cluster: Cluster, cluster_vhost: str, tmp_path: Path
+) -> None:
+    """``setevnt`` to a client whose queue's node is down: not a failure, ``waiting-node``
+    in the receipt and the ledger, nothing runs; the node back, the service sends it and
+    the client runs it once. The simulated fleet and the service lose their connections
+    to that node too, and move to the others."""
+    record = tmp_path / "runs.jsonl"
+    fleet = Fleet(vhost_url(cluster, cluster_vhost), tmp_path)
+    fleet.env["SETEVNT_MANAGEMENT_URL"] = cluster.nodes[0].management_url
+    try:
+        serve = fleet.serve()
+        fleet.simulate(ONE_OFF_CLIENTS, "--record", str(record), prefix="ONE")
+        placed = client_homes(cluster, cluster_vhost)
+        leader = ack_queue_leader(cluster, cluster_vhost)
+        # Harshest: the ack queue's leader goes down with the client's queue (the records
+        # of the send are refused until another leads), else the node with most queues.
+        victim = max(
+            cluster.nodes,
+            key=lambda n: (
+                n.name == leader and n.name in placed.values(),
+                sum(h == n.name for h in placed.values()),
+            ),
+        )
+        alive = next(n for n in cluster.nodes if n is not victim)
+        client = min(c for c, home in placed.items() if home == victim.name)
+        cluster.kill(victim)
+        try:
+            wait_for(lambda: cluster.running_nodes(alive) == 2, 60, "the node seen down")
+            sent = fleet.setevnt("--client", client, "CCIM32_STARTCYCLE", "--json", "--ttl", "600")
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            (row,) = [json.loads(line) for line in sent.stdout.splitlines()]
+            assert row["status"] == "waiting-node", row
+            command_id = row["command_id"]
+            wait_for(
+                lambda: ledger(fleet.db).statuses.get(command_id) == "waiting-node",
+                60,
+                f"the ledger's waiting-node row\n{serve.output[-4000:]}",
+            )
+            time.sleep(3)  # the service probes every 2 s: the queue stays unreachable
+            assert ledger(fleet.db).statuses[command_id] == "waiting-node"
+            assert client not in runs(record)
+        finally:
+            cluster.start(victim)
+        wait_for(
+            lambda: ledger(fleet.db).statuses.get(command_id) == "done",
+            120,
+            f"the command done once the node is back\n{serve.output[-4000:]}",
+        )
+        assert runs(record)[client] == [command_id]
+    finally:
+        fleet.stop()
+
+
+def ack_queue_leader(cluster: Cluster, vhost: str) -> str:
+    quoted = urllib.parse.quote(vhost, safe="")
+    found = management(cluster.running(), "GET", f"/queues/{quoted}/{topology.ACK_QUEUE}")
+    return str(found["leader"])
+
+
+def client_homes(cluster: Cluster, vhost: str) -> dict[str, str]:
+    """Client id -> the node its command queue lives on."""
+    quoted = urllib.parse.quote(vhost, safe="")
+    found = management(cluster.running(), "GET", f"/queues/{quoted}?columns=name,node")
+    prefix = topology.CLIENT_QUEUE_PREFIX
+    return {
+        str(q["name"])[len(prefix) :]: str(q["node"])
+        for q in found
+        if str(q["name"]).startswith(prefix)
+    }
