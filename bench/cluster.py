@@ -189,12 +189,17 @@ def start_cluster(size: int) -> Cluster:
     try:
         for _ in range(size):
             cluster.nodes.append(_new_node(root))
+        first = cluster.nodes[0]
+
+        def boot(node: ClusterNode) -> None:
+            cluster.start(node)
+            if node is not first:  # a joiner's app stops first: seconds that touch no other node
+                cluster.ctl(node, "stop_app")
+
         # Each node's boot mostly waits on its own Erlang VM, so they boot side by side.
         with concurrent.futures.ThreadPoolExecutor(size) as pool:
-            list(pool.map(cluster.start, cluster.nodes))
-        first = cluster.nodes[0]
-        for node in cluster.nodes[1:]:
-            cluster.ctl(node, "stop_app")
+            list(pool.map(boot, cluster.nodes))
+        for node in cluster.nodes[1:]:  # one join at a time, into the cluster as it is
             cluster.ctl(node, "join_cluster", first.name)
             cluster.ctl(node, "start_app")
     except BaseException:

@@ -192,19 +192,15 @@ def test_a_broker_that_is_down_is_named_in_one_line(paths: dict[str, str]) -> No
         "setevnt --url {url} --client PC1 cq",
         "setevnt --client PC1 --url {url} --wait 5s",
     )
-    with ThreadPoolExecutor(len(lines)) as pool:  # independent: each only finds no broker
+    storm_line = "setevnt-dispatcher --url {url} storm CCIM32_STARTCYCLE --client PC1 --db {db}"
+    with ThreadPoolExecutor(len(lines) + 1) as pool:  # independent: each only finds no broker
+        stormed = pool.submit(run, argv_of(storm_line, url=url, **paths))
         done = list(pool.map(lambda line: run(argv_of(line, url=url)), lines))
     for line, result in zip(lines, done, strict=True):
         assert result.returncode == 3, (line, result.stderr)
         assert result.stderr.strip().count("\n") == 0, (line, result.stderr)
         assert says in result.stderr and "Traceback" not in result.stderr, (line, result.stderr)
-    storm = run(
-        argv_of(
-            "setevnt-dispatcher --url {url} storm CCIM32_STARTCYCLE --client PC1 --db {db}",
-            url=url,
-            **paths,
-        )
-    )
+    storm = stormed.result()
     assert storm.returncode == 3, storm.stderr
     assert storm.stderr.strip().splitlines()[-1].endswith(says.split("error: ", 1)[1])
 
@@ -213,18 +209,21 @@ def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
     """More output than a pipe holds, and a reader that goes away after one line: the
     shell's SIGPIPE status (141) and nothing on stderr, as with any Unix tool."""
     db = fleet_db(tmp_path / "big.db", 3000)
-    for line in (
-        "setevnt-dispatcher clients --db {db}",
-        "setevnt-dispatcher clients --json --db {db}",
-    ):
+
+    def piped(line: str) -> subprocess.CompletedProcess[str]:
         argv = " ".join(argv_of(line, db=db))
-        shown = subprocess.run(
+        return subprocess.run(
             ["bash", "-o", "pipefail", "-c", f"{argv} | head -1"],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=60,
         )
+
+    lines = ("setevnt-dispatcher clients --db {db}", "setevnt-dispatcher clients --json --db {db}")
+    with ThreadPoolExecutor(len(lines)) as pool:  # independent readers of one database
+        done = list(pool.map(piped, lines))
+    for shown in done:
         assert shown.stdout.count("\n") == 1
         assert shown.stderr == "", shown.stderr
         assert shown.returncode == 141
@@ -238,8 +237,12 @@ def test_version(name: str) -> None:
 
 
 def test_completion_is_written_for_bash_and_zsh() -> None:
-    for shell, marker in (("bash", "complete"), ("zsh", "#compdef")):
-        shown = run(argv_of(f"setevnt-dispatcher --print-completion {shell}"))
+    markers = {"bash": "complete", "zsh": "#compdef"}
+    with ThreadPoolExecutor(len(markers)) as pool:  # independent: run at once
+        done = pool.map(
+            lambda shell: run(argv_of(f"setevnt-dispatcher --print-completion {shell}")), markers
+        )
+    for marker, shown in zip(markers.values(), done, strict=True):
         assert shown.returncode == 0 and marker in shown.stdout
         assert "storm" in shown.stdout and "--older-than" in shown.stdout
 
@@ -249,17 +252,17 @@ def test_a_dry_run_counts_and_publishes_nothing(
 ) -> None:
     """With no broker at all: a dry run never connects, and plans no storm."""
     monkeypatch.setenv("SETEVNT_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F")
-    shown = run(argv_of("setevnt --all --db {db} cq --dry-run", **paths))
+    dry_runs = (
+        "setevnt --all --db {db} cq --dry-run",
+        "setevnt-dispatcher storm CCIM32_STARTCYCLE --all --dry-run --json --db {db}",
+    )
+    with ThreadPoolExecutor(len(dry_runs)) as pool:  # independent: neither writes anything
+        shown, storm = pool.map(lambda line: run(argv_of(line, **paths)), dry_runs)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.splitlines() == [
         "dry run: would send CQMGR32_STARTCYCLE to 3 client(s)",
         "  PC1, PC2, PC3",
     ]
-    storm = run(
-        argv_of(
-            "setevnt-dispatcher storm CCIM32_STARTCYCLE --all --dry-run --json --db {db}", **paths
-        )
-    )
     assert storm.returncode == 0, storm.stderr
     assert '"targets": 3' in storm.stdout and '"dry_run": true' in storm.stdout
     listed = run(argv_of("setevnt-dispatcher status --json --db {db}", **paths))

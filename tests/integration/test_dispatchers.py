@@ -24,6 +24,7 @@ from broker.settings import BrokerSettings
 from dispatcher import Client
 from dispatcher.access.services import enroll_service
 from dispatcher.api.client import Handle
+from dispatcher.cli.site import ROUND_ENV
 from dispatcher.store.leases import LEASE
 from tests.integration.fleet import Fleet, runs, storm_id_of, wait_runs
 from tests.integration.helpers import Process, wait_for
@@ -40,6 +41,7 @@ SHARED_CLIENTS = 300
 TAKEOVER_CLIENTS = 200
 TAKEOVER_RATE = 25.0  # commands/s: ~8 s of publishing, for its dispatcher to die in
 TAKEOVER_WAIT = LEASE + 10  # the lease, a takeover look (2 s), and room
+ROUND = 0.5  # seconds between the remediating services' rounds (the default is 1 s)
 
 
 def metric(serve: Process, name: str, **labels: str) -> float:
@@ -271,9 +273,12 @@ def test_a_retry_taken_by_the_other_dispatcher_gets_the_summary_too(
             assert retry.wait(timeout=15) == summary
 
 
-def test_two_remediating_dispatchers_run_one_upgrade_storm(fleet: Fleet, tmp_path: Path) -> None:
+def test_two_remediating_dispatchers_run_one_upgrade_storm(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Both services remediate drift: the one holding the version's storm sends each
     drifted client one upgrade; the other stays out (it cannot take a live lease)."""
+    monkeypatch.setenv(ROUND_ENV, str(ROUND))
     record = tmp_path / "runs.jsonl"
     dispatchers = [fleet.serve("--copylist-version", "V2", "--remediate") for _ in range(2)]
     fleet.simulate(
@@ -288,7 +293,7 @@ def test_two_remediating_dispatchers_run_one_upgrade_storm(fleet: Fleet, tmp_pat
         return len(shown) == 30 and {c["copylist_version"] for c in shown} == {"V2"}
 
     wait_for(upgraded, 30, "every client upgraded")
-    time.sleep(2.5)  # more rounds of both services: nothing is sent again
+    time.sleep(2.5 * ROUND)  # more rounds of both services: nothing is sent again
     ran = runs(record)
     assert len(ran) == 30 and all(len(ids) == 1 for ids in ran.values()), ran
     with contextlib.closing(sqlite3.connect(fleet.db)) as db:

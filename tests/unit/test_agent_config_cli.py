@@ -12,6 +12,7 @@ import logging
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,8 +173,10 @@ def test_a_bad_config_is_one_line_and_exit_2_from_check_and_run(case: Case, tmp_
     path = tmp_path / "agent.toml"
     path.write_text(case.text(str(tmp_path / "state" / "journal")), encoding="utf-8")
     want = expected(case, path)
-    assert refused(path, "check") == (want, 2)
-    assert refused(path, "run") == (want, 2)
+    with ThreadPoolExecutor(2) as pool:  # independent refusals of one file: run at once
+        check, run = pool.map(lambda command: refused(path, command), ("check", "run"))
+    assert check == (want, 2)
+    assert run == (want, 2)
 
 
 def test_the_config_enroll_writes_passes_check(tmp_path: Path) -> None:
@@ -214,8 +217,12 @@ def test_the_example_is_refused_only_for_its_key_placeholder(tmp_path: Path) -> 
 def test_a_bad_backend_flag_is_named(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text("".join(base(str(tmp_path / "journal")).values()), encoding="utf-8")
-    for command in ("check", "run"):
-        shown = agent_cli(command, "--config", str(path), "--backend", "exce")
+    with ThreadPoolExecutor(2) as pool:  # independent refusals: run at once
+        shown_by = pool.map(
+            lambda command: agent_cli(command, "--config", str(path), "--backend", "exce"),
+            ("check", "run"),
+        )
+    for shown in shown_by:
         assert shown.returncode == 2
         assert (
             shown.stderr == "setevnt-agent: --backend: unknown backend 'exce'; did you mean exec?\n"
