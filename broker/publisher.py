@@ -167,6 +167,7 @@ class ConfirmingPublisher:
         self._run: _Run | None = None
         self._ever_opened = False
         self._opening = False
+        self._looping = False
         self._tick = 0.02
         self._ticker: Any = None
         self._shapes: dict[tuple[object, ...], pika.BasicProperties] = {}
@@ -250,8 +251,8 @@ class ConfirmingPublisher:
             self._ticker = self._connection.ioloop.call_later(self._tick, self._on_tick)
         try:
             self._pump()
-            if not self._complete(run):
-                self._connection.ioloop.start()
+            if run.error is None and not self._complete(run):
+                self._run_loop(self._connection)
         finally:
             self._run = None
             if self._connection is not None:
@@ -414,8 +415,18 @@ class ConfirmingPublisher:
             self._run.error = error
         self._stop_loop()
 
+    def _run_loop(self, connection: pika.SelectConnection) -> None:
+        """Run ``connection``'s I/O loop until a callback stops it."""
+        self._looping = True
+        try:
+            connection.ioloop.start()
+        finally:
+            self._looping = False
+
     def _stop_loop(self) -> None:
-        if self._connection is not None:
+        # Only a running loop: pika keeps a stop asked outside one for its next start,
+        # which would then return at once, and a later close would never be sent.
+        if self._looping and self._connection is not None:
             self._connection.ioloop.stop()
 
     # -- connection lifecycle -----------------------------------------------------------
@@ -438,7 +449,7 @@ class ConfirmingPublisher:
                 on_open_error=self._on_open_error,
                 on_closed=self._on_closed,
             )
-            self._connection.ioloop.start()  # stops once every channel confirms, or on error
+            self._run_loop(self._connection)  # stops once every channel confirms, or on error
         finally:
             self._opening = False
         if self._opening_error is not None:

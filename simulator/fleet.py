@@ -31,8 +31,9 @@ from agent.handler import Delivery, Handler, Run, Settle
 from agent.journal import Journal
 from agent.outbound import make_heartbeat
 from broker import topology
+from broker.broker import Broker
 from broker.errors import BrokerError
-from broker.multiplex import Lane, LaneDelivery, Loop
+from broker.multiplex import Lane, LaneDelivery
 from broker.settings import BrokerSettings
 from schemas.codec import encode
 from schemas.messages import Kind
@@ -86,7 +87,8 @@ class Simulation:
 
     def __init__(self, settings: SimulationSettings) -> None:
         self.settings = settings
-        self._loop = Loop()
+        self._broker = Broker(settings.broker)
+        self._loop = self._broker.loop()
         self._copylists = CopyLists(
             settings.copylist_version, settings.upgrade_to, settings.upgrade_event
         )
@@ -100,7 +102,11 @@ class Simulation:
         )
         self._handlers: dict[str, Handler] = {}
         self._lane_of: dict[str, Lane] = {}
-        self._lanes = [self._lane(n) for n in range(settings.connections)]
+        # A broker per lane, for its connections' name; each closes with the simulator's.
+        self._lane_brokers = [
+            self._broker.named(f"setevnt-simulator {n}") for n in range(settings.connections)
+        ]
+        self._lanes = [self._lane(broker) for broker in self._lane_brokers]
         security = None
         if settings.public_key:
             security = SecurityConfig(public_keys=(settings.public_key,))
@@ -152,7 +158,7 @@ class Simulation:
             self.error = exc
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._loop.close()
+            self._broker.close()  # the lanes (closed already unless it failed) and the loop
         log.info("simulator stopped after handling %d command(s)", self.handled)
 
     def stop(self) -> None:
@@ -160,14 +166,13 @@ class Simulation:
 
     def _declare_core(self) -> None:
         """Provisioning here, without a dispatcher: the shared exchanges too."""
-        topology.declare_all(self.settings.broker.named("setevnt-simulator (declare)"))
+        with self._broker.named("setevnt-simulator (declare)") as declaring:
+            declaring.declare_topology()
 
     # -- lanes --------------------------------------------------------------------------
 
-    def _lane(self, number: int) -> Lane:
-        settings = self.settings.broker.named(f"setevnt-simulator {number}")
-        return Lane(
-            settings,
+    def _lane(self, broker: Broker) -> Lane:
+        return broker.lane(
             self._loop,
             self._on_delivery,
             declare=self.settings.provision,

@@ -18,8 +18,7 @@ from typing import NamedTuple
 from broker import topology
 from broker.broker import Broker
 from broker.errors import BrokerRefused, ConnectionLost
-from broker.provisioning import provision_clients
-from broker.publisher import ConfirmingPublisher, Outcome, Outgoing, PublishHooks
+from broker.publisher import Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.node_down import waiting_for_node
@@ -99,13 +98,12 @@ class Dispatcher:
         """``record=False``: the caller keeps the ledger rows of what it sends itself (a
         storm's remediation); otherwise the service's collector is told (:class:`Issued`).
         ``signing`` (the key a command line chose) wins over ``signer``."""
-        self.settings = (settings or BrokerSettings.from_env(url)).named(name)
+        self._broker = Broker(settings or BrokerSettings.from_env(url), name=name)
+        self.settings = self._broker.settings
         self.catalog = catalog
         self._record = record
         stamp = signing.stamp() if signing else keys.command_stamp(signer)
-        self._publisher = ConfirmingPublisher(
-            self.settings, window=window, hooks=hooks, stamp=stamp
-        )
+        self._publisher = self._broker.publisher(window=window, hooks=hooks, stamp=stamp)
 
     def __enter__(self) -> Dispatcher:
         return self
@@ -114,11 +112,11 @@ class Dispatcher:
         self.close()
 
     def close(self) -> None:
-        self._publisher.close()
+        self._broker.close()
 
     def declare_topology(self) -> None:
         """Declare the shared exchanges and queues (idempotent)."""
-        topology.declare_all(self.settings)
+        self._broker.declare_topology()
 
     def provision(
         self, client_ids: Iterable[str], limits: topology.QueueLimits | None = None
@@ -127,8 +125,8 @@ class Dispatcher:
         ids = list(client_ids)
         for client_id in ids:
             topology.client_queue(client_id)  # validate all before declaring any
-        topology.declare_all(self.settings)
-        provision_clients(self.settings, ids, limits)
+        self._broker.declare_topology()
+        self._broker.provision_clients(ids, limits)
         return len(ids)
 
     def commands(
@@ -213,8 +211,7 @@ class Dispatcher:
             c.command_id: c.client_id for c in commands if outcomes[c.command_id] != Outcome.SENT
         }
         if failed and self._record:  # only the service can send them again
-            with Broker(self.settings) as broker:
-                down = waiting_for_node(broker, failed)
+            down = waiting_for_node(self._broker, failed)
             for command_id in down:
                 statuses[command_id] = IssueStatus.WAITING_NODE
         return statuses

@@ -29,8 +29,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, TypeVar
 
+from broker.broker import Broker
 from broker.errors import BrokerError
-from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.cli import dead, key_options, prune, results, targets
 from dispatcher.report import page as report
@@ -313,7 +313,6 @@ def _drive(
     storm: StormRecord,
     signing: keys.Signing,
 ) -> int:
-    settings = BrokerSettings.from_env(args.url).named("setevnt-storm")
     display = progress.Display(sys.stderr, tty=sys.stderr.isatty())
     flows: list[StormFlow] = []
 
@@ -321,21 +320,22 @@ def _drive(
         for flow in flows:  # stop on the publisher's thread, at its next tick
             flow.stop_requested = f"stopped by {signal.Signals(signum).name}"
 
-    try:
-        storms.warn_without_collector(settings)
-        with _signals(on_signal), _fewer_collections():
-            flow = storms.run(
-                settings,
-                ledger,
-                registry,
-                storm,
-                on_progress=lambda flow: display.show(_live(storm, flow)),
-                on_flow=flows.append,
-                signing=signing,
-            )
-    except BrokerError as exc:
-        _fail_if_running(ledger, storm.storm_id, f"broker: {exc}")
-        raise
+    with Broker.from_url(args.url, name="setevnt-storm") as broker:
+        try:
+            storms.warn_without_collector(broker)
+            with _signals(on_signal), _fewer_collections():
+                flow = storms.run(
+                    broker,
+                    ledger,
+                    registry,
+                    storm,
+                    on_progress=lambda flow: display.show(_live(storm, flow)),
+                    on_flow=flows.append,
+                    signing=signing,
+                )
+        except BrokerError as exc:
+            _fail_if_running(ledger, storm.storm_id, f"broker: {exc}")
+            raise
     display.show(_live(storm, flow), final=True)
     display.done()
     view = _view(ledger, storm.storm_id)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from broker import topology
+from broker.broker import Broker
 from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.settings import BrokerSettings
@@ -88,8 +89,8 @@ class Intake:
     """Consumes ``setevnt.requests``; one per dispatcher service, stopped with :meth:`stop`."""
 
     def __init__(self, broker: BrokerSettings, settings: IntakeSettings, hooks: IntakeHooks):
-        self._broker = broker.named("setevnt-intake")
-        self._storms = broker.named("setevnt-request-storm")
+        self._broker = Broker(broker, name="setevnt-intake")
+        self._storms = self._broker.named("setevnt-request-storm")
         self._settings = settings
         self._hooks = hooks
         self._stop = threading.Event()
@@ -142,12 +143,13 @@ class Intake:
             for worker in self._workers:
                 if worker.is_alive():
                     worker.join()
+            self._broker.close()  # and the storms' connections
 
     # -- the broker session (intake thread) ---------------------------------------------
 
     def _session(self) -> None:
         self._declare()
-        with Session(self._broker, prefetch=20) as session:
+        with self._broker.session(prefetch=20) as session:
             session.consume(topology.REQUEST_QUEUE, lambda i: self._on_request(session, i))
             self.ready.set()
             log.info("taking requests from %s", topology.REQUEST_QUEUE)
@@ -159,7 +161,7 @@ class Intake:
                 self.ready.clear()
 
     def _declare(self) -> None:
-        topology.declare_all(self._broker, doing="declaring the request queue")
+        self._broker.declare_topology(doing="declaring the request queue")
 
     def _on_request(self, session: Session, incoming: Incoming) -> None:
         """Decide, reply, settle: nothing a delivery holds stops the consumer."""

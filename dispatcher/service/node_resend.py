@@ -26,10 +26,9 @@ from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import command_message
 from dispatcher.store.db import DbSettings, StoreError
-from dispatcher.store.ledger_rows import Status
-from dispatcher.store.waiting import NodeWaits, WaitingCommand
+from dispatcher.store.ledger_rows import SentCommand, Status
+from dispatcher.store.waiting import NodeWaits
 from schemas.codec import encode
-from schemas.messages import Command
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class NodeResender:
         log.info("waiting-node: re-sent %d of %d command(s) whose node is back", sent, len(ready))
         return sent
 
-    def _ready(self, waits: NodeWaits, due: Sequence[WaitingCommand]) -> list[WaitingCommand]:
+    def _ready(self, waits: NodeWaits, due: Sequence[SentCommand]) -> list[SentCommand]:
         """The commands whose queue answers, claimed; those whose queue is gone settle."""
         states: dict[str, QueueState] = {}
         with self._broker.probe() as probe:
@@ -110,7 +109,7 @@ class NodeResender:
                 ready.append(command)
         return ready
 
-    def _send(self, waits: NodeWaits, ready: Sequence[WaitingCommand]) -> int:
+    def _send(self, waits: NodeWaits, ready: Sequence[SentCommand]) -> int:
         now = time.time()
         messages = [_message(command, now) for command in ready]
         try:
@@ -136,21 +135,8 @@ class NodeResender:
             self._hooks.waiting_node_settled(result.value, count)
 
 
-def _message(command: WaitingCommand, now: float) -> Outgoing:
-    body = encode(
-        Command(
-            command_id=command.command_id,
-            client_id=command.client_id,
-            component=command.component,
-            event=command.event,
-            silent=command.silent,
-            issued_at=command.issued_at,
-            expires_at=command.expires_at,
-            requested_by=command.requested_by,
-            not_before=command.not_before,
-            force=command.force,
-        )
-    )
+def _message(command: SentCommand, now: float) -> Outgoing:
+    body = encode(command.command())
     # Expiring when the command does, not a full time to live from now.
     remaining = command.expires_at - now
     return command_message(command.command_id, command.client_id, body, remaining)

@@ -18,10 +18,10 @@ from broker.broker import Broker
 from broker.publisher import Outcome, Outgoing
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import command_message
-from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
+from dispatcher.store.ledger import Ledger
+from dispatcher.store.ledger_rows import SentCommand
 from dispatcher.storms.progress import STALE_AFTER
 from schemas.codec import encode
-from schemas.messages import Command
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def resend_fast_lane(broker: Broker, ledger: Ledger, signing: keys.Signing | Non
     pending = ledger.fast_pending(now, now - STALE_AFTER)
     if not pending:
         return 0
-    messages = [_message(command, storm, now) for command, storm in pending]
+    messages = [_message(SentCommand.of_storm(c, storm, now), now) for c, storm in pending]
     stamp = (signing or keys.Signing.from_env()).stamp()
     with broker.named("setevnt-resend") as resend, resend.publisher(stamp=stamp) as publisher:
         outcomes = publisher.publish(messages)
@@ -41,24 +41,8 @@ def resend_fast_lane(broker: Broker, ledger: Ledger, signing: keys.Signing | Non
     return sent
 
 
-def _message(command: CommandRecord, storm: StormRecord, now: float) -> Outgoing:
-    assert command.component and command.event and command.expires_at is not None
-    issued = command.issued_at if command.issued_at is not None else now
-    body = encode(
-        Command(
-            command_id=command.command_id,
-            client_id=command.client_id,
-            component=command.component,
-            event=command.event,
-            silent=bool(storm.options.get("silent")),
-            issued_at=issued,
-            expires_at=command.expires_at,
-            requested_by=storm.requested_by,
-            storm_id=command.storm_id,
-            not_before=command.not_before,
-            force=bool(storm.options.get("force")),
-        )
-    )
+def _message(command: SentCommand, now: float) -> Outgoing:
+    body = encode(command.command())
     # Transient again, and expiring when the command does, not a full TTL from now.
     remaining = command.expires_at - now
     return command_message(command.command_id, command.client_id, body, remaining, persistent=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from broker.broker import Broker
 from broker.errors import BrokerError
 from broker.settings import BrokerSettings
 from dispatcher.access.keys import Signing
@@ -37,7 +38,7 @@ class Resumer:
         registry: RegistrySettings,
         signing: Signing | None = None,
     ) -> None:
-        self._broker = broker.named("setevnt-storm")
+        self._broker = Broker(broker, name="setevnt-storm")
         self._database = database
         self._registry = registry
         self._signing = signing
@@ -62,6 +63,7 @@ class Resumer:
             flow.suspend_requested = SUSPENDED
         for thread in self._threads:
             thread.join()
+        self._broker.close()
 
     def _run(self, storm_id: str) -> None:
         with (

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
+from schemas.messages import Command
+
 
 class Status(StrEnum):
     PLANNED = "planned"  # in a storm, not confirmed by the broker (yet)
@@ -109,6 +111,57 @@ class CommandRecord:
     reason: str | None = None
     detail: str | None = None
     coalesced_into: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SentCommand:
+    """A command as it was published, to publish it again unchanged: the same id, start
+    and expiry (a one-off's waiting for its node, a fast-lane storm's after a restart)."""
+
+    command_id: str
+    client_id: str
+    component: str
+    event: str
+    issued_at: float
+    expires_at: float
+    not_before: float | None
+    requested_by: str
+    silent: bool
+    force: bool
+    storm_id: str | None = None
+
+    @classmethod
+    def of_storm(cls, command: CommandRecord, storm: StormRecord, now: float) -> SentCommand:
+        """A storm's command: the storm says who asked and how (issued ``now`` if unsent)."""
+        assert command.component and command.event and command.expires_at is not None
+        return cls(
+            command_id=command.command_id,
+            client_id=command.client_id,
+            component=command.component,
+            event=command.event,
+            issued_at=command.issued_at if command.issued_at is not None else now,
+            expires_at=command.expires_at,
+            not_before=command.not_before,
+            requested_by=storm.requested_by,
+            silent=bool(storm.options.get("silent")),
+            force=bool(storm.options.get("force")),
+            storm_id=command.storm_id,
+        )
+
+    def command(self) -> Command:
+        return Command(
+            command_id=self.command_id,
+            client_id=self.client_id,
+            component=self.component,
+            event=self.event,
+            silent=self.silent,
+            issued_at=self.issued_at,
+            expires_at=self.expires_at,
+            requested_by=self.requested_by,
+            storm_id=self.storm_id,
+            not_before=self.not_before,
+            force=self.force,
+        )
 
 
 # (writer, its answer batch number, command id, status, received at, latency, reason,

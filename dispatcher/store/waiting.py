@@ -10,11 +10,10 @@ services sharing the database exactly one publishes it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.store import db
-from dispatcher.store.ledger_rows import Status
+from dispatcher.store.ledger_rows import SentCommand, Status
 
 _DUE = """
 SELECT command_id, client_id, component, event, issued_at, expires_at, not_before,
@@ -36,22 +35,6 @@ UPDATE commands SET status = ?, sent_at = ? WHERE command_id = ? AND status = 'p
 EXPIRED_DETAIL = "its time to live ran out while its queue's cluster node was down"
 
 
-@dataclass(frozen=True, slots=True)
-class WaitingCommand:
-    """A one-off command as it was published, to publish it again unchanged."""
-
-    command_id: str
-    client_id: str
-    component: str
-    event: str
-    issued_at: float
-    expires_at: float
-    not_before: float | None
-    requested_by: str
-    silent: bool
-    force: bool
-
-
 class NodeWaits:
     """Used by one thread (the service's re-sender)."""
 
@@ -67,7 +50,7 @@ class NodeWaits:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def due(self, now: float, limit: int) -> list[WaitingCommand]:
+    def due(self, now: float, limit: int) -> list[SentCommand]:
         """Waiting one-off commands still alive at ``now``, those expiring first first."""
         rows = self._db.execute(_DUE, (now, limit)).fetchall()
         return [_waiting(row) for row in rows]
@@ -89,9 +72,9 @@ class NodeWaits:
             self._db.execute(_SETTLE, (status.value, sent_at, command_id))
 
 
-def _waiting(row: Sequence[Any]) -> WaitingCommand:
+def _waiting(row: Sequence[Any]) -> SentCommand:
     command_id, client_id, component, event, issued, expires, not_before, by, silent, force = row
-    return WaitingCommand(
+    return SentCommand(
         command_id=command_id,
         client_id=client_id,
         component=component,

@@ -27,10 +27,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from broker import topology
+from broker.broker import Broker
 from broker.errors import BrokerError
-from broker.peek import consumers
-from broker.publisher import ConfirmingPublisher, Stamp
-from broker.queue_probe import QueueProbe
+from broker.publisher import Stamp
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import default_requester, report_message
@@ -236,7 +235,7 @@ Progress = Callable[[StormFlow], None]
 
 
 def run(
-    settings: BrokerSettings,
+    broker: Broker,
     ledger: Ledger,
     registry: Registry | None,
     storm: StormRecord,
@@ -245,8 +244,9 @@ def run(
     on_flow: Callable[[StormFlow], None] | None = None,
     signing: keys.Signing | None = None,
 ) -> StormFlow:
-    """Publish the storm's planned commands until done, halted or cancelled (signed as
-    ``signing`` says; by default with the key of ``$SETEVNT_SIGNING_KEY_FILE``)."""
+    """Publish the storm's planned commands until done, halted or cancelled, over
+    connections from ``broker`` (signed as ``signing`` says; by default with the key of
+    ``$SETEVNT_SIGNING_KEY_FILE``)."""
     options = StormOptions.from_json(storm.options)
     commands = ledger.storm_commands(storm.storm_id)
     answers = Answers(storm.storm_id)
@@ -261,7 +261,7 @@ def run(
 
     writer = LedgerWriter(ledger.settings, storm.storm_id, after_write=after_write)
     # On a cluster: tells a queue whose node is down from a missing one (waiting-node).
-    probe = QueueProbe(settings) if settings.cluster else None
+    probe = broker.probe() if broker.settings.cluster else None
     try:
         offline = registry.offline_ids() if registry is not None else set()
         targets = [
@@ -275,14 +275,14 @@ def run(
             writer,
             answers,
             on_progress=on_progress,
-            reports=_reports(settings, storm),
+            reports=_reports(broker.settings, storm),
             nodes=probe,
         )
         flows.append(flow)
         if on_flow is not None:
             on_flow(flow)  # e.g. for a signal handler to ask it to stop
         stamp = (signing or keys.Signing.from_env()).stamp()
-        _publish(settings, ledger, storm, options, flow, writer, stamp)
+        _publish(broker, ledger, storm, options, flow, writer, stamp)
     finally:
         writer.close()
         if probe is not None:
@@ -305,12 +305,13 @@ def _status(command: CommandRecord) -> str:
     return Status.PLANNED if command.status == Status.WAITING_NODE else command.status
 
 
-def warn_without_collector(settings: BrokerSettings) -> None:
+def warn_without_collector(broker: Broker) -> None:
     """A storm learns its answers from the ledger, which the service's collector writes:
     say so when none runs (storms run by the service itself need not ask)."""
-    checking = settings.named(f"{settings.connection_name} (check)")
-    topology.declare_all(checking, doing="looking for the dispatcher service")
-    if consumers(checking, topology.ACK_QUEUE) == 0:
+    with broker.named(f"{broker.settings.connection_name} (check)") as checking:
+        checking.declare_topology(doing="looking for the dispatcher service")
+        collecting = checking.consumers(topology.ACK_QUEUE)
+    if collecting == 0:
         log.warning(
             "no `setevnt-dispatcher serve` is collecting acks (%s has no consumer): the "
             "storm sees no answers until it runs, and counts its commands pending-offline "
@@ -342,7 +343,7 @@ def _order(storm: StormRecord, options: StormOptions) -> Order:
 
 
 def _publish(
-    settings: BrokerSettings,
+    broker: Broker,
     ledger: Ledger,
     storm: StormRecord,
     options: StormOptions,
@@ -352,8 +353,7 @@ def _publish(
 ) -> None:
     window = FAST_CONFIRM_WINDOW if options.fast else CONFIRM_WINDOW
     try:
-        with ConfirmingPublisher(
-            settings,
+        with broker.publisher(
             window=window,
             channels=CHANNELS,
             attempts=PUBLISH_ATTEMPTS,

@@ -95,3 +95,34 @@ def test_provisioning_declares_through_the_next_node_when_one_is_down(
     for client in ("FAILOVER1", "FAILOVER2"):
         found = management("GET", f"/queues/{quoted}/{topology.client_queue(client)}")
         assert found["name"] == topology.client_queue(client)
+
+
+class _Finished:
+    """A stream source with nothing to hand out."""
+
+    def take(self, room: int) -> list[Outgoing]:
+        return []
+
+    def tick(self) -> None:
+        pass
+
+    def finished(self) -> bool:
+        return True
+
+
+def test_a_publisher_with_nothing_to_publish_still_closes_its_connection(
+    amqp_url: str, vhost: str
+) -> None:
+    """A run complete before its loop started used to leave pika's loop told to stop, so
+    the close handshake was never sent and the connection stayed open."""
+    with Broker(BrokerSettings.from_env(amqp_url), name="layer-empty") as broker:
+        empty = broker.named("layer-empty batch").publisher()
+        assert empty.publish([]) == {}
+        finished = broker.named("layer-empty stream").publisher()
+        assert finished.stream(_Finished()) == {}
+        wait_for(
+            lambda: len(_connections(vhost, "layer-empty")) == 2, 30, "both connections to open"
+        )
+        empty.close()
+        finished.close()
+        wait_for(lambda: _connections(vhost, "layer-empty") == [], 30, "both connections to close")

@@ -161,13 +161,6 @@ TRANSPORTS = {
     "broker.peek": {"peek", "consumers"},
     "broker.migration": {"move_to_quorum"},
 }
-# Sides still building their own transports; this set only shrinks.
-NOT_ON_THE_BROKER_YET = {
-    "dispatcher/api/dispatcher.py",
-    "dispatcher/service/intake.py",
-    "dispatcher/storms/storm.py",
-    "simulator/fleet.py",
-}
 
 
 def _transport_names(tree: ast.AST) -> tuple[dict[str, str], dict[str, str]]:
@@ -209,5 +202,4 @@ def test_only_the_broker_layer_builds_connections() -> None:
         for name, path in MODULES.items()
         if not name.startswith("broker") and (built := _transports_built(path))
     }
-    assert set(building) - NOT_ON_THE_BROKER_YET == set(), building
-    assert NOT_ON_THE_BROKER_YET - set(building) == set(), "on the broker now: drop from the list"
+    assert building == {}
