@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from broker import topology
-from broker.errors import ConnectionLost
+from broker.errors import BrokerRefused, ConnectionLost
 from dispatcher.access import keys
 from dispatcher.api import dispatcher as api
 from dispatcher.api.dispatcher import Dispatcher
@@ -88,5 +88,18 @@ def test_records_refused_throughout_fail_the_send_before_any_command_goes_out(
         dispatcher.declare_topology()
         dispatcher.provision(["PC1"])
         with pytest.raises(ConnectionLost, match="refused 1 record"):
+            dispatcher.trigger(["PC1"], "CCIM32_STARTCYCLE")
+    assert drain(amqp_url, topology.client_queue("PC1")) == []
+
+
+def test_records_with_no_ack_queue_to_reach_fail_the_send_at_once(
+    amqp_url: str, vhost: str
+) -> None:
+    with Dispatcher(amqp_url, signing=keys.Signing(None)) as dispatcher:
+        dispatcher.declare_topology()
+        dispatcher.provision(["PC1"])
+        quoted = urllib.parse.quote(vhost, safe="")
+        management("DELETE", f"/queues/{quoted}/{topology.ACK_QUEUE}")
+        with pytest.raises(BrokerRefused, match="unroutable"):
             dispatcher.trigger(["PC1"], "CCIM32_STARTCYCLE")
     assert drain(amqp_url, topology.client_queue("PC1")) == []
