@@ -31,8 +31,17 @@ tools:
 demo: venv broker
 	$(PY) scripts/demo.py
 
+# The tests mostly wait on the broker and the processes they start, so they run on
+# several workers, one module per worker at a time; the exclusive ones (they stop the
+# broker or raise an alarm for everyone) then run alone. Both phases run whatever fails.
+TEST_WORKERS ?= 3
 test: venv broker postgres tools
-	$(PY) -m pytest
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m 'not exclusive' $(PYTEST_ARGS); \
+	shared=$$?; \
+	$(PY) -m pytest -m exclusive $(PYTEST_ARGS); \
+	alone=$$?; \
+	echo "make test: shared phase exit $$shared, exclusive phase exit $$alone"; \
+	[ $$shared -eq 0 ] && [ $$alone -eq 0 ]
 
 lint: venv
 	$(VENV)/bin/ruff check .

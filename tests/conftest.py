@@ -3,6 +3,11 @@
 With CI=true a missing broker fails the run; on a developer machine broker tests skip
 with the reason. Every broker test gets its own vhost, created and deleted through the
 management API, so tests never see each other's queues.
+
+That isolation lets `make test` run the suite on several pytest-xdist workers: each
+module's tests stay on one worker (its module-scoped broker, nodes and fleets are set up
+once), the cluster package's too. Tests marked ``exclusive`` change the broker for
+everyone, so they refuse to run beside others and `make test` runs them alone afterwards.
 """
 
 from __future__ import annotations
@@ -51,6 +56,31 @@ def _broker_problem() -> str | None:
     except (OSError, urllib.error.URLError) as exc:
         return f"RabbitMQ management API not reachable on :15672 ({exc}); run `make broker`"
     return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+
+
+@pytest.fixture(autouse=True)
+def alone_if_exclusive(request: pytest.FixtureRequest) -> None:
+    """A test that changes the broker for everyone fails at once beside other workers."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and request.node.get_closest_marker("exclusive"):
+        pytest.fail(
+            "this test changes the machine's broker for every other test: run the "
+            "exclusive tests without -n (make test runs them alone, after the rest)",
+            pytrace=False,
+        )
+
+
+def _worker_group(item: pytest.Item) -> str:
+    """The tests that share expensive fixtures: a module, or the cluster package (whose
+    modules share one private cluster)."""
+    path = item.path.relative_to(item.config.rootpath)
+    return "tests/cluster" if path.parts[:2] == ("tests", "cluster") else str(path)
 
 
 @pytest.fixture(scope="session")

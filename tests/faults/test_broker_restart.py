@@ -36,7 +36,7 @@ from tests.integration.fleet import Fleet, storm_id_of
 from tests.integration.helpers import Process, queue_depth, wait_for
 
 # 46 s here on a quiet broker: room for a busy one, whose stop_app alone took 7.6 s.
-pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.broker, pytest.mark.exclusive, pytest.mark.slow, pytest.mark.timeout(300)]
 
 ONLINE, AWAY = 300, 50
 # ~23 s of publishing, so the restart lands in the middle of it: stop_app alone took up

@@ -42,7 +42,7 @@ from tests.faults.tally import run_records, tally
 from tests.integration.fleet import Fleet
 from tests.integration.helpers import Process
 
-pytestmark = [pytest.mark.broker, pytest.mark.slow]
+pytestmark = [pytest.mark.broker, pytest.mark.exclusive, pytest.mark.slow]
 
 CLIENTS = 20
 BLOCKED_TIMEOUT = 3.0
