@@ -36,7 +36,7 @@ demo: venv broker
 # broker or raise an alarm for everyone) then run alone. Both phases run whatever fails.
 TEST_WORKERS ?= 3
 test: venv broker postgres tools
-	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup -m 'not exclusive' $(PYTEST_ARGS); \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m 'not exclusive' $(PYTEST_ARGS); \
 	shared=$$?; \
 	$(PY) -m pytest -m exclusive $(PYTEST_ARGS); \
 	alone=$$?; \

@@ -4,9 +4,9 @@ With CI=true a missing broker fails the run; on a developer machine broker tests
 with the reason. Every broker test gets its own vhost, created and deleted through the
 management API, so tests never see each other's queues.
 
-That isolation lets `make test` run the suite on several pytest-xdist workers: each
-module's tests stay on one worker (its module-scoped broker, nodes and fleets are set up
-once), the cluster package's too. Tests marked ``exclusive`` change the broker for
+That isolation lets `make test` run the suite on several pytest-xdist workers, each
+module's tests on one worker (`--dist loadfile`: its module-scoped nodes, fleets and
+vhosts are set up once). Tests marked ``exclusive`` change the broker for
 everyone, so they refuse to run beside others and `make test` runs them alone afterwards.
 """
 
@@ -58,12 +58,6 @@ def _broker_problem() -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
-
-
 @pytest.fixture(autouse=True)
 def alone_if_exclusive(request: pytest.FixtureRequest) -> None:
     """A test that changes the broker for everyone fails at once beside other workers."""
@@ -74,13 +68,6 @@ def alone_if_exclusive(request: pytest.FixtureRequest) -> None:
             "exclusive tests without -n (make test runs them alone, after the rest)",
             pytrace=False,
         )
-
-
-def _worker_group(item: pytest.Item) -> str:
-    """The tests that share expensive fixtures: a module, or the cluster package (whose
-    modules share one private cluster)."""
-    path = item.path.relative_to(item.config.rootpath)
-    return "tests/cluster" if path.parts[:2] == ("tests", "cluster") else str(path)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """One private 3-node cluster for all the cluster tests, and a virtual host of its own per test.
 
 The nodes are the tests' own (bench/cluster.py), started once (side by side) for this
-package's tests and killed with their data deleted after its last one, so they do not idle
+package's tests in a pytest process (under `make test`'s workers, at most once per module)
+and killed with their data deleted after its last one there, so they do not idle
 through the rest of the suite; the machine's broker is never touched. A test that kills a
 node starts it again before it ends, and each test works in a virtual host of its own, so
 sharing the nodes shares no state between tests.
