@@ -6,8 +6,9 @@ connection cuts and broker restarts (agents publish acks persistent), and is rea
 background thread that reconnects by itself. It is the "ack stream" of the tallies.
 
 The broker functions drive the machine's own RabbitMQ with ``rabbitmqctl``. Every test
-that uses them restores the broker in a ``finally`` (other tests share it) and waits until
-it is fully back: ``await_startup``, the AMQP port and the management API.
+that uses them is marked ``exclusive`` (it runs alone, never beside another worker's
+tests), restores the broker in a ``finally`` (other tests share it) and waits until it is
+fully back: ``await_startup``, the AMQP port and the management API.
 """
 
 from __future__ import annotations
