@@ -242,8 +242,15 @@ VALUES (?, ?, ?, ?, 'planned', ?, ?)
 ON CONFLICT DO NOTHING
 """
 _OUTCOME = """
-UPDATE commands SET status = ?, sent_at = ? WHERE command_id = ? AND client_id = ?
-    AND status = 'planned'
+UPDATE commands SET status = ? WHERE command_id = ? AND client_id = ? AND status = 'planned'
+"""
+# The broker took the command. An ack may have come first and settled the row: it keeps
+# its status but still learns when it was sent, never later than its ack.
+_SENT = """
+UPDATE commands SET status = CASE WHEN status = 'planned' THEN 'sent' ELSE status END,
+    sent_at = CASE WHEN acked_at < ? THEN acked_at ELSE ? END
+WHERE command_id = ? AND client_id = ? AND sent_at IS NULL
+    AND status NOT IN ('unroutable', 'nacked', 'waiting-node')
 """
 # What the service needs to publish the command again (dispatcher.store.waiting).
 _WAITING_NODE = """
@@ -256,7 +263,7 @@ WHERE command_id = ? AND client_id = ? AND status = 'planned'
 def record_issued(connection: db.Connection, issued: Sequence[tuple[Issued, float]]) -> None:
     """Rows for commands dispatchers issued outside storms: planned ones are added (an
     existing row is kept), outcomes settle rows still planned (an ack that came first
-    wins)."""
+    wins, though a sent row it settled still gets its sent time)."""
     with db.transaction(connection):
         for message, received_at in issued:
             if message.status == IssueStatus.PLANNED:
@@ -289,12 +296,16 @@ def record_issued(connection: db.Connection, issued: Sequence[tuple[Issued, floa
                         for cid, client in message.commands.items()
                     ],
                 )
-            else:
-                sent_at = received_at if message.status == IssueStatus.SENT else None
+            elif message.status == IssueStatus.SENT:
                 connection.executemany(
-                    _OUTCOME,
+                    _SENT,
                     [
-                        (message.status, sent_at, cid, client)
+                        (received_at, received_at, cid, client)
                         for cid, client in message.commands.items()
                     ],
+                )
+            else:
+                connection.executemany(
+                    _OUTCOME,
+                    [(message.status, cid, client) for cid, client in message.commands.items()],
                 )

@@ -90,7 +90,13 @@ def test_commands_sent_outside_storms_reach_the_ledger_through_the_collector(
                     found = [ledger.command(r.command_id) for r in (done, ghost)]
                     return tuple(c.status if c else None for c in found)
 
+                def sent() -> bool:
+                    row = ledger.command(done.command_id)
+                    return row is not None and row.sent_at is not None
+
+                # The ack and the broker's outcome reach the collector in either order.
                 wait_for(lambda: statuses() == ("done", "unroutable"), 20, "both rows settled")
+                wait_for(sent, 20, "the sent time, even after the ack")
                 row = ledger.command(done.command_id)
                 assert row is not None and (row.component, row.client_id) == ("CCIM32", "PC001")
                 assert row.latency is not None and row.sent_at is not None

@@ -90,3 +90,29 @@ def test_issued_outcomes_settle_only_planned_rows(ledger: Ledger) -> None:
     ledger.record_issued([(late, now)])
     assert ledger.command("c1").status == "done"  # type: ignore[union-attr]
     assert ledger.command("c2").status == "sent"  # type: ignore[union-attr]
+
+
+def test_a_sent_outcome_after_the_ack_keeps_the_status_and_fills_the_sent_time(
+    ledger: Ledger,
+) -> None:
+    now = time.time()
+    planned = Issued("t", "planned", "CCIM32", "STARTCYCLE", now, now + 60, {"c3": "PC3"})
+    ledger.record_issued([(planned, now)])
+    ledger.record_answers([(ack("c3", "PC3", "done"), now + 1)])
+    sent = Issued("t", "sent", "CCIM32", "STARTCYCLE", now, now + 60, {"c3": "PC3"})
+    ledger.record_issued([(sent, now + 2)])
+    command = ledger.command("c3")
+    assert command is not None and command.status == "done"
+    assert command.sent_at == command.acked_at == pytest.approx(now + 1)
+    ledger.record_issued([(sent, now + 3)])  # a repeat changes nothing
+    assert ledger.command("c3") == command
+
+
+def test_a_sent_outcome_never_marks_a_command_the_broker_refused(ledger: Ledger) -> None:
+    now = time.time()
+    refused = Issued("t", "unroutable", "CCIM32", "STARTCYCLE", now, now + 60, {"c4": "PC4"})
+    planned = Issued("t", "planned", "CCIM32", "STARTCYCLE", now, now + 60, {"c4": "PC4"})
+    sent = Issued("t", "sent", "CCIM32", "STARTCYCLE", now, now + 60, {"c4": "PC4"})
+    ledger.record_issued([(planned, now), (refused, now), (sent, now + 1)])
+    command = ledger.command("c4")
+    assert command is not None and (command.status, command.sent_at) == ("unroutable", None)
