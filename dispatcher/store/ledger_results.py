@@ -2,7 +2,8 @@
 
 ``results``, ``storm --retry-from``, the report's failure tables and ``dead`` read the
 ledger through here. A command still pending past its expiry counts ``expired`` (as in
-:meth:`dispatcher.store.ledger.Ledger.counts_at`): the broker dropped it unanswered. Every text
+:meth:`dispatcher.store.ledger.Ledger.counts_at`): the broker dropped it unanswered. So
+does a one-off command still ``planned`` past its expiry. Every text
 here was written by an agent, so it is cut to a bounded length in the query itself.
 """
 
@@ -20,9 +21,11 @@ OUTPUT_TAIL = 2048  # the last characters of a command's output: where errors us
 MAX_REASONS = 50  # rows of a by-reason table, whatever the ledger holds
 
 _PENDING = ", ".join(f"'{s}'" for s in sorted(PENDING))
-_EFFECTIVE = (
-    f"CASE WHEN status IN ({_PENDING}) AND expires_at <= :now THEN 'expired' ELSE status END"
-)
+# A one-off command left `planned` lost its process (or the service that claimed it)
+# before the broker's answer was recorded; nothing sends it again, so past its expiry it
+# is as lapsed as a pending one. A storm's planned commands wait for `resume` instead.
+_LAPSES = f"(status IN ({_PENDING}) OR (status = 'planned' AND storm_id IS NULL))"
+_EFFECTIVE = f"CASE WHEN {_LAPSES} AND expires_at <= :now THEN 'expired' ELSE status END"
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from dispatcher.cli.results import status_filter
 from dispatcher.report import results, tables
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger, StormRecord
-from schemas.messages import Ack
+from schemas.messages import Ack, Issued
 
 NOW = time.time()  # at collection: a long suite may reach the unit tests much later
 LATER = NOW + 86_400  # in time, however late this test runs
@@ -179,3 +179,30 @@ def test_a_storm_says_why_its_agents_rejected_it(store_db: DbSettings) -> None:
         assert results.rejections(ledger, STORM) == (
             "3 client(s) rejected the command: bad-signature (2), clock-skew (1)"
         )
+
+
+def test_a_one_off_left_planned_counts_expired_once_its_time_ran_out(
+    store_db: DbSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its process died before the broker's answer was recorded: nothing sends it again."""
+    stuck = Issued("cli", "planned", "CCIM32", "STARTCYCLE", NOW - 120, NOW - 60, {"o1": "PC1"})
+    alive = Issued("cli", "planned", "CCIM32", "STARTCYCLE", NOW, LATER, {"o2": "PC2"})
+    storm = StormRecord(
+        STORM, "CCIM32", "STARTCYCLE", {}, 1, "interrupted", None, "ops", NOW - 60, NOW - 50,
+        NOW - 50, "pid 1", False,
+    )  # fmt: skip
+    resumable = CommandRecord("s1", STORM, "PC3", "CCIM32", "STARTCYCLE", "planned",
+                              expires_at=NOW - 60)  # fmt: skip
+    with Ledger(store_db) as ledger:
+        ledger.record_issued([(stuck, NOW), (alive, NOW)])
+        ledger.create_storm(storm, [resumable])
+
+    def result(ident: str) -> dict[str, object]:
+        out = run(capsys, "results", ident, "--json", "--db", store_db.path).splitlines()
+        return dict(json.loads(out[0]))
+
+    lapsed = result("o1")
+    assert (lapsed["status"], lapsed["recorded_status"]) == ("expired", "planned")
+    assert lapsed["detail"] == "no answer before it expired (the ledger has it planned)"
+    assert result("o2")["status"] == "planned", "still in time: its process may yet send it"
+    assert result(STORM)["status"] == "planned", "a storm's planned command waits for resume"
