@@ -29,7 +29,8 @@ crawls at <100/s with the broker's file_handle_cache process busy. So a single p
 the best of a few, says more about luck than about the publisher. The broker's CPU
 seconds per pass are printed (read from /proc when the broker runs here), and so are the
 publishers': the bench process during a raw pass, the whole storm process (start-up and
-planning included).
+planning included), and each publisher's CPU from its first publish to its last confirm
+(``window_cpu_s``: where the storm's own work per command shows).
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -51,13 +53,14 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import Any, NamedTuple
 
 import pika
 
@@ -181,21 +184,34 @@ def properties(command_id: str, persistent: bool = True) -> pika.BasicProperties
     )
 
 
-def naive(url: str, messages: list[tuple[str, str, bytes]]) -> float:
+class Timed(NamedTuple):
+    """A publisher's pass: seconds from its first publish to its last confirm, and the CPU
+    seconds this process spent meanwhile."""
+
+    seconds: float
+    cpu_s: float
+
+
+def cpu_now() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def naive(url: str, messages: list[tuple[str, str, bytes]]) -> Timed:
     """What users write: wait for each confirm before publishing the next."""
     connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_now()
         for command_id, queue, body in messages:
             channel.basic_publish("", queue, body, properties(command_id), mandatory=True)
-        return time.perf_counter() - started
+        return Timed(time.perf_counter() - started, cpu_now() - cpu)
     finally:
         connection.close()
 
 
-def raw_fast(url: str, messages: list[tuple[str, str, bytes]]) -> float:
+def raw_fast(url: str, messages: list[tuple[str, str, bytes]]) -> Timed:
     """The ceiling for transient commands (the storm's fast lane), with its window."""
     return raw(url, messages, window=FAST_CONFIRM_WINDOW, persistent=False)
 
@@ -205,7 +221,7 @@ def raw(
     messages: list[tuple[str, str, bytes]],
     window: int = CONFIRM_WINDOW,
     persistent: bool = True,
-) -> float:
+) -> Timed:
     """A bare pipelined publisher with confirms: the broker's ceiling on this machine.
 
     Over as many channels of one connection as the storm uses, each with its share of the
@@ -229,10 +245,11 @@ class _Raw:
         self.lanes: list[_RawLane] = []
         self.next = 0
         self.started = self.elapsed = self.progress = 0.0
+        self.cpu_started = self.cpu = 0.0
         self.errors: list[BaseException] = []
         self.connection: Any = None
 
-    def run(self, url: str) -> float:
+    def run(self, url: str) -> Timed:
         self.connection = pika.SelectConnection(
             pika.URLParameters(url),
             on_open_callback=self.opened,
@@ -247,7 +264,7 @@ class _Raw:
             self.connection.ioloop.close()
         if self.errors or not self.elapsed:
             raise SystemExit(f"bench: the raw publisher failed: {self.errors or 'closed'}")
-        return self.elapsed
+        return Timed(self.elapsed, self.cpu)
 
     def opened(self, connection: Any) -> None:
         for _ in range(CHANNELS):
@@ -263,7 +280,7 @@ class _Raw:
     def confirming(self, lane: _RawLane) -> None:
         self.lanes.append(lane)
         if len(self.lanes) == CHANNELS:  # every channel confirms: go
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), cpu_now()
             for each in self.lanes:
                 self.pump(each)
 
@@ -285,6 +302,7 @@ class _Raw:
         self.progress = time.monotonic()
         if self.next == len(self.messages) and not any(each.outstanding for each in self.lanes):
             self.elapsed = time.perf_counter() - self.started
+            self.cpu = cpu_now() - self.cpu_started
             self.connection.close()
             return
         self.pump(lane)
@@ -318,9 +336,11 @@ def run_storm(
         proc = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err
         )
+        sampler = CpuSampler(proc.pid)
         assert proc.stdout is not None
         output = proc.stdout.read()
         proc.stdout.close()
+        sampler.stop()  # before the process is reaped: its /proc entry stays until then
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     lines = output.decode().strip().splitlines()
@@ -336,22 +356,72 @@ def run_storm(
     # From the ledger, not the storm's own figure: a storm ends after its delivery wait,
     # with late clients pending-offline, and their acks still count here.
     storm["all_acked_after_s"] = round(scalar(db, ALL_ACKED_AFTER, storm["storm_id"]), 3)
+    first = scalar(db, "SELECT publishing_at FROM storms WHERE storm_id = ?", storm["storm_id"])
+    last = scalar(db, "SELECT max(sent_at) FROM commands WHERE storm_id = ?", storm["storm_id"])
+    storm["window_cpu_s"] = sampler.between(first, last)
     return storm
 
 
-def phase(url: str, db: Path, clients: list[str], name: str, publish: Any) -> tuple[float, float]:
-    """(commands/s, CPU seconds of this process while publishing)."""
+class CpuSampler:
+    """A process's CPU seconds (all its threads), read from /proc every 10 ms on a thread
+    of the bench's, to tell what it spent between two moments of its run."""
+
+    EVERY = 0.01
+
+    def __init__(self, pid: int) -> None:
+        self._stat = Path(f"/proc/{pid}/stat")
+        self._ticks = os.sysconf("SC_CLK_TCK")
+        self._samples: list[tuple[float, float]] = []
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.EVERY):
+            try:
+                fields = self._stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                return
+            cpu = (int(fields[11]) + int(fields[12])) / self._ticks
+            self._samples.append((time.time(), cpu))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def between(self, start: float, end: float) -> float | None:
+        """CPU seconds from ``start`` to ``end`` (epoch seconds), None without samples
+        around both."""
+        at_start = self._at(start)
+        at_end = self._at(end)
+        if at_start is None or at_end is None or end <= start:
+            return None
+        return round(at_end - at_start, 2)
+
+    def _at(self, moment: float) -> float | None:
+        """The CPU seconds at ``moment``, interpolated between the samples around it."""
+        for (t0, c0), (t1, c1) in itertools.pairwise(self._samples):
+            if t0 <= moment <= t1:
+                return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c0
+        return None
+
+
+def phase(
+    url: str, db: Path, clients: list[str], name: str, publish: Any
+) -> tuple[float, float, float]:
+    """(commands/s, CPU seconds of this process for the whole pass, and from its first
+    publish to its last confirm)."""
     tag = new_storm_id(time.time())  # the length of a storm's id, in every body
     messages = bodies(clients, tag)
     register(db, tag, clients, messages)
     print(f"bench: {name} publishing ({tag})", file=sys.stderr, flush=True)
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    per_second = round(len(messages) / publish(url, messages), 1)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    before = cpu_now()
+    timed = publish(url, messages)
+    cpu = cpu_now() - before
+    per_second = round(len(messages) / timed.seconds, 1)
     print(f"bench: {name} {per_second}/s", file=sys.stderr)
     phase_acked(db, tag, len(messages), 300)
-    return per_second, round(cpu, 2)
+    return per_second, round(cpu, 2), round(timed.cpu_s, 2)
 
 
 def register(
@@ -489,14 +559,15 @@ def measure(
 
     def raw_pass(name: str, publish: Any) -> Pass:
         with broker.pass_(name):
-            rate, cpu = phase(url, db, clients, name, publish)
-        return Pass(rate, cpu, broker.last)
+            rate, cpu, window_cpu = phase(url, db, clients, name, publish)
+        return Pass(rate, cpu, broker.last, window_cpu)
 
     def storm_pass(turn: int, fast: bool) -> Pass:
         name = f"storm{'-fast' if fast else ''}-{turn}"
         with broker.pass_(name):
             storm = run_storm(env, db, args, work / f"{name}.log", fast=fast)
-        return Pass(storm["enqueue_per_second"] or 0.0, storm["cpu_s"], broker.last, storm)
+        rate = storm["enqueue_per_second"] or 0.0
+        return Pass(rate, storm["cpu_s"], broker.last, storm["window_cpu_s"], storm)
 
     broker.measure_idle()
     # Not timed: the first pipelined passes after the fleet came up ran at ~300, ~900,
@@ -551,6 +622,7 @@ class Pass:
     rate: float  # commands/s, first publish to last confirm
     cpu_s: float  # the publisher's: the bench's raw pass, or the whole storm process
     broker_cpu_s: float | None  # the broker's CPU seconds until it was done with the pass
+    window_cpu_s: float | None  # the publisher's, from its first publish to its last confirm
     storm: dict[str, Any] | None = None  # the storm's own JSON
 
 
@@ -575,6 +647,8 @@ class Lane:
             f"storm_{prefix}process_cpu_s": [p.cpu_s for p in self.storms],
             f"raw_{prefix}broker_cpu_s": [p.broker_cpu_s for p in self.raws],
             f"storm_{prefix}broker_cpu_s": [p.broker_cpu_s for p in self.storms],
+            f"raw_{prefix}window_cpu_s": [p.window_cpu_s for p in self.raws],
+            f"storm_{prefix}window_cpu_s": [p.window_cpu_s for p in self.storms],
         }
 
     def summary(self, naive_rate: float) -> dict[str, Any]:
