@@ -30,6 +30,7 @@ runs on the publisher's thread, between confirms and on its ticks: no locks.
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -163,7 +164,10 @@ class StormFlow:
         self._persistent = order.persistent
         self._shared = command_message("0", "0", b"", limits.ttl, order.persistent)
         self._bucket = _Bucket(limits.rate)
-        self._deadlines: list[tuple[float, str]] = []
+        # When commands in the window count pending-offline unless answered: those one
+        # confirm settled share an entry (the sequence number orders equal deadlines).
+        self._deadlines: list[tuple[float, int, list[Target]]] = []
+        self._sequence = itertools.count()
         self._writes = Writes()
         self._on_progress = on_progress
         self._reports = reports
@@ -187,6 +191,7 @@ class StormFlow:
         if self.state != StormState.RUNNING:
             return batch
         commands = len(batch)
+        now = time.time()
         while self._queue and len(batch) < room:
             target = self._queue[0]
             if target.status != Status.PLANNED:
@@ -198,9 +203,9 @@ class StormFlow:
             if not self._bucket.take():
                 break
             self._queue.popleft()
-            batch.append(self._issue(target))
+            batch.append(self._issue(target, now))
         if len(batch) > commands and self.publishing_at is None:
-            self.publishing_at = self._writes.publishing_at = time.time()
+            self.publishing_at = self._writes.publishing_at = now
         return batch
 
     def tick(self) -> None:
@@ -248,43 +253,65 @@ class StormFlow:
             self._writes.statuses.append(StatusMark(outcome.value, target.command_id))
             self._failed(target, outcome.value, None)
             return
-        self._sent(target, time.time(), time.monotonic())
+        self._sent([target], time.time(), time.monotonic())
 
     def on_outcomes(self, settled: list[tuple[Outgoing, Outcome]]) -> None:
-        """:meth:`on_outcome` of each message of one confirm, with one clock reading."""
-        reports, targets = self._reports, self._targets
-        now, monotonic = time.time(), time.monotonic()
+        """:meth:`on_outcome` of each message of one confirm; the commands the broker took
+        are settled together, with one clock reading."""
+        targets = self._targets
+        report = self._reports.in_flight if self._reports is not None else None
+        sent = []
         for message, outcome in settled:
-            if outcome is not Outcome.SENT or (reports is not None and reports.owns(message.key)):
-                self.on_outcome(message, outcome)
+            if outcome is Outcome.SENT and message.key != report:
+                sent.append(targets[message.key])
             else:
-                self._sent(targets[message.key], now, monotonic)
+                self.on_outcome(message, outcome)
+        if sent:
+            self._sent(sent, time.time(), time.monotonic())
 
-    def _sent(self, target: Target, now: float, monotonic: float) -> None:
-        """The broker confirmed ``target``'s command at ``now`` (``monotonic``)."""
-        if not target.published:
-            self._count(Outcome.SENT)  # a re-sent command counts once, as its first publish
-            target.published = True
-            self.published += 1
+    def _sent(self, sent: list[Target], now: float, monotonic: float) -> None:
+        """The broker confirmed the commands of ``sent`` at ``now`` (``monotonic``)."""
+        first = [target for target in sent if not target.published]
+        for target in first:
+            target.published = True  # a re-sent command counts once, as its first publish
+        if first:
+            self.published += len(first)
+            self._count(Outcome.SENT, len(first))
         if self.first_sent_at is None:
             self.first_sent_at = now
         self.last_sent_at = now
-        # The statuses' plain strings: an enum's ``.value`` is a property call per command.
-        status = _PENDING_OFFLINE if target.offline else _SENT
-        issued = target.issued_at
-        self._writes.sent.append(
-            SentMark(status, issued, issued + self._ttl, now, target.command_id)
-        )
-        if target.status == _PLANNED:
-            self._settle(target, status)
-        if target.in_window:
-            # Counted from the client's start time: with --spread, a late start is no
-            # sign of an offline client.
-            wait = self.limits.delivery_wait
-            if target.not_before is not None and target.not_before > now:
-                wait += target.not_before - now
-            target.deadline = monotonic + wait
-            heapq.heappush(self._deadlines, (target.deadline, target.command_id))
+        ttl, mark = self._ttl, self._writes.sent.append
+        deadline = monotonic + self.limits.delivery_wait
+        due: list[Target] = []  # in the window: pending-offline at ``deadline`` if unanswered
+        settled = offline = 0
+        for target in sent:
+            # The statuses' plain strings: an enum's ``.value`` is a property call per command.
+            status = _PENDING_OFFLINE if target.offline else _SENT
+            issued = target.issued_at
+            mark(SentMark(status, issued, issued + ttl, now, target.command_id))
+            if target.status == _PLANNED:
+                target.status = status
+                settled += 1
+                offline += target.offline
+            if target.in_window:
+                # Counted from the client's start time: with --spread, a late start is no
+                # sign of an offline client.
+                if target.not_before is not None and target.not_before > now:
+                    target.deadline = deadline + (target.not_before - now)
+                    self._due(target.deadline, [target])
+                else:
+                    target.deadline = deadline
+                    due.append(target)
+        if due:
+            self._due(deadline, due)
+        if settled:
+            counts = self.counts
+            counts[_PLANNED] -= settled
+            counts[_SENT] += settled - offline
+            counts[_PENDING_OFFLINE] += offline
+
+    def _due(self, deadline: float, targets: list[Target]) -> None:
+        heapq.heappush(self._deadlines, (deadline, next(self._sequence), targets))
 
     # -- broker.publisher.PublishHooks -------------------------------------------------
 
@@ -340,26 +367,26 @@ class StormFlow:
         report = self._reports.take(last=last)
         return [report] if report is not None else []
 
-    def _count(self, outcome: Outcome) -> None:
+    def _count(self, outcome: Outcome, commands: int = 1) -> None:
         if self._reports is not None:
-            self._reports.count(outcome)
+            self._reports.count(outcome, commands)
 
-    def _issue(self, target: Target) -> Outgoing:
+    def _issue(self, target: Target, now: float) -> Outgoing:
         if not target.offline:
             target.in_window = True
             self.window += 1
         command_id = target.command_id
         if target.expires_at:  # sent again after waiting for a node: same expiry
-            now, expires = target.issued_at, target.expires_at
-            expiration_ms: int | None = max(1, int((expires - time.time()) * 1000))
+            issued, expires = target.issued_at, target.expires_at
+            expiration_ms: int | None = max(1, int((expires - now) * 1000))
         else:
-            now = target.issued_at = time.time()
+            issued = target.issued_at = now
             expires = now + self._ttl
             expiration_ms = self._shared.expiration_ms
         body = self._encode(
             command_id=command_id,
             client_id=target.client_id,
-            issued_at=now,
+            issued_at=issued,
             expires_at=expires,
             not_before=target.not_before,
         )
@@ -419,12 +446,15 @@ class StormFlow:
     def _expire(self) -> None:
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
-            deadline, command_id = heapq.heappop(self._deadlines)
-            target = self._targets[command_id]
-            if target.in_window and target.status == Status.SENT and target.deadline == deadline:
-                self._leave(target)
-                self._settle(target, Status.PENDING_OFFLINE)
-                self._writes.statuses.append(StatusMark(Status.PENDING_OFFLINE.value, command_id))
+            deadline, _, due = heapq.heappop(self._deadlines)
+            for target in due:
+                unanswered = target.in_window and target.status == Status.SENT
+                if unanswered and target.deadline == deadline:  # not re-sent since
+                    self._leave(target)
+                    self._settle(target, Status.PENDING_OFFLINE)
+                    self._writes.statuses.append(
+                        StatusMark(Status.PENDING_OFFLINE.value, target.command_id)
+                    )
 
     def _leave(self, target: Target) -> None:
         if target.in_window:

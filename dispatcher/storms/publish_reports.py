@@ -59,8 +59,8 @@ class PublishReports:
         self._in_flight: str | None = None  # the key of the report awaiting its confirm
         self._next = clock() + every
 
-    def count(self, outcome: Outcome) -> None:
-        self._counts[outcome] += 1
+    def count(self, outcome: Outcome, commands: int = 1) -> None:
+        self._counts[outcome] += commands
 
     def owed(self) -> bool:
         """Counts not reported yet, or a report not confirmed yet."""
@@ -82,6 +82,11 @@ class PublishReports:
         message = self._build(report)
         self._in_flight = message.key
         return message
+
+    @property
+    def in_flight(self) -> str | None:
+        """The key of the report awaiting its confirm, if any."""
+        return self._in_flight
 
     def owns(self, key: str) -> bool:
         return key == self._in_flight

@@ -186,6 +186,37 @@ def test_a_confirm_settled_at_once_counts_as_each_settled_alone(ledger: Ledger) 
     at_once_writer.close()
 
 
+def test_commands_one_confirm_settled_wait_for_their_answers_alone(ledger: Ledger) -> None:
+    """Commands one confirm settled time out together, but a client that starts later
+    (``--spread``) gets its delivery wait from its start, and an offline one holds no slot."""
+    writer = LedgerWriter(ledger.settings, "storm-t")
+    late = time.time() + 0.3
+    flow = StormFlow(
+        Order("storm-t", "CCIM32", "STARTCYCLE", False, False, "t"),
+        [
+            Target("c0", "PC0"),
+            Target("c1", "PC1", late),
+            Target("c2", "PC2"),
+            Target("c3", "PC3", offline=True),
+        ],
+        FlowLimits(10, None, None, delivery_wait=0.05, ttl=60),
+        writer,
+        Feed(),  # type: ignore[arg-type]
+    )
+    sent = flow.take(10)
+    flow.on_outcomes([(message, Outcome.SENT) for message in sent])
+    assert +flow.counts == {"sent": 3, "pending-offline": 1} and flow.window == 3
+    assert flow.published == 4 and flow.first_sent_at == flow.last_sent_at
+    time.sleep(0.1)
+    flow.tick()
+    assert +flow.counts == {"sent": 1, "pending-offline": 3} and flow.window == 1, "c1 starts later"
+    while time.time() < late + 0.1:
+        time.sleep(0.05)
+    flow.tick()
+    assert +flow.counts == {"pending-offline": 4} and flow.window == 0
+    writer.close()
+
+
 def test_targets_are_checked_before_anything_is_published(ledger: Ledger) -> None:
     writer = LedgerWriter(ledger.settings, "storm-t")
     with pytest.raises(ValueError, match="client_id"):
