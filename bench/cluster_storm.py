@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.cluster import start_cluster
 from bench.common import scratch_vhost, stop_cleanly_on_sigterm, stop_process
+from bench.machine import Machine
 from bench.node import own_node
 from bench.storm import BIN, code_path, code_version, run_storm, scalar, start, wait_until
 from broker.management import Management
@@ -101,7 +102,7 @@ def storms(broker: Broker, args: argparse.Namespace, work: Path) -> dict[str, An
         spread = _spread(broker)
         print(f"bench: {broker.kind}: queues per node {spread}", file=sys.stderr, flush=True)
         runs = [
-            run_storm(env, db, args, work / f"{broker.kind}-storm-{n}.log", fast=False)
+            run_storm(env, db, args, work / f"{broker.kind}-storm-{n}.log", Machine(), fast=False)
             for n in range(args.rounds)
         ]
     finally:

@@ -30,7 +30,11 @@ the best of a few, says more about luck than about the publisher. The broker's C
 seconds per pass are printed (read from /proc when the broker runs here), and so are the
 publishers': the bench process during a raw pass, the whole storm process (start-up and
 planning included), and each publisher's CPU from its first publish to its last confirm
-(``window_cpu_s``: where the storm's own work per command shows).
+(``window_cpu_s``: where the storm's own work per command shows). For that same window
+of each timed pass, ``machine`` shows what the whole machine spent (bench/machine.py):
+its idle seconds and the CPU seconds of the broker, the simulated fleet, the dispatcher
+service and the publisher; with no idle time left, a publisher's CPU per command slows
+all of them.
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
@@ -44,7 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
+import functools
 import json
 import os
 import resource
@@ -53,7 +57,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,6 +70,7 @@ import pika
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_cleanly_on_sigterm, stop_process
+from bench.machine import Machine, Reading, Sampler, spent
 from bench.node import own_node
 from broker import topology
 from dispatcher.api.dispatcher import default_requester
@@ -185,11 +189,12 @@ def properties(command_id: str, persistent: bool = True) -> pika.BasicProperties
 
 
 class Timed(NamedTuple):
-    """A publisher's pass: seconds from its first publish to its last confirm, and the CPU
-    seconds this process spent meanwhile."""
+    """A publisher's pass: seconds from its first publish to its last confirm, the CPU
+    seconds this process spent meanwhile, and what the machine spent (bench.machine)."""
 
     seconds: float
     cpu_s: float
+    machine: dict[str, float] | None = None
 
 
 def cpu_now() -> float:
@@ -211,14 +216,15 @@ def naive(url: str, messages: list[tuple[str, str, bytes]]) -> Timed:
         connection.close()
 
 
-def raw_fast(url: str, messages: list[tuple[str, str, bytes]]) -> Timed:
+def raw_fast(url: str, messages: list[tuple[str, str, bytes]], machine: Machine) -> Timed:
     """The ceiling for transient commands (the storm's fast lane), with its window."""
-    return raw(url, messages, window=FAST_CONFIRM_WINDOW, persistent=False)
+    return raw(url, messages, machine, window=FAST_CONFIRM_WINDOW, persistent=False)
 
 
 def raw(
     url: str,
     messages: list[tuple[str, str, bytes]],
+    machine: Machine | None = None,
     window: int = CONFIRM_WINDOW,
     persistent: bool = True,
 ) -> Timed:
@@ -227,7 +233,7 @@ def raw(
     Over as many channels of one connection as the storm uses, each with its share of the
     window: the same pipe the storm publishes through, with nothing of the storm's own.
     """
-    return _Raw(messages, window // CHANNELS, persistent).run(url)
+    return _Raw(messages, window // CHANNELS, persistent, machine).run(url)
 
 
 @dataclass
@@ -239,9 +245,16 @@ class _RawLane:
 
 class _Raw:
     def __init__(
-        self, messages: list[tuple[str, str, bytes]], share: int, persistent: bool
+        self,
+        messages: list[tuple[str, str, bytes]],
+        share: int,
+        persistent: bool,
+        machine: Machine | None,
     ) -> None:
         self.messages, self.share, self.persistent = messages, share, persistent
+        self.machine = machine
+        self.read_before: Reading = {}
+        self.spent: dict[str, float] | None = None
         self.lanes: list[_RawLane] = []
         self.next = 0
         self.started = self.elapsed = self.progress = 0.0
@@ -264,7 +277,7 @@ class _Raw:
             self.connection.ioloop.close()
         if self.errors or not self.elapsed:
             raise SystemExit(f"bench: the raw publisher failed: {self.errors or 'closed'}")
-        return Timed(self.elapsed, self.cpu)
+        return Timed(self.elapsed, self.cpu, self.spent)
 
     def opened(self, connection: Any) -> None:
         for _ in range(CHANNELS):
@@ -280,6 +293,8 @@ class _Raw:
     def confirming(self, lane: _RawLane) -> None:
         self.lanes.append(lane)
         if len(self.lanes) == CHANNELS:  # every channel confirms: go
+            if self.machine is not None:
+                self.read_before = self.machine.reading(os.getpid())
             self.started, self.cpu_started = time.perf_counter(), cpu_now()
             for each in self.lanes:
                 self.pump(each)
@@ -303,6 +318,9 @@ class _Raw:
         if self.next == len(self.messages) and not any(each.outstanding for each in self.lanes):
             self.elapsed = time.perf_counter() - self.started
             self.cpu = cpu_now() - self.cpu_started
+            if self.machine is not None:
+                after = self.machine.reading(os.getpid())
+                self.spent = spent(self.read_before, after, self.elapsed)
             self.connection.close()
             return
         self.pump(lane)
@@ -325,7 +343,13 @@ def signing_flags() -> list[str]:
 
 
 def run_storm(
-    env: dict[str, str], db: Path, args: argparse.Namespace, log: Path, *, fast: bool
+    env: dict[str, str],
+    db: Path,
+    args: argparse.Namespace,
+    log: Path,
+    machine: Machine,
+    *,
+    fast: bool,
 ) -> dict[str, Any]:
     """The project's storm end to end, as an operator runs it; adds its peak RSS."""
     argv = [str(BIN / "setevnt-dispatcher"), "--log-level", "WARNING", "storm"]
@@ -336,7 +360,7 @@ def run_storm(
         proc = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err
         )
-        sampler = CpuSampler(proc.pid)
+        sampler = Sampler(machine, proc.pid)
         assert proc.stdout is not None
         output = proc.stdout.read()
         proc.stdout.close()
@@ -358,59 +382,16 @@ def run_storm(
     storm["all_acked_after_s"] = round(scalar(db, ALL_ACKED_AFTER, storm["storm_id"]), 3)
     first = scalar(db, "SELECT publishing_at FROM storms WHERE storm_id = ?", storm["storm_id"])
     last = scalar(db, "SELECT max(sent_at) FROM commands WHERE storm_id = ?", storm["storm_id"])
-    storm["window_cpu_s"] = sampler.between(first, last)
+    storm["machine"] = sampler.between(first, last)
+    storm["window_cpu_s"] = storm["machine"]["publisher_s"] if storm["machine"] else None
     return storm
-
-
-class CpuSampler:
-    """A process's CPU seconds (all its threads), read from /proc every 10 ms on a thread
-    of the bench's, to tell what it spent between two moments of its run."""
-
-    EVERY = 0.01
-
-    def __init__(self, pid: int) -> None:
-        self._stat = Path(f"/proc/{pid}/stat")
-        self._ticks = os.sysconf("SC_CLK_TCK")
-        self._samples: list[tuple[float, float]] = []
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.EVERY):
-            try:
-                fields = self._stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                return
-            cpu = (int(fields[11]) + int(fields[12])) / self._ticks
-            self._samples.append((time.time(), cpu))
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join()
-
-    def between(self, start: float, end: float) -> float | None:
-        """CPU seconds from ``start`` to ``end`` (epoch seconds), None without samples
-        around both."""
-        at_start = self._at(start)
-        at_end = self._at(end)
-        if at_start is None or at_end is None or end <= start:
-            return None
-        return round(at_end - at_start, 2)
-
-    def _at(self, moment: float) -> float | None:
-        """The CPU seconds at ``moment``, interpolated between the samples around it."""
-        for (t0, c0), (t1, c1) in itertools.pairwise(self._samples):
-            if t0 <= moment <= t1:
-                return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c0
-        return None
 
 
 def phase(
     url: str, db: Path, clients: list[str], name: str, publish: Any
-) -> tuple[float, float, float]:
-    """(commands/s, CPU seconds of this process for the whole pass, and from its first
-    publish to its last confirm)."""
+) -> tuple[float, float, Timed]:
+    """(commands/s, CPU seconds of this process for the whole pass, the pass as timed
+    from its first publish to its last confirm)."""
     tag = new_storm_id(time.time())  # the length of a storm's id, in every body
     messages = bodies(clients, tag)
     register(db, tag, clients, messages)
@@ -421,7 +402,7 @@ def phase(
     per_second = round(len(messages) / timed.seconds, 1)
     print(f"bench: {name} {per_second}/s", file=sys.stderr)
     phase_acked(db, tag, len(messages), 300)
-    return per_second, round(cpu, 2), round(timed.cpu_s, 2)
+    return per_second, round(cpu, 2), timed
 
 
 def register(
@@ -538,7 +519,12 @@ def bench(args: argparse.Namespace, url: str, work: Path, node_name: str | None)
             "every simulated client registered, provisioned and consuming",
         )
         print(f"bench: {args.clients} simulated clients consuming", file=sys.stderr)
-        return measure(args, url, db, env, clients, work, BrokerCpu(_beam_pid(node_name))) | {
+        broker = BrokerCpu(_beam_pid(node_name))
+        machine = Machine()
+        machine.watch("broker", broker.pid)
+        machine.watch("simulator", sim.pid)
+        machine.watch("service", serve.pid)
+        return measure(args, url, db, env, clients, work, broker, machine) | {
             "collector_peak_rss_mb": round(peak_rss_mb(serve.pid), 1),
             "simulator_peak_rss_mb": round(peak_rss_mb(sim.pid), 1),
         }
@@ -555,19 +541,25 @@ def measure(
     clients: list[str],
     work: Path,
     broker: BrokerCpu,
+    machine: Machine,
 ) -> dict[str, Any]:
 
     def raw_pass(name: str, publish: Any) -> Pass:
         with broker.pass_(name):
-            rate, cpu, window_cpu = phase(url, db, clients, name, publish)
-        return Pass(rate, cpu, broker.last, window_cpu)
+            rate, cpu, timed = phase(url, db, clients, name, publish)
+        return Pass(rate, cpu, broker.last, round(timed.cpu_s, 2), timed.machine)
 
     def storm_pass(turn: int, fast: bool) -> Pass:
         name = f"storm{'-fast' if fast else ''}-{turn}"
         with broker.pass_(name):
-            storm = run_storm(env, db, args, work / f"{name}.log", fast=fast)
+            storm = run_storm(env, db, args, work / f"{name}.log", machine, fast=fast)
         rate = storm["enqueue_per_second"] or 0.0
-        return Pass(rate, storm["cpu_s"], broker.last, storm["window_cpu_s"], storm)
+        return Pass(
+            rate, storm["cpu_s"], broker.last, storm["window_cpu_s"], storm["machine"], storm
+        )
+
+    measured_raw = functools.partial(raw, machine=machine)
+    measured_raw_fast = functools.partial(raw_fast, machine=machine)
 
     broker.measure_idle()
     # Not timed: the first pipelined passes after the fleet came up ran at ~300, ~900,
@@ -581,8 +573,8 @@ def measure(
     lanes = {"persistent": Lane(), "fast": Lane()}
 
     def raw_turn(turn: int) -> None:
-        lanes["fast"].raws.append(raw_pass(f"raw-fast-{turn}", raw_fast))
-        lanes["persistent"].raws.append(raw_pass(f"raw-{turn}", raw))
+        lanes["fast"].raws.append(raw_pass(f"raw-fast-{turn}", measured_raw_fast))
+        lanes["persistent"].raws.append(raw_pass(f"raw-{turn}", measured_raw))
 
     def storm_turn(turn: int) -> None:
         lanes["fast"].storms.append(storm_pass(turn, True))
@@ -623,6 +615,8 @@ class Pass:
     cpu_s: float  # the publisher's: the bench's raw pass, or the whole storm process
     broker_cpu_s: float | None  # the broker's CPU seconds until it was done with the pass
     window_cpu_s: float | None  # the publisher's, from its first publish to its last confirm
+    # Meanwhile, the machine's idle seconds and each process's CPU seconds (bench.machine)
+    machine: dict[str, float] | None = None
     storm: dict[str, Any] | None = None  # the storm's own JSON
 
 
@@ -649,6 +643,8 @@ class Lane:
             f"storm_{prefix}broker_cpu_s": [p.broker_cpu_s for p in self.storms],
             f"raw_{prefix}window_cpu_s": [p.window_cpu_s for p in self.raws],
             f"storm_{prefix}window_cpu_s": [p.window_cpu_s for p in self.storms],
+            f"raw_{prefix}machine": [p.machine for p in self.raws],
+            f"storm_{prefix}machine": [p.machine for p in self.storms],
         }
 
     def summary(self, naive_rate: float) -> dict[str, Any]:
