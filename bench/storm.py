@@ -70,7 +70,7 @@ import pika
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_cleanly_on_sigterm, stop_process
-from bench.machine import Machine, Reading, Sampler, spent
+from bench.machine import Machine, Reading, Sampler, process_seconds, spent
 from bench.node import own_node
 from broker import topology
 from dispatcher.api.dispatcher import default_requester
@@ -739,13 +739,7 @@ class BrokerCpu:
             print(f"bench: {name}: broker CPU {self.last} s", file=sys.stderr)
 
     def _seconds(self) -> float | None:
-        if self.pid is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return None if self.pid is None else process_seconds(self.pid)
 
 
 def _beam_pid(node_name: str | None) -> int | None:
