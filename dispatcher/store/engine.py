@@ -56,6 +56,10 @@ class DbSettings:
 
     path: str = DEFAULT_DB
     busy_timeout: float = 15.0
+    # False: a commit may return before it is flushed to disk. Never lost when the process
+    # dies, only when the machine does; for writes a later run can make again (a storm's
+    # sent marks), never for what the broker was told is safe (the collector's acks).
+    durable: bool = True
 
     @classmethod
     def from_env(cls, path: str | None = None) -> DbSettings:

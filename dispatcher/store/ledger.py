@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from dispatcher.store import db, ledger_answers, ledger_results, migrations
@@ -501,6 +501,11 @@ class LedgerWriter:
     during a write instead of stalling its confirm window for tens of milliseconds.
     ``after_write`` runs on that thread after each batch: a storm reads its answers there
     (dispatcher.storms.answers), on the same connection and at the same pace.
+
+    The connection is not ``durable``: a flush to disk every batch would compete with the
+    broker's own for persistent commands. What a machine crash takes back is the last
+    batches' marks; their commands count planned and ``resume`` sends them again, under
+    their ids, which agents answer from their journal.
     """
 
     def __init__(
@@ -534,7 +539,7 @@ class LedgerWriter:
 
     def _run(self) -> None:
         try:
-            ledger = Ledger(self._database)
+            ledger = Ledger(replace(self._database, durable=False))
         except BaseException as exc:  # reported to the storm's thread on its next submit
             self.error = exc
             return

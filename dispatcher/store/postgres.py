@@ -157,6 +157,8 @@ def _open(settings: DbSettings, read_only: bool) -> psycopg.Connection[Any]:
     options = f"-c lock_timeout={round(settings.busy_timeout * 1000)}"
     if read_only:
         options += " -c default_transaction_read_only=on"
+    if not settings.durable:  # as SQLite's NORMAL: lost only if the server goes down
+        options += " -c synchronous_commit=off"
     try:
         return psycopg.connect(
             settings.path,

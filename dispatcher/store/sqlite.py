@@ -5,7 +5,9 @@ write is a short ``BEGIN IMMEDIATE`` transaction, so two writers queue on the bu
 timeout instead of failing when a read would have to be upgraded to a write.
 ``synchronous=FULL``: a commit is on disk before it returns, because the collector acks
 the broker right after committing; with NORMAL a power cut could drop batches the broker
-had already been told were safe.
+had already been told were safe. A connection that is not ``durable`` (a storm's writer)
+takes NORMAL: its commits skip the flush that would compete with the broker's own, and
+still survive the process dying.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def connect(settings: DbSettings, *, read_only: bool = False) -> SqliteConnectio
         return opened
     try:
         opened.execute("PRAGMA journal_mode=WAL")
-        opened.execute("PRAGMA synchronous=FULL")
+        opened.execute(f"PRAGMA synchronous={'FULL' if settings.durable else 'NORMAL'}")
     except BaseException:
         opened.close()
         raise

@@ -10,8 +10,10 @@ Then :class:`dispatcher.storms.flow.StormFlow` publishes through the pipelined
 service's collector records in the ledger (:mod:`dispatcher.storms.answers`).
 
 A storm whose dispatcher died shows ``interrupted`` in ``status``, with exactly how many
-commands were confirmed sent; :func:`resume` sends the rest with their original ids
-(agents answer a command they already ran from their journal, never run it twice).
+commands were confirmed sent (unless the machine went down too: see
+:class:`dispatcher.store.ledger.LedgerWriter`); :func:`resume` sends the rest with their
+original ids (agents answer a command they already ran from their journal, never run it
+twice).
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from dispatcher.store import db
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import (
     CommandRecord,
@@ -77,3 +79,34 @@ def test_the_writer_marks_what_it_is_given(store_db: DbSettings) -> None:
     writer.close()
     with Ledger(settings) as ledger:
         assert ledger.counts_at("s", 0.0) == {"sent": 2}
+
+
+def _flushes_every_commit(settings: DbSettings) -> bool:
+    connection = db.connect(settings)
+    try:
+        if settings.is_postgres:
+            return bool(connection.execute("SHOW synchronous_commit").fetchone()[0] == "on")
+        return bool(connection.execute("PRAGMA synchronous").fetchone()[0] == 2)  # FULL
+    finally:
+        connection.close()
+
+
+def test_only_a_connection_that_is_not_durable_skips_the_flush(store_db: DbSettings) -> None:
+    assert _flushes_every_commit(store_db)
+    assert not _flushes_every_commit(replace(store_db, durable=False))
+
+
+def test_the_writer_alone_writes_without_a_flush_per_commit(store_db: DbSettings) -> None:
+    """Its marks are made again by a resume; the collector's acks keep their flush."""
+    with Ledger(store_db) as ledger:
+        _storm(ledger, "s", ["PC1"])
+        assert ledger.settings.durable
+    seen: list[bool] = []
+    writer = LedgerWriter(
+        store_db, "s", after_write=lambda ledger: seen.append(ledger.settings.durable)
+    )
+    writer.submit(Writes(sent=[_mark("s-PC1", 100.0)]))
+    writer.close()
+    assert seen == [False]
+    with Ledger(store_db) as ledger:
+        assert ledger.counts_at("s", 0.0) == {"sent": 1}
