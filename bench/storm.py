@@ -589,10 +589,9 @@ def measure(
 
     for turn in range(args.rounds):
         # Every other round the storm goes first, and every persistent pass follows a
-        # transient one: a persistent pass right after another ran 8-25% slower here
-        # (raw and storm alike, 7 of 8 comparisons over 4 runs), as if it paid for
-        # work its predecessor left the broker, and the old order gave that seat to
-        # the storm in some rounds and to the raw publisher in others.
+        # transient one: a persistent pass right after another ran slower, raw and storm
+        # alike, as if it paid for work its predecessor left the broker
+        # (docs/performance.md, "Pass order").
         for publisher_turn in (storm_turn, raw_turn) if turn % 2 else (raw_turn, storm_turn):
             publisher_turn(turn)
     naive_rates.append(raw_pass("naive-1", naive).rate)
