@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.parse
 from typing import Any
@@ -151,6 +152,35 @@ def test_a_stream_settles_each_confirm_at_once_and_keeps_each_message_properties
     assert received == {
         m.key: (2 if m.persistent else 1, str(m.expiration_ms), m.body) for m in shaped
     }
+
+
+def test_a_refill_goes_out_in_one_write_and_in_order(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pika sends a message as three frames, each with a ``send()`` of its own; the
+    publisher hands a refill's frames over as one write: far fewer system calls than
+    messages, and on one channel the broker still gets every message whole and in order."""
+    connection, ch = channel(amqp_url)
+    ch.queue_declare("corked.q", durable=True)
+    connection.close()
+    messages = [Outgoing(f"c{i}", "", "corked.q", b"%06d" % i, "command") for i in range(600)]
+    sends = 0
+    plain_send = socket.socket.send
+
+    def counted(sock: socket.socket, data: Any, *flags: int) -> int:
+        nonlocal sends
+        sends += 1
+        return plain_send(sock, data, *flags)
+
+    with ConfirmingPublisher(BrokerSettings(url=amqp_url), window=64) as publisher:
+        monkeypatch.setattr(socket.socket, "send", counted)
+        outcomes = publisher.publish(messages)
+        monkeypatch.undo()
+    assert outcomes == {m.key: Outcome.SENT for m in messages}
+    # A refill is at least 4 messages (1/16 of the window), 12 frames, in one send.
+    assert 0 < sends <= len(messages) // 4
+    received = drain(amqp_url, "corked.q")
+    assert [(p.message_id, body) for p, body in received] == [(m.key, m.body) for m in messages]
 
 
 def test_a_stream_takes_on_outcome_or_on_outcomes_not_both() -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from broker.connection import open_blocking
 from broker.errors import BrokerError, BrokerRefused, ConnectionLost
+from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
 from broker.settings import BrokerSettings
 from dispatcher import Dispatcher
 from dispatcher.access import keys
@@ -94,6 +95,27 @@ def tls_settings(node: TlsNode, *, ca: bool = True, client_cert: bool = True) ->
         cert_file=chosen.get("SETEVNT_TLS_CERT"),
         key_file=chosen.get("SETEVNT_TLS_KEY"),
     )
+
+
+def test_the_pipelined_publisher_over_tls(tls_node: TlsNode) -> None:
+    """A storm's publisher, its writes held and sent together, through the TLS layer."""
+    settings = tls_settings(tls_node)
+    connection = open_blocking(settings)
+    try:
+        connection.channel().queue_declare("tls.storm", durable=True)
+    finally:
+        connection.close()
+    messages = [Outgoing(f"t{i}", "", "tls.storm", b"x" * 200, "command") for i in range(300)]
+    with ConfirmingPublisher(settings, window=64, channels=2) as publisher:
+        outcomes = publisher.publish(messages)
+    assert outcomes == {m.key: Outcome.SENT for m in messages}
+    connection = open_blocking(settings)
+    try:
+        channel = connection.channel()
+        assert channel.queue_declare("tls.storm", passive=True).method.message_count == 300
+        channel.queue_delete("tls.storm")
+    finally:
+        connection.close()
 
 
 def test_the_broker_certificate_is_verified(tls_node: TlsNode) -> None:
