@@ -264,12 +264,14 @@ class _Raw:
         self.errors: list[BaseException] = []
         self.connection: Any = None
 
-    def run(self, url: str) -> Timed:
+    def run(self, url: str, ioloop: Any = None) -> Timed:
+        """One pass; on ``ioloop`` (pika's ``custom_ioloop``), else on pika's own."""
         self.connection = pika.SelectConnection(
             pika.URLParameters(url),
             on_open_callback=self.opened,
             on_open_error_callback=self.failed,
             on_close_callback=lambda c, r: c.ioloop.stop(),
+            custom_ioloop=ioloop,
         )
         self.progress = time.monotonic()
         self.connection.ioloop.call_later(5, self.watchdog)
