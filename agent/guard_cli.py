@@ -104,20 +104,30 @@ def hold(lock_path: str | None, config_path: str | None, argv: Sequence[str]) ->
 
 
 def _run_holding(argv: list[str], fd: int) -> int:
-    try:
-        # A Windows lock stays with this process, which waits for CMD below.
-        child = subprocess.Popen(argv, pass_fds=() if WINDOWS else (fd,))
-    except FileNotFoundError:
-        return _fail(f"hold: {argv[0]}: command not found", 127)
-    except OSError as exc:
-        return _fail(f"hold: {argv[0]}: {exc.strerror}", 126)
+    # Forwarding is in place before CMD starts: a signal in between would otherwise end
+    # hold alone and leave CMD running with the lock, deaf to the signal sent to stop it.
+    child: subprocess.Popen[bytes] | None = None
+    early: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if not WINDOWS:  # Windows' send_signal knows only terminate and console events
+        if child is None:
+            early.append(signum)
+        elif not WINDOWS:  # Windows' send_signal knows only terminate and console events
             child.send_signal(signum)  # the installer decides; the lock stays until it exits
 
     previous = {signum: signal.signal(signum, forward) for signum in FORWARDED}
     try:
+        if early:  # asked to stop before CMD started: do not start it
+            return 128 + early[0]
+        try:
+            # A Windows lock stays with this process, which waits for CMD below.
+            child = subprocess.Popen(argv, pass_fds=() if WINDOWS else (fd,))
+        except FileNotFoundError:
+            return _fail(f"hold: {argv[0]}: command not found", 127)
+        except OSError as exc:
+            return _fail(f"hold: {argv[0]}: {exc.strerror}", 126)
+        for signum in early:  # arrived while CMD was being started
+            forward(signum, None)
         status = child.wait()
     finally:
         for signum, handler in previous.items():

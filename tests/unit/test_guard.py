@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -328,6 +329,27 @@ def test_hold_returns_the_status_of_its_command(lock_path: Path) -> None:
     config.write_text(f'[guard]\nlock = "{lock_path}"\n')
     assert agent_cli("hold", "--config", str(config), "--", "true").returncode == 0
     assert lock_path.exists()
+
+
+def test_hold_stopped_while_starting_its_command_stops_the_command_too(lock_path: Path) -> None:
+    """A SIGTERM that lands while CMD is being started reaches CMD, and the lock is freed.
+
+    The signal is sent from inside Popen, the moment hold used to die alone and leave CMD
+    running with the lock.
+    """
+    script = (
+        "import os, signal, subprocess, sys\n"
+        "from agent import guard_cli\n"
+        "real = subprocess.Popen\n"
+        "def popen(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*args, **kwargs)\n"
+        "subprocess.Popen = popen\n"
+        f"sys.exit(guard_cli.hold({str(lock_path)!r}, None, ['--', 'sleep', '30']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, timeout=20, check=False)
+    assert done.returncode == 128 + signal.SIGTERM  # CMD's status: ended by the signal
+    assert DistributionLock(lock_path).check() is None
 
 
 def test_check_shows_each_probe_and_the_events_that_would_wait(
