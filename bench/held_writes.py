@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import scratch_vhost, stop_cleanly_on_sigterm
 from bench.machine import process_seconds
-from bench.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW, _beam_pid, _Raw
+from bench.storm import _beam_pid, _Raw
 from broker.cork import CorkingServices
+from dispatcher.storms.storm import CHANNELS, CONFIRM_WINDOW, FAST_CONFIRM_WINDOW
 
 
 class Sends:
@@ -43,11 +44,11 @@ class Sends:
         self.count = 0
         plain = socket.socket.send
 
-        def counted(sock: socket.socket, data: Any, *flags: int) -> int:
+        def counted(sock: socket.socket, data: Any, flags: int = 0) -> int:
             self.count += 1
-            return plain(sock, data, *flags)
+            return plain(sock, data, flags)
 
-        socket.socket.send = counted  # type: ignore[method-assign]
+        socket.socket.send = counted  # type: ignore[method-assign,assignment]
 
 
 def one_pass(
@@ -100,11 +101,11 @@ def main() -> int:
                         passes[held].append(one_pass(url, messages, persistent, held, sends))
                         for queue in queues:
                             channel.queue_purge(queue)
-                held, plain = medians(passes[True]), medians(passes[False])
+                corked, plain = medians(passes[True]), medians(passes[False])
                 result[lane] = {
-                    "held": held,
+                    "held": corked,
                     "pika": plain,
-                    "rate_ratio": round(held["per_s"] / plain["per_s"], 2),
+                    "rate_ratio": round(corked["per_s"] / plain["per_s"], 2),
                     "held_rates": [p["per_s"] for p in passes[True]],
                     "pika_rates": [p["per_s"] for p in passes[False]],
                 }
