@@ -15,7 +15,7 @@ client acked the previous phase, 2 s more, and until the broker's CPU is back ne
   (b) raw:   pika SelectConnection, pipelined confirms over the storm's channels: the
              broker's ceiling;
   (c) storm: `setevnt-dispatcher storm CCIM32_STARTCYCLE --all` end to end;
-  (b) and (c) take turns (--rounds, default 6; every other round the storm goes first,
+  (b) and (c) take turns (--rounds, default 10; every other round the storm goes first,
   and the second publisher of a round finds the broker warmer, so an even number of
   rounds gives each the first seat as often),
   each with a transient pass first (the fast lane: transient commands, against a
@@ -461,7 +461,7 @@ def main() -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=6,
+        default=10,
         help="raw/storm turns, each publisher first in every other one (medians count)",
     )
     parser.add_argument(
