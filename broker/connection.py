@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import random
+import re
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # AMQP reply codes that mean "the broker refuses this", not "the network failed".
 _REFUSAL_CODES = {402, 403, 404, 405, 406, 530, 540}
+# How pika words a probable refusal that was the broker's own close: the close it wraps.
+_CLOSED_BY_BROKER = re.compile(r"ConnectionClosedByBroker: \((\d+)\)")
 
 
 # Where the next connection starts in a list of nodes: each connection starts one node
@@ -145,10 +148,10 @@ def translate(exc: BaseException, doing: str = "") -> BrokerError:
 
 def _translate(exc: BaseException, doing: str) -> BrokerError:
     where = f"{doing}: " if doing else ""
-    if isinstance(exc, (pe.ProbableAuthenticationError, pe.AuthenticationError)):
+    if isinstance(exc, pe.AuthenticationError):  # no mechanism the broker offers will do
         return BrokerRefused(f"{where}authentication refused ({exc})", 403)
-    if isinstance(exc, pe.ProbableAccessDeniedError):
-        return BrokerRefused(f"{where}access to the virtual host refused ({exc})", 530)
+    if isinstance(exc, (pe.ProbableAuthenticationError, pe.ProbableAccessDeniedError)):
+        return _opening_failed(exc, where)
     if isinstance(exc, pe.AMQPHeartbeatTimeout):
         return ConnectionLost(f"{where}no heartbeat from the broker: half-open link ({exc})")
     code = _reply_code(exc)
@@ -158,6 +161,22 @@ def _translate(exc: BaseException, doing: str) -> BrokerError:
         text = getattr(exc, "reply_text", str(exc))
         return BrokerRefused(f"{where}broker refused: {code} {text}", code)
     return ConnectionLost(f"{where}{_describe(exc)}")
+
+
+def _opening_failed(exc: pe.AMQPConnectionError, where: str) -> BrokerError:
+    """pika's guess for a link that ended while it was being opened, checked.
+
+    pika calls it a probable refusal by the step the opening had reached, whether the
+    broker closed the link with a refusal or the link was just lost (a broker starting or
+    shutting down resets it): only the first is final.
+    """
+    closed = _CLOSED_BY_BROKER.match(str(exc))
+    code = int(closed.group(1)) if closed else None
+    if code not in _REFUSAL_CODES:
+        return ConnectionLost(f"{where}the link was lost while it was being opened ({exc})")
+    if isinstance(exc, pe.ProbableAuthenticationError):
+        return BrokerRefused(f"{where}authentication refused ({exc})", code)
+    return BrokerRefused(f"{where}access to the virtual host refused ({exc})", code)
 
 
 def explain(exc: BrokerError, settings: BrokerSettings) -> str:
