@@ -57,7 +57,7 @@ def one_pass(
     window = CONFIRM_WINDOW if persistent else FAST_CONFIRM_WINDOW
     broker = _beam_pid(None)
     before, sent = process_seconds(broker) if broker else None, sends.count
-    timed = _Raw(messages, window // CHANNELS, persistent, None).run(
+    timed = _Raw(messages, window // CHANNELS, persistent).run(
         url, ioloop=CorkingServices() if held else None
     )
     after = process_seconds(broker) if broker else None

@@ -5,15 +5,21 @@ the dispatcher service. When the machine has no idle time left, every CPU second
 them spends is one the others wait for, so a pass's rate follows from the CPU all of
 them spend per command. :class:`Machine` reads it from /proc: the machine's idle seconds
 and the CPU seconds of each process it watches; :class:`Sampler` reads it every 20 ms
-on a thread of the bench's, for a window known only afterwards (a storm's, from its
-ledger).
+in a process of its own, for a window known only afterwards (a storm's, from its
+ledger). Every timed pass, the bare publisher's and the storm's alike, runs beside a
+sampler: the sampling costs both the same CPU, and none of it in either publisher.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import json
 import os
-import threading
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,24 +73,61 @@ def spent(before: Reading, after: Reading, seconds: float) -> dict[str, float]:
 
 
 class Sampler:
-    """:meth:`Machine.reading` every 20 ms, for :meth:`between` two moments afterwards."""
+    """:meth:`Machine.reading` every 20 ms from a process of its own, for :meth:`between`
+    two moments afterwards; a context manager that stops it."""
 
     EVERY = 0.02
+    READY_WAIT = 30.0  # seconds for the sampling process to take its first reading
 
     def __init__(self, machine: Machine, publisher: int) -> None:
-        self._machine, self._publisher = machine, publisher
         self._samples: list[tuple[float, Reading]] = []
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self._out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
+        roles = [f"{role}={pid}" for role, pid in {**machine.pids, "publisher": publisher}.items()]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.machine", "--every", str(self.EVERY), *roles],
+            cwd=Path(__file__).resolve().parents[1],
+            stdout=self._out,
+        )
+        self._ready()
 
-    def _run(self) -> None:
-        while not self._stopped.wait(self.EVERY):
-            self._samples.append((time.time(), self._machine.reading(self._publisher)))
+    def _ready(self) -> None:
+        """Wait for the first reading: a window that starts before it has no samples."""
+        deadline = time.monotonic() + self.READY_WAIT
+        while os.fstat(self._out.fileno()).st_size == 0:
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit("bench: the machine sampler did not start")
+            time.sleep(0.01)
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join()
+    def stop(self, covering: float | None = None) -> None:
+        """Stop sampling; ``covering``: once a reading was taken after that moment (epoch
+        seconds), so that a window ending then has samples around it."""
+        if covering is not None:
+            self._wait_for_reading_after(covering)
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+        self._process.wait()
+        self._out.seek(0)
+        # A line the stop cut short is not a reading.
+        lines = [line for line in self._out if line.endswith("\n")]
+        self._samples = [(at, reading) for at, reading in map(json.loads, lines)]
+        self._out.close()
+
+    def _wait_for_reading_after(self, moment: float) -> None:
+        deadline = time.monotonic() + self.READY_WAIT
+        while time.monotonic() < deadline and self._process.poll() is None:
+            self._out.seek(0)
+            lines = [line for line in self._out if line.endswith("\n")]
+            if lines and json.loads(lines[-1])[0] > moment:
+                return
+            time.sleep(self.EVERY)
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._out.closed:
+            self.stop()
 
     def between(self, start: float, end: float) -> dict[str, float] | None:
         """What was spent from ``start`` to ``end`` (epoch seconds), None without samples
@@ -101,3 +144,26 @@ class Sampler:
                 share = (moment - t0) / (t1 - t0) if t1 > t0 else 0.0
                 return {role: r0[role] + (r1[role] - r0[role]) * share for role in r0 if role in r1}
         return None
+
+
+def _sample(every: float, roles: list[str]) -> None:
+    """The sampling process: one JSON line ``[epoch seconds, reading]`` every ``every``
+    seconds, until SIGTERM."""
+    machine = Machine({role: int(pid) for role, pid in (each.split("=") for each in roles)})
+    publisher = machine.pids.pop("publisher")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        print(json.dumps([time.time(), machine.reading(publisher)]), flush=True)
+        time.sleep(every)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The bench's machine sampler (see Sampler).")
+    parser.add_argument("--every", type=float, default=Sampler.EVERY, help="seconds")
+    parser.add_argument("roles", nargs="+", metavar="ROLE=PID", help="publisher=PID among them")
+    args = parser.parse_args()
+    _sample(args.every, args.roles)
+
+
+if __name__ == "__main__":
+    main()

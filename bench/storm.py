@@ -33,10 +33,11 @@ seconds per pass are printed (read from /proc when the broker runs here), and so
 publishers': the bench process during a raw pass, the whole storm process (start-up and
 planning included), and each publisher's CPU from its first publish to its last confirm
 (``window_cpu_s``: where the storm's own work per command shows). For that same window
-of each timed pass, ``machine`` shows what the whole machine spent (bench/machine.py):
-its idle seconds and the CPU seconds of the broker, the simulated fleet, the dispatcher
-service and the publisher; with no idle time left, a publisher's CPU per command slows
-all of them.
+of each timed pass, ``machine`` shows what the whole machine spent (bench/machine.py,
+whose sampling process runs beside every timed pass, bare and storm alike): its idle
+seconds and the CPU seconds of the broker, the simulated fleet, the dispatcher service
+and the publisher; with no idle time left, a publisher's CPU per command slows all of
+them.
 
 All publish the same persistent ~200-byte commands into the same N queues, and the
 simulated clients run and ack all of them. The raw publisher keeps as many confirms in
@@ -50,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import os
 import resource
@@ -72,7 +72,7 @@ import pika
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, peak_rss_mb, scratch_vhost, stop_cleanly_on_sigterm, stop_process
-from bench.machine import Machine, Reading, Sampler, process_seconds, spent
+from bench.machine import Machine, Sampler, process_seconds
 from bench.node import own_node
 from broker import topology
 from dispatcher.api.dispatcher import default_requester
@@ -192,11 +192,15 @@ def properties(command_id: str, persistent: bool = True) -> pika.BasicProperties
 
 class Timed(NamedTuple):
     """A publisher's pass: seconds from its first publish to its last confirm, the CPU
-    seconds this process spent meanwhile, and what the machine spent (bench.machine)."""
+    seconds this process spent meanwhile, and when (epoch seconds) that window began."""
 
     seconds: float
     cpu_s: float
-    machine: dict[str, float] | None = None
+    started_at: float = 0.0
+
+    @property
+    def ended_at(self) -> float:
+        return self.started_at + self.seconds
 
 
 def cpu_now() -> float:
@@ -210,23 +214,22 @@ def naive(url: str, messages: list[tuple[str, str, bytes]]) -> Timed:
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        started, cpu = time.perf_counter(), cpu_now()
+        started_at, started, cpu = time.time(), time.perf_counter(), cpu_now()
         for command_id, queue, body in messages:
             channel.basic_publish("", queue, body, properties(command_id), mandatory=True)
-        return Timed(time.perf_counter() - started, cpu_now() - cpu)
+        return Timed(time.perf_counter() - started, cpu_now() - cpu, started_at)
     finally:
         connection.close()
 
 
-def raw_fast(url: str, messages: list[tuple[str, str, bytes]], machine: Machine) -> Timed:
+def raw_fast(url: str, messages: list[tuple[str, str, bytes]]) -> Timed:
     """The ceiling for transient commands (the storm's fast lane), with its window."""
-    return raw(url, messages, machine, window=FAST_CONFIRM_WINDOW, persistent=False)
+    return raw(url, messages, window=FAST_CONFIRM_WINDOW, persistent=False)
 
 
 def raw(
     url: str,
     messages: list[tuple[str, str, bytes]],
-    machine: Machine | None = None,
     window: int = CONFIRM_WINDOW,
     persistent: bool = True,
 ) -> Timed:
@@ -235,7 +238,7 @@ def raw(
     Over as many channels of one connection as the storm uses, each with its share of the
     window: the same pipe the storm publishes through, with nothing of the storm's own.
     """
-    return _Raw(messages, window // CHANNELS, persistent, machine).run(url)
+    return _Raw(messages, window // CHANNELS, persistent).run(url)
 
 
 @dataclass
@@ -247,19 +250,12 @@ class _RawLane:
 
 class _Raw:
     def __init__(
-        self,
-        messages: list[tuple[str, str, bytes]],
-        share: int,
-        persistent: bool,
-        machine: Machine | None,
+        self, messages: list[tuple[str, str, bytes]], share: int, persistent: bool
     ) -> None:
         self.messages, self.share, self.persistent = messages, share, persistent
-        self.machine = machine
-        self.read_before: Reading = {}
-        self.spent: dict[str, float] | None = None
         self.lanes: list[_RawLane] = []
         self.next = 0
-        self.started = self.elapsed = self.progress = 0.0
+        self.started = self.started_at = self.elapsed = self.progress = 0.0
         self.cpu_started = self.cpu = 0.0
         self.errors: list[BaseException] = []
         self.connection: Any = None
@@ -281,7 +277,7 @@ class _Raw:
             self.connection.ioloop.close()
         if self.errors or not self.elapsed:
             raise SystemExit(f"bench: the raw publisher failed: {self.errors or 'closed'}")
-        return Timed(self.elapsed, self.cpu, self.spent)
+        return Timed(self.elapsed, self.cpu, self.started_at)
 
     def opened(self, connection: Any) -> None:
         for _ in range(CHANNELS):
@@ -297,8 +293,7 @@ class _Raw:
     def confirming(self, lane: _RawLane) -> None:
         self.lanes.append(lane)
         if len(self.lanes) == CHANNELS:  # every channel confirms: go
-            if self.machine is not None:
-                self.read_before = self.machine.reading(os.getpid())
+            self.started_at = time.time()
             self.started, self.cpu_started = time.perf_counter(), cpu_now()
             for each in self.lanes:
                 self.pump(each)
@@ -322,9 +317,6 @@ class _Raw:
         if self.next == len(self.messages) and not any(each.outstanding for each in self.lanes):
             self.elapsed = time.perf_counter() - self.started
             self.cpu = cpu_now() - self.cpu_started
-            if self.machine is not None:
-                after = self.machine.reading(os.getpid())
-                self.spent = spent(self.read_before, after, self.elapsed)
             self.connection.close()
             return
         self.pump(lane)
@@ -364,11 +356,11 @@ def run_storm(
         proc = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err
         )
-        sampler = Sampler(machine, proc.pid)
-        assert proc.stdout is not None
-        output = proc.stdout.read()
-        proc.stdout.close()
-        sampler.stop()  # before the process is reaped: its /proc entry stays until then
+        with Sampler(machine, proc.pid) as sampler:
+            assert proc.stdout is not None
+            output = proc.stdout.read()
+            proc.stdout.close()
+        # Sampled until here, before the process is reaped: its /proc entry stays until then.
         _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     lines = output.decode().strip().splitlines()
@@ -392,21 +384,28 @@ def run_storm(
 
 
 def phase(
-    url: str, db: Path, clients: list[str], name: str, publish: Any
-) -> tuple[float, float, Timed]:
+    url: str, db: Path, clients: list[str], name: str, publish: Any, machine: Machine | None
+) -> tuple[float, float, Timed, dict[str, float] | None]:
     """(commands/s, CPU seconds of this process for the whole pass, the pass as timed
-    from its first publish to its last confirm)."""
+    from its first publish to its last confirm, and what the machine spent in that window
+    when it is sampled: ``machine`` given, as for a storm)."""
     tag = new_storm_id(time.time())  # the length of a storm's id, in every body
     messages = bodies(clients, tag)
     register(db, tag, clients, messages)
     print(f"bench: {name} publishing ({tag})", file=sys.stderr, flush=True)
     before = cpu_now()
-    timed = publish(url, messages)
+    sampler = Sampler(machine, os.getpid()) if machine else None
+    try:
+        timed = publish(url, messages)
+    finally:
+        if sampler:
+            sampler.stop(covering=time.time())
     cpu = cpu_now() - before
+    spent = sampler.between(timed.started_at, timed.ended_at) if sampler else None
     per_second = round(len(messages) / timed.seconds, 1)
     print(f"bench: {name} {per_second}/s", file=sys.stderr)
     phase_acked(db, tag, len(messages), 300)
-    return per_second, round(cpu, 2), timed
+    return per_second, round(cpu, 2), timed, spent
 
 
 def register(
@@ -554,10 +553,13 @@ def measure(
     machine: Machine,
 ) -> dict[str, Any]:
 
-    def raw_pass(name: str, publish: Any) -> Pass:
+    def raw_pass(name: str, publish: Any, sampled: bool = False) -> Pass:
+        """A bare or naive pass; ``sampled``: a timed one, beside a sampler as a storm is."""
         with broker.pass_(name):
-            rate, cpu, timed = phase(url, db, clients, name, publish)
-        return Pass(rate, cpu, broker.last, round(timed.cpu_s, 2), timed.machine)
+            rate, cpu, timed, spent = phase(
+                url, db, clients, name, publish, machine if sampled else None
+            )
+        return Pass(rate, cpu, broker.last, round(timed.cpu_s, 2), spent)
 
     def storm_pass(turn: int, fast: bool) -> Pass:
         name = f"storm{'-fast' if fast else ''}-{turn}"
@@ -567,9 +569,6 @@ def measure(
         return Pass(
             rate, storm["cpu_s"], broker.last, storm["window_cpu_s"], storm["machine"], storm
         )
-
-    measured_raw = functools.partial(raw, machine=machine)
-    measured_raw_fast = functools.partial(raw_fast, machine=machine)
 
     broker.measure_idle()
     # Not timed: the first pipelined passes after the fleet came up ran at ~300, ~900,
@@ -583,8 +582,8 @@ def measure(
     lanes = {"persistent": Lane(), "fast": Lane()}
 
     def raw_turn(turn: int) -> None:
-        lanes["fast"].raws.append(raw_pass(f"raw-fast-{turn}", measured_raw_fast))
-        lanes["persistent"].raws.append(raw_pass(f"raw-{turn}", measured_raw))
+        lanes["fast"].raws.append(raw_pass(f"raw-fast-{turn}", raw_fast, sampled=True))
+        lanes["persistent"].raws.append(raw_pass(f"raw-{turn}", raw, sampled=True))
 
     def storm_turn(turn: int) -> None:
         lanes["fast"].storms.append(storm_pass(turn, True))

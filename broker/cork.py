@@ -26,10 +26,21 @@ from pika.adapters.utils.selector_ioloop_adapter import SelectorIOServicesAdapte
 
 
 class Cork:
-    """The held writes of the connection that :class:`CorkingServices` links up."""
+    """The held writes of the connection that :class:`CorkingServices` links up.
+
+    ``before_release``, when set, runs as the outermost hold ends, its writes still held:
+    a publisher settles there the confirms of a chunk it read, all at once, and the
+    refill they make goes out with the rest.
+    """
 
     def __init__(self) -> None:
         self._transport: _CorkedTransport | None = None
+        self.before_release: Callable[[], None] | None = None
+
+    @property
+    def holding(self) -> bool:
+        """Whether writes are held now (inside :meth:`held`, on a linked connection)."""
+        return self._transport is not None and self._transport.holding
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
@@ -42,6 +53,8 @@ class Cork:
         transport.holding = True
         try:
             yield
+            if self.before_release is not None:
+                self.before_release()
         finally:
             transport.holding = False
             transport.flush()

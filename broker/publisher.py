@@ -11,9 +11,10 @@ reported instead of being a silent success.
 
 Only pika's public API is used: each message is a ``basic_publish`` on its channel, and
 the broker's confirms come back through ``confirm_delivery``'s callback. Speed comes from
-the window (many messages in flight per round trip), from doing little per message, and
-from sending each refill's frames in one write (:mod:`broker.cork`) instead of one
-system call per frame.
+the window (many messages in flight per round trip), from doing little per message, from
+sending each refill's frames in one write (:mod:`broker.cork`) instead of one system call
+per frame, and from settling the confirms of one chunk read from the broker together,
+with one refill after them, instead of one by one.
 
 A message counts as sent only once the broker confirmed it. When the connection drops,
 whatever was not confirmed is published again on a new connection (bounded, jittered
@@ -87,7 +88,8 @@ class PublishHooks(Protocol):
 
 
 OnOutcome = Callable[[Outgoing, Outcome], None]
-# The outcomes of one confirm frame (with ``multiple``, many messages) in one call.
+# The outcomes of the confirms settled together (those of one chunk read from the
+# broker, each with ``multiple`` possibly many messages) in one call.
 OnOutcomes = Callable[[list[tuple[Outgoing, Outcome]]], None]
 # Headers to add to a message as it is published (the dispatcher signs commands here).
 Stamp = Callable[[Outgoing], Mapping[str, str] | None]
@@ -166,6 +168,10 @@ class ConfirmingPublisher:
         self._hooks = hooks
         self._connection: pika.SelectConnection | None = None
         self._cork = Cork()
+        # Confirmed while a chunk read from the broker is taken in: (messages, nacked),
+        # and whether a channel has room enough for a refill once they are settled.
+        self._confirmed: list[tuple[list[tuple[Outgoing, float]], bool]] = []
+        self._refill_due = False
         self._lanes: list[_ChannelShare] = []
         self._opening_error: BrokerError | None = None
         self._run: _Run | None = None
@@ -201,7 +207,8 @@ class ConfirmingPublisher:
 
         Same outcomes, retries and errors as :meth:`publish`; after a reconnect the
         unconfirmed messages go out again before the source is asked for more.
-        ``on_outcomes`` (instead of ``on_outcome``) takes each confirm's outcomes at once.
+        ``on_outcomes`` (instead of ``on_outcome``) takes the outcomes settled together
+        (the confirms of one chunk read from the broker) at once.
         """
         if tick <= 0:
             raise ValueError("tick must be positive")
@@ -258,6 +265,7 @@ class ConfirmingPublisher:
             if run.error is None and not self._complete(run):
                 self._run_loop(self._connection)
         finally:
+            self._settle_confirmed(refill=False)  # a chunk cut short: its confirms count
             self._run = None
             if self._connection is not None:
                 self._connection.ioloop.remove_timeout(timer)
@@ -373,16 +381,42 @@ class ConfirmingPublisher:
             return
         now = time.monotonic()
         confirmed = lane.unconfirmed.settle(confirm)
+        run.last_progress = now
+        if self._cork.holding:
+            # Inside a chunk read from the broker: settled with the chunk's other
+            # confirms, and refilled once, as the chunk ends (_settle_confirmed).
+            if confirmed:
+                self._confirmed.append((confirmed, confirm.nacked))
+                self._refill_due = self._refill_due or lane.room >= self._refill_at
+            return
         if confirmed:
             self._settle(run, confirmed, confirm.nacked, now)
-        run.last_progress = now
         if lane.room >= self._refill_at:
+            self._pump()
+
+    def _settle_confirmed(self, *, refill: bool = True) -> None:
+        """Settle what the confirms of a chunk confirmed, in the order they came (one
+        settling for all of them unless one was a nack), then refill."""
+        held, run, refill_due = self._confirmed, self._run, self._refill_due
+        if not held or run is None:
+            return
+        self._confirmed, self._refill_due = [], False
+        now = time.monotonic()
+        if len(held) == 1:
+            self._settle(run, held[0][0], held[0][1], now)
+        elif not any(nacked for _, nacked in held):
+            together = [sent for confirmed, _ in held for sent in confirmed]
+            self._settle(run, together, False, now)
+        else:
+            for confirmed, nacked in held:
+                self._settle(run, confirmed, nacked, now)
+        if refill and refill_due:
             self._pump()
 
     def _settle(
         self, run: _Run, confirmed: list[tuple[Outgoing, float]], nacked: bool, now: float
     ) -> None:
-        """Settle what one confirm frame confirmed (``now`` - publish time: its seconds)."""
+        """Settle what confirms confirmed (``now`` - publish time: its seconds)."""
         outcomes, returned, hooks = run.outcomes, run.returned, self._hooks
         settled = []
         for message, started in confirmed:
@@ -454,6 +488,7 @@ class ConfirmingPublisher:
         try:
             services = CorkingServices()
             self._cork = services.cork
+            self._cork.before_release = self._settle_confirmed
             self._connection = open_async(
                 parameters(self._settings),  # the next node of a cluster on each reconnect
                 on_open=self._on_open,

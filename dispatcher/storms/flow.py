@@ -192,17 +192,19 @@ class StormFlow:
             return batch
         commands = len(batch)
         now = time.time()
-        while self._queue and len(batch) < room:
-            target = self._queue[0]
-            if target.status != Status.PLANNED:
+        queue, limit = self._queue, self.limits.max_in_flight
+        paced = self._bucket.rate is not None
+        while queue and len(batch) < room:
+            target = queue[0]
+            if target.status != _PLANNED:
                 # Put back for a re-send after a reconnect, then answered after all.
-                self._queue.popleft()
+                queue.popleft()
                 continue
-            if not target.offline and self.window >= self.limits.max_in_flight:
+            if not target.offline and self.window >= limit:
                 break
-            if not self._bucket.take():
+            if paced and not self._bucket.take():
                 break
-            self._queue.popleft()
+            queue.popleft()
             batch.append(self._issue(target, now))
         if len(batch) > commands and self.publishing_at is None:
             self.publishing_at = self._writes.publishing_at = now

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from broker import publisher as publisher_module
 from broker import topology
 from broker.errors import BrokerRefused, ConnectionLost
 from broker.publisher import ConfirmingPublisher, Outcome, Outgoing
@@ -117,7 +118,7 @@ def test_a_stream_is_refilled_a_few_slots_at_a_time(amqp_url: str) -> None:
     assert len(source.offered) <= 1 + (3000 - 512) // 8
 
 
-def test_a_stream_settles_each_confirm_at_once_and_keeps_each_message_properties(
+def test_a_stream_hears_each_outcome_once_and_keeps_each_message_properties(
     amqp_url: str,
 ) -> None:
     """Properties are reused for messages of one shape: each still goes with its own id,
@@ -152,6 +153,55 @@ def test_a_stream_settles_each_confirm_at_once_and_keeps_each_message_properties
     assert received == {
         m.key: (2 if m.persistent else 1, str(m.expiration_ms), m.body) for m in shaped
     }
+
+
+class PausingSource(ListSource):
+    """Hands out everything at once; asked again (the publisher refilling after the first
+    confirms it read), waits until the broker routed all of it to ``queues``: the
+    confirms of the rest are then waiting to be read together."""
+
+    def __init__(self, messages: list[Outgoing], url: str, queues: list[str]) -> None:
+        super().__init__(messages)
+        self.url, self.queues, self.waited = url, queues, False
+
+    def take(self, room: int) -> list[Outgoing]:
+        if not self.left and not self.waited:
+            self.waited = True
+            wait_for(
+                lambda: sum(queue_depth(self.url, q) for q in self.queues) == 400,
+                30,
+                "the broker routing every message",
+            )
+            time.sleep(0.2)  # its confirms follow the routing
+        return super().take(room)
+
+
+def test_confirms_read_together_are_settled_together(
+    amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Confirm frames that reach the publisher in one read (the two channels' here) are
+    settled with one call; every message is heard of once."""
+    queues, spread = _spread(amqp_url, "together", 4, 400)
+    messages = [m._replace(persistent=False) for m in spread]  # confirmed once routed
+    frames = 0
+    read_confirm = publisher_module.read_confirm
+
+    def counted(frame: Any) -> Any:
+        nonlocal frames
+        frames += 1
+        return read_confirm(frame)
+
+    monkeypatch.setattr(publisher_module, "read_confirm", counted)
+    calls: list[list[tuple[Outgoing, Outcome]]] = []
+    source = PausingSource(messages, amqp_url, queues)
+    with ConfirmingPublisher(BrokerSettings(url=amqp_url), window=400, channels=2) as publisher:
+        outcomes = publisher.stream(source, on_outcomes=calls.append)
+    assert source.waited and source.offered == [400]  # all in flight while it waited
+    assert outcomes == {m.key: Outcome.SENT for m in messages}
+    settled = [message.key for call in calls for message, _ in call]
+    assert sorted(settled) == sorted(m.key for m in messages)
+    assert frames >= 2  # one channel's confirms never cover the other's messages
+    assert len(calls) < frames
 
 
 def test_a_refill_goes_out_in_one_write_and_in_order(

@@ -74,3 +74,38 @@ def test_an_aborted_transport_drops_what_was_held() -> None:
 def test_a_hold_without_a_linked_connection_changes_nothing() -> None:
     with Cork().held():
         pass
+
+
+def test_before_release_runs_as_the_outermost_hold_ends_with_its_writes_held() -> None:
+    """A publisher settles a chunk's confirms there: the refill it writes goes out with
+    the rest, in one write."""
+    cork, transport, inner = _linked()
+    ran: list[str] = []
+
+    def before_release() -> None:
+        ran.append("settled")
+        transport.write(b"refill")
+
+    cork.before_release = before_release
+    with cork.held():
+        transport.write(b"read ")
+        with cork.held():
+            transport.write(b"nested ")
+        assert ran == []  # not at the end of a nested hold
+    assert ran == ["settled"]
+    assert inner.writes == [b"read nested refill"]
+
+
+def test_before_release_does_not_run_after_a_hold_that_raised() -> None:
+    cork, transport, inner = _linked()
+    ran: list[str] = []
+    cork.before_release = lambda: ran.append("settled")
+    try:
+        with cork.held():
+            transport.write(b"sent before the error")
+            raise RuntimeError("in a callback")
+    except RuntimeError:
+        pass
+    assert ran == []
+    assert inner.writes == [b"sent before the error"]
+    assert not cork.holding
