@@ -13,6 +13,7 @@ sampler: the sampling costs both the same CPU, and none of it in either publishe
 from __future__ import annotations
 
 import argparse
+import fcntl
 import itertools
 import json
 import os
@@ -82,6 +83,10 @@ class Sampler:
     def __init__(self, machine: Machine, publisher: int) -> None:
         self._samples: list[tuple[float, Reading]] = []
         self._out = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed by stop())
+        # The sampling process shares this file's offset, which reading here moves back:
+        # appending, its lines land after the others instead of over what was read.
+        descriptor = self._out.fileno()
+        fcntl.fcntl(descriptor, fcntl.F_SETFL, fcntl.fcntl(descriptor, fcntl.F_GETFL) | os.O_APPEND)
         roles = [f"{role}={pid}" for role, pid in {**machine.pids, "publisher": publisher}.items()]
         self._process = subprocess.Popen(
             [sys.executable, "-m", "bench.machine", "--every", str(self.EVERY), *roles],
