@@ -16,7 +16,8 @@ upgrade's progress. The rules, all read from the ledger:
 
 - at most one command per client and version until that command expires: a client still
   reporting the old version after its command expired (or ran without effect) gets
-  another one;
+  another one; an unroutable or nacked command (most often: a client seen a moment
+  before its queue was provisioned) counts as expired ``RETRY_ROUNDS`` rounds on;
 - a client that already has a command for the upgrade event pending (sent or deferred,
   not expired: from another version's storm, or an operator's) gets none; the row is
   ``coalesced`` into the pending one, because client setup installs whatever the site
@@ -64,6 +65,9 @@ ROUND_EVERY = 1.0
 # Bounds of a configured round: short enough for the storm's heartbeat, long enough not to
 # spin on the ledger.
 ROUND_LIMITS = (0.05, 5.0)
+# Rounds before an unroutable or nacked upgrade is tried again: a client is most often
+# seen a moment before its queue is provisioned, and should not wait a whole TTL for it.
+RETRY_ROUNDS = 10
 
 
 def parse_event(name: str) -> ComponentEvent:
@@ -311,7 +315,8 @@ class Remediator:
         if planned:
             self._unsent = True  # until the confirms are written down
             receipts = self._send(storm, planned, now)
-            writes.sent = [_sent(receipt) for receipt in receipts]
+            retry = self._every * RETRY_ROUNDS
+            writes.sent = [_sent(receipt, retry) for receipt in receipts]
             writes.publishing_at = now
             log.info(
                 "remediation: sent %d %s command(s) of storm %s",
@@ -355,10 +360,15 @@ class Remediator:
             return dispatcher.send(commands)
 
 
-def _sent(receipt: Receipt) -> SentMark:
-    """A ledger "sent" row: unroutable and nacked commands were not sent (no sent_at) but
-    expire like the others, so the client gets its next one a TTL later, not every round."""
+def _sent(receipt: Receipt, retry: float) -> SentMark:
+    """A ledger "sent" row. Unroutable and nacked commands were not sent (no sent_at): their
+    row expires ``retry`` seconds on (unless the command expires first), when the client
+    gets its next one: not every round, and not a whole TTL later."""
     sent_at = receipt.issued_at if receipt.sent else None
-    return SentMark(
-        receipt.status, receipt.issued_at, receipt.expires_at, sent_at, receipt.command_id
-    )
+    expires_at = receipt.expires_at
+    if receipt.status in _RETRIED:
+        expires_at = min(expires_at, receipt.issued_at + retry)
+    return SentMark(receipt.status, receipt.issued_at, expires_at, sent_at, receipt.command_id)
+
+
+_RETRIED = frozenset({Status.UNROUTABLE, Status.NACKED})

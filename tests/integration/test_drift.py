@@ -20,7 +20,7 @@ import pytest
 from broker import topology
 from dispatcher import Dispatcher
 from dispatcher.cli.site import ROUND_ENV
-from dispatcher.service.drift import CLISETUP_STARTCYCLE, storm_id_for
+from dispatcher.service.drift import CLISETUP_STARTCYCLE, RETRY_ROUNDS, storm_id_for
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger
 from dispatcher.store.registry import StoreRegistry
@@ -285,3 +285,23 @@ def test_a_client_still_drifted_after_its_command_expired_gets_another(fleet: Fl
         assert earlier.expires_at is not None and later.issued_at is not None
         assert later.issued_at >= earlier.expires_at, "a retry before the expiry"
     assert queue_depth(fleet.url, topology.DEAD_QUEUE) >= 1  # the broker expired them
+
+
+def test_a_client_seen_before_its_queue_exists_is_upgraded_once_it_does(fleet: Fleet) -> None:
+    """Its first upgrade is unroutable; the next one goes out rounds later, not an hour
+    later (the upgrade's TTL here)."""
+    now = time.time()
+    beat = Heartbeat("LATE00000", "heartbeat", now, "nt", "0.1.0", copylist_version="V1")
+    with StoreRegistry(DbSettings(str(fleet.db))) as registry:
+        registry.record([(beat, now)])  # online and drifted, with no queue yet
+    fleet.serve("--copylist-version", "V2", "--remediate")
+
+    def statuses() -> list[str]:
+        return [c.status for c in upgrade_commands(fleet, "V2")]
+
+    wait_for(lambda: "unroutable" in statuses(), 15, "the upgrade found no queue")
+    with Dispatcher(fleet.url) as dispatcher:
+        dispatcher.provision(["LATE00000"])
+    wait_for(lambda: "sent" in statuses(), 10 * RETRY_ROUNDS * ROUND, "the upgrade sent again")
+    assert statuses().count("sent") == 1
+    assert queue_depth(fleet.url, topology.client_queue("LATE00000")) == 1
