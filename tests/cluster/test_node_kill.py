@@ -111,7 +111,13 @@ def test_a_node_killed_mid_storm_loses_and_fails_nothing(
         flush=True,
     )
     assert waited > 0, "the storm published to the killed node's queues while it was down"
-    assert (result.sent, result.confirmed, result.acked) == (CLIENTS, CLIENTS, CLIENTS)
+    assert (result.sent, result.acked) == (CLIENTS, CLIENTS)
+    # A publish the killed node had stored but not confirmed comes back nacked and is
+    # parked; once the node is back, its client may run it from the queue before the storm
+    # sends it again: answered, never confirmed. Only a parked command can be that.
+    unconfirmed = set(finals) - view.confirmed
+    assert len(unconfirmed) <= waited, sorted(unconfirmed)
+    assert result.confirmed == CLIENTS - len(unconfirmed)
     assert (result.lost, result.duplicate_executions, false_failures) == (0, 0, 0)
     assert result.statuses == {"done": CLIENTS}
 
