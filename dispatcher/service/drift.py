@@ -68,6 +68,7 @@ ROUND_LIMITS = (0.05, 5.0)
 # Rounds before an unroutable or nacked upgrade is tried again: a client is most often
 # seen a moment before its queue is provisioned, and should not wait a whole TTL for it.
 RETRY_ROUNDS = 10
+_RETRIED = frozenset({Status.UNROUTABLE, Status.NACKED})
 
 
 def parse_event(name: str) -> ComponentEvent:
@@ -369,6 +370,3 @@ def _sent(receipt: Receipt, retry: float) -> SentMark:
     if receipt.status in _RETRIED:
         expires_at = min(expires_at, receipt.issued_at + retry)
     return SentMark(receipt.status, receipt.issued_at, expires_at, sent_at, receipt.command_id)
-
-
-_RETRIED = frozenset({Status.UNROUTABLE, Status.NACKED})
