@@ -167,9 +167,15 @@ def _toml(value: Any) -> str:
 
 
 def records(path: Path) -> list[dict[str, Any]]:
+    """The simulated backend's records so far: complete lines only.
+
+    Agents append while tests poll, so the last line may still be half written;
+    it becomes a record once its newline lands.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def channel(url: str) -> tuple[pika.BlockingConnection, Any]:
