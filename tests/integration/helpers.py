@@ -33,6 +33,17 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+class NotStopped(subprocess.TimeoutExpired):
+    """A process still running after SIGTERM and a wait: says what it last said."""
+
+    def __init__(self, cmd: Any, timeout: float, said: str) -> None:
+        super().__init__(cmd, timeout)
+        self.said = said
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} after SIGTERM; it last said:\n{self.said}"
+
+
 class Process:
     """A child process whose output is collected line by line."""
 
@@ -84,6 +95,8 @@ class Process:
         self.signal_stop()
         try:
             return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise NotStopped(exc.cmd, timeout, "\n".join(self.lines[-60:])) from exc
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
