@@ -14,10 +14,13 @@ event, ``requested_by`` ``drift-remediation``) to which a command is added per d
 client as it is seen, so ``status STORM_ID``, ``report`` and the storm gauges show the
 upgrade's progress. The rules, all read from the ledger:
 
+- a client is upgraded once its queue is provisioned: one heard from a moment ago, whose
+  queue the collector is still declaring, waits for a later round rather than get a
+  command with nowhere to go;
 - at most one command per client and version until that command expires: a client still
   reporting the old version after its command expired (or ran without effect) gets
-  another one; an unroutable or nacked command (most often: a client seen a moment
-  before its queue was provisioned) counts as expired ``RETRY_ROUNDS`` rounds on;
+  another one; an unroutable or nacked command (a queue lost with a rebuilt broker,
+  declared again at its agent's next hello) counts as expired ``RETRY_ROUNDS`` rounds on;
 - a client that already has a command for the upgrade event pending (sent or deferred,
   not expired: from another version's storm, or an operator's) gets none; the row is
   ``coalesced`` into the pending one, because client setup installs whatever the site
@@ -65,8 +68,8 @@ ROUND_EVERY = 1.0
 # Bounds of a configured round: short enough for the storm's heartbeat, long enough not to
 # spin on the ledger.
 ROUND_LIMITS = (0.05, 5.0)
-# Rounds before an unroutable or nacked upgrade is tried again: a client is most often
-# seen a moment before its queue is provisioned, and should not wait a whole TTL for it.
+# Rounds before an unroutable or nacked upgrade is tried again: a lost queue is declared
+# again at its agent's next hello, and the client should not wait a whole TTL for that.
 RETRY_ROUNDS = 10
 _RETRIED = frozenset({Status.UNROUTABLE, Status.NACKED})
 
@@ -256,12 +259,13 @@ class Remediator:
     # -- commands -------------------------------------------------------------------------
 
     def _add(self, stores: _Stores, storm: StormRecord, version: str, now: float) -> int:
-        """A planned command per drifted online client without one that is still live."""
+        """A planned command per drifted online client, with a provisioned queue, without
+        one that is still live."""
         covered = stores.ledger.unexpired(storm.storm_id, now)
         todo = [
             c.client_id
             for c in stores.registry.drifted(version, online=True, now=now)
-            if c.client_id not in covered
+            if c.provisioned_at is not None and c.client_id not in covered
         ]
         if not todo:
             return 0

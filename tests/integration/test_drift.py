@@ -102,8 +102,9 @@ def register(fleet: Fleet, clients: set[str], version: str) -> None:
     ]
     with StoreRegistry(DbSettings(str(fleet.db))) as registry:
         registry.record(beats)
-    with Dispatcher(fleet.url) as dispatcher:
-        dispatcher.provision(sorted(clients))
+        with Dispatcher(fleet.url) as dispatcher:
+            dispatcher.provision(sorted(clients))
+        registry.mark_provisioned(clients, now)  # as the collector does
 
 
 # -- detection --------------------------------------------------------------------------
@@ -287,13 +288,38 @@ def test_a_client_still_drifted_after_its_command_expired_gets_another(fleet: Fl
     assert queue_depth(fleet.url, topology.DEAD_QUEUE) >= 1  # the broker expired them
 
 
-def test_a_client_seen_before_its_queue_exists_is_upgraded_once_it_does(fleet: Fleet) -> None:
+def seen(fleet: Fleet, client_id: str, *, provisioned: bool) -> None:
+    """An online drifted client the registry knows, with no queue on the broker: one the
+    collector is still provisioning, or (``provisioned``) one a rebuilt broker lost."""
+    now = time.time()
+    beat = Heartbeat(client_id, "heartbeat", now, "nt", "0.1.0", copylist_version="V1")
+    with StoreRegistry(DbSettings(str(fleet.db))) as registry:
+        registry.record([(beat, now)])
+        if provisioned:
+            registry.mark_provisioned([client_id], now)
+
+
+def test_a_client_is_upgraded_once_its_queue_is_provisioned(fleet: Fleet) -> None:
+    """Not before: no command is sent where it has nowhere to go."""
+    seen(fleet, "NEW00000", provisioned=False)
+    service = fleet.serve("--copylist-version", "V2", "--remediate")
+    wait_for(lambda: any("remediation: storm" in x for x in service.lines), 15, "a storm")
+    time.sleep(ROUNDS)
+    assert upgrade_commands(fleet, "V2") == []
+    register(fleet, {"NEW00000"}, "V1")
+
+    def statuses() -> list[str]:
+        return [c.status for c in upgrade_commands(fleet, "V2")]
+
+    wait_for(lambda: "sent" in statuses(), 15, "the upgrade sent")
+    assert statuses() == ["sent"]
+    assert queue_depth(fleet.url, topology.client_queue("NEW00000")) == 1
+
+
+def test_an_upgrade_to_a_lost_queue_is_sent_again_once_it_is_back(fleet: Fleet) -> None:
     """Its first upgrade is unroutable; the next one goes out rounds later, not an hour
     later (the upgrade's TTL here)."""
-    now = time.time()
-    beat = Heartbeat("LATE00000", "heartbeat", now, "nt", "0.1.0", copylist_version="V1")
-    with StoreRegistry(DbSettings(str(fleet.db))) as registry:
-        registry.record([(beat, now)])  # online and drifted, with no queue yet
+    seen(fleet, "LOST00000", provisioned=True)
     fleet.serve("--copylist-version", "V2", "--remediate")
 
     def statuses() -> list[str]:
@@ -301,7 +327,7 @@ def test_a_client_seen_before_its_queue_exists_is_upgraded_once_it_does(fleet: F
 
     wait_for(lambda: "unroutable" in statuses(), 15, "the upgrade found no queue")
     with Dispatcher(fleet.url) as dispatcher:
-        dispatcher.provision(["LATE00000"])
+        dispatcher.provision(["LOST00000"])
     wait_for(lambda: "sent" in statuses(), 10 * RETRY_ROUNDS * ROUND, "the upgrade sent again")
     assert statuses().count("sent") == 1
-    assert queue_depth(fleet.url, topology.client_queue("LATE00000")) == 1
+    assert queue_depth(fleet.url, topology.client_queue("LOST00000")) == 1
