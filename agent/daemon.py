@@ -17,9 +17,11 @@ wrong on the worker is answered ``failed`` by the handler.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -92,6 +94,9 @@ class Agent:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        if sys.platform != "win32":
+            # kill -USR1 prints every thread's stack: where an agent that will not stop waits.
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     # -- one broker session ---------------------------------------------------------------
 

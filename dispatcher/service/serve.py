@@ -3,8 +3,10 @@ the metrics endpoint; it runs until a signal or until one of its threads ends.""
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -156,6 +158,9 @@ def _serve(members: list[Member], registry: CollectorRegistry, addr: str, port: 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if sys.platform != "win32":
+        # kill -USR1 prints every thread's stack: where a service that will not stop waits.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
     try:

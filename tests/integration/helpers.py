@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,12 +97,26 @@ class Process:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise NotStopped(exc.cmd, timeout, "\n".join(self.lines[-60:])) from exc
+            raise NotStopped(exc.cmd, timeout, self._stacks()) from exc
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             self._close()
+
+    def _stacks(self, wait: float = 2.0) -> str:
+        """The last lines the process wrote, with its threads' stacks if it prints them on
+        SIGUSR1 (the agent and the service do)."""
+        seen = len(self.lines)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not any(
+            "most recent call first" in line for line in self.lines[seen:]
+        ):
+            time.sleep(0.05)
+        time.sleep(0.2)  # the rest of the dump
+        return "\n".join(self.lines[-120:])
 
     def _close(self) -> None:
         self._reader.join(timeout=5)
