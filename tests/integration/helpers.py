@@ -111,8 +111,10 @@ class Process:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and not any(
-            "most recent call first" in line for line in self.lines[seen:]
+        while (
+            time.monotonic() < deadline
+            and self.proc.poll() is None  # a process without the dump dies of SIGUSR1
+            and not any("most recent call first" in line for line in self.lines[seen:])
         ):
             time.sleep(0.05)
         time.sleep(0.2)  # the rest of the dump
