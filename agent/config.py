@@ -44,6 +44,9 @@ NO_JOURNAL = (
 )
 # The client queue's message TTL: no command older than this is still delivered.
 DEFAULT_MAX_LIFETIME = 86400.0
+# Beyond every bounded wait of the broker loop: a publish blocked by a memory alarm gives
+# up after 30 s (broker.settings), a connection attempt after a few seconds per node.
+DEFAULT_STALL_TIMEOUT = 120.0
 
 
 class ConfigError(ValueError):
@@ -140,6 +143,8 @@ class AgentConfig:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     journal: str | None = None
     hello_interval: float = 60.0
+    # The broker loop not back for this long: exit for a restart (agent.watchdog).
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
     # Commands living longer than this, or starting later than this from now, are refused:
     # it bounds what the journal and the spool hold, whatever is sent.
     max_command_lifetime: float = DEFAULT_MAX_LIFETIME
@@ -171,6 +176,8 @@ class AgentConfig:
                 raise ConfigError(f"groups: {group!r} is not a group name: {ID_RULE}")
         if self.hello_interval <= 0:
             raise ConfigError("agent.hello_interval must be positive")
+        if not 0 < self.stall_timeout < math.inf:
+            raise ConfigError("agent.stall_timeout must be a positive number of seconds")
         if not 0 < self.max_command_lifetime < math.inf:
             raise ConfigError("agent.max_command_lifetime must be a positive number of seconds")
         if self.copylist_version is not None and not valid_copylist(self.copylist_version):
@@ -258,6 +265,7 @@ def _config(
         backend_options=options_table,
         journal=journal,
         hello_interval=agent_table.get("hello_interval", 60.0),
+        stall_timeout=agent_table.get("stall_timeout", DEFAULT_STALL_TIMEOUT),
         max_command_lifetime=agent_table.get("max_command_lifetime", DEFAULT_MAX_LIFETIME),
         allow_force=agent_table.get("allow_force", False),
         catalog=config_shape.site_catalog(data),

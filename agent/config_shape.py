@@ -242,6 +242,7 @@ SHAPE: Shape = {
     "agent": {
         "journal": string,
         "hello_interval": DURATION,
+        "stall_timeout": DURATION,
         "max_command_lifetime": DURATION,
         "allow_force": boolean,
     },

@@ -33,6 +33,7 @@ from agent.deferral import Released, Releaser
 from agent.handler import Delivery, Handler, Run, Settle
 from agent.metrics import AgentMetrics
 from agent.outbound import make_heartbeat
+from agent.watchdog import Watchdog
 from broker import topology
 from broker.broker import Broker
 from broker.errors import BrokerError
@@ -52,6 +53,7 @@ class Agent:
         self._stop = threading.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="signal")
         self._broker = Broker(config.broker)
+        self._watchdog = Watchdog(config.stall_timeout, f"agent {config.client_id}")
         self._session: Session | None = None
         self._generation = 0  # which session a worker's result belongs to
         self._inflight: set[int] = set()
@@ -73,9 +75,11 @@ class Agent:
             )
         if self._releaser is not None:
             self._releaser.start()
+        self._watchdog.start()
         try:
             supervise(self._run_session, self._stop.is_set, what=f"agent {self.config.client_id}")
         finally:
+            self._watchdog.close()
             if self._releaser is not None:
                 self._releaser.close()
             if self._metrics is not None:
@@ -101,6 +105,13 @@ class Agent:
     # -- one broker session ---------------------------------------------------------------
 
     def _run_session(self) -> None:
+        self._watchdog.beat()  # opening and the first publishes are watched too
+        try:
+            self._one_session()
+        finally:
+            self._watchdog.disarm()
+
+    def _one_session(self) -> None:
         session = self._broker.session(prefetch=1)
         session.open()
         broker = self.config.broker
@@ -129,6 +140,7 @@ class Agent:
     def _loop(self, session: Session, consumer: str | None) -> None:
         next_hello = time.monotonic() + self.config.hello_interval
         while True:
+            self._watchdog.beat()
             session.pump(0.5)
             if time.monotonic() >= next_hello:
                 self._hello(session, Kind.HEARTBEAT)

@@ -8,7 +8,8 @@
 # 3. pywin32's post-install step (the service host needs its DLLs)
 # 4. %ProgramData%\setevnt for SYSTEM and Administrators only, and -Config copied there
 #    as agent.toml (the file `setevnt-dispatcher enroll` wrote for this client)
-# 5. `setevnt-agent check`, then the service installed and started (-NoService: not)
+# 5. `setevnt-agent check`, then the service installed, set to restart when it fails,
+#    and started (-NoService: not)
 # Not run on a real Windows machine by the project's tests: see docs/windows.md.
 
 #Requires -RunAsAdministrator
@@ -61,6 +62,11 @@ if ($Config) {
 Invoke-Step "check the configuration" { & $Agent check }
 if (-not $NoService) {
     Invoke-Step "install the service" { & $Agent service install }
+    # Started again when it fails, as systemd's Restart=on-failure does: the agent's
+    # watchdog ends the process (status 75) when its broker loop stops coming back.
+    Invoke-Step "restart the service when it fails" {
+        & sc.exe failure setevnt-agent reset= 86400 actions= restart/5000/restart/5000/restart/60000
+    }
     Invoke-Step "start the service" { & $Agent service start }
 }
 Write-Host "setevnt: done; the agent logs to the Application event log (source setevnt-agent)"

@@ -2,8 +2,11 @@
 
 ``cut()`` closes every proxied connection at once (a network drop). ``freeze()`` stops
 forwarding on the current connections without closing them: both ends keep believing
-the link is up, as with a dead NAT entry or a pulled cable. New connections made after
-either are forwarded normally, so clients can recover by reconnecting.
+the link is up, as with a dead NAT entry or a pulled cable. ``withhold_confirms()`` (a
+proxy made ``framed``) keeps forwarding everything on the current connections but the
+broker's publisher confirms: a broker that takes publishes and never confirms them,
+while its heartbeats keep the link alive. New connections made after any of them are
+forwarded normally, so clients can recover by reconnecting.
 """
 
 from __future__ import annotations
@@ -14,18 +17,27 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+# AMQP 0-9-1 frames: type (1 byte), channel (2), payload size (4), payload, frame end.
+_HEADER, _FRAME_END, _METHOD = 7, 0xCE, 1
+_CONFIRMS = {(60, 80), (60, 120)}  # basic.ack, basic.nack
+
 
 @dataclass(eq=False)
 class _Pair:
     client: socket.socket
     upstream: socket.socket
     frozen: bool = False
+    withholding: bool = False
+    inbound: bytearray = field(default_factory=bytearray)  # a framed proxy's partial frame
     peers: dict[socket.socket, socket.socket] = field(default_factory=dict)
 
 
 class Proxy:
-    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+    def __init__(
+        self, upstream: tuple[str, int] = ("127.0.0.1", 5672), *, framed: bool = False
+    ) -> None:
         self._upstream = upstream
+        self._framed = framed  # the broker's side is read frame by frame
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self._selector = selectors.DefaultSelector()
@@ -53,6 +65,14 @@ class Proxy:
         with self._lock:
             for pair in self._pairs:
                 pair.frozen = True
+            return len(self._pairs)
+
+    def withhold_confirms(self) -> int:
+        """Drop every publisher confirm the broker sends on the current connections."""
+        assert self._framed, "withholding confirms needs Proxy(framed=True)"
+        with self._lock:
+            for pair in self._pairs:
+                pair.withholding = True
             return len(self._pairs)
 
     def close(self) -> None:
@@ -96,6 +116,8 @@ class Proxy:
         try:
             data = source.recv(65536)
             if data:
+                if self._framed and source is pair.upstream:
+                    data = _passed(pair, data)
                 pair.peers[source].sendall(data)
                 return
         except OSError:
@@ -110,3 +132,21 @@ class Proxy:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(sock)
             sock.close()
+
+
+def _passed(pair: _Pair, data: bytes) -> bytes:
+    """The whole frames of the broker's bytes so far, less the confirms being withheld."""
+    buffer = pair.inbound
+    buffer += data
+    out = bytearray()
+    while len(buffer) >= _HEADER:
+        end = _HEADER + int.from_bytes(buffer[3:7], "big")
+        if len(buffer) <= end:
+            break
+        frame = bytes(buffer[: end + 1])
+        del buffer[: end + 1]
+        assert frame[-1] == _FRAME_END, "not an AMQP frame"
+        method = (int.from_bytes(frame[7:9], "big"), int.from_bytes(frame[9:11], "big"))
+        if not (pair.withholding and frame[0] == _METHOD and method in _CONFIRMS):
+            out += frame
+    return bytes(out)

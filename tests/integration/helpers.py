@@ -143,8 +143,11 @@ def start_agent(
     *,
     simulated: dict[str, Any] | None = None,
     extra_toml: str = "",
+    agent_toml: str = "",
 ) -> Process:
     """Start ``setevnt-agent run`` on the simulated backend and wait until it consumes.
+
+    ``agent_toml`` goes into the config's ``[agent]`` table, ``extra_toml`` before it.
 
     Unless ``extra_toml`` brings its own ``[guard]``, the agent gets a private lock and no
     process probe, so an apt or dpkg run on this machine cannot defer a test's commands.
@@ -160,6 +163,7 @@ def start_agent(
         f"{extra_toml}\n"
         "[agent]\n"
         f'journal = "{tmp / (client_id + ".journal")}"\n'
+        f"{agent_toml}\n"
         "[backend]\n"
         'type = "simulated"\n'
         "[backend.simulated]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in options.items())

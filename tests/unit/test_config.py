@@ -43,6 +43,7 @@ def test_example_loads_and_selects_the_exec_backend() -> None:
     assert config.broker.heartbeat == 20
     assert config.broker.connection_name == "setevnt-agent PC042"
     assert config.hello_interval == 60.0
+    assert config.stall_timeout == 120.0
     assert config.allow_force is False
     assert config.journal == "/var/lib/setevnt/journal"
     assert config.guard.spool == "/var/lib/setevnt/journal.spool"
@@ -204,6 +205,8 @@ def test_missing_client_id_names_the_variable(tmp_path: Path) -> None:
         ('client_id = "PC042"\ngroups = ["lab-1", "floor 2"]\n', "groups: 'floor 2'"),
         ('client_id = "PC042"\ngroups = "lab1"\n', "groups: must be an array"),
         ('client_id = "PC042"\n[agent]\nhello_interval = 0\n', "hello_interval"),
+        ('client_id = "PC042"\n[agent]\nstall_timeout = 0\n', "stall_timeout"),
+        ('client_id = "PC042"\n[agent]\nstall_timeout = "forever"\n', "stall_timeout"),
         ('client_id = "PC042"\n[agent]\nmax_command_lifetime = 0\n', "max_command_lifetime"),
         ('client_id = "PC042"\n[agent]\nmax_command_lifetime = inf\n', "max_command_lifetime"),
         ('client_id = "PC042"\n[broker]\nheartbeat = "soon"\n', "broker"),
