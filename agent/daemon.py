@@ -12,7 +12,9 @@ spool entry is removed. No delivery is ever held while something waits.
 
 Nothing a message holds stops the agent: whatever escapes the handling of a delivery is
 logged, the delivery dead-lettered and counted, and consuming goes on; whatever goes
-wrong on the worker is answered ``failed`` by the handler.
+wrong on the worker is answered ``failed`` by the handler. Nor does a broker that stops
+answering: a loop that has not come back for ``stall_timeout`` ends the process for its
+service manager to restart (agent.watchdog).
 """
 
 from __future__ import annotations

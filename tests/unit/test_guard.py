@@ -9,10 +9,12 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -25,6 +27,7 @@ from agent.guard import (
     ProcessProbe,
     lock_holders,
 )
+from tests.integration.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "agent.example.toml"
@@ -99,11 +102,23 @@ def test_while_the_agent_signals_a_distribution_waits_for_the_lock(lock_path: Pa
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.0)
+        said: list[str] = []
+        reader = threading.Thread(target=_collect, args=(holder.stderr, said))
+        reader.start()
+        # However long its start takes on a loaded machine: it says it waits, and does.
+        wait_for(lambda: said or holder.poll() is not None, 60, "hold to say it waits")
+        assert "the agent is signalling" in "".join(said)
         assert holder.poll() is None and not started.exists()  # it waits: no overlap
-    _out, err = holder.communicate(timeout=10)
-    assert holder.returncode == 0 and started.exists()
-    assert "the agent is signalling" in err
+    assert holder.wait(timeout=30) == 0 and started.exists()
+    reader.join(timeout=10)
+    if holder.stderr is not None:
+        holder.stderr.close()
+
+
+def _collect(stream: IO[str] | None, lines: list[str]) -> None:
+    assert stream is not None
+    for line in stream:
+        lines.append(line)
 
 
 def test_a_lock_held_shared_in_this_process_makes_quiet_busy(lock_path: Path) -> None:
