@@ -19,6 +19,7 @@ from agent import config_shape
 from agent.config_shape import BACKEND_NAMES, ShapeError
 from agent.windows.paths import defaults
 from broker.settings import DEFAULT_URL, URL_ENV, BrokerSettings
+from broker.watchdog import DEFAULT_STALL_TIMEOUT
 from schemas.catalog import DEFAULT_CATALOG, PLATFORMS, Catalog
 from schemas.rules import ID_PATTERN
 from schemas.signing import Verifier
@@ -44,9 +45,6 @@ NO_JOURNAL = (
 )
 # The client queue's message TTL: no command older than this is still delivered.
 DEFAULT_MAX_LIFETIME = 86400.0
-# Beyond every bounded wait of the broker loop: a publish blocked by a memory alarm gives
-# up after 30 s (broker.settings), a connection attempt after a few seconds per node.
-DEFAULT_STALL_TIMEOUT = 120.0
 
 
 class ConfigError(ValueError):
@@ -143,7 +141,7 @@ class AgentConfig:
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     journal: str | None = None
     hello_interval: float = 60.0
-    # The broker loop not back for this long: exit for a restart (agent.watchdog).
+    # The broker loop not back for this long: exit for a restart (broker.watchdog).
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     # Commands living longer than this, or starting later than this from now, are refused:
     # it bounds what the journal and the spool hold, whatever is sent.

@@ -14,7 +14,7 @@ Nothing a message holds stops the agent: whatever escapes the handling of a deli
 logged, the delivery dead-lettered and counted, and consuming goes on; whatever goes
 wrong on the worker is answered ``failed`` by the handler. Nor does a broker that stops
 answering: a loop that has not come back for ``stall_timeout`` ends the process for its
-service manager to restart (agent.watchdog).
+service manager to restart (broker.watchdog).
 """
 
 from __future__ import annotations
@@ -35,16 +35,18 @@ from agent.deferral import Released, Releaser
 from agent.handler import Delivery, Handler, Run, Settle
 from agent.metrics import AgentMetrics
 from agent.outbound import make_heartbeat
-from agent.watchdog import Watchdog
 from broker import topology
 from broker.broker import Broker
 from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.supervisor import supervise
+from broker.watchdog import Watchdog
 from schemas.codec import encode
 from schemas.messages import Kind
 
 log = logging.getLogger(__name__)
+
+LOOP = "broker"  # the one loop the watchdog watches: consuming, answering, heartbeats
 
 
 class Agent:
@@ -107,11 +109,11 @@ class Agent:
     # -- one broker session ---------------------------------------------------------------
 
     def _run_session(self) -> None:
-        self._watchdog.beat()  # opening and the first publishes are watched too
+        self._watchdog.beat(LOOP)  # opening and the first publishes are watched too
         try:
             self._one_session()
         finally:
-            self._watchdog.disarm()
+            self._watchdog.disarm(LOOP)
 
     def _one_session(self) -> None:
         session = self._broker.session(prefetch=1)
@@ -142,7 +144,7 @@ class Agent:
     def _loop(self, session: Session, consumer: str | None) -> None:
         next_hello = time.monotonic() + self.config.hello_interval
         while True:
-            self._watchdog.beat()
+            self._watchdog.beat(LOOP)
             session.pump(0.5)
             if time.monotonic() >= next_hello:
                 self._hello(session, Kind.HEARTBEAT)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 from broker.broker import Broker
 from broker.settings import BrokerSettings
+from broker.watchdog import DEFAULT_STALL_TIMEOUT
 from dispatcher.access import keys
 from dispatcher.api.dispatcher import Dispatcher
 from dispatcher.cli import completion, key_options
@@ -63,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         "$SETEVNT_POLICY_FILE; without one every request is refused)",
     )
     serve.add_argument(
+        "--stall-timeout",
+        type=_stall_timeout,
+        default=DEFAULT_STALL_TIMEOUT,
+        metavar="DURATION",
+        help="exit with status 75, for systemd to restart the service, when the request "
+        "intake's loop has not come back for this long (default 2m)",
+    )
+    serve.add_argument(
         "--take-over-storms",
         action="store_true",
         help="also finish storms started with `storm` whose process died (default: they "
@@ -89,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stall_timeout(text: str) -> float:
+    seconds = cli.duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the stall timeout must be positive")
+    return seconds
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure(args.log_level)
@@ -108,6 +124,7 @@ def command(args: argparse.Namespace) -> int:
             drift=site_cli.drift_options(args),
             signing=signing,
             take_over_storms=args.take_over_storms,
+            stall_timeout=args.stall_timeout,
         )
     if args.command == "site":
         return site_cli.run(args)

@@ -39,6 +39,7 @@ from broker.errors import BrokerError
 from broker.session import Incoming, Session
 from broker.settings import BrokerSettings
 from broker.supervisor import supervise
+from broker.watchdog import Watchdog
 from dispatcher.access.keys import Signing
 from dispatcher.service.dead_letters import dead_letter_refused
 from dispatcher.service.fair_queue import FairQueue
@@ -61,6 +62,7 @@ from schemas.refusals import RequestRefused
 log = logging.getLogger(__name__)
 
 PUMP_EVERY = 0.2  # how often the intake's loop looks up from the broker
+LOOP = "intake"  # its name to the service's watchdog
 SETTLE_EVERY = 1.0  # how often storms that ran are checked for their last answers
 HEARTBEAT_EVERY = STALE_AFTER / 4  # held storms' lease renewal, well inside the lease
 SUSPENDED = "the dispatcher service stopped; the next one resumes it"
@@ -88,8 +90,16 @@ class IntakeSettings:
 class Intake:
     """Consumes ``setevnt.requests``; one per dispatcher service, stopped with :meth:`stop`."""
 
-    def __init__(self, broker: BrokerSettings, settings: IntakeSettings, hooks: IntakeHooks):
+    def __init__(
+        self,
+        broker: BrokerSettings,
+        settings: IntakeSettings,
+        hooks: IntakeHooks,
+        *,
+        watchdog: Watchdog | None = None,
+    ) -> None:
         self._broker = Broker(broker, name="setevnt-intake")
+        self._watchdog = watchdog  # watches the intake's loop: its replies wait for confirms
         self._storms = self._broker.named("setevnt-request-storm")
         self._settings = settings
         self._hooks = hooks
@@ -148,6 +158,14 @@ class Intake:
     # -- the broker session (intake thread) ---------------------------------------------
 
     def _session(self) -> None:
+        self._beat()  # declaring and opening are watched too
+        try:
+            self._take_requests()
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.disarm(LOOP)
+
+    def _take_requests(self) -> None:
         self._declare()
         with self._broker.session(prefetch=20) as session:
             session.consume(topology.REQUEST_QUEUE, lambda i: self._on_request(session, i))
@@ -155,10 +173,15 @@ class Intake:
             log.info("taking requests from %s", topology.REQUEST_QUEUE)
             try:
                 while not self._stop.is_set():
+                    self._beat()
                     session.pump(PUMP_EVERY)
                     self._settle(session)
             finally:
                 self.ready.clear()
+
+    def _beat(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.beat(LOOP)
 
     def _declare(self) -> None:
         self._broker.declare_topology(doing="declaring the request queue")

@@ -14,6 +14,7 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, start_http_server
 
 from broker.settings import BrokerSettings
+from broker.watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 from dispatcher.access import keys
 from dispatcher.service.collector import Collector
 from dispatcher.service.crew import Crew, Member
@@ -54,6 +55,7 @@ def serve(
     drift: DriftOptions | None = None,
     signing: keys.Signing | None = None,
     take_over_storms: bool = False,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> int:
     registry = CollectorRegistry()
     signing = signing or keys.Signing.from_env()
@@ -83,7 +85,8 @@ def serve(
             RegistrySettings(offline_after),
             signing=signing,
         )
-        intake = Intake(settings, intake_settings, metrics)
+        watchdog = Watchdog(stall_timeout, "setevnt-dispatcher serve")
+        intake = Intake(settings, intake_settings, metrics, watchdog=watchdog)
         resumer = None
         if take_over_storms:
             resumer = Resumer(settings, database, RegistrySettings(offline_after), signing)
@@ -98,7 +101,7 @@ def serve(
         remediator = _remediator(settings, database, fleet.settings, drift, metrics, signing)
         if remediator is not None:
             crew.append(Member("remediation", remediator.run, remediator.stop))
-        return _serve(crew, registry, addr, port)
+        return _serve(crew, registry, addr, port, watchdog)
 
 
 def _stopping(takeover: Takeover, resumer: Resumer | None) -> Callable[[], None]:
@@ -148,8 +151,11 @@ def _remediator(
     return remediator
 
 
-def _serve(members: list[Member], registry: CollectorRegistry, addr: str, port: int) -> int:
-    """Run the service's threads until a signal, or until one of them ends."""
+def _serve(
+    members: list[Member], registry: CollectorRegistry, addr: str, port: int, watchdog: Watchdog
+) -> int:
+    """Run the service's threads until a signal, or until one of them ends; a watched
+    loop that stops coming back ends the process (broker.watchdog), even while stopping."""
     crew = Crew()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -163,9 +169,11 @@ def _serve(members: list[Member], registry: CollectorRegistry, addr: str, port: 
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     server, _thread = start_http_server(port, addr=addr, registry=registry)
     log.info("metrics on http://%s:%d/metrics", addr, server.server_port)
+    watchdog.start()
     try:
         for member in members:
             crew.start(member)
         return crew.wait()
     finally:
+        watchdog.close()
         server.shutdown()
