@@ -17,7 +17,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bench.common import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 # Not /usr/sbin/rabbitmqctl: that one runs as the rabbitmq user, with its cookie.
@@ -209,7 +210,7 @@ def start_cluster(size: int) -> Cluster:
 
 
 def _new_node(root: Path) -> ClusterNode:
-    amqp, management_port, dist = _free_port(), _free_port(), _free_port()
+    amqp, management_port, dist = free_port(), free_port(), free_port()
     directory = root / f"node-{amqp}"
     directory.mkdir()
     (directory / "rabbitmq.conf").write_text(
@@ -218,9 +219,3 @@ def _new_node(root: Path) -> ClusterNode:
         "loopback_users = none\n"
     )
     return ClusterNode(f"setevnt-cluster-{amqp}@localhost", amqp, management_port, dist, directory)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

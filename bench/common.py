@@ -1,10 +1,12 @@
-"""Shared bench plumbing: a throwaway vhost on the local broker, process RSS, and a clean
-stop when the bench is terminated."""
+"""Shared bench plumbing: a throwaway vhost on the local broker, process RSS, a clean
+stop when the bench is terminated, and ports for the nodes the benches and tests start."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,37 @@ from broker.errors import ConnectionLost
 from broker.management import Management, NotFound
 
 ROOT = Path(__file__).resolve().parents[1]
+PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LINUX_EPHEMERAL_LOW = 32768  # the kernel's default, where the range cannot be read
+PORTS_BELOW = 12_000  # how many ports under the ephemeral range to choose from
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 that no outgoing connection can be given meanwhile.
+
+    A node's listener closes and opens again on the same port (a cluster join's
+    stop_app/start_app, a restart after a kill); a port from the kernel's ephemeral range
+    can be handed in between to some connection's local end, and the listener then fails
+    with eaddrinuse. So the port comes from below that range, checked free.
+    """
+    low = _ephemeral_low()
+    floor = max(1024, low - PORTS_BELOW)
+    for _ in range(200):
+        port = random.randrange(floor, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port between {floor} and {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LINUX_EPHEMERAL_LOW
 
 
 def stop_cleanly_on_sigterm() -> None:

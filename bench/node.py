@@ -18,7 +18,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench.common import free_port
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
@@ -55,7 +56,7 @@ def own_node() -> Iterator[Node]:
     if not Path(RABBITMQ_SERVER).exists():
         raise SystemExit(f"bench: {RABBITMQ_SERVER} is needed for --own-node")
     directory = Path(tempfile.mkdtemp(prefix="setevnt-bench-node-"))
-    amqp, management, dist = _free_port(), _free_port(), _free_port()
+    amqp, management, dist = free_port(), free_port(), free_port()
     (directory / "rabbitmq.conf").write_text(
         f"listeners.tcp.default = 127.0.0.1:{amqp}\n"
         f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\n"
@@ -131,9 +132,3 @@ def _kill(process: subprocess.Popen[bytes], pid_file: Path) -> None:
         os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
     process.kill()
     process.wait(30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import socket
 import subprocess
 import urllib.error
 import urllib.parse
@@ -17,18 +16,13 @@ from typing import Any
 
 import yaml
 
+from bench.common import free_port
 from tests.integration.helpers import ROOT, Process, wait_for
 
 DEPLOY = ROOT / "deploy"
 RATE_WINDOW = "30s"  # stands in for Grafana's $__rate_interval at a 1 s scrape interval
 # What Grafana puts in for its own variables, for a test's last minutes at 1 s scrapes.
 GRAFANA_MACROS = {"$__rate_interval": RATE_WINDOW, "$__range": "5m", "$__interval": "15s"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prometheus_binary() -> str:
