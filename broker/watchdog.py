@@ -4,9 +4,9 @@ Every wait of a consuming loop is meant to be bounded: a pump by its time limit,
 blocked publish by ``blocked_connection_timeout``, a dead link by heartbeats. One is not:
 pika's blocking ``basic_publish`` waits for the broker's confirm with no limit, and a
 broker that keeps the connection alive but never sends that confirm holds the loop
-forever (a quorum-queue publish lost in a node failure is one known way:
-rabbitmq-server#14589). Nothing then consumes, answers or stops; the process looks alive
-and does nothing.
+forever (a quorum-queue publish lost when the link between nodes drops is one known
+way, fixed upstream in rabbitmq-server#14589). Nothing then consumes, answers or stops;
+the process looks alive and does nothing.
 
 The watchdog bounds that and anything like it: each watched loop beats on every turn,
 and once one has not beaten for the limit the watchdog logs where every thread waits and
