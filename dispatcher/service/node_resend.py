@@ -77,7 +77,7 @@ class NodeResender:
         now = time.time()
         expired = waits.expire(now)
         if expired:
-            log.info("%d waiting-node command(s) expired before their node came back", expired)
+            log.info("%d waiting-node command(s) expired before they could be sent again", expired)
             self._count(Status.EXPIRED, expired)
         due = waits.due(now, BATCH)
         if not due:

@@ -174,6 +174,14 @@ CREATE INDEX commands_waiting_node ON commands (expires_at)
     WHERE status = 'waiting-node' AND storm_id IS NULL
 """
 
+# Step 5: when a service claimed a waiting-node command to send it again, so that the
+# claim of a service that died before settling it can be taken over (see
+# dispatcher.store.waiting); the index holds the claims in progress only.
+_CLAIMS = """
+ALTER TABLE commands ADD COLUMN claimed_at {real};
+CREATE INDEX commands_claimed ON commands (claimed_at) WHERE claimed_at IS NOT NULL
+"""
+
 
 def run(script: str) -> Step:
     def step(connection: Connection) -> None:
@@ -207,7 +215,12 @@ def _steps(*steps: Step) -> Step:
 
 def _from_step_2(types: dict[str, str]) -> tuple[Step, ...]:
     """The steps both engines took alike, from step 2 on."""
-    return (run(_WRITERS.format(**types)), _writers_seen(types["real"]), run(_WAITING_NODE))
+    return (
+        run(_WRITERS.format(**types)),
+        _writers_seen(types["real"]),
+        run(_WAITING_NODE),
+        run(_CLAIMS.format(**types)),
+    )
 
 
 SQLITE_STEPS: Sequence[Step] = (

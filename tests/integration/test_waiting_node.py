@@ -98,6 +98,24 @@ def test_two_services_send_each_command_once(amqp_url: str, database: DbSettings
         assert len(drain(amqp_url, topology.client_queue(client))) == 1
 
 
+def test_a_command_whose_service_died_after_claiming_it_goes_after_the_lease(
+    amqp_url: str, database: DbSettings
+) -> None:
+    provision_clients(BrokerSettings.from_env(amqp_url), ["PC1"])
+    with Ledger(database) as ledger, NodeWaits(database) as dead:
+        wait_for_node(ledger, {"c1": "PC1"})
+        assert dead.claim("c1")  # and its service dies before publishing
+        with NodeWaits(database) as waits:
+            assert resender(amqp_url, database).round(waits) == 0  # within the lease
+        assert drain(amqp_url, topology.client_queue("PC1")) == []
+        with NodeWaits(database, lease=0.0) as waits:  # the lease has run out
+            assert resender(amqp_url, database).round(waits) == 1
+        [(properties, body)] = drain(amqp_url, topology.client_queue("PC1"))
+        assert properties.message_id == "c1" and decode(body, Command).client_id == "PC1"
+        row = ledger.command("c1")
+        assert row is not None and row.status == Status.SENT and row.sent_at
+
+
 def test_a_queue_gone_for_good_fails_its_command(amqp_url: str, database: DbSettings) -> None:
     provision_clients(BrokerSettings.from_env(amqp_url), ["PC1"])
     with Ledger(database) as ledger, NodeWaits(database) as waits:

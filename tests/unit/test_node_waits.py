@@ -7,7 +7,7 @@ import time
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger
 from dispatcher.store.ledger_rows import Status
-from dispatcher.store.waiting import NodeWaits
+from dispatcher.store.waiting import CLAIM_LEASE, EXPIRED_CLAIMED_DETAIL, NodeWaits
 from schemas.messages import Ack, Issued
 
 
@@ -76,3 +76,45 @@ def test_storm_commands_are_the_storms_own(store_db: DbSettings) -> None:
         )  # fmt: skip
         assert waits.due(time.time(), 10) == []
         assert not waits.claim("s1")
+
+
+def test_a_claim_never_settled_is_taken_over_after_the_lease(store_db: DbSettings) -> None:
+    """A service that died between claiming and settling leaves its claim: once the lease
+    has run out the command is due again, and the next claim of it wins."""
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as dead, NodeWaits(store_db) as alive:
+        issue(ledger, {"c1": "PC1"}, ttl=3600.0, requested_by="ops", silent=False, force=False)
+        assert dead.claim("c1")  # and its service dies here
+        now = time.time()
+        assert alive.due(now, 10) == []  # within the lease its service may still send it
+        assert not alive.claim("c1")
+        assert [c.command_id for c in alive.due(now + CLAIM_LEASE + 1, 10)] == ["c1"]
+        with NodeWaits(store_db, lease=0.0) as after_the_lease:
+            assert after_the_lease.claim("c1")
+            after_the_lease.settle("c1", Status.SENT, time.time())
+            assert after_the_lease.due(time.time(), 10) == []  # settled: no claim left
+        command = ledger.command("c1")
+        assert command is not None and command.status == Status.SENT and command.sent_at
+
+
+def test_an_ack_that_came_first_ends_the_claim_too(store_db: DbSettings) -> None:
+    with Ledger(store_db) as ledger, NodeWaits(store_db, lease=0.0) as waits:
+        issue(ledger, {"c1": "PC1"}, requested_by="ops", silent=False, force=False)
+        assert waits.claim("c1")
+        ledger.record_answers([(Ack("c1", "PC1", "done", time.time(), "a"), time.time())])
+        waits.settle("c1", Status.SENT, time.time())
+        assert waits.due(time.time(), 10) == [] and not waits.claim("c1")
+        assert waits.expire(time.time() + 3600) == 0
+        assert ledger.command("c1").status == Status.DONE  # type: ignore[union-attr]
+
+
+def test_a_stale_claim_past_its_expiry_becomes_expired(store_db: DbSettings) -> None:
+    with Ledger(store_db) as ledger, NodeWaits(store_db) as waits:
+        issue(ledger, {"c1": "PC1"}, ttl=1.0, requested_by="ops", silent=False, force=False)
+        assert waits.claim("c1")
+        later = time.time() + 5
+        assert waits.expire(later) == 0  # within the lease: its service may yet settle it
+        with NodeWaits(store_db, lease=0.0) as after_the_lease:
+            assert after_the_lease.expire(later) == 1
+        command = ledger.command("c1")
+        assert command is not None and command.status == Status.EXPIRED
+        assert command.detail == EXPIRED_CLAIMED_DETAIL

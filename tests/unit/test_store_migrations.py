@@ -17,6 +17,7 @@ from dispatcher.store.ledger import Ledger
 from dispatcher.store.owed import Owed
 from dispatcher.store.registry import StoreRegistry
 from dispatcher.store.site import Site
+from dispatcher.store.waiting import NodeWaits
 from schemas.messages import Ack
 from tests.databases import query
 
@@ -118,6 +119,8 @@ def test_a_database_of_the_release_before_versions_opens_and_keeps_everything(
         assert remembered is not None and remembered.storm_id == "s"
     with Owed(settings) as owed:
         assert list(owed.storms()) == ["s"]
+    with NodeWaits(settings) as waits:  # step 5: the claims of waiting-node commands
+        assert waits.due(NOW, 10) == [] and waits.expire(NOW) == 0
     tables = {row[0] for row in query(settings, "SELECT name FROM sqlite_master")}
     assert "answer_clock" not in tables
     # The clock's writer counts as seen when the database was brought up to date: prune
