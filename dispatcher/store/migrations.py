@@ -176,10 +176,14 @@ CREATE INDEX commands_waiting_node ON commands (expires_at)
 
 # Step 5: when a service claimed a waiting-node command to send it again, so that the
 # claim of a service that died before settling it can be taken over (see
-# dispatcher.store.waiting); the index holds the claims in progress only.
+# dispatcher.store.waiting); the index holds the claims in progress only. The waiting
+# commands' index no longer names storm_id: a query naming it led SQLite to the index
+# of every one-off command instead.
 _CLAIMS = """
 ALTER TABLE commands ADD COLUMN claimed_at {real};
-CREATE INDEX commands_claimed ON commands (claimed_at) WHERE claimed_at IS NOT NULL
+CREATE INDEX commands_claimed ON commands (claimed_at) WHERE claimed_at IS NOT NULL;
+DROP INDEX commands_waiting_node;
+CREATE INDEX commands_waiting_node ON commands (expires_at) WHERE status = 'waiting-node'
 """
 
 

@@ -25,11 +25,12 @@ CLAIM_LEASE = 600.0
 
 _COLUMNS = """command_id, client_id, component, event, issued_at, expires_at, not_before,
        requested_by, silent, forced"""
-# The waiting commands, and stale claims (only a one-off command is ever claimed: no
-# storm_id term, which would lead SQLite to an index over every one-off command).
+# One-off commands are told by coalesce(storm_id, ''), not by storm_id IS NULL, which
+# would lead SQLite to the index of every one-off command (commands_by_answer) instead
+# of the small ones of waiting commands and of claims; only a one-off is ever claimed.
 _DUE = f"""
 SELECT {_COLUMNS} FROM commands
-WHERE status = 'waiting-node' AND storm_id IS NULL AND expires_at > ?
+WHERE status = 'waiting-node' AND expires_at > ? AND coalesce(storm_id, '') = ''
 UNION ALL
 SELECT {_COLUMNS} FROM commands
 WHERE claimed_at <= ? AND status = 'planned' AND expires_at > ?
@@ -37,7 +38,7 @@ ORDER BY expires_at LIMIT ?
 """
 _EXPIRE = """
 UPDATE commands SET status = 'expired', detail = ?
-WHERE status = 'waiting-node' AND storm_id IS NULL AND expires_at <= ?
+WHERE status = 'waiting-node' AND expires_at <= ? AND coalesce(storm_id, '') = ''
 """
 _EXPIRE_CLAIMED = """
 UPDATE commands SET status = 'expired', detail = ?, claimed_at = NULL

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 
+from dispatcher.store import waiting
 from dispatcher.store.db import DbSettings
 from dispatcher.store.ledger import CommandRecord, Ledger
 from dispatcher.store.ledger_rows import Status
@@ -118,3 +121,28 @@ def test_a_stale_claim_past_its_expiry_becomes_expired(store_db: DbSettings) -> 
         command = ledger.command("c1")
         assert command is not None and command.status == Status.EXPIRED
         assert command.detail == EXPIRED_CLAIMED_DETAIL
+
+
+def test_each_round_reads_the_waiting_and_the_claimed_only(tmp_path: Path) -> None:
+    """The service runs these every 2 s: on SQLite they must search the small indexes of
+    waiting commands and of claims, not every one-off command the ledger keeps."""
+    settings = DbSettings(str(tmp_path / "ledger.db"))
+    with Ledger(settings):
+        pass
+    now = time.time()
+    queries = {
+        waiting._DUE: (now, now - CLAIM_LEASE, now, 500),
+        waiting._EXPIRE: (waiting.EXPIRED_DETAIL, now),
+        waiting._EXPIRE_CLAIMED: (EXPIRED_CLAIMED_DETAIL, now - CLAIM_LEASE, now),
+    }
+    connection = sqlite3.connect(settings.path)
+    try:
+        for sql, args in queries.items():
+            plan = " ".join(
+                row[-1] for row in connection.execute(f"EXPLAIN QUERY PLAN {sql}", args)
+            )
+            assert "commands_by_answer" not in plan and "SCAN commands" not in plan, plan
+            assert ("commands_waiting_node" in plan) == ("waiting-node" in sql), plan
+            assert ("commands_claimed" in plan) == ("claimed_at <=" in sql), plan
+    finally:
+        connection.close()
