@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from broker import topology
 from broker.broker import Broker
-from broker.errors import BrokerRefused, ConnectionLost
+from broker.errors import BrokerError, BrokerRefused, ConnectionLost
 from broker.publisher import Outcome, Outgoing, PublishHooks
 from broker.settings import BrokerSettings
 from dispatcher.access import keys
@@ -73,6 +73,22 @@ class Receipt:
         if self.status == Outcome.NACKED:
             return f"the broker refused the command (queue of {self.client_id} full?)"
         return "sent"
+
+
+class OutcomesUnrecorded(BrokerError):
+    """The commands went out, as :attr:`receipts` say, but the service could not be told
+    what the broker did with them: their ledger rows stay ``planned`` until their acks
+    come, and a ``waiting-node`` one is not sent again when its node is back. Not a
+    :class:`ConnectionLost`, which callers retry: sending these again would run them
+    twice, under new ids."""
+
+    def __init__(self, receipts: list[Receipt], cause: BrokerError) -> None:
+        sent = sum(1 for receipt in receipts if receipt.sent)
+        super().__init__(
+            f"{sent} of {len(receipts)} command(s) went out, but recording what became of "
+            f"them failed: {cause}"
+        )
+        self.receipts = receipts
 
 
 def default_requester() -> str:
@@ -172,15 +188,14 @@ class Dispatcher:
         """Publish commands; each receipt says whether the broker confirmed it.
 
         The service's collector hears of them first, so that their acks find ledger rows
-        however fast they come, and then of what the broker did with each.
+        however fast they come, and then of what the broker did with each; when that
+        second record fails, :class:`OutcomesUnrecorded` carries the receipts.
         """
         messages = [outgoing(command) for command in commands]
         if self._record:
             self._publish_issued(commands, lambda _command: IssueStatus.PLANNED)
         outcomes = self._publisher.publish(messages)
         statuses = self._statuses(commands, outcomes)
-        if self._record:
-            self._publish_issued(commands, lambda c: statuses[c.command_id])
         receipts = [
             Receipt(
                 command_id=c.command_id,
@@ -193,6 +208,11 @@ class Dispatcher:
             )
             for c in commands
         ]
+        if self._record:
+            try:
+                self._publish_issued(commands, lambda c: statuses[c.command_id])
+            except BrokerError as exc:
+                raise OutcomesUnrecorded(receipts, exc) from exc
         self._report(commands, outcomes)
         return receipts
 

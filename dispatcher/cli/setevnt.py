@@ -20,14 +20,14 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from dispatcher.api.dispatcher import DEFAULT_TTL, Dispatcher, Receipt
+from dispatcher.api.dispatcher import DEFAULT_TTL, Dispatcher, OutcomesUnrecorded, Receipt
 from dispatcher.api.waiter import AckWaiter, Answer
 from dispatcher.cli import completion, key_options, targets
 from dispatcher.cli.logs import broker_errors, configure
 from dispatcher.report import results, tables
 from dispatcher.store.db import DbSettings
-from schemas import cli
-from schemas.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from schemas import Command, cli
+from schemas.cli import EXIT_BROKER, EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from schemas.syntax import Invocation, parse_invocation
 
 PROG = "setevnt"
@@ -100,10 +100,10 @@ def trigger(args: argparse.Namespace) -> int:
             force=args.force,
         )
         if args.wait is None:
-            receipts = dispatcher.send(commands)
-            return _report(receipts, {}, args.json, waited=False)
+            receipts, unrecorded = _send(dispatcher, commands)
+            return _unrecorded(unrecorded, _report(receipts, {}, args.json, waited=False))
         with AckWaiter(dispatcher.settings, clients) as waiter:
-            receipts = dispatcher.send(commands)
+            receipts, unrecorded = _send(dispatcher, commands)
             sent = [r for r in receipts if r.sent]
             answers = waiter.wait(
                 {r.command_id: r.client_id for r in sent},
@@ -111,7 +111,29 @@ def trigger(args: argparse.Namespace) -> int:
                 issued_at={r.command_id: r.issued_at for r in sent},
             )
             answers = {**waiter.latest, **answers}
-        return _report(receipts, answers, args.json, waited=True)
+        return _unrecorded(unrecorded, _report(receipts, answers, args.json, waited=True))
+
+
+def _send(
+    dispatcher: Dispatcher, commands: list[Command]
+) -> tuple[list[Receipt], OutcomesUnrecorded | None]:
+    """The receipts, also when the commands went out but their outcomes went unrecorded."""
+    try:
+        return dispatcher.send(commands), None
+    except OutcomesUnrecorded as exc:
+        return exc.receipts, exc
+
+
+def _unrecorded(exc: OutcomesUnrecorded | None, code: int) -> int:
+    if exc is None:
+        return code
+    print(
+        f"{PROG}: {exc}\n{PROG}: do not send these commands again: those above that went "
+        "out are on their way, and the ledger shows them planned until their acks come; a "
+        "waiting-node one is not sent again by the service",
+        file=sys.stderr,
+    )
+    return EXIT_BROKER
 
 
 def _check_size(args: argparse.Namespace, invocation: Invocation, clients: list[str]) -> None:
