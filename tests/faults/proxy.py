@@ -75,6 +75,12 @@ class Proxy:
                 pair.withholding = True
             return len(self._pairs)
 
+    def __enter__(self) -> Proxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stopping = True
         self._thread.join(timeout=5)

@@ -29,11 +29,8 @@ NOTICED_WITHIN = 2 * (HEARTBEAT + 5)
 
 @pytest.fixture
 def proxy(broker: None) -> Iterator[Proxy]:
-    running = Proxy()
-    try:
+    with Proxy() as running:
         yield running
-    finally:
-        running.close()
 
 
 def test_agent_notices_a_half_open_link_and_reconnects(

@@ -33,11 +33,8 @@ CLIENT = "PC001"
 
 @pytest.fixture
 def proxy(broker: None) -> Iterator[Proxy]:
-    running = Proxy(framed=True)
-    try:
+    with Proxy(framed=True) as running:
         yield running
-    finally:
-        running.close()
 
 
 def test_an_agent_whose_ack_is_never_confirmed_exits_for_a_restart(
